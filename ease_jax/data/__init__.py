@@ -1,0 +1,1 @@
+"""Datasets, tokenization and federated partitioning."""
