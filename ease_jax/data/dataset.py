@@ -1,0 +1,196 @@
+"""In-memory image-caption dataset, the embedded emoji dataset, and CLIP image normalisation."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import types
+import zipfile
+import zlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+# OpenAI CLIP image normalisation constants (RGB).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+ASSETS_DIR = pathlib.Path(__file__).resolve().parent / "assets"
+EMOJI_NPZ = "emoji32.npz"
+EMOJI_TOKENIZER = "emoji_tokenizer"
+# Longest emoji caption is 21 tokens with BOS/EOS, so 24 truncates none.
+EMOJI_CONTEXT_LENGTH = 24
+_EMOJI_FIELDS = ("images", "captions", "groups", "subgroups", "codepoints")
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptionDataset:
+  """Images with one or more tokenized captions each.
+
+  Attributes:
+    images: `[num_images, H, W, 3]` uint8 RGB.
+    input_ids: `[num_texts, L]` int32 token ids.
+    attention_mask: `[num_texts, L]` int32, 1 on real tokens.
+    text_image: `[num_texts]` int32, index into `images` of each caption's image.
+    captions: `[num_texts]` raw caption strings.
+    image_meta: per-image arrays of length `num_images`, e.g. `{"group": ..., "subgroup": ...}`.
+    name: dataset name.
+  """
+  images: np.ndarray
+  input_ids: np.ndarray
+  attention_mask: np.ndarray
+  text_image: np.ndarray
+  captions: tuple[str, ...]
+  image_meta: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
+  name: str = ""
+
+  def __post_init__(self):
+    def fail(msg):
+      raise ValueError(f"CaptionDataset {self.name!r}: {msg}")
+
+    im = self.images
+    if not isinstance(im, np.ndarray) or im.ndim != 4 or im.shape[-1] != 3:
+      fail(f"images must be a [num_images, H, W, 3] array, got shape {np.shape(im)}")
+    if im.dtype != np.uint8:
+      fail(f"images must be uint8, got {im.dtype}")
+    for field in ("input_ids", "attention_mask"):
+      a = getattr(self, field)
+      if not isinstance(a, np.ndarray) or a.ndim != 2:
+        fail(f"{field} must be a [num_texts, L] array, got shape {np.shape(a)}")
+      if a.dtype != np.int32:
+        fail(f"{field} must be int32, got {a.dtype}")
+    if self.input_ids.shape != self.attention_mask.shape:
+      fail(f"input_ids {self.input_ids.shape} and attention_mask {self.attention_mask.shape} "
+           "differ")
+    num_texts = self.input_ids.shape[0]
+    ti = self.text_image
+    if not isinstance(ti, np.ndarray) or ti.shape != (num_texts,) or ti.dtype != np.int32:
+      fail(f"text_image must be int32 [{num_texts}], got {getattr(ti, 'dtype', type(ti))} "
+           f"{np.shape(ti)}")
+    if num_texts and (ti.min() < 0 or ti.max() >= im.shape[0]):
+      fail(f"text_image values must be in [0, {im.shape[0]}), got range [{ti.min()}, {ti.max()}]")
+    if not isinstance(self.captions, tuple) or len(self.captions) != num_texts:
+      fail(f"captions must be a tuple of {num_texts} strings, got {type(self.captions).__name__} "
+           f"of length {len(self.captions)}")
+    for key, value in self.image_meta.items():
+      if not isinstance(value, np.ndarray) or value.shape[:1] != (im.shape[0],):
+        fail(f"image_meta[{key!r}] must be an array of length {im.shape[0]}, got shape "
+             f"{np.shape(value)}")
+    # Freeze the mapping so the dataclass is really immutable.
+    object.__setattr__(self, "image_meta", types.MappingProxyType(dict(self.image_meta)))
+
+  @property
+  def num_images(self) -> int:
+    return int(self.images.shape[0])
+
+  @property
+  def num_texts(self) -> int:
+    return int(self.input_ids.shape[0])
+
+  @property
+  def context_length(self) -> int:
+    return int(self.input_ids.shape[1])
+
+  def subset_images(self, image_indices: Sequence[int] | np.ndarray) -> CaptionDataset:
+    """Keeps the given images (in the given order) with all their captions.
+
+    Args:
+      image_indices: `[k]` indices into `images`, no duplicates.
+
+    Returns:
+      A new dataset whose `text_image` points into the subset; captions keep their original order.
+    """
+    idx = np.asarray(image_indices, dtype=np.int64).reshape(-1)
+    if idx.size and (idx.min() < 0 or idx.max() >= self.num_images):
+      raise ValueError(f"subset_images: indices must be in [0, {self.num_images}), got range "
+                       f"[{idx.min()}, {idx.max()}]")
+    if np.unique(idx).size != idx.size:
+      raise ValueError("subset_images: duplicate image indices")
+    new_pos = np.full(self.num_images, -1, np.int64)
+    new_pos[idx] = np.arange(idx.size)
+    texts = np.flatnonzero(new_pos[self.text_image] >= 0)
+    return CaptionDataset(
+        images=self.images[idx],
+        input_ids=self.input_ids[texts],
+        attention_mask=self.attention_mask[texts],
+        text_image=new_pos[self.text_image[texts]].astype(np.int32),
+        captions=tuple(self.captions[i] for i in texts),
+        image_meta={k: v[idx] for k, v in self.image_meta.items()},
+        name=self.name,
+    )
+
+
+def normalize_images(images: Any) -> jnp.ndarray:
+  """CLIP-normalises uint8 RGB images; jit-friendly.
+
+  Args:
+    images: `[..., H, W, 3]` uint8 (or any real dtype in [0, 255]).
+
+  Returns:
+    `[..., H, W, 3]` float32, `(x / 255 - CLIP_MEAN) / CLIP_STD`.
+  """
+  x = jnp.asarray(images).astype(jnp.float32) / 255.0
+  mean = jnp.asarray(CLIP_MEAN, jnp.float32)
+  std = jnp.asarray(CLIP_STD, jnp.float32)
+  return (x - mean) / std
+
+
+def embedded_tokenizer_dir() -> pathlib.Path:
+  """Directory of the CLIP-format tokenizer trained on the emoji captions."""
+  return ASSETS_DIR / EMOJI_TOKENIZER
+
+
+def load_emoji(tokenizer: Any = None, max_length: int = EMOJI_CONTEXT_LENGTH,
+               assets_dir: str | os.PathLike[str] | None = None) -> CaptionDataset:
+  """Loads the embedded emoji dataset (one caption per image).
+
+  Args:
+    tokenizer: a `transformers` CLIP tokenizer; defaults to the embedded one.
+    max_length: context length `L` of `input_ids`.
+    assets_dir: directory with `emoji32.npz` (and `emoji_tokenizer/`); defaults to the package's.
+
+  Returns:
+    A `CaptionDataset` of 3,655 `[32, 32, 3]` images with
+    `image_meta = {"group", "subgroup", "codepoints"}`.
+
+  Raises:
+    FileNotFoundError: if the npz (or the default tokenizer) is missing.
+    ValueError: if the npz is corrupt or lacks a field.
+  """
+  from ease_jax.data import tokenizer as tok_lib
+
+  assets = pathlib.Path(assets_dir) if assets_dir is not None else ASSETS_DIR
+  path = assets / EMOJI_NPZ
+  if not path.is_file():
+    raise FileNotFoundError(f"embedded emoji dataset not found: {path} "
+                            "(rebuild with `python -m ease_jax.data.build_emoji`)")
+  try:
+    with np.load(path, allow_pickle=False) as npz:
+      data = {f: npz[f] for f in _EMOJI_FIELDS if f in npz.files}
+  except (OSError, ValueError, zipfile.BadZipFile, zlib.error, EOFError) as e:
+    # A non-zip file makes np.load fall back to pickle, refused with a ValueError.
+    raise ValueError(f"emoji dataset {path} is corrupt or not an npz file: {e}") from e
+  missing = [f for f in _EMOJI_FIELDS if f not in data]
+  if missing:
+    raise ValueError(f"emoji dataset {path} lacks field(s) {missing}")
+  n = data["images"].shape[0]
+  for f in _EMOJI_FIELDS[1:]:
+    if data[f].shape != (n,):
+      raise ValueError(f"emoji dataset {path}: field {f!r} has shape {data[f].shape}, "
+                       f"expected ({n},)")
+  if tokenizer is None:
+    tokenizer = tok_lib.load_tokenizer(assets / EMOJI_TOKENIZER)
+  captions = tuple(str(c) for c in data["captions"])
+  input_ids, attention_mask = tok_lib.tokenize(tokenizer, captions, max_length)
+  return CaptionDataset(
+      images=np.ascontiguousarray(data["images"], dtype=np.uint8),
+      input_ids=input_ids,
+      attention_mask=attention_mask,
+      text_image=np.arange(n, dtype=np.int32),
+      captions=captions,
+      image_meta={"group": data["groups"], "subgroup": data["subgroups"],
+                  "codepoints": data["codepoints"]},
+      name="emoji",
+  )

@@ -1,0 +1,19 @@
+r"""mscoco (Karpathy split) with CLIP vit-base-patch32 from a local Hugging Face checkpoint.
+
+Needs a GPU. Point it at your copies:
+
+  python experiments/train.py --config=experiments/configs/mscoco_b32.py \
+      --config.model.checkpoint=/path/to/clip-vit-base-patch32 \
+      --config.data.json_path=/path/to/dataset_coco.json \
+      --config.data.image_root=/path/to/coco --workdir=/tmp/mscoco_b32
+"""
+import ml_collections
+
+from experiments.configs import flickr30k_b32
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+  c = flickr30k_b32.get_config(arg)
+  c.model.checkpoint = "openai/clip-vit-base-patch32"
+  c.fed.batch_size = 64
+  return c

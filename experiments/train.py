@@ -1,0 +1,30 @@
+r"""Federated LoRA training of a frozen CLIP (FedAvg over vmapped clients).
+
+  python experiments/train.py --config=experiments/configs/emoji_default.py --workdir=/tmp/emoji \
+      [--config.fed.rounds=30 --config.fed.num_clients=16 ...]
+
+Writes to the workdir: `metrics.jsonl` (one row per round), orbax `checkpoints/` (a killed run
+resumes where it stopped), `summary.json`, and `r1_per_round.png`.
+"""
+import json
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from ease_jax import experiment
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics and plots.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  del argv
+  summary = experiment.train_and_summarize(_CONFIG.value, _WORKDIR.value)
+  print(json.dumps(summary["table"], indent=1))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,248 @@
+"""Tests for the embedded emoji dataset, tokenizer, normalisation and Karpathy loader."""
+import json
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from ease_jax.data import dataset as ds_lib
+from ease_jax.data import karpathy
+from ease_jax.data import tokenizer as tok_lib
+
+EMOJI_TEST = pathlib.Path("/usr/share/unicode/emoji/emoji-test.txt")
+
+
+@pytest.fixture(scope="module")
+def fast_tok():
+  return tok_lib.load_tokenizer(ds_lib.embedded_tokenizer_dir())
+
+
+@pytest.fixture(scope="module")
+def slow_tok():
+  return tok_lib.load_tokenizer(ds_lib.embedded_tokenizer_dir(), fast=False)
+
+
+@pytest.fixture(scope="module")
+def emoji(fast_tok):
+  return ds_lib.load_emoji(tokenizer=fast_tok)
+
+
+def test_emoji_shapes_and_dtypes(emoji):
+  assert emoji.num_images >= 3000
+  assert emoji.images.shape == (emoji.num_images, 32, 32, 3)
+  assert emoji.images.dtype == np.uint8
+  assert emoji.input_ids.shape == (emoji.num_texts, ds_lib.EMOJI_CONTEXT_LENGTH)
+  assert emoji.input_ids.dtype == np.int32 and emoji.attention_mask.dtype == np.int32
+  np.testing.assert_array_equal(emoji.text_image, np.arange(emoji.num_images))
+  assert len(emoji.captions) == emoji.num_texts == emoji.num_images
+  for key in ("group", "subgroup", "codepoints"):
+    assert emoji.image_meta[key].shape == (emoji.num_images,)
+    assert emoji.image_meta[key].dtype.kind == "U"
+  assert len(np.unique(emoji.image_meta["group"])) >= 9
+
+
+def test_emoji_images_not_blank(emoji):
+  flat = emoji.images.reshape(emoji.num_images, -1)
+  assert (flat.min(axis=1) < 200).all(), "every emoji should have some ink"
+  assert (flat.max(axis=1) == 255).mean() > 0.9, "backgrounds are white"
+  assert flat.std(axis=1).min() > 5
+
+
+@pytest.mark.parametrize("codepoints,caption,group", [
+    ("1F600", "grinning face", "Smileys & Emotion"),
+    ("1F603", "grinning face with big eyes", "Smileys & Emotion"),
+    ("1F44B 1F3FD", "waving hand: medium skin tone", "People & Body"),
+    ("1F436", "dog face", "Animals & Nature"),
+])
+def test_emoji_known_captions(emoji, codepoints, caption, group):
+  where = np.flatnonzero(emoji.image_meta["codepoints"] == codepoints)
+  assert where.size == 1
+  i = int(where[0])
+  assert emoji.captions[i] == caption
+  assert emoji.image_meta["group"][i] == group
+
+
+def test_emoji_captions_match_emoji_test_file(emoji):
+  if not EMOJI_TEST.is_file():
+    pytest.skip("unicode-data not installed")
+  names = {}
+  for line in EMOJI_TEST.read_text(encoding="utf-8").splitlines():
+    if "; fully-qualified" in line:
+      cps, comment = line.split(";")[0].strip(), line.split("#", 1)[1]
+      names[" ".join(cps.split())] = comment.strip().split(" ", 2)[2]
+  for cps, cap in zip(emoji.image_meta["codepoints"][::97], emoji.captions[::97]):
+    assert names[str(cps)] == cap
+
+
+def test_load_emoji_missing_and_corrupt(tmp_path):
+  with pytest.raises(FileNotFoundError, match="emoji32.npz"):
+    ds_lib.load_emoji(assets_dir=tmp_path)
+  (tmp_path / "emoji32.npz").write_bytes(b"not a zip at all")
+  with pytest.raises(ValueError, match="emoji32.npz"):
+    ds_lib.load_emoji(assets_dir=tmp_path)
+  np.savez_compressed(tmp_path / "emoji32.npz", images=np.zeros((1, 32, 32, 3), np.uint8))
+  with pytest.raises(ValueError, match="captions"):
+    ds_lib.load_emoji(assets_dir=tmp_path)
+
+
+def test_tokenizer_slow_equals_fast_and_round_trip(emoji, fast_tok, slow_tok):
+  caps = list(emoji.captions)
+  fast_ids = fast_tok(caps)["input_ids"]
+  slow_ids = slow_tok(caps[::7])["input_ids"]  # The slow tokenizer is pure Python: sample it.
+  assert slow_ids == fast_ids[::7]
+  for cap, ids in zip(caps[::11], fast_ids[::11]):
+    decoded = fast_tok.decode(ids, skip_special_tokens=True)
+    assert "".join(decoded.split()) == "".join(cap.lower().split())
+  assert max(len(i) for i in fast_ids) <= ds_lib.EMOJI_CONTEXT_LENGTH
+  assert len(fast_tok) == 1024
+
+
+def test_tokenize_padding_and_eos(fast_tok):
+  eos = tok_lib.eos_token_id(fast_tok)
+  caps = ["grinning face", "kiss: woman, man, medium-light skin tone, medium-dark skin tone"]
+  ids, mask = tok_lib.tokenize(fast_tok, caps, max_length=8)
+  assert ids.shape == mask.shape == (2, 8) and ids.dtype == mask.dtype == np.int32
+  assert ids[0, 0] == fast_tok.bos_token_id
+  n0 = int(mask[0].sum())
+  assert ids[0, n0 - 1] == eos and (mask[0, n0:] == 0).all()
+  # Truncated: the last kept token is EOS and it is the first EOS in the row.
+  assert mask[1].all() and ids[1, -1] == eos
+  assert np.flatnonzero(ids[1] == eos)[0] == 7
+  full, _ = tok_lib.tokenize(fast_tok, caps[1:], max_length=32)
+  np.testing.assert_array_equal(ids[1, :7], full[0, :7])
+  with pytest.raises(ValueError, match="max_length"):
+    tok_lib.tokenize(fast_tok, caps, max_length=1)
+
+
+def test_train_clip_bpe_small(tmp_path):
+  caps = ["a red apple", "a green apple", "café piñata", "two dogs", "red dogs"] * 3
+  tok_lib.train_clip_bpe(caps, tmp_path, vocab_size=530)
+  assert (tmp_path / "merges.txt").read_text().startswith("#version")
+  fast = tok_lib.load_tokenizer(tmp_path)
+  slow = tok_lib.load_tokenizer(tmp_path, fast=False)
+  assert fast(caps)["input_ids"] == slow(caps)["input_ids"]
+  assert len(fast) <= 530
+  with pytest.raises(ValueError, match="vocab_size"):
+    tok_lib.train_clip_bpe(caps, tmp_path, vocab_size=100)
+  with pytest.raises(FileNotFoundError):
+    tok_lib.load_tokenizer(tmp_path / "nope")
+
+
+def test_normalize_images_matches_numpy():
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 256, size=(2, 5, 4, 3), dtype=np.uint8)
+  ref = (x.astype(np.float64) / 255.0 - np.array(ds_lib.CLIP_MEAN)) / np.array(ds_lib.CLIP_STD)
+  out = jax.jit(ds_lib.normalize_images)(x)
+  assert out.dtype == np.float32 and out.shape == x.shape
+  np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_subset_images(emoji):
+  sub = emoji.subset_images([5, 2, 9])
+  assert sub.num_images == 3 and sub.num_texts == 3
+  assert sub.captions == (emoji.captions[2], emoji.captions[5], emoji.captions[9])
+  np.testing.assert_array_equal(sub.images[sub.text_image[0]], emoji.images[2])
+  np.testing.assert_array_equal(sub.image_meta["codepoints"],
+                                emoji.image_meta["codepoints"][[5, 2, 9]])
+  with pytest.raises(ValueError, match="indices"):
+    emoji.subset_images([emoji.num_images])
+
+
+def test_caption_dataset_validation():
+  good = dict(images=np.zeros((2, 4, 4, 3), np.uint8), input_ids=np.zeros((3, 5), np.int32),
+              attention_mask=np.ones((3, 5), np.int32), text_image=np.array([0, 0, 1], np.int32),
+              captions=("a", "b", "c"), image_meta={}, name="t")
+  ds_lib.CaptionDataset(**good)
+  for field, bad, msg in [
+      ("images", np.zeros((2, 4, 4, 3), np.float32), "uint8"),
+      ("images", np.zeros((2, 4, 4), np.uint8), "images"),
+      ("input_ids", np.zeros((3, 5), np.int64), "input_ids"),
+      ("attention_mask", np.ones((3, 4), np.int32), "attention_mask"),
+      ("text_image", np.array([0, 0, 2], np.int32), "text_image"),
+      ("captions", ("a", "b"), "captions"),
+      ("image_meta", {"group": np.array(["x"])}, "group"),
+  ]:
+    with pytest.raises(ValueError, match=msg):
+      ds_lib.CaptionDataset(**dict(good, **{field: bad}))
+
+
+# ----------------------------------------------------------------------------- Karpathy format.
+
+def _write_fixture(root: pathlib.Path) -> pathlib.Path:
+  """Four images (2 train, 1 val, 1 test) with 2-3 sentences each, COCO-style filepaths."""
+  entries = []
+  specs = [("a.png", "train", (40, 30), (255, 0, 0), ["A red box.", "Something red."]),
+           ("b.jpg", "train", (30, 50), (0, 255, 0), ["A green box.", "Green.", "A leaf?"]),
+           ("c.png", "val", (20, 20), (0, 0, 255), ["A blue box.", "Blue!"]),
+           ("d.png", "test", (64, 48), (255, 255, 0), ["Yellow.", "A yellow box."])]
+  for i, (name, split, size, color, sents) in enumerate(specs):
+    (root / "imgs").mkdir(exist_ok=True)
+    Image.new("RGB", size, color).save(root / "imgs" / name)
+    entries.append({"filename": name, "filepath": "imgs", "split": split, "imgid": i,
+                    "sentences": [{"raw": s, "tokens": s.lower().split()} for s in sents]})
+  path = root / "dataset_tiny.json"
+  path.write_text(json.dumps({"images": entries, "dataset": "tiny"}))
+  return path
+
+
+def test_karpathy_loads_splits(tmp_path, fast_tok):
+  path = _write_fixture(tmp_path)
+  train = karpathy.load_karpathy(path, tmp_path, "train", fast_tok, max_length=16, image_size=24)
+  assert train.name == "tiny"
+  assert train.num_images == 2 and train.num_texts == 5
+  assert train.images.shape == (2, 24, 24, 3) and train.images.dtype == np.uint8
+  np.testing.assert_array_equal(train.text_image, [0, 0, 1, 1, 1])
+  assert train.captions == ("A red box.", "Something red.", "A green box.", "Green.", "A leaf?")
+  assert train.images[0, 12, 12].tolist() == [255, 0, 0]
+  assert abs(int(train.images[1, 12, 12, 1]) - 255) <= 2  # JPEG.
+  assert list(train.image_meta["filename"]) == ["a.png", "b.jpg"]
+  assert set(train.image_meta["split"]) == {"train"}
+  both = karpathy.load_karpathy(path, tmp_path, ["val", "test"], fast_tok, 16, image_size=8)
+  assert both.num_images == 2 and both.num_texts == 4
+  assert list(both.image_meta["split"]) == ["val", "test"]
+  one = karpathy.load_karpathy(path, tmp_path, "train", fast_tok, 16, 8, max_images=1)
+  assert one.num_images == 1 and one.num_texts == 2
+
+
+def test_karpathy_uses_image_processor_geometry(tmp_path, fast_tok):
+  from transformers import CLIPImageProcessor
+
+  path = _write_fixture(tmp_path)
+  proc = CLIPImageProcessor(size={"shortest_edge": 20}, crop_size={"height": 16, "width": 12})
+  ds = karpathy.load_karpathy(path, tmp_path, "test", fast_tok, 16, image_size=99,
+                              image_processor=proc)
+  assert ds.images.shape == (1, 16, 12, 3)
+
+
+def test_karpathy_bad_inputs(tmp_path, fast_tok):
+  load = lambda p, split="train": karpathy.load_karpathy(p, tmp_path, split, fast_tok, 16, 8)
+  with pytest.raises(FileNotFoundError, match="missing.json"):
+    load(tmp_path / "missing.json")
+  path = _write_fixture(tmp_path)
+  with pytest.raises(ValueError, match="valid splits"):
+    load(path, "training")
+  data = json.loads(path.read_text())
+
+  def write(mutate):
+    d = json.loads(json.dumps(data))
+    mutate(d)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(d))
+    return bad
+
+  with pytest.raises(ValueError, match="'images'"):
+    load(write(lambda d: d.pop("images")))
+  with pytest.raises(ValueError, match=r"images\[1\].*'filename'"):
+    load(write(lambda d: d["images"][1].pop("filename")))
+  with pytest.raises(ValueError, match=r"images\[2\].*'sentences'"):
+    load(write(lambda d: d["images"][2].pop("sentences")))
+  with pytest.raises(ValueError, match=r"images\[0\].*sentences\[1\].*'raw'"):
+    load(write(lambda d: d["images"][0]["sentences"][1].pop("raw")))
+  (tmp_path / "imgs" / "b.jpg").unlink()
+  with pytest.raises(FileNotFoundError, match="b.jpg"):
+    load(path)
+  (tmp_path / "imgs" / "b.jpg").write_bytes(b"\x89PNG garbage")
+  with pytest.raises(ValueError, match="b.jpg"):
+    load(path)
