@@ -308,7 +308,7 @@ class TextTransformer(nn.Module):
     x = Encoder(cfg, True, self.lora_scale, self.lora_mode, self.dtype, name="encoder")(
         x, attention_mask)
     x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=self.dtype, name="final_layer_norm")(x)
-    if False:  # Legacy HF configs: EOS is the largest id (HF's convention).
+    if cfg.eos_token_id == 2:  # Legacy HF configs: EOS is the largest id (HF's convention).
       eos_position = jnp.argmax(input_ids, axis=-1)
     else:
       eos_position = jnp.argmax(input_ids == cfg.eos_token_id, axis=-1)
