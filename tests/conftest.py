@@ -10,3 +10,80 @@ _CACHE = pathlib.Path(__file__).resolve().parent.parent / ".jax_cache"
 jax.config.update("jax_compilation_cache_dir", str(_CACHE))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from ease_jax import configs  # noqa: E402
+from ease_jax import experiment  # noqa: E402
+from ease_jax import federated  # noqa: E402
+from ease_jax import lora as lora_lib  # noqa: E402
+from ease_jax import model as model_lib  # noqa: E402
+from ease_jax.data import dataset as dataset_lib  # noqa: E402
+
+TINY_VOCAB = 40
+TINY_CONTEXT = 8
+
+
+def tiny_clip_config() -> model_lib.CLIPConfig:
+  return model_lib.CLIPConfig(
+      vision=model_lib.VisionConfig(hidden_size=32, intermediate_size=64, num_layers=2,
+                                    num_heads=2, image_size=16, patch_size=8),
+      text=model_lib.TextConfig(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2,
+                                vocab_size=TINY_VOCAB, max_position_embeddings=TINY_CONTEXT,
+                                eos_token_id=TINY_VOCAB - 1),
+      projection_dim=16)
+
+
+def tiny_dataset(num_images: int = 64, seed: int = 0) -> dataset_lib.CaptionDataset:
+  """Random images, each with one random caption; 4 'concepts' for non-IID partitions."""
+  rng = np.random.default_rng(seed)
+  images = rng.integers(0, 256, (num_images, 16, 16, 3), dtype=np.uint8)
+  lengths = rng.integers(2, TINY_CONTEXT - 1, num_images)
+  ids = np.full((num_images, TINY_CONTEXT), TINY_VOCAB - 1, np.int32)
+  mask = np.zeros((num_images, TINY_CONTEXT), np.int32)
+  for i, n in enumerate(lengths):
+    ids[i, 0] = TINY_VOCAB - 2  # BOS
+    ids[i, 1:n + 1] = rng.integers(0, TINY_VOCAB - 2, n)
+    mask[i, :n + 2] = 1  # tokens + EOS
+  concepts = np.array([f"concept{i % 4}" for i in range(num_images)])
+  return dataset_lib.CaptionDataset(
+      images=images, input_ids=ids, attention_mask=mask,
+      text_image=np.arange(num_images, dtype=np.int32),
+      captions=tuple(f"caption {i}" for i in range(num_images)),
+      image_meta={"subgroup": concepts, "group": concepts}, name="tiny")
+
+
+def tiny_config(**fed) -> ml_collections.ConfigDict:
+  c = configs.base_config()
+  c.fed.update(dict(num_clients=4, rounds=3, batch_size=8, local_epochs=1, client_lr=1e-2,
+                    history_size=4))
+  c.fed.update(fed)
+  c.lora.rank = 4
+  c.eval.every = 0
+  c.checkpoint_every = 1
+  return c
+
+
+def make_tiny_setup(config: ml_collections.ConfigDict, num_images: int = 64
+                    ) -> experiment.FederatedSetup:
+  """A FederatedSetup on a random tiny CLIP and random data (no files needed)."""
+  clip_config = tiny_clip_config()
+  lora_config = lora_lib.LoRAConfig(rank=config.lora.rank, alpha=config.lora.alpha,
+                                    targets=lora_lib.resolve_targets(config.lora.targets))
+  model = model_lib.CLIP(clip_config, lora_scale=lora_config.scale, lora_mode=config.lora.mode)
+  backbone = model.init(jax.random.key(42))
+  ds = tiny_dataset(num_images)
+  order = np.random.default_rng(config.seeds.partition).permutation(num_images)
+  test, clients = np.sort(order[:8]), order[8:]
+  client_images = [np.sort(c) for c in np.array_split(clients, config.fed.num_clients)]
+  return experiment.FederatedSetup(
+      model=model, backbone=backbone, dataset=ds, data=federated.DeviceData.from_dataset(ds),
+      public_images=np.array([], np.int64), test_images=test, client_images=client_images,
+      lora_config=lora_config)
+
+
+@pytest.fixture(scope="session")
+def tiny_setup():
+  return make_tiny_setup(tiny_config())

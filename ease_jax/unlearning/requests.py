@@ -1,0 +1,201 @@
+"""Unlearning requests: what to forget, who holds it, and the retain / forget views of the data.
+
+A request is expressed over text (caption) indices of the setup's dataset; an image is forgotten
+with all of its captions, so the forget / retain image sets used for evaluation are disjoint.
+Three kinds ([paper]: client; [ours]: sample and concept):
+
+* `client`: whole clients leave; D_f is all of their data, they take no further part.
+* `sample`: a random fraction of image–caption pairs, drawn per client (from the given clients or
+  spread over all of them); the holders stay, with their remaining data.
+* `concept`: every client-held pair of a concept: a per-image metadata value (`subgroup` /
+  `group` for the emoji data) or, for caption data without labels, any caption containing one
+  of the given terms (`field="caption"`).
+
+Only the clients' data can be forgotten (the public split trained the frozen backbone and the
+test split is never trained on).
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Sequence
+
+import numpy as np
+
+KINDS = ("client", "sample", "concept")
+CAPTION_FIELD = "caption"
+
+
+@dataclasses.dataclass(frozen=True)
+class UnlearningRequest:
+  """What to forget.
+
+  Attributes:
+    kind: 'client', 'sample' or 'concept'.
+    forget_texts: `[n]` sorted int32 text indices of D_f.
+    forget_images: `[m]` sorted int64 image indices of D_f (every caption of each is in D_f).
+    forget_clients: clients removed entirely (client unlearning); they never train again.
+    holders: clients that hold part of D_f (the leaving clients, for client unlearning).
+    description: human-readable summary, for logs and results.
+  """
+  kind: str
+  forget_texts: np.ndarray
+  forget_images: np.ndarray
+  forget_clients: tuple[int, ...]
+  holders: tuple[int, ...]
+  description: str = ""
+
+  def __post_init__(self):
+    if self.kind not in KINDS:
+      raise ValueError(f"Unknown unlearning kind {self.kind!r}; expected one of {KINDS}.")
+    if len(self.forget_texts) == 0:
+      raise ValueError(f"Empty forget set for {self.kind} request ({self.description}).")
+
+  def retain_clients(self, setup: Any) -> list[int]:
+    """Clients that keep training: not removed and with retain data left."""
+    texts = self.retain_client_texts(setup)
+    return [c for c in range(setup.num_clients)
+            if c not in self.forget_clients and len(texts[c])]
+
+  def retain_client_texts(self, setup: Any) -> list[np.ndarray]:
+    """Per client, its text indices minus D_f (empty for removed clients)."""
+    texts = setup.client_texts(exclude_texts=self.forget_texts)
+    return [np.zeros((0,), np.int32) if c in self.forget_clients else t
+            for c, t in enumerate(texts)]
+
+  def forget_client_texts(self, setup: Any) -> list[np.ndarray]:
+    """Per client, the part of D_f it holds."""
+    return [t[np.isin(t, self.forget_texts)] for t in setup.client_texts()]
+
+  def retain_images(self, setup: Any) -> np.ndarray:
+    """Images of the retained clients that are not forgotten (sorted)."""
+    keep = [setup.client_images[c] for c in self.retain_clients(setup)]
+    imgs = np.concatenate(keep) if keep else np.zeros((0,), np.int64)
+    return np.sort(imgs[~np.isin(imgs, self.forget_images)])
+
+  def eval_subsets(self, setup: Any) -> dict[str, np.ndarray]:
+    """Image sets for evaluation: forget, retain and the held-out test split."""
+    return dict(forget=self.forget_images, retain=self.retain_images(setup),
+                test=np.asarray(setup.test_images))
+
+  def fingerprint(self) -> dict[str, Any]:
+    """JSON-able identity of the request (for cache checks)."""
+    return dict(kind=self.kind, forget_clients=list(self.forget_clients),
+                holders=list(self.holders), num_forget_texts=int(len(self.forget_texts)),
+                forget_texts_hash=int(np.sum(np.asarray(self.forget_texts, np.int64) *
+                                             2654435761 % 1000003) % 1000003))
+
+
+def _check_clients(setup: Any, clients: Sequence[int]) -> tuple[int, ...]:
+  clients = tuple(int(c) for c in clients)
+  if not clients:
+    raise ValueError("No client given.")
+  bad = [c for c in clients if not 0 <= c < setup.num_clients]
+  if bad:
+    raise ValueError(f"Unknown client id(s) {bad}; the setup has clients 0..{setup.num_clients - 1}.")
+  if len(set(clients)) != len(clients):
+    raise ValueError(f"Duplicate client ids in {clients}.")
+  return clients
+
+
+def _finish(setup: Any, kind: str, forget_images: np.ndarray, forget_clients: tuple[int, ...],
+            description: str) -> UnlearningRequest:
+  """Builds the request from its forget images and checks that retain data is left."""
+  forget_images = np.sort(np.asarray(forget_images, np.int64))
+  forget_texts = setup.texts_of(forget_images)
+  if len(forget_texts) == 0:
+    raise ValueError(f"Empty forget set: {description}.")
+  owner = np.full(setup.dataset.num_images, -1, np.int64)
+  for c, imgs in enumerate(setup.client_images):
+    owner[imgs] = c
+  holders = tuple(sorted(set(int(c) for c in owner[forget_images]) | set(forget_clients)))
+  request = UnlearningRequest(kind=kind, forget_texts=forget_texts, forget_images=forget_images,
+                              forget_clients=forget_clients, holders=holders,
+                              description=description)
+  if not request.retain_clients(setup):
+    raise ValueError(f"The request ({description}) leaves no retain data: every client would "
+                     "be removed or emptied.")
+  return request
+
+
+def client_request(setup: Any, clients: Sequence[int]) -> UnlearningRequest:
+  """Client unlearning: the given clients leave with all their data."""
+  clients = _check_clients(setup, clients)
+  images = np.concatenate([setup.client_images[c] for c in clients])
+  return _finish(setup, "client", images, clients, f"client unlearning of clients {list(clients)}")
+
+
+def sample_request(setup: Any, fraction: float, clients: Sequence[int] | None = None,
+                   seed: int = 0) -> UnlearningRequest:
+  """Sample unlearning: `fraction` of each chosen client's images (at least one each).
+
+  Args:
+    fraction: in (0, 1]; `round(fraction * n_k)` (≥ 1) of client k's images are drawn.
+    clients: clients to draw from; None spreads the request over all clients.
+    seed: the draw's RNG seed (`seeds.unlearning`).
+  """
+  if not 0.0 < fraction <= 1.0:
+    raise ValueError(f"sample fraction must be in (0, 1], got {fraction}.")
+  clients = _check_clients(setup, range(setup.num_clients) if clients is None else clients)
+  rng = np.random.default_rng([seed, 1])
+  picked = []
+  for c in clients:
+    imgs = setup.client_images[c]
+    n = min(len(imgs), max(1, int(round(fraction * len(imgs)))))
+    if len(imgs):
+      picked.append(rng.choice(imgs, n, replace=False))
+  images = np.concatenate(picked) if picked else np.zeros((0,), np.int64)
+  return _finish(setup, "sample", images, (),
+                 f"sample unlearning of {fraction:.0%} of clients {list(clients)}' pairs")
+
+
+def concept_request(setup: Any, field: str, values: Sequence[str] | str) -> UnlearningRequest:
+  """Concept unlearning: every client-held pair of the concept(s), across all clients.
+
+  Args:
+    field: a per-image metadata field of the dataset (`subgroup`, `group` for emoji), or
+      'caption' to match caption terms (whole words, case-insensitive) for unlabelled data.
+    values: the concept values (metadata values or caption terms).
+  """
+  values = [values] if isinstance(values, str) else [str(v) for v in values]
+  if not values:
+    raise ValueError("concept_request needs at least one value.")
+  ds = setup.dataset
+  client_imgs = setup.all_client_images
+  if field == CAPTION_FIELD:
+    pattern = re.compile(r"\b(" + "|".join(re.escape(v.lower()) for v in values) + r")\b")
+    hit_texts = [i for i, cap in enumerate(ds.captions) if pattern.search(cap.lower())]
+    images = np.intersect1d(np.unique(ds.text_image[hit_texts]), client_imgs)
+    if len(images) == 0:
+      raise ValueError(f"Unknown concept: no client caption contains any of {values}.")
+  else:
+    if field not in ds.image_meta:
+      raise ValueError(f"Unknown concept field {field!r}; available: "
+                       f"{sorted(ds.image_meta) + [CAPTION_FIELD]}.")
+    meta = np.asarray(ds.image_meta[field]).astype(str)
+    present = set(meta[client_imgs])
+    unknown = [v for v in values if v not in present]
+    if unknown:
+      examples = sorted(present)[:8]
+      raise ValueError(f"Unknown concept {unknown} for field {field!r} (not held by any client); "
+                       f"valid values include {examples}.")
+    images = client_imgs[np.isin(meta[client_imgs], values)]
+  return _finish(setup, "concept", images, (), f"concept unlearning of {field}={values}")
+
+
+def from_config(setup: Any, config: Any, seed: int = 0) -> UnlearningRequest:
+  """The request described by a config's `unlearning` block.
+
+  Fields: `kind` ('client' | 'sample' | 'concept'); `clients` (client ids: the leaving clients,
+  or the clients a sample request draws from — empty = all); `fraction` (sample); `field` and
+  `values` (concept).
+  """
+  kind = config.kind
+  if kind == "client":
+    return client_request(setup, list(config.clients))
+  if kind == "sample":
+    clients = list(config.get("clients", ())) or None
+    return sample_request(setup, config.fraction, clients, seed=seed)
+  if kind == "concept":
+    return concept_request(setup, config.field, list(config.values))
+  raise ValueError(f"Unknown unlearning kind {kind!r}; expected one of {KINDS}.")

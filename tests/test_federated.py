@@ -1,0 +1,215 @@
+"""The federated engine: backends agree, padding is inert, FedAvg is a weighted mean, resume works."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from conftest import make_tiny_setup, tiny_config
+from ease_jax import checkpointing
+from ease_jax import experiment
+from ease_jax import federated
+
+
+def _tree_allclose(a, b, atol=1e-5, rtol=1e-5):
+  leaves = jax.tree.leaves(jax.tree.map(
+      lambda x, y: np.allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=rtol), a, b))
+  return all(leaves)
+
+
+def _round_inputs(setup, config, num_steps=None, seed=0, round_index=0):
+  texts = setup.client_texts()
+  num_steps = num_steps or max(federated.num_local_steps(len(t), config.fed.batch_size,
+                                                         config.fed.local_epochs) for t in texts)
+  sched = federated.build_client_schedules(texts, config.fed.batch_size, config.fed.local_epochs,
+                                           num_steps, seed, round_index, range(len(texts)))
+  return sched
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_setup):
+  config = tiny_config()
+  trainable = experiment.init_trainable(tiny_setup, config)
+  # Non-zero B, so the forward pass depends on both factors.
+  trainable = jax.tree.map(lambda x: x + 0.01, trainable)
+  client_update = federated.make_client_update(federated.clip_objective(tiny_setup.model),
+                                               optax.adam(1e-2))
+  return config, trainable, client_update
+
+
+def test_vmap_equals_sequential_equals_chunked(tiny_setup, engine):
+  config, trainable, client_update = engine
+  sched = _round_inputs(tiny_setup, config)
+  args = (trainable, tiny_setup.backbone, tiny_setup.data, jnp.asarray(sched.text_indices),
+          jnp.asarray(sched.mask))
+  vmapped, m_v = federated.make_round_fn(client_update, "vmap")(*args)
+  sequential, m_s = federated.make_round_fn(client_update, "sequential")(*args)
+  chunked, _ = federated.make_round_fn(client_update, "chunked", chunk_size=3)(*args)
+  assert _tree_allclose(vmapped, sequential)
+  assert _tree_allclose(vmapped, chunked)
+  np.testing.assert_allclose(m_v["loss"], m_s["loss"], rtol=1e-5)
+  # The deltas are real updates, not zeros.
+  assert all(float(jnp.abs(x).max()) > 0 for x in jax.tree.leaves(vmapped))
+
+
+def test_padding_does_not_change_real_clients(tiny_setup, engine):
+  config, trainable, client_update = engine
+  sched = _round_inputs(tiny_setup, config)
+  padded = _round_inputs(tiny_setup, config, num_steps=sched.text_indices.shape[1] + 3)
+  fn = federated.make_round_fn(client_update, "vmap")
+  base, _ = fn(trainable, tiny_setup.backbone, tiny_setup.data,
+               jnp.asarray(sched.text_indices), jnp.asarray(sched.mask))
+  more_steps, _ = fn(trainable, tiny_setup.backbone, tiny_setup.data,
+                     jnp.asarray(padded.text_indices), jnp.asarray(padded.mask))
+  assert _tree_allclose(base, more_steps, atol=1e-6)
+  # An extra all-padding client next to the real ones: real clients' updates unchanged, its own 0.
+  idx = np.concatenate([sched.text_indices, np.zeros_like(sched.text_indices[:1])])
+  mask = np.concatenate([sched.mask, np.zeros_like(sched.mask[:1])])
+  with_ghost, _ = fn(trainable, tiny_setup.backbone, tiny_setup.data, jnp.asarray(idx),
+                     jnp.asarray(mask))
+  assert _tree_allclose(jax.tree.map(lambda x: x[:-1], with_ghost), base, atol=1e-6)
+  assert all(float(jnp.abs(x[-1]).max()) == 0 for x in jax.tree.leaves(with_ghost))
+
+
+def test_client_update_trains_only_the_adapter(tiny_setup, engine):
+  config, trainable, client_update = engine
+  sched = _round_inputs(tiny_setup, config)
+  backbone_before = jax.tree.map(np.array, tiny_setup.backbone)
+  delta, metrics = jax.jit(client_update)(trainable, tiny_setup.backbone, tiny_setup.data,
+                                          jnp.asarray(sched.text_indices[0]),
+                                          jnp.asarray(sched.mask[0]))
+  assert jax.tree.structure(delta) == jax.tree.structure(trainable)
+  assert _tree_allclose(backbone_before, tiny_setup.backbone, atol=0, rtol=0)
+  assert int(metrics["steps"]) == int(sched.mask[0].any(-1).sum())
+  # One SGD step on one full batch is exactly -lr * grad of the objective (computed separately).
+  loss_fn = federated.clip_objective(tiny_setup.model)
+  sgd_update = federated.make_client_update(loss_fn, optax.sgd(0.1))
+  texts = jnp.asarray(tiny_setup.client_texts()[0][:8])
+  one_step, _ = sgd_update(trainable, tiny_setup.backbone, tiny_setup.data, texts[None],
+                           jnp.ones((1, 8), bool))
+  batch = dict(tiny_setup.data.batch(texts), mask=jnp.ones(8, bool))
+  grads = jax.grad(loss_fn)(trainable, tiny_setup.backbone, batch)
+  assert _tree_allclose(one_step, jax.tree.map(lambda g: -0.1 * g, grads), atol=1e-6)
+
+
+def test_fedavg_is_sample_weighted_mean():
+  rng = np.random.default_rng(0)
+  deltas = {"a": rng.normal(size=(3, 4, 2)).astype(np.float32),
+            "b": rng.normal(size=(3, 5)).astype(np.float32)}
+  weights = np.array([10.0, 30.0, 60.0], np.float32)
+  trainable = {"a": np.ones((4, 2), np.float32), "b": np.zeros(5, np.float32)}
+  opt = federated.server_optimizer(1.0)
+  state = federated.init_server(jax.tree.map(jnp.asarray, trainable), opt)
+  new_state, aggregate = federated.fedavg(state, jax.tree.map(jnp.asarray, deltas),
+                                          jnp.asarray(weights), opt)
+  p = weights / weights.sum()
+  for k in deltas:
+    expected = np.tensordot(p, deltas[k], axes=1)
+    np.testing.assert_allclose(aggregate[k], expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(new_state.trainable[k], trainable[k] + expected, rtol=1e-6,
+                               atol=1e-6)
+  assert int(new_state.round) == 1
+  # A server learning rate scales the step; a transform (e.g. a projection) is applied first.
+  half = federated.server_optimizer(0.5)
+  s2, _ = federated.fedavg(federated.init_server(jax.tree.map(jnp.asarray, trainable), half),
+                           jax.tree.map(jnp.asarray, deltas), jnp.asarray(weights), half,
+                           transform=lambda t: jax.tree.map(lambda x: 2 * x, t))
+  np.testing.assert_allclose(s2.trainable["b"], trainable["b"] + np.tensordot(p, deltas["b"], 1),
+                             rtol=1e-6, atol=1e-6)
+
+
+def test_schedules_cover_each_example_once_per_epoch():
+  texts = [np.arange(0, 10), np.arange(10, 13), np.arange(13, 30)]
+  sched = federated.build_client_schedules(texts, batch_size=4, local_epochs=2, num_steps=10,
+                                           seed=3, round_index=5, client_ids=[0, 1, 2])
+  for row, t in enumerate(texts):
+    seen = sched.text_indices[row][sched.mask[row]]
+    np.testing.assert_array_equal(np.sort(seen), np.sort(np.concatenate([t, t])))
+  again = federated.build_client_schedules(texts, 4, 2, 10, 3, 5, [0, 1, 2])
+  np.testing.assert_array_equal(again.text_indices, sched.text_indices)
+  other_round = federated.build_client_schedules(texts, 4, 2, 10, 3, 6, [0, 1, 2])
+  assert not np.array_equal(other_round.text_indices, sched.text_indices)
+  with pytest.raises(ValueError, match="needs 10 local steps"):
+    federated.build_client_schedules(texts, 4, 2, 9, 3, 5, [0, 1, 2])
+  np.testing.assert_array_equal(sched.num_examples, [10, 3, 17])
+
+
+def test_sample_clients_deterministic_and_in_range():
+  a = federated.sample_clients(100, 10, seed=1, round_index=4)
+  np.testing.assert_array_equal(a, federated.sample_clients(100, 10, seed=1, round_index=4))
+  assert len(np.unique(a)) == 10 and a.min() >= 0 and a.max() < 100
+  assert not np.array_equal(a, federated.sample_clients(100, 10, seed=1, round_index=5))
+  np.testing.assert_array_equal(federated.sample_clients(5, 0, 1, 0), np.arange(5))
+
+
+def test_update_history_ring_buffer():
+  h = federated.UpdateHistory.create(num_clients=3, size=2, num_params=4)
+  for r in range(3):
+    h.record([0, 2], np.full((2, 4), r, np.float32), r)
+  ups, rounds = h.client_updates(0)
+  np.testing.assert_array_equal(rounds, [1, 2])
+  np.testing.assert_array_equal(ups[:, 0], [1, 2])
+  assert h.client_updates(1)[0].shape == (0, 4)
+
+
+def _run(setup, config, workdir, num_rounds=None):
+  return experiment.run_federated(setup, config, workdir, num_rounds=num_rounds,
+                                  eval_subsets={"test": setup.test_images}, progress=False)
+
+
+def test_resumed_equals_uninterrupted(tmp_path):
+  config = tiny_config(rounds=4, clients_per_round=3)
+  setup = make_tiny_setup(config)
+  straight = _run(setup, config, tmp_path / "straight")
+  # "Killed" after round 2: a fresh process (new setup objects) resumes from the checkpoint.
+  _run(setup, config, tmp_path / "resumed", num_rounds=2)
+  resumed = _run(make_tiny_setup(config), config, tmp_path / "resumed")
+  assert _tree_allclose(straight.trainable, resumed.trainable, atol=1e-6, rtol=1e-6)
+  np.testing.assert_allclose(straight.history.updates, resumed.history.updates, atol=1e-6)
+  np.testing.assert_array_equal(straight.history.rounds, resumed.history.rounds)
+  assert straight.final_eval == pytest.approx(resumed.final_eval)
+  rows = experiment.read_jsonl(tmp_path / "resumed" / "metrics.jsonl")
+  assert [r["round"] for r in rows] == [1, 2, 3, 4]
+  straight_rows = experiment.read_jsonl(tmp_path / "straight" / "metrics.jsonl")
+  assert [r["clients"] for r in rows] == [r["clients"] for r in straight_rows]
+  assert [r["train_loss"] for r in rows] == pytest.approx([r["train_loss"] for r in straight_rows])
+
+
+def test_same_seeds_same_numbers_and_seeds_matter(tmp_path):
+  config = tiny_config(rounds=2)
+  setup = make_tiny_setup(config)
+  a = _run(setup, config, None)
+  b = _run(setup, config, None)
+  assert _tree_allclose(a.trainable, b.trainable, atol=0, rtol=0)
+  config.seeds.data = 7
+  c = _run(setup, config, None)
+  assert not _tree_allclose(a.trainable, c.trainable, atol=1e-7, rtol=0)
+
+
+def test_checkpoint_from_another_config_is_refused(tmp_path):
+  config = tiny_config(rounds=2)
+  setup = make_tiny_setup(config)
+  _run(setup, config, tmp_path)
+  before = (tmp_path / "metrics.jsonl").read_text()
+  other = tiny_config(rounds=2, client_lr=0.5)
+  with pytest.raises(checkpointing.CheckpointMismatchError, match="fed.client_lr"):
+    _run(setup, other, tmp_path)
+  assert (tmp_path / "metrics.jsonl").read_text() == before
+  # A different execution backend is the same maths: resuming with it is allowed.
+  same_maths = tiny_config(rounds=2, backend="sequential")
+  _run(setup, same_maths, tmp_path)
+
+
+def test_metrics_file_without_checkpoint_is_not_overwritten(tmp_path):
+  config = tiny_config(rounds=1)
+  setup = make_tiny_setup(config)
+  (tmp_path / "metrics.jsonl").write_text('{"round": 9}\n')
+  with pytest.raises(FileExistsError, match="refusing to overwrite"):
+    _run(setup, config, tmp_path)
+  assert (tmp_path / "metrics.jsonl").read_text() == '{"round": 9}\n'
+
+
+def test_unknown_backend_is_an_error(engine):
+  _, _, client_update = engine
+  with pytest.raises(ValueError, match="Unknown federated backend"):
+    federated.make_round_fn(client_update, "pmap")
