@@ -1,0 +1,161 @@
+"""End to end through the real loading code: HF checkpoint folders, Karpathy data, the binaries."""
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from ease_jax import experiment
+from ease_jax import hf
+from ease_jax import model as model_lib
+from ease_jax.data import dataset as dataset_lib
+from ease_jax.data import tokenizer as tok_lib
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+CONFIGS = sorted((ROOT / "experiments" / "configs").glob("*.py"))
+
+
+def _load_config(path):
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  del config_flags
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(spec)
+  sys.path.insert(0, str(ROOT))
+  try:
+    spec.loader.exec_module(module)
+  finally:
+    sys.path.remove(str(ROOT))
+  return module.get_config()
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if p.stem != "__init__"], ids=lambda p: p.stem)
+def test_every_config_builds(path):
+  config = _load_config(path)
+  assert "fed" in config and "seeds" in config
+
+
+def test_unknown_config_key_is_a_clear_error(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, str(ROOT / "experiments" / "train.py"),
+       "--config=" + str(ROOT / "experiments" / "configs" / "emoji_default.py"),
+       "--config.fed.rundos=3", f"--workdir={tmp_path / 'w'}"],
+      capture_output=True, text=True, timeout=120, cwd=ROOT)
+  assert proc.returncode != 0
+  assert "rundos" in proc.stderr
+  assert not (tmp_path / "w").exists()
+
+
+def _tiny_backbone(out_dir, image_size, context):
+  tokenizer = tok_lib.load_tokenizer(dataset_lib.embedded_tokenizer_dir())
+  config = model_lib.CLIPConfig(
+      vision=model_lib.VisionConfig(hidden_size=32, intermediate_size=64, num_layers=1,
+                                    num_heads=2, image_size=image_size, patch_size=8),
+      text=model_lib.TextConfig(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
+                                vocab_size=len(tokenizer), max_position_embeddings=context,
+                                eos_token_id=tok_lib.eos_token_id(tokenizer)),
+      projection_dim=16)
+  params = model_lib.CLIP(config).init(jax.random.key(0))
+  hf.save_clip(out_dir, config, jax.tree.map(np.asarray, params), tokenizer=tokenizer)
+  return out_dir
+
+
+def _small_run(config):
+  config.fed.num_clients = 3
+  config.fed.rounds = 2
+  config.fed.batch_size = 8
+  config.fed.history_size = 2
+  config.eval.every = 1
+  config.lora.rank = 2
+  return config
+
+
+def test_train_on_emoji_with_a_checkpoint_folder(tmp_path):
+  ckpt = _tiny_backbone(tmp_path / "ckpt", image_size=32, context=24)
+  config = _small_run(_load_config(ROOT / "experiments" / "configs" / "emoji_default.py"))
+  config.model.checkpoint = str(ckpt)
+  config.data.public_fraction = 0.8  # keep the client data small for speed
+  summary = experiment.train_and_summarize(config, tmp_path / "work")
+  work = tmp_path / "work"
+  rows = experiment.read_jsonl(work / "metrics.jsonl")
+  assert [r["round"] for r in rows] == [1, 2]
+  assert "clients/mean_r1" in rows[-1] and "test/mean_r1" in rows[-1]
+  assert (work / "r1_per_round.png").stat().st_size > 0
+  on_disk = json.loads((work / "summary.json").read_text())
+  assert on_disk["table"] == summary["table"]
+  assert set(summary["pretrained"]) == set(summary["federated"])
+  # Running again resumes the finished run instead of overwriting it.
+  again = experiment.train_and_summarize(config, work)
+  assert again["federated"] == pytest.approx(summary["federated"])
+
+
+def _karpathy_fixture(root, num_images=12, captions_per_image=2):
+  images = root / "images"
+  images.mkdir(parents=True)
+  rng = np.random.default_rng(0)
+  entries = []
+  for i in range(num_images):
+    Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(images / f"{i}.jpg")
+    entries.append(dict(
+        filename=f"{i}.jpg", imgid=i, split="train" if i < 10 else "test",
+        sentences=[dict(raw=f"a {c} face number {i}", tokens=[]) for c in
+                   ("smiling", "waving")[:captions_per_image]]))
+  (root / "dataset_flickr30k.json").write_text(json.dumps(dict(images=entries,
+                                                               dataset="flickr30k")))
+  return root / "dataset_flickr30k.json", images
+
+
+def test_train_on_karpathy_format_with_hf_checkpoint(tmp_path):
+  ckpt = _tiny_backbone(tmp_path / "ckpt", image_size=16, context=16)
+  json_path, image_root = _karpathy_fixture(tmp_path / "flickr")
+  config = _small_run(_load_config(ROOT / "experiments" / "configs" / "flickr30k_b32.py"))
+  config.model.checkpoint = str(ckpt)
+  config.data.json_path = str(json_path)
+  config.data.image_root = str(image_root)
+  config.data.test_fraction = 0.25
+  config.data.min_client_size = 1
+  config.fed.batch_size = 4
+  setup = experiment.build_setup(config)
+  assert setup.dataset.num_images == 12 and setup.dataset.num_texts == 24
+  assert setup.dataset.images.shape[1:] == (16, 16, 3)
+  # All captions of an image stay with the image's client.
+  for imgs in setup.client_images:
+    texts = setup.texts_of(imgs)
+    assert set(setup.dataset.text_image[texts]) == set(imgs)
+  summary = experiment.train_and_summarize(config, tmp_path / "work")
+  assert 0.0 <= summary["federated"]["test/i2t_r1"] <= 100.0
+
+
+def test_missing_image_in_karpathy_data_names_the_file(tmp_path):
+  ckpt = _tiny_backbone(tmp_path / "ckpt", image_size=16, context=16)
+  json_path, image_root = _karpathy_fixture(tmp_path / "flickr")
+  (image_root / "3.jpg").unlink()
+  config = _load_config(ROOT / "experiments" / "configs" / "flickr30k_b32.py")
+  config.model.checkpoint = str(ckpt)
+  config.data.json_path = str(json_path)
+  config.data.image_root = str(image_root)
+  with pytest.raises(FileNotFoundError, match="3.jpg"):
+    experiment.build_setup(config)
+
+
+def test_too_many_clients_is_a_clear_error(tmp_path):
+  ckpt = _tiny_backbone(tmp_path / "ckpt", image_size=16, context=16)
+  json_path, image_root = _karpathy_fixture(tmp_path / "flickr")
+  config = _load_config(ROOT / "experiments" / "configs" / "flickr30k_b32.py")
+  config.model.checkpoint = str(ckpt)
+  config.data.json_path = str(json_path)
+  config.data.image_root = str(image_root)
+  config.fed.num_clients = 50
+  with pytest.raises(ValueError, match="50"):
+    experiment.build_setup(config)
+
+
+def test_missing_backbone_folder_is_a_clear_error(tmp_path):
+  config = _load_config(ROOT / "experiments" / "configs" / "emoji_default.py")
+  config.model.checkpoint = str(tmp_path / "nope")
+  with pytest.raises(FileNotFoundError, match="nope"):
+    experiment.build_setup(config)
