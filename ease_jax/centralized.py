@@ -28,15 +28,19 @@ def make_schedule(learning_rate: float, steps: int, warmup: int) -> optax.Schedu
                                             end_value=learning_rate * 0.05)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "optimizer"), donate_argnums=(1, 2))
+@functools.partial(jax.jit, static_argnames=("model", "optimizer", "learn_logit_scale"),
+                   donate_argnums=(1, 2))
 def train_step(model: CLIP, params: PyTree, opt_state: PyTree, data: federated.DeviceData,
-               text_indices: jax.Array, optimizer: optax.GradientTransformation):
+               text_indices: jax.Array, optimizer: optax.GradientTransformation,
+               learn_logit_scale: bool = True):
   """One full-parameter step on texts `text_indices [B]` (all valid)."""
 
   def loss_fn(p):
     batch = data.batch(text_indices)
     image_emb, text_emb, scale = model(p, None, batch["pixels"], batch["input_ids"],
                                        batch["attention_mask"])
+    if not learn_logit_scale:
+      scale = jax.lax.stop_gradient(scale)
     return losses.clip_loss(image_emb, text_emb, scale)
 
   loss, grads = jax.value_and_grad(loss_fn)(params)
@@ -46,11 +50,20 @@ def train_step(model: CLIP, params: PyTree, opt_state: PyTree, data: federated.D
 
 def pretrain(model: CLIP, params: PyTree, data: federated.DeviceData, texts: np.ndarray,
              steps: int, batch_size: int, learning_rate: float, weight_decay: float,
-             warmup: int, seed: int, progress: bool = True) -> tuple[PyTree, list[float]]:
-  """Trains all backbone parameters on `texts` with AdamW + warmup-cosine; returns params, losses."""
+             warmup: int, seed: int, learn_logit_scale: bool = True, progress: bool = True
+             ) -> tuple[PyTree, list[float]]:
+  """Trains all backbone parameters on `texts` with AdamW + warmup-cosine; returns params, losses.
+
+  With `learn_logit_scale=False` the temperature stays at its initial value: a tiny CLIP trained
+  on a small split otherwise drives it up until it is over-confident on unseen pairs, which
+  makes the backbone a poor starting point for LoRA fine-tuning.
+  """
+  frozen_scale = jax.tree_util.tree_map_with_path(
+      lambda path, _: learn_logit_scale or jax.tree_util.keystr(path) != "['logit_scale']",
+      params)
   optimizer = optax.chain(optax.clip_by_global_norm(1.0),
-                          optax.adamw(make_schedule(learning_rate, steps, warmup),
-                                      weight_decay=weight_decay))
+                          optax.masked(optax.adamw(make_schedule(learning_rate, steps, warmup),
+                                                   weight_decay=weight_decay), frozen_scale))
   opt_state = optimizer.init(params)
   rng = np.random.default_rng(seed)
   texts = np.asarray(texts, np.int32)
@@ -64,7 +77,8 @@ def pretrain(model: CLIP, params: PyTree, data: federated.DeviceData, texts: np.
       order, pos = rng.permutation(texts), 0
     batch = jnp.asarray(order[pos:pos + batch_size])
     pos += batch_size
-    params, opt_state, loss = train_step(model, params, opt_state, data, batch, optimizer)
+    params, opt_state, loss = train_step(model, params, opt_state, data, batch, optimizer,
+                                         learn_logit_scale)
     if step % 25 == 0 or step == steps - 1:
       losses_seen.append(float(loss))
       bar.set_postfix(loss=f"{losses_seen[-1]:.3f}", s=f"{time.perf_counter() - t0:.0f}")

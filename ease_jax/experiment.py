@@ -102,7 +102,8 @@ def load_dataset(data_config: ml_collections.ConfigDict, tokenizer: Any,
   max_length = min(data_config.get("max_length", context_length) or context_length,
                    context_length)
   if data_config.name == "emoji":
-    ds = dataset_lib.load_emoji(tokenizer=tokenizer, max_length=max_length)
+    ds = dataset_lib.load_emoji(tokenizer=tokenizer, max_length=max_length,
+                                skin_tone_variants=data_config.get("skin_tone_variants", True))
     if ds.images.shape[1] != image_size:
       raise ValueError(f"The embedded emoji images are {ds.images.shape[1]} px but the model "
                        f"expects {image_size} px; rebuild the data with --size={image_size}.")
@@ -346,7 +347,8 @@ def pretrain_backbone(config: ml_collections.ConfigDict, out_dir: str | pathlib.
   from ease_jax.data import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
   tokenizer = tok_lib.load_tokenizer(dataset_lib.embedded_tokenizer_dir())
   context = config.arch.context_length
-  ds = dataset_lib.load_emoji(tokenizer=tokenizer, max_length=context)
+  ds = dataset_lib.load_emoji(tokenizer=tokenizer, max_length=context,
+                              skin_tone_variants=config.data.skin_tone_variants)
   labels = np.asarray(ds.image_meta[config.data.label]) if config.data.label else None
   splits = partition_lib.split_public_test_clients(
       ds.num_images, config.data.public_fraction, config.data.test_fraction,
@@ -362,7 +364,7 @@ def pretrain_backbone(config: ml_collections.ConfigDict, out_dir: str | pathlib.
       model, params, data, public_texts, steps=config.pretrain.steps,
       batch_size=config.pretrain.batch_size, learning_rate=config.pretrain.learning_rate,
       weight_decay=config.pretrain.weight_decay, warmup=config.pretrain.warmup,
-      seed=config.seeds.data)
+      seed=config.seeds.data, learn_logit_scale=config.pretrain.learn_logit_scale)
   train_time = time.perf_counter() - t0
   evals = {}
   for name, images in (("public", splits.public), ("test", splits.test),

@@ -10,7 +10,8 @@ The shape of the engine, FedJAX-style:
   never differentiated.
 * `make_round_fn` runs that update for all sampled clients at once (`vmap`, or `lax.map` in
   chunks when they do not fit in memory) inside one `jit`, the backbone and data with
-  `in_axes=None`; `sequential` loops over clients with the same jitted single-client function.
+  `in_axes=None`; `sequential` loops over clients with the same jitted single-client function;
+  `sharded` splits the client axis over a device mesh (`ease_jax.sharding`).
 * `fedavg` aggregates with sample-count weights and applies a server optimizer (plain FedAvg is
   SGD with learning rate 1 on the pseudo-gradient −Δ).
 * `UpdateHistory` keeps each client's last M transmitted updates (EASE's subspace step and
@@ -34,7 +35,7 @@ from ease_jax.data import dataset as dataset_lib
 from ease_jax.model import CLIP
 
 PyTree = Any
-BACKENDS = ("vmap", "chunked", "sequential")
+BACKENDS = ("vmap", "chunked", "sequential", "sharded")
 
 
 @flax.struct.dataclass
@@ -172,10 +173,15 @@ def make_round_fn(client_update: Callable, backend: str = "vmap", chunk_size: in
 
   backend: `vmap` (one jit over all clients), `chunked` (`lax.map` over chunks of `chunk_size`
   vmapped clients: memory bounded by the chunk), `sequential` (a Python loop of the jitted
-  single-client update, for debugging and as the reference the others must equal).
+  single-client update, for debugging and as the reference the others must equal), `sharded`
+  (clients split over all devices with `jax.shard_map`, see `ease_jax.sharding`; `chunk_size`
+  > 0 chunks each device's block).
   """
   if backend not in BACKENDS:
     raise ValueError(f"Unknown federated backend {backend!r}; expected one of {BACKENDS}.")
+  if backend == "sharded":
+    from ease_jax import sharding  # pylint: disable=g-import-not-at-top
+    return sharding.make_sharded_round_fn(client_update, chunk_size=chunk_size)
   per_client = lambda t, b, d, i, m: client_update(t, b, d, i, m)
   if backend == "vmap":
     return jax.jit(jax.vmap(per_client, in_axes=(None, None, None, 0, 0)))

@@ -17,6 +17,7 @@ test split is never trained on).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 from typing import Any, Sequence
 
@@ -188,7 +189,7 @@ def from_config(setup: Any, config: Any, seed: int = 0) -> UnlearningRequest:
 
   Fields: `kind` ('client' | 'sample' | 'concept'); `clients` (client ids: the leaving clients,
   or the clients a sample request draws from — empty = all); `fraction` (sample); `field` and
-  `values` (concept).
+  `concepts` (concept: the values of `field`, or caption terms).
   """
   kind = config.kind
   if kind == "client":
@@ -197,5 +198,5 @@ def from_config(setup: Any, config: Any, seed: int = 0) -> UnlearningRequest:
     clients = list(config.get("clients", ())) or None
     return sample_request(setup, config.fraction, clients, seed=seed)
   if kind == "concept":
-    return concept_request(setup, config.field, list(config.values))
+    return concept_request(setup, config.field, list(config.concepts))
   raise ValueError(f"Unknown unlearning kind {kind!r}; expected one of {KINDS}.")

@@ -1,0 +1,121 @@
+"""Client-axis sharding of a federated round over a device mesh (one host or many).
+
+The clients of a round are independent until aggregation, so the round is embarrassingly parallel
+along the client axis: `make_sharded_round_fn` pads the `[clients, steps, batch]` schedules to a
+multiple of the device count with all-masked "ghost" clients (their update is exactly zero, see
+`federated.make_client_update`), splits them over the mesh axis with `jax.shard_map`
+(`P("clients")`), and runs the vmapped (or chunked) client update on each device's block. The
+frozen backbone, the trainable start point and the dataset are replicated (`P()`), so no
+collective runs inside the round; aggregation (`federated.fedavg`) reduces over the sharded client
+axis afterwards, which XLA turns into one all-reduce. Results equal the single-device `vmap`
+backend up to float reassociation (tests/test_sharding.py).
+
+Selected with `fed.backend="sharded"` (`fed.chunk_size > 0` chunks each device's block).
+
+One host, several devices: nothing to do (`client_mesh()` uses `jax.devices()`). To try it on a
+CPU, start Python with `XLA_FLAGS=--xla_force_host_platform_device_count=8`.
+
+Multi-host (several processes, one per host, e.g. a GPU/TPU pod or a CPU cluster):
+
+    import jax
+    jax.distributed.initialize()  # coordinator address/process id from the cluster env or args
+    mesh = sharding.client_mesh()  # all devices of all processes: jax.devices()
+    round_fn = sharding.make_sharded_round_fn(client_update, mesh)
+
+Every process runs the same program (SPMD). `build_client_schedules` is a pure function of
+(seed, round, client ids), so each process can build the full `[C, S, B]` schedules and pass them
+as numpy arrays: jit treats identical host values as replicated and each device keeps its block.
+To avoid materialising every client's plan on every host, build only this process's clients and
+assemble the global array with
+`jax.make_array_from_process_local_data(NamedSharding(mesh, P("clients")), local_block)`.
+Backbone and dataset must be the same on every process (load the same checkpoint; replicate with
+`replicate(tree, mesh)`). Outputs are global arrays sharded over clients: aggregate them in jit
+(`fedavg`) and fetch to the host only what is fully replicated, or use
+`jax.experimental.multihost_utils.process_allgather` (e.g. for the update history).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+PyTree = Any
+CLIENT_AXIS = "clients"
+
+
+def client_mesh(devices: Sequence[jax.Device] | None = None,
+                axis_name: str = CLIENT_AXIS) -> Mesh:
+  """A 1-D mesh over `devices` (default: every device of every process) named `axis_name`."""
+  devices = jax.devices() if devices is None else list(devices)
+  return Mesh(np.asarray(devices), (axis_name,))
+
+
+def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
+  """Puts `tree` on every device of `mesh` (a no-op for leaves already replicated there)."""
+  return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def padded_size(num_clients: int, num_devices: int) -> int:
+  """Smallest multiple of `num_devices` that is >= `num_clients` (and >= `num_devices`)."""
+  return max(1, -(-num_clients // num_devices)) * num_devices
+
+
+def make_sharded_round_fn(client_update: Callable, mesh: Mesh | None = None,
+                          chunk_size: int = 0, axis_name: str | None = None,
+                          ) -> Callable[..., tuple[PyTree, dict[str, jax.Array]]]:
+  """The round function of `federated.make_round_fn`, with clients split over `mesh`.
+
+  `(trainable, backbone, data, indices [C, S, B], mask [C, S, B]) -> (deltas [C, ...],
+  metrics [C])` for any C: the client axis is padded to a multiple of the mesh size with ghost
+  clients (mask all False, so their delta is exactly zero) and sliced back afterwards. The
+  padded size is static, so one compilation serves every round of the same C.
+
+  Args:
+    client_update: one client's update, from `federated.make_client_update`.
+    mesh: a mesh whose `axis_name` axis carries clients (default: `client_mesh()`).
+    chunk_size: if > 0, each device runs its block with `lax.map(batch_size=chunk_size)`
+      (memory bounded by `chunk_size` clients per device); 0 vmaps the whole block.
+    axis_name: the mesh axis of clients (default: the mesh's only / first axis).
+  """
+  mesh = client_mesh() if mesh is None else mesh
+  axis_name = axis_name or mesh.axis_names[0]
+  num_devices = mesh.shape[axis_name]
+  clients = P(axis_name)
+
+  def per_device(trainable, backbone, data, indices, mask):
+    # This device's block of clients; everything else is a local replica.
+    if chunk_size > 0:
+      fn = lambda xs: client_update(trainable, backbone, data, *xs)
+      return jax.lax.map(fn, (indices, mask), batch_size=chunk_size)
+    return jax.vmap(client_update, in_axes=(None, None, None, 0, 0))(
+        trainable, backbone, data, indices, mask)
+
+  # No collectives inside: each block is independent. check_vma=False because the scan carry
+  # starts from the replicated `trainable` and becomes per-client (device-varying) after a step.
+  sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(), P(), clients, clients),
+                          out_specs=clients, check_vma=False)
+
+  @jax.jit
+  def round_fn(trainable, backbone, data, indices, mask):
+    num_clients = indices.shape[0]
+    pad = padded_size(num_clients, num_devices) - num_clients
+    if pad:
+      widths = [(0, pad)] + [(0, 0)] * (indices.ndim - 1)
+      indices = jnp.pad(indices, widths)
+      mask = jnp.pad(mask, widths)  # False: ghost clients train on nothing.
+    out = sharded(trainable, backbone, data, indices, mask)
+    return jax.tree.map(lambda x: x[:num_clients], out)
+
+  replicated = NamedSharding(mesh, P())
+
+  def run(trainable, backbone, data, indices, mask):
+    # Replicated once per call (a no-op when already placed), so the frozen backbone and the
+    # dataset are not re-transferred by jit for every device.
+    trainable, backbone, data = jax.device_put((trainable, backbone, data), replicated)
+    return round_fn(trainable, backbone, data, indices, mask)
+
+  run.mesh = mesh
+  return run

@@ -1,0 +1,354 @@
+"""The comparison benchmark: methods × scenarios × seeds against the retrain reference.
+
+`run_benchmark(config, workdir)` is what `experiments/benchmark.py` runs. Layout of the workdir:
+
+  seed{s}/train/                 FedAvg before unlearning (shared by the scenarios of a seed)
+  seed{s}/{scenario}/retrain/    the retrain reference of that request
+  results.jsonl                  one row per finished (scenario, seed, method) cell
+  benchmark.md, benchmark.csv    mean ± std over seeds (sample std, ddof = 1)
+  benchmark.png                  |Δ forget R@1| vs |Δ retain R@1| to retrain, per scenario
+
+Resumable: the federated runs resume from their orbax checkpoints, and cells already in
+`results.jsonl` are skipped, so an interrupted benchmark continues where it stopped. Each row
+holds the retrieval metrics (forget / retain / test, R@{1,5,10} both directions, R-precision),
+the membership-inference AUC on D_f vs matched held-out non-members, wall and compile time.
+Gaps to retrain, speed-ups and the aggregates are computed from the rows (`aggregate`).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import pathlib
+import time
+from typing import Any, Iterable, Sequence
+
+import ml_collections
+import numpy as np
+from absl import logging
+
+from ease_jax import experiment
+from ease_jax import mia
+from ease_jax.unlearning import base
+from ease_jax.unlearning import baselines  # noqa: F401  (registers the baselines)
+from ease_jax.unlearning import ease  # noqa: F401  (registers EASE)
+from ease_jax.unlearning import requests
+from ease_jax.unlearning import retrain as retrain_lib
+
+SPLITS = ("forget", "retain", "test")
+SEED_KEYS = ("partition", "init", "sampling", "data", "unlearning")
+# (column, row key) of the aggregated metrics, in table order.
+METRICS = (
+    [f"{s}/{d}_r1" for s in SPLITS for d in ("i2t", "t2i")]
+    + [f"{s}/i2t_rprec" for s in SPLITS]
+    + [f"{s}/mean_r1" for s in SPLITS]
+    + [f"{s}/mean_r1_gap" for s in SPLITS]
+    + ["mia_auc", "mia_auc_gap", "wall_time_s", "speedup_vs_retrain"])
+
+
+def scenario_config(config: ml_collections.ConfigDict, scenario: str, seed: int
+                    ) -> ml_collections.ConfigDict:
+  """The config of one cell: every run seed set to `seed`, `unlearning` = the scenario block."""
+  if scenario not in config.benchmark.scenario_blocks:
+    raise ValueError(f"Unknown scenario {scenario!r}; defined: "
+                     f"{sorted(config.benchmark.scenario_blocks)}.")
+  overrides: dict[str, Any] = {f"seeds.{k}": int(seed) for k in SEED_KEYS}
+  if "seed" in config:
+    overrides["seed"] = int(seed)
+  for k, v in config.benchmark.scenario_blocks[scenario].items():
+    overrides[f"unlearning.{k}"] = v
+  return base.config_with(config, overrides)
+
+
+def read_rows(path: pathlib.Path) -> list[dict[str, Any]]:
+  if not path.exists():
+    return []
+  rows = []
+  for line in path.read_text().splitlines():
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError:  # A line cut by a kill: that cell is simply redone.
+      continue
+  return rows
+
+
+def _append(path: pathlib.Path, row: dict[str, Any]) -> None:
+  with path.open("a") as f:
+    f.write(json.dumps(row) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def run_benchmark(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+                  progress: bool = True) -> dict[str, Any]:
+  """Runs every missing (scenario, seed, method) cell, then writes the tables and the plot."""
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  b = config.benchmark
+  methods = list(b.methods)
+  for name in methods:
+    base.get_method(name)  # Fail before training on a typo.
+  results = workdir / "results.jsonl"
+  t_start = time.perf_counter()
+  for seed in b.seeds:
+    setup = None
+    for scenario in b.scenarios:
+      done = {r["method"] for r in read_rows(results)
+              if r["scenario"] == scenario and r["seed"] == seed}
+      todo = [m for m in ("retrain", "original", *methods) if m not in done]
+      if not todo:
+        continue
+      cfg = scenario_config(config, scenario, seed)
+      if setup is None:
+        setup = experiment.build_setup(cfg)
+      seed_dir = workdir / f"seed{seed}"
+      trained, _ = retrain_lib.train(setup, cfg, seed_dir)
+      request = requests.from_config(setup, cfg.unlearning, seed=cfg.seeds.unlearning)
+      subsets = request.eval_subsets(setup)
+      ref_run, ref_timing = retrain_lib.retrain(setup, cfg, request, seed_dir / scenario)
+      labels = (np.asarray(setup.dataset.image_meta[cfg.data.label])
+                if cfg.data.get("label") in setup.dataset.image_meta else None)
+      nonmember_images = mia.matched_nonmembers(request.forget_images, setup.test_images,
+                                                labels, seed=cfg.seeds.unlearning)
+      member_texts = request.forget_texts
+      nonmember_texts = setup.texts_of(nonmember_images)
+      batch = cfg.eval.get("batch_size", 256)
+
+      def record(method, trainable, wall, compile_s=0.0, diagnostics=None, parent=None):
+        t0 = time.perf_counter()
+        row = dict(scenario=scenario, seed=seed, method=method, parent=parent,
+                   wall_time_s=wall, compile_time_s=compile_s,
+                   retrain_time_s=ref_timing["steady_time_s"],
+                   request=request.description, num_forget=int(len(member_texts)),
+                   num_nonmembers=int(len(nonmember_texts)))
+        row.update(experiment.evaluate_splits(setup, trainable, subsets, batch))
+        attack = mia.membership_auc(setup.model, setup.backbone, trainable, setup.data,
+                                    member_texts, nonmember_texts, b.mia_score)
+        row.update({f"mia_{k}": v for k, v in attack.items()})
+        row["diagnostics"] = _jsonable(diagnostics or {})
+        row["eval_time_s"] = time.perf_counter() - t0
+        _append(results, row)
+        logging.info("%s seed %d %s: forget %.1f retain %.1f test %.1f MIA %.3f time %s",
+                     scenario, seed, method, row["forget/mean_r1"], row["retain/mean_r1"],
+                     row["test/mean_r1"], row["mia_auc"], wall)
+        if progress:
+          print(f"[{time.perf_counter() - t_start:7.0f}s] {scenario:8s} seed {seed} "
+                f"{method:18s} forget {row['forget/mean_r1']:5.1f} retain "
+                f"{row['retain/mean_r1']:5.1f} test {row['test/mean_r1']:5.1f} "
+                f"MIA {row['mia_auc']:.3f} time {wall if wall is None else round(wall, 2)}",
+                flush=True)
+
+      if "retrain" in todo:
+        record("retrain", ref_run.trainable, ref_timing["steady_time_s"],
+               diagnostics=ref_timing)
+      if "original" in todo:
+        record("original", trained.trainable, None)
+      ctx = base.UnlearningContext(setup=setup, config=cfg, request=request,
+                                   trained=trained.trainable, history=trained.history,
+                                   eval_subsets=subsets, workdir=seed_dir / scenario)
+      for name in methods:
+        if name not in todo:
+          continue
+        try:
+          res = base.get_method(name)(ctx)
+        except Exception as e:  # pylint: disable=broad-except
+          # One broken method must not cost the other cells; a rerun retries it.
+          logging.exception("%s failed on %s seed %d", name, scenario, seed)
+          _append(workdir / "errors.jsonl", dict(scenario=scenario, seed=seed, method=name,
+                                                 error=repr(e)))
+          print(f"{scenario} seed {seed} {name} FAILED: {e!r}", flush=True)
+          continue
+        diag = dict(res.diagnostics)
+        diag.pop("angles_deg", None)  # Large; kept by the unlearn binary, not here.
+        record(name, res.trainable, res.wall_time_s, res.compile_time_s, diag)
+        for tag, tree in res.continued.items():
+          extra = retrain_lib.round_timing(
+              [r for r in res.curves if "round_time_s" in r])["steady_time_s"]
+          record(f"{name}+{tag}", tree, res.wall_time_s + extra, res.compile_time_s,
+                 dict(continued_time_s=extra), parent=name)
+  rows = read_rows(results)
+  table = aggregate(rows, list(b.scenarios))
+  write_outputs(workdir, table, list(b.scenarios), config)
+  return dict(rows=rows, table=table)
+
+
+def with_gaps(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+  """Rows plus gaps to the retrain row of the same (scenario, seed) and the speed-up."""
+  ref = {(r["scenario"], r["seed"]): r for r in rows if r["method"] == "retrain"}
+  out = []
+  for r in rows:
+    r = dict(r)
+    f = ref.get((r["scenario"], r["seed"]))
+    if f is not None:
+      for s in SPLITS:
+        r[f"{s}/mean_r1_gap"] = r[f"{s}/mean_r1"] - f[f"{s}/mean_r1"]
+      r["mia_auc_gap"] = r["mia_auc"] - f["mia_auc"]
+      wall = r.get("wall_time_s")
+      r["speedup_vs_retrain"] = (f["wall_time_s"] / wall) if wall else None
+    out.append(r)
+  return out
+
+
+def aggregate(rows: Sequence[dict[str, Any]], scenarios: Sequence[str]
+              ) -> list[dict[str, Any]]:
+  """Mean and sample std (ddof = 1; 0 for a single seed) over seeds of each (scenario, method).
+
+  Returns rows `{scenario, method, seeds, <metric>: (mean, std) or None}` in scenario order, the
+  method order of first appearance (retrain, original, then the methods).
+  """
+  rows = with_gaps(rows)
+  # Last row wins for a cell written twice (e.g. a cell redone after a partial line).
+  cells: dict[tuple[str, str, int], dict[str, Any]] = {}
+  for r in rows:
+    cells[(r["scenario"], r["method"], r["seed"])] = r
+  order: list[str] = []
+  for r in rows:
+    if r["method"] not in order:
+      order.append(r["method"])
+  out = []
+  for scenario in scenarios:
+    for method in order:
+      group = [r for (s, m, _), r in cells.items() if s == scenario and m == method]
+      if not group:
+        continue
+      agg: dict[str, Any] = dict(scenario=scenario, method=method,
+                                 seeds=sorted(r["seed"] for r in group))
+      for k in METRICS:
+        vals = [r.get(k) for r in group]
+        vals = [float(v) for v in vals if v is not None]
+        agg[k] = (float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+                  ) if vals else None
+      out.append(agg)
+  return out
+
+
+def _pm(v: tuple[float, float] | None, digits: int = 1) -> str:
+  if v is None:
+    return "—"
+  return f"{v[0]:.{digits}f} ± {v[1]:.{digits}f}"
+
+
+def format_markdown(table: Sequence[dict[str, Any]], scenarios: Sequence[str]) -> str:
+  """One markdown table per scenario (mean ± std over seeds)."""
+  head = ("| method | forget R@1 i2t / t2i | retain R@1 i2t / t2i | test R@1 i2t / t2i | "
+          "R-prec f / r / t | Δforget | Δretain | Δtest | MIA AUC (Δ) | time (s) | speed-up |")
+  sep = "|" + "---|" * 12
+  parts = []
+  for scenario in scenarios:
+    rows = [r for r in table if r["scenario"] == scenario]
+    if not rows:
+      continue
+    seeds = max(len(r["seeds"]) for r in rows)
+    parts.append(f"**{scenario} unlearning** ({rows[0]['seeds'] and seeds} seeds; Δ = method − "
+                 "retrain, mean R@1 of both directions; R-prec = image→text)\n")
+    parts += [head, sep]
+    for r in rows:
+      pair = lambda s: f"{_pm(r[f'{s}/i2t_r1'])} / {_pm(r[f'{s}/t2i_r1'])}"
+      rprec = " / ".join(_pm(r[f"{s}/i2t_rprec"]) for s in SPLITS)
+      mia_cell = _pm(r["mia_auc"], 3) + (f" ({r['mia_auc_gap'][0]:+.3f})"
+                                         if r["mia_auc_gap"] else "")
+      speed = "—" if r["speedup_vs_retrain"] is None else f"{r['speedup_vs_retrain'][0]:.1f}×"
+      parts.append(
+          f"| {r['method']} | {pair('forget')} | {pair('retain')} | {pair('test')} | {rprec} | "
+          f"{_pm(r['forget/mean_r1_gap'])} | {_pm(r['retain/mean_r1_gap'])} | "
+          f"{_pm(r['test/mean_r1_gap'])} | {mia_cell} | {_pm(r['wall_time_s'], 2)} | {speed} |")
+    parts.append("")
+  return "\n".join(parts)
+
+
+def write_csv(path: pathlib.Path, table: Sequence[dict[str, Any]]) -> None:
+  cols = ["scenario", "method", "num_seeds"] + [f"{k}_{s}" for k in METRICS
+                                                for s in ("mean", "std")]
+  with path.open("w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(cols)
+    for r in table:
+      vals = []
+      for k in METRICS:
+        vals += ["", ""] if r[k] is None else [f"{r[k][0]:.6g}", f"{r[k][1]:.6g}"]
+      w.writerow([r["scenario"], r["method"], len(r["seeds"])] + vals)
+
+
+def plot(path: pathlib.Path, table: Sequence[dict[str, Any]], scenarios: Sequence[str]) -> None:
+  """Per scenario: |Δforget| vs |Δretain| (R@1 points to retrain), error bars = std."""
+  from ease_jax import plotting  # noqa: F401  pylint: disable=g-import-not-at-top (sets Agg)
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  scenarios = [s for s in scenarios if any(r["scenario"] == s for r in table)]
+  fig, axes = plt.subplots(1, max(len(scenarios), 1), figsize=(5 * max(len(scenarios), 1), 4.2),
+                           squeeze=False)
+  for ax, scenario in zip(axes[0], scenarios):
+    for r in table:
+      if r["scenario"] != scenario or r["method"] == "retrain" or r["forget/mean_r1_gap"] is None:
+        continue
+      fx, fs = r["forget/mean_r1_gap"]
+      rx, rs = r["retain/mean_r1_gap"]
+      ax.errorbar(abs(fx), abs(rx), xerr=fs, yerr=rs, fmt="o", capsize=2)
+      ax.annotate(r["method"], (abs(fx), abs(rx)), fontsize=7, xytext=(3, 3),
+                  textcoords="offset points")
+    ax.set_xlabel("|forget R@1 − retrain| (points)")
+    ax.set_ylabel("|retain R@1 − retrain| (points)")
+    ax.set_title(f"{scenario} unlearning (closer to 0 is better)")
+    ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def write_outputs(workdir: pathlib.Path, table: Sequence[dict[str, Any]],
+                  scenarios: Sequence[str], config: ml_collections.ConfigDict) -> None:
+  md = format_markdown(table, scenarios)
+  (workdir / "benchmark.md").write_text(md)
+  write_csv(workdir / "benchmark.csv", table)
+  plot(workdir / "benchmark.png", table, scenarios)
+  experiment.write_json_atomic(workdir / "benchmark_config.json",
+                               _jsonable(config.to_dict()))
+
+
+def _jsonable(x: Any) -> Any:
+  if isinstance(x, dict):
+    return {str(k): _jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_jsonable(v) for v in x]
+  if isinstance(x, (np.integer,)):
+    return int(x)
+  if isinstance(x, (np.floating, float)):
+    return None if not math.isfinite(float(x)) else float(x)
+  if isinstance(x, np.ndarray):
+    return _jsonable(x.tolist())
+  return x
+
+
+def summarize(rows: Iterable[dict[str, Any]]) -> dict[str, int]:
+  """Cells done per scenario (for progress reports)."""
+  out: dict[str, int] = {}
+  for r in rows:
+    out[r["scenario"]] = out.get(r["scenario"], 0) + 1
+  return out
+
+
+def section_text(table: Sequence[dict[str, Any]], config: ml_collections.ConfigDict,
+                 workdir: pathlib.Path, machine: str) -> str:
+  """The BENCHMARKS.md section: command, machine, sizes, status and the tables."""
+  b = config.benchmark
+  rows = read_rows(workdir / "results.jsonl")
+  expected = len(b.seeds) * len(b.scenarios) * (2 + len(b.methods))
+  done = len({(r["scenario"], r["seed"], r["method"]) for r in rows if not r.get("parent")})
+  status = ("complete" if done >= expected else
+            f"PARTIAL: {done} of {expected} (scenario, seed, method) cells finished; rerun the "
+            "command to resume (cached runs and finished cells are reused)")
+  return "\n".join([
+      "```bash",
+      f"python experiments/benchmark.py --config=experiments/configs/benchmark_emoji.py "
+      f"--workdir={workdir}",
+      "```",
+      "",
+      f"Machine: {machine}. Seeds {list(b.seeds)}, {config.fed.num_clients} clients, "
+      f"{config.fed.rounds} FedAvg rounds (train and each retrain), methods "
+      f"{list(b.methods)}; MIA score `{b.mia_score}`. Status: {status}.",
+      "Times are seconds of unlearning work without compilation (federated rounds: the first "
+      "round replaced by the median round, as for retrain); `+pfl` rows include EASE's 3 PFL "
+      "rounds. Speed-up = retrain's steady time / the method's.",
+      "",
+      format_markdown(table, list(b.scenarios)),
+  ])

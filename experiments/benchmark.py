@@ -1,0 +1,49 @@
+r"""The unlearning comparison table: every method × scenario × seed against retrain.
+
+  python experiments/benchmark.py --config=experiments/configs/benchmark_emoji.py \
+      --workdir=workdirs/benchmark_emoji [--config.benchmark.seeds="(0,1,2)"]
+
+Resumable: rerun the same command after an interruption. Writes `results.jsonl` (one row per
+finished cell), `benchmark.md`, `benchmark.csv` and `benchmark.png` to the workdir and prints the
+markdown table. `--report_only` only re-aggregates the finished cells; `--benchmarks_md` also
+writes the table, command and machine to the "Unlearning comparison" section of BENCHMARKS.md.
+"""
+import pathlib
+import sys
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from ease_jax.unlearning import benchmark
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Benchmark config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Folder for runs, results, table and plot.")
+_REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Aggregate finished cells, run nothing.")
+_BENCHMARKS_MD = flags.DEFINE_bool("benchmarks_md", False,
+                                   "Write the section 'Unlearning comparison' of BENCHMARKS.md.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  del argv
+  config, workdir = _CONFIG.value, pathlib.Path(_WORKDIR.value)
+  scenarios = list(config.benchmark.scenarios)
+  if _REPORT_ONLY.value:
+    table = benchmark.aggregate(benchmark.read_rows(workdir / "results.jsonl"), scenarios)
+    benchmark.write_outputs(workdir, table, scenarios, config)
+  else:
+    table = benchmark.run_benchmark(config, workdir)["table"]
+  md = benchmark.format_markdown(table, scenarios)
+  print(md)
+  if _BENCHMARKS_MD.value:
+    root = pathlib.Path(__file__).resolve().parent.parent
+    sys.path.insert(0, str(root / "benchmarks"))
+    import common  # pylint: disable=g-import-not-at-top
+    body = benchmark.section_text(table, config, workdir, common.machine())
+    common.write_section("Unlearning comparison", body)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,105 @@
+"""Membership inference: the Mann–Whitney AUC, matched non-members and the per-pair scores."""
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.stats
+
+from ease_jax import federated
+from ease_jax import losses
+from ease_jax import mia
+
+
+def brute_force_auc(m, n):
+  m, n = np.asarray(m)[:, None], np.asarray(n)[None, :]
+  return float(np.mean((m > n) + 0.5 * (m == n)))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_auc_matches_brute_force_and_scipy(seed):
+  r = np.random.default_rng(seed)
+  # Rounded scores: many ties, unequal sizes.
+  m = np.round(r.normal(0.3, 1.0, 37), 1)
+  n = np.round(r.normal(0.0, 1.0, 53), 1)
+  a = mia.auc(m, n)
+  assert a == pytest.approx(brute_force_auc(m, n), abs=1e-12)
+  u = scipy.stats.mannwhitneyu(m, n, alternative="two-sided").statistic
+  assert a == pytest.approx(u / (len(m) * len(n)), abs=1e-12)
+
+
+def test_auc_edge_cases():
+  assert mia.auc([2, 3], [0, 1]) == 1.0
+  assert mia.auc([0, 1], [2, 3]) == 0.0
+  assert mia.auc([1, 1], [1, 1, 1]) == 0.5
+  with pytest.raises(ValueError, match="members"):
+    mia.auc([], [1.0])
+  with pytest.raises(ValueError, match="finite"):
+    mia.auc([np.nan], [1.0])
+
+
+def test_matched_nonmembers_follow_the_concept_mix():
+  labels = np.array(["a"] * 50 + ["b"] * 50 + ["c"] * 50)
+  members = np.r_[0:10, 50:55]           # 10 'a', 5 'b'
+  cands = np.r_[20:40, 70:90, 120:150]   # 20 a, 20 b, 30 c
+  picked = mia.matched_nonmembers(members, cands, labels, seed=0)
+  assert len(picked) == 15 and np.all(np.isin(picked, cands))
+  assert (labels[picked] == "a").sum() == 10 and (labels[picked] == "b").sum() == 5
+  # Too few of a label: the rest is filled from other candidates, same count.
+  picked = mia.matched_nonmembers(np.r_[0:30], np.r_[40:45, 60:100], labels, seed=0)
+  assert len(picked) == 30 and (labels[picked] == "a").sum() == 5
+  # Fewer candidates than members: all candidates.
+  assert len(mia.matched_nonmembers(np.arange(10), np.arange(20, 25), None)) == 5
+  with pytest.raises(ValueError, match="empty"):
+    mia.matched_nonmembers(np.arange(3), np.array([], int), None)
+
+
+def test_pair_scores_and_membership_auc(tiny_setup):
+  setup = tiny_setup
+  members, nonmembers = setup.texts_of(setup.client_images[0]), setup.texts_of(setup.test_images)
+  gallery = np.sort(np.concatenate([members, nonmembers]))
+  cos = mia.pair_scores(setup.model, setup.backbone, None, setup.data, members, "cosine", gallery)
+  loss = mia.pair_scores(setup.model, setup.backbone, None, setup.data, members, "loss", gallery)
+  # Brute force: per-pair symmetric InfoNCE over the gallery.
+  ti = np.asarray(setup.data.text_image)
+  ie, te = federated.embed(setup.model, setup.backbone, None, setup.data, ti[gallery], gallery)
+  logits = np.asarray(losses.contrastive_logits(jnp.asarray(ie), jnp.asarray(te),
+                                                setup.backbone["logit_scale"]))
+  pos = np.searchsorted(gallery, members)
+  lse = lambda x, ax: np.log(np.sum(np.exp(x - x.max(ax, keepdims=True)), ax)) + x.max(ax)
+  want = -(0.5 * (lse(logits[pos], 1) + lse(logits[:, pos], 0)) - logits[pos, pos])
+  np.testing.assert_allclose(loss, want, rtol=1e-4, atol=1e-4)
+  un = ie / np.linalg.norm(ie, axis=1, keepdims=True)
+  tn = te / np.linalg.norm(te, axis=1, keepdims=True)
+  np.testing.assert_allclose(cos, np.sum(un[pos] * tn[pos], 1), atol=1e-5)
+  out = mia.membership_auc(setup.model, setup.backbone, None, setup.data, members, nonmembers)
+  assert 0.0 <= out["auc"] <= 1.0 and out["n_members"] == len(members)
+  with pytest.raises(ValueError, match="overlap"):
+    mia.membership_auc(setup.model, setup.backbone, None, setup.data, members, members)
+  with pytest.raises(ValueError, match="Unknown MIA score"):
+    mia.pair_scores(setup.model, setup.backbone, None, setup.data, members, "entropy")
+
+
+def test_benchmark_aggregation_and_resume_rows(tmp_path):
+  from ease_jax.unlearning import benchmark
+  rows = []
+  for seed, (f, ref_f, auc) in enumerate([(30.0, 20.0, 0.6), (34.0, 22.0, 0.7)]):
+    for method, fr, a, wall in (("retrain", ref_f, 0.5, 100.0), ("m", f, auc, 10.0)):
+      r = {f"{s}/{k}": fr for s in benchmark.SPLITS
+           for k in ("i2t_r1", "t2i_r1", "i2t_rprec", "mean_r1")}
+      rows.append(dict(r, scenario="client", seed=seed, method=method, mia_auc=a,
+                       wall_time_s=wall))
+  table = benchmark.aggregate(rows, ["client"])
+  m = [r for r in table if r["method"] == "m"][0]
+  assert m["forget/mean_r1_gap"][0] == pytest.approx(11.0)  # mean of 10 and 12
+  assert m["forget/mean_r1_gap"][1] == pytest.approx(np.std([10, 12], ddof=1))
+  assert m["mia_auc_gap"][0] == pytest.approx(0.15)
+  assert m["speedup_vs_retrain"][0] == pytest.approx(10.0)
+  md = benchmark.format_markdown(table, ["client"])
+  assert "| m |" in md and "11.0 ± 1.4" in md
+  # A line cut by a kill is skipped (that cell is redone on restart).
+  path = tmp_path / "results.jsonl"
+  path.write_text("\n".join(json.dumps(r) for r in rows) + '\n{"scenario": "cl')
+  assert len(benchmark.read_rows(path)) == len(rows)
+  benchmark.write_csv(tmp_path / "b.csv", table)
+  assert (tmp_path / "b.csv").read_text().startswith("scenario,method,num_seeds")

@@ -1,0 +1,270 @@
+"""Unlearning requests, the retrain reference and EASE (GSD + BKE + PFL) on a tiny random CLIP."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from conftest import make_tiny_setup, tiny_config
+from ease_jax import configs
+from ease_jax import experiment
+from ease_jax import federated
+from ease_jax import subspace
+from ease_jax.unlearning import base
+from ease_jax.unlearning import ease
+from ease_jax.unlearning import requests
+from ease_jax.unlearning import retrain as retrain_lib
+
+
+def unlearn_config(**fed):
+  cfg = configs.add_unlearning(tiny_config(**fed))
+  cfg.gsd.max_rank = 4
+  cfg.bke.update(dict(steps=6, batch_size=8, lr=1e-2))
+  cfg.pfl.rounds = 0
+  return cfg
+
+
+@pytest.fixture(scope="module")
+def trained():
+  cfg = unlearn_config(rounds=3, history_size=4, local_epochs=4, client_lr=3e-2)
+  setup = make_tiny_setup(cfg)
+  res = experiment.run_federated(setup, cfg, None, progress=False)
+  return cfg, setup, res
+
+
+def make_ctx(trained, overrides=None, request=None):
+  cfg, setup, res = trained
+  request = request or requests.client_request(setup, [0])
+  return base.UnlearningContext(
+      setup=setup, config=base.config_with(cfg, overrides or {}), request=request,
+      trained=res.trainable, history=res.history, eval_subsets=request.eval_subsets(setup))
+
+
+def flat(tree):
+  return np.asarray(ravel_pytree(tree)[0])
+
+
+# ----------------------------------------------------------------------------------- requests
+
+
+def test_request_validation_errors(tiny_setup):
+  with pytest.raises(ValueError, match="Unknown client id"):
+    requests.client_request(tiny_setup, [7])
+  with pytest.raises(ValueError, match="No client"):
+    requests.client_request(tiny_setup, [])
+  with pytest.raises(ValueError, match="leaves no retain data"):
+    requests.client_request(tiny_setup, range(tiny_setup.num_clients))
+  with pytest.raises(ValueError, match="fraction"):
+    requests.sample_request(tiny_setup, 0.0)
+  with pytest.raises(ValueError, match="leaves no retain data"):
+    requests.sample_request(tiny_setup, 1.0)
+  with pytest.raises(ValueError, match=r"Unknown concept.*valid values include.*concept0"):
+    requests.concept_request(tiny_setup, "subgroup", ["nope"])
+  with pytest.raises(ValueError, match="Unknown concept field.*subgroup"):
+    requests.concept_request(tiny_setup, "colour", ["red"])
+  with pytest.raises(ValueError, match="no client caption"):
+    requests.concept_request(tiny_setup, "caption", ["zebra"])
+  with pytest.raises(ValueError, match="Empty forget set"):
+    requests.UnlearningRequest("client", np.zeros((0,), np.int32), np.zeros((0,), np.int64),
+                               (0,), (0,))
+  with pytest.raises(ValueError, match="Unknown unlearning kind"):
+    cfg = configs.add_unlearning(tiny_config())
+    cfg.unlearning.kind = "everything"
+    requests.from_config(tiny_setup, cfg.unlearning)
+
+
+@pytest.mark.parametrize("build", [
+    lambda s: requests.client_request(s, [1]),
+    lambda s: requests.sample_request(s, 0.25, seed=3),
+    lambda s: requests.sample_request(s, 0.5, clients=[2]),
+    lambda s: requests.concept_request(s, "subgroup", ["concept1", "concept2"]),
+    lambda s: requests.concept_request(s, "caption", ["caption 5", "caption 9"]),
+], ids=["client", "sample", "sample_one_client", "concept", "caption_terms"])
+def test_forget_and_retain_are_disjoint_and_cover(tiny_setup, build):
+  s = tiny_setup
+  req = build(s)
+  retain = req.retain_client_texts(s)
+  forget = req.forget_client_texts(s)
+  for c, all_texts in enumerate(s.client_texts()):
+    assert not np.intersect1d(retain[c], forget[c]).size
+    if c in req.forget_clients:
+      assert len(retain[c]) == 0
+    else:
+      np.testing.assert_array_equal(np.sort(np.concatenate([retain[c], forget[c]])), all_texts)
+  np.testing.assert_array_equal(np.sort(np.concatenate(forget)), req.forget_texts)
+  sets = req.eval_subsets(s)
+  assert not np.intersect1d(sets["forget"], sets["retain"]).size
+  assert not np.intersect1d(sets["forget"], sets["test"]).size
+  assert set(req.holders) == {c for c in range(s.num_clients) if len(forget[c])}
+  assert set(req.retain_clients(s)) == {c for c in range(s.num_clients) if len(retain[c])}
+
+
+def test_from_config_kinds(tiny_setup):
+  cfg = configs.add_unlearning(tiny_config())
+  assert requests.from_config(tiny_setup, cfg.unlearning).forget_clients == (0,)
+  cfg.unlearning.update(dict(kind="concept", concepts=("concept3",)))
+  req = requests.from_config(tiny_setup, cfg.unlearning)
+  assert req.kind == "concept" and not req.forget_clients
+  assert set(tiny_setup.dataset.image_meta["subgroup"][req.forget_images]) == {"concept3"}
+
+
+# ------------------------------------------------------------------------------ module layout
+
+
+def test_module_layout_roundtrip(trained):
+  _, _, res = trained
+  tree = res.trainable
+  layout = ease.module_layout(tree)
+  x = flat(tree)
+  mods = ease.to_modules(layout, jnp.asarray(x))
+  assert mods.shape == (layout.num_modules, layout.dim)
+  np.testing.assert_array_equal(np.asarray(ease.from_modules(layout, mods)), x)
+  # A module's row is its (A, B) in that order.
+  lora_a = tree["vision_model"]["encoder"]["layers"]["0"]["self_attn"]["q_proj"]["a"]
+  row = layout.names.index("vision_model/encoder/layers/0/self_attn/q_proj")
+  np.testing.assert_array_equal(np.asarray(mods[row, :lora_a.size]), np.ravel(lora_a))
+
+
+def _random_projector(layout, rank, seed=0):
+  """A random orthonormal U_u per module: basis [modules, d, rank], valid [modules, rank]."""
+  g = jax.random.normal(jax.random.key(seed), (layout.num_modules, layout.dim, rank))
+  g = g * jnp.asarray(layout.valid)[:, :, None]
+  basis = jnp.linalg.qr(g)[0]
+  return basis, jnp.ones((layout.num_modules, rank), bool)
+
+
+def test_server_projection_removes_the_unique_component(trained):
+  cfg, setup, res = trained
+  layout = ease.module_layout(res.trainable)
+  basis, valid = _random_projector(layout, 3)
+  transform = lambda t: ease.complement_tree(layout, basis, valid, t)
+  deltas = jax.tree.map(lambda x: jnp.stack([x, -0.5 * x, 2 * x]) + 0.01, res.trainable)
+  opt = federated.server_optimizer()
+  state = federated.init_server(res.trainable, opt)
+  new_state, aggregate = federated.fedavg(state, deltas, jnp.ones(3), opt, transform)
+  p_agg = ease.project_tree(layout, basis, valid, aggregate)
+  assert np.abs(flat(p_agg)).max() < 1e-6 * max(np.abs(flat(aggregate)).max(), 1)
+  # So the model does not move along U_u: the drift from the start stays 0.
+  drift = ease.drift_fn(layout, basis, valid, res.trainable)(new_state.trainable)
+  assert float(drift) < 1e-5
+  # And through whole PFL rounds (server projection, no lock).
+  out = experiment.run_federated(setup, cfg, None, trainable=res.trainable, num_rounds=2,
+                                 server_transform=transform, progress=False,
+                                 callback=lambda r, t: dict(drift=float(
+                                     ease.drift_fn(layout, basis, valid, res.trainable)(t))))
+  assert max(r["drift"] for r in out.metrics) < 1e-5
+  assert np.abs(flat(out.trainable) - flat(res.trainable)).max() > 1e-4  # it did train
+
+
+def test_forget_lock_bounds_drift_monotonically_in_lambda(trained):
+  # SGD: the lock's pull λ P_u(θ − θ*) bounds the drift by ~G/λ (lr·λ ≤ 1 keeps it stable).
+  # Adam rescales the pull to ~lr per coordinate, so there the bound is ~lr, not ~G/λ.
+  cfg, setup, res = trained
+  cfg = base.config_with(cfg, {"fed.client_optimizer": "sgd", "fed.client_lr": 1e-2})
+  layout = ease.module_layout(res.trainable)
+  basis, valid = _random_projector(layout, 4, seed=1)
+  drift = ease.drift_fn(layout, basis, valid, res.trainable)
+  drifts = []
+  for lam in (0.0, 1.0, 10.0, 100.0):
+    loss = ease.lock_objective(federated.clip_objective(setup.model), layout, basis, valid,
+                               res.trainable, lam)
+    out = experiment.run_federated(setup, cfg, None, trainable=res.trainable, num_rounds=2,
+                                   loss_fn=loss, round_offset=3, progress=False)
+    drifts.append(float(drift(out.trainable)))
+  assert all(a > b for a, b in zip(drifts, drifts[1:])), drifts
+  assert drifts[-1] < 0.2 * drifts[0], drifts
+
+
+def test_lock_objective_rejects_negative_lambda(trained):
+  _, setup, res = trained
+  layout = ease.module_layout(res.trainable)
+  basis, valid = _random_projector(layout, 2)
+  with pytest.raises(ValueError, match="lock_lambda"):
+    ease.lock_objective(federated.clip_objective(setup.model), layout, basis, valid,
+                        res.trainable, -1.0)
+
+
+# ------------------------------------------------------------------------------- GSD and BKE
+
+
+@pytest.mark.parametrize("kind", ["client", "sample"])
+def test_gsd_shapes_and_bke_moves_only_inside_unique_subspace(trained, kind):
+  cfg, setup, res = trained
+  req = (requests.client_request(setup, [0]) if kind == "client"
+         else requests.sample_request(setup, 0.3, seed=1))
+  ctx = make_ctx(trained, request=req)
+  g = ease.compute_gsd(ctx)
+  gres, layout = g["result"], g["layout"]
+  assert gres.unique_basis.shape == (layout.num_modules, layout.dim, cfg.gsd.max_rank)
+  assert (np.asarray(gres.unique_rank) <= np.asarray(gres.forget_rank)).all()
+  assert np.asarray(gres.unique_rank).sum() > 0
+  theta_star, diag, run_s, _ = ease.run_bke(ctx, layout, gres, target=0.0)
+  delta = jax.tree.map(jnp.subtract, theta_star, res.trainable)
+  p_delta = ease.project_tree(layout, gres.unique_basis, gres.unique_valid, delta)
+  d, pd = flat(delta), flat(p_delta)
+  assert np.linalg.norm(d) > 1e-4
+  np.testing.assert_allclose(pd, d, atol=1e-5 * np.abs(d).max() + 1e-7)
+  assert diag["bke_delta_norm"] > 0 and run_s > 0
+
+
+def test_unilateral_bke_moves_one_tower(trained):
+  cfg, setup, res = trained
+  for tower, frozen in (("vision", "text_model"), ("text", "vision_model")):
+    ctx = make_ctx(trained, {"bke.towers": tower, "gsd.enabled": False})
+    layout = ease.module_layout(res.trainable)
+    theta_star, *_ = ease.run_bke(ctx, layout, None, target=0.0)
+    moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), theta_star, res.trainable)
+    assert max(jax.tree.leaves(moved[frozen])) == 0.0
+    assert max(jax.tree.leaves(moved[tower + "_model"])) > 0.0
+  with pytest.raises(ValueError, match="bke.towers"):
+    ease.run_bke(make_ctx(trained, {"bke.towers": "left"}), layout, None, 0.0)
+
+
+def test_registry_and_unknown_method():
+  for name in ("ease", "ease_no_lock", "ease_unilateral_vision", "ease_unilateral_text",
+               "ease_no_gsd"):
+    assert name in base.METHODS
+  with pytest.raises(ValueError, match="Unknown unlearning method"):
+    base.get_method("eraser9000")
+
+
+def test_round_timing_replaces_the_compiling_round():
+  t = retrain_lib.round_timing([dict(round_time_s=10.0), dict(round_time_s=2.0),
+                                dict(round_time_s=2.0)])
+  assert t["wall_time_s"] == 14.0 and t["steady_time_s"] == 6.0
+
+
+# -------------------------------------------------------------------------------- end to end
+
+
+def test_ease_moves_forget_recall_toward_retrain(trained, tmp_path):
+  """Random captions cannot generalise: the retrain model is at chance on the forget client while
+  the trained model has memorised it. EASE must close most of that gap, and keep retain R@1."""
+  cfg, setup, res = trained
+  cfg = base.config_with(cfg, {"bke.steps": 20, "bke.target": "unmatched", "bke.margin": 0.0,
+                               "bke.retain_source": "none", "gsd.max_rank": 4,
+                               "pfl.rounds": 1, "pfl.lock_lambda": 10.0})
+  req = requests.client_request(setup, [0])
+  subsets = req.eval_subsets(setup)
+  ref, timing = retrain_lib.retrain(setup, cfg, req, tmp_path)
+  assert (tmp_path / "retrain" / "timing.json").exists() and timing["rounds"] == cfg.fed.rounds
+  ev = lambda t: experiment.evaluate_splits(setup, t, subsets)
+  before, after_ref = ev(res.trainable), ev(ref.trainable)
+  ctx = base.UnlearningContext(setup=setup, config=cfg, request=req, trained=res.trainable,
+                               history=res.history, eval_subsets=subsets)
+  out = base.get_method("ease")(ctx)
+  after = ev(out.trainable)
+  gap_before = before["forget/mean_r1"] - after_ref["forget/mean_r1"]
+  gap_after = abs(after["forget/mean_r1"] - after_ref["forget/mean_r1"])
+  assert gap_before > 20, (before, after_ref)  # the forget client was learned
+  assert gap_after < 0.5 * gap_before, (before, after, after_ref)
+  assert abs(after["retain/mean_r1"] - before["retain/mean_r1"]) <= 10.0, (before, after)
+  assert out.wall_time_s > 0 and "unique_rank" in out.diagnostics
+  assert [r["round"] for r in out.curves] == [0, 1] and "forget/mean_r1" in out.curves[-1]
+  # A second retrain call is served from the cache, with the same timing.
+  _, timing2 = retrain_lib.retrain(setup, cfg, req, tmp_path)
+  assert timing2 == timing
+  with pytest.raises(ValueError, match="holds a run for"):
+    retrain_lib.retrain(setup, cfg, requests.client_request(setup, [1]), tmp_path)
