@@ -420,3 +420,10 @@ def train_and_summarize(config: ml_collections.ConfigDict, workdir: str | pathli
                        reference={"clients, pretrained": pretrained["clients/mean_r1"],
                                   "test, pretrained": pretrained["test/mean_r1"]})
   return summary
+
+
+def quiet_library_logs() -> None:
+  """Binaries: hide orbax/jax INFO chatter unless `--verbosity` was given on the command line."""
+  from absl import flags as absl_flags  # pylint: disable=g-import-not-at-top
+  if not absl_flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)

@@ -23,6 +23,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
+  experiment.quiet_library_logs()
   out = pathlib.Path(_WORKDIR.value) / "backbone"
   summary = experiment.pretrain_backbone(_CONFIG.value, out)
   print(json.dumps({k: v for k, v in summary.items() if k != "loss_curve"}, indent=1))

@@ -22,6 +22,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
+  experiment.quiet_library_logs()
   summary = experiment.train_and_summarize(_CONFIG.value, _WORKDIR.value)
   print(json.dumps(summary["table"], indent=1))
 
