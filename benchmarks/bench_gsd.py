@@ -118,11 +118,12 @@ def main():
     for name, (t, first) in times.items():
       rows.append([k, name, t, 100 * t / rt, rt, first])
       print(common.markdown_table([], [rows[-1]]).splitlines()[-1], flush=True)
-  header = ["K retained", "GSD method", "GSD s (median)", "% of a round", "round s (vmap)",
-            "first call s"]
-  table = common.markdown_table(header, rows)
-  print(table)
-  body = f"""Command: `{common.command()}`
+    # Written after each K, so a slow large K still leaves the smaller ones on record.
+    header = ["K retained", "GSD method", "GSD s (median)", "% of a round", "round s (vmap)",
+              "first call s"]
+    table = common.markdown_table(header, rows)
+    print(table)
+    body = f"""Command: `{common.command()}`
 
 Machine: {common.machine()}. GSD of all {MODULES} modules at once (`jax.vmap` of
 `subspace.gsd` over modules, one jit) with K retained clients of M = {HISTORY} updates each,
@@ -135,8 +136,8 @@ unlearning request, not every round, so "% of a round" is a conservative bound.
 
 {table}
 """
-  if not args.no_write:
-    common.write_section("GSD", body)
+    if not args.no_write:
+      common.write_section("GSD", body)
 
 
 if __name__ == "__main__":

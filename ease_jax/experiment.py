@@ -384,6 +384,23 @@ def pretrain_backbone(config: ml_collections.ConfigDict, out_dir: str | pathlib.
   return summary
 
 
+def to_jsonable(x: Any) -> Any:
+  """Nested containers of numpy scalars/arrays -> plain JSON values (NaN/inf -> None)."""
+  if isinstance(x, dict):
+    return {str(k): to_jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [to_jsonable(v) for v in x]
+  if isinstance(x, np.ndarray):
+    return to_jsonable(x.tolist())
+  if isinstance(x, (bool, np.bool_)):
+    return bool(x)
+  if isinstance(x, (np.integer,)):
+    return int(x)
+  if isinstance(x, (np.floating, float)):
+    return float(x) if np.isfinite(x) else None
+  return x
+
+
 def write_json_atomic(path: pathlib.Path, obj: Any) -> None:
   tmp = path.with_suffix(path.suffix + ".tmp")
   tmp.write_text(json.dumps(obj, indent=1))

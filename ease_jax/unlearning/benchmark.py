@@ -126,7 +126,7 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
         attack = mia.membership_auc(setup.model, setup.backbone, trainable, setup.data,
                                     member_texts, nonmember_texts, b.mia_score)
         row.update({f"mia_{k}": v for k, v in attack.items()})
-        row["diagnostics"] = _jsonable(diagnostics or {})
+        row["diagnostics"] = experiment.to_jsonable(diagnostics or {})
         row["eval_time_s"] = time.perf_counter() - t0
         _append(results, row)
         logging.info("%s seed %d %s: forget %.1f retain %.1f test %.1f MIA %.3f time %s",
@@ -302,21 +302,7 @@ def write_outputs(workdir: pathlib.Path, table: Sequence[dict[str, Any]],
   write_csv(workdir / "benchmark.csv", table)
   plot(workdir / "benchmark.png", table, scenarios)
   experiment.write_json_atomic(workdir / "benchmark_config.json",
-                               _jsonable(config.to_dict()))
-
-
-def _jsonable(x: Any) -> Any:
-  if isinstance(x, dict):
-    return {str(k): _jsonable(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [_jsonable(v) for v in x]
-  if isinstance(x, (np.integer,)):
-    return int(x)
-  if isinstance(x, (np.floating, float)):
-    return None if not math.isfinite(float(x)) else float(x)
-  if isinstance(x, np.ndarray):
-    return _jsonable(x.tolist())
-  return x
+                               experiment.to_jsonable(config.to_dict()))
 
 
 def summarize(rows: Iterable[dict[str, Any]]) -> dict[str, int]:

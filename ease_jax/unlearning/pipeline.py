@@ -127,7 +127,7 @@ def run_unlearning(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
       subsets={k: int(len(v)) for k, v in subsets.items()},
       train_timing=train_timing, retrain_timing=ref_timing, table=rows, methods=details,
       config=config.to_dict())
-  experiment.write_json_atomic(workdir / "results.json", _jsonable(results))
+  experiment.write_json_atomic(workdir / "results.json", experiment.to_jsonable(results))
   keys = list(dict.fromkeys(k for r in rows for k in r))
   with (workdir / "results.csv").open("w", newline="") as f:
     w = csv.DictWriter(f, fieldnames=keys)
@@ -135,17 +135,3 @@ def run_unlearning(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
     w.writerows(rows)
   _plots(workdir, rows, curves, ref_eval, gsd_diag)
   return results
-
-
-def _jsonable(x: Any) -> Any:
-  if isinstance(x, dict):
-    return {str(k): _jsonable(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [_jsonable(v) for v in x]
-  if isinstance(x, (np.integer,)):
-    return int(x)
-  if isinstance(x, (np.floating,)):
-    return float(x)
-  if isinstance(x, np.ndarray):
-    return x.tolist()
-  return x
