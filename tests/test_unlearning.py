@@ -28,7 +28,9 @@ def unlearn_config(**fed):
 
 @pytest.fixture(scope="module")
 def trained():
-  cfg = unlearn_config(rounds=3, history_size=4, local_epochs=4, client_lr=3e-2)
+  # Enough local work (6 rounds x 8 epochs, Adam 1e-2) that each client memorises its 14 random
+  # pairs: forget R@1 ~57 vs ~4 for the retrain reference (seed-fixed; ~8 s on 2 CPU cores).
+  cfg = unlearn_config(rounds=6, history_size=4, local_epochs=8, client_lr=1e-2)
   setup = make_tiny_setup(cfg)
   res = experiment.run_federated(setup, cfg, None, progress=False)
   return cfg, setup, res
@@ -260,6 +262,7 @@ def test_ease_moves_forget_recall_toward_retrain(trained, tmp_path):
   gap_after = abs(after["forget/mean_r1"] - after_ref["forget/mean_r1"])
   assert gap_before > 20, (before, after_ref)  # the forget client was learned
   assert gap_after < 0.5 * gap_before, (before, after, after_ref)
+  # Seen: forget R@1 57.1 -> 14.3 (retrain 3.6); retain R@1 19.0 -> 20.2 (retrain 25.0).
   assert abs(after["retain/mean_r1"] - before["retain/mean_r1"]) <= 10.0, (before, after)
   assert out.wall_time_s > 0 and "unique_rank" in out.diagnostics
   assert [r["round"] for r in out.curves] == [0, 1] and "forget/mean_r1" in out.curves[-1]
