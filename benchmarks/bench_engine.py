@@ -8,6 +8,13 @@ a process per configuration, so each is re-run once in a fresh subprocess (`--on
 """
 from __future__ import annotations
 
+import os
+
+# LAPACK (eigh, svd, qr, Cholesky, triangular solves) comes from scipy's OpenBLAS, whose worker
+# threads fight XLA's own pool: on 2 cores a batched 512 x 512 eigh ran ~50x slower and a
+# batched QR deadlocked. One OpenBLAS thread; must be set before numpy/jax are imported.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import argparse
 import json
 import statistics

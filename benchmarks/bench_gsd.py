@@ -10,6 +10,13 @@ a numpy loop (`np.linalg.svd` per client and module, the typical research-code r
 """
 from __future__ import annotations
 
+import os
+
+# LAPACK (eigh, svd, qr, Cholesky, triangular solves) comes from scipy's OpenBLAS, whose worker
+# threads fight XLA's own pool: on 2 cores a batched 512 x 512 eigh ran ~50x slower and a
+# batched QR deadlocked. One OpenBLAS thread; must be set before numpy/jax are imported.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import argparse
 import math
 import time
@@ -94,7 +101,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--clients", default="8,64,512")
   parser.add_argument("--repeats", type=int, default=3)
-  parser.add_argument("--methods", default="gram,svd",
+  parser.add_argument("--methods", default="gram,qr,svd",
                       help="'qr' is off by default: vmapped over modules and clients it hung "
                            "(0 %% CPU, futex wait) on XLA CPU here")
   parser.add_argument("--numpy_max_clients", type=int, default=64,

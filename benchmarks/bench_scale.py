@@ -10,6 +10,13 @@ time and the process's peak RSS.
 """
 from __future__ import annotations
 
+import os
+
+# LAPACK (eigh, svd, qr, Cholesky, triangular solves) comes from scipy's OpenBLAS, whose worker
+# threads fight XLA's own pool: on 2 cores a batched 512 x 512 eigh ran ~50x slower and a
+# batched QR deadlocked. One OpenBLAS thread; must be set before numpy/jax are imported.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import argparse
 import time
 
@@ -68,20 +75,6 @@ def main():
                  f"{slope / 2**20:.3g} MiB per client)"])
     print(rows[-1], flush=True)
 
-  # Check the fit by running a vmapped round at a K that is polite to a shared machine: its RSS
-  # growth should match the compiled estimate.
-  k_check = min(int(0.9 * fits["vmap"][2]), args.check_k)
-  fn = federated.make_round_fn(eng.client_update, "vmap")
-  check_args = args_for(k_check)
-  size, _ = compiled_bytes(fn, check_args)
-  t0 = time.perf_counter()
-  common.block(fn(*check_args))
-  rows.append(["vmap", k_check, size / 2**20,
-               f"ran: {time.perf_counter() - t0:.1f} s incl. compile; process peak RSS "
-               f"{common.peak_rss_mib():.0f} MiB (started at {base_rss:.0f})"])
-  print(rows[-1], flush=True)
-  del check_args
-
   # The big chunked round: AOT compile, then one timed round.
   fn = federated.make_round_fn(eng.client_update, "chunked", args.chunk)
   big_args = args_for(args.big, args.big_steps)
@@ -95,7 +88,22 @@ def main():
   pairs = args.big * args.big_steps * args.batch
   big_row = [args.big, args.chunk, args.big_steps, args.batch, compile_s, round_s,
              pairs / round_s, common.peak_rss_mib()]
+  del big_args, deltas, metrics, compiled
   print(big_row, flush=True)
+
+  # Check the fit by running a vmapped round at a K that is polite to a shared machine: its RSS
+  # growth should match the compiled estimate.
+  k_check = min(int(0.9 * fits["vmap"][2]), args.check_k)
+  fn = federated.make_round_fn(eng.client_update, "vmap")
+  check_args = args_for(k_check)
+  size, _ = compiled_bytes(fn, check_args)
+  t0 = time.perf_counter()
+  common.block(fn(*check_args))
+  rows.append(["vmap", k_check, size / 2**20,
+               f"ran: {time.perf_counter() - t0:.1f} s incl. compile; process peak RSS "
+               f"{common.peak_rss_mib():.0f} MiB (started at {base_rss:.0f})"])
+  print(rows[-1], flush=True)
+  del check_args
 
   fit_table = common.markdown_table(["backend", "K", "XLA memory MiB", "note"], rows)
   big_table = common.markdown_table(
