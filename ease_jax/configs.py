@@ -37,6 +37,7 @@ def base_config() -> ml_collections.ConfigDict:
   ))
   c.model = ml_collections.ConfigDict(dict(
       checkpoint="embedded",  # 'embedded', a Hugging Face CLIP folder, or a cached repo id
+      logit_scale=0.0,        # fine-tuning temperature 1/τ (0 = the checkpoint's own)
   ))
   c.lora = ml_collections.ConfigDict(dict(
       rank=8,
@@ -44,6 +45,8 @@ def base_config() -> ml_collections.ConfigDict:
       targets="qv",            # preset (qv, qkvo, qv_mlp, all, vision_qv, text_qv) or a regex
       mode="unmerged",         # 'unmerged' (x W + s x A B) or 'merged' (x (W + s A B))
       learn_logit_scale=False,
+      init_std=0.02,           # std of the A factors (B starts at zero)
+      freeze_a=False,          # FFA-LoRA: train B only, so FedAvg of the products is exact
   ))
   c.fed = ml_collections.ConfigDict(dict(
       num_clients=8,

@@ -73,15 +73,21 @@ class FederatedSetup:
     return np.sort(np.concatenate(self.client_images))
 
 
-def make_optimizer(name: str, learning_rate: float, weight_decay: float = 0.0
-                   ) -> optax.GradientTransformation:
+def make_optimizer(name: str, learning_rate: float, weight_decay: float = 0.0,
+                   freeze_lora_a: bool = False) -> optax.GradientTransformation:
+  """Optimizer over the trainable tree; `freeze_lora_a` keeps every LoRA A factor fixed (FFA-LoRA)."""
   if name == "adam":
-    return optax.adam(learning_rate)
-  if name == "adamw":
-    return optax.adamw(learning_rate, weight_decay=weight_decay)
-  if name == "sgd":
-    return optax.sgd(learning_rate)
-  raise ValueError(f"Unknown optimizer {name!r}; expected adam, adamw or sgd.")
+    opt = optax.adam(learning_rate)
+  elif name == "adamw":
+    opt = optax.adamw(learning_rate, weight_decay=weight_decay)
+  elif name == "sgd":
+    opt = optax.sgd(learning_rate)
+  else:
+    raise ValueError(f"Unknown optimizer {name!r}; expected adam, adamw or sgd.")
+  if freeze_lora_a:
+    opt = optax.multi_transform({"trainable": opt, "frozen": optax.set_to_zero()},
+                                lambda tree: lora_lib.trainable_labels(tree, freeze_a=True))
+  return opt
 
 
 def load_backbone(model_config: ml_collections.ConfigDict) -> tuple[Any, PyTree, Any]:
@@ -117,9 +123,26 @@ def load_dataset(data_config: ml_collections.ConfigDict, tokenizer: Any,
   raise ValueError(f"Unknown dataset {data_config.name!r}; expected 'emoji' or 'karpathy'.")
 
 
+def lora_config_from(lora: ml_collections.ConfigDict) -> lora_lib.LoRAConfig:
+  """The `LoRAConfig` of a config's `lora` block."""
+  return lora_lib.LoRAConfig(rank=lora.rank, alpha=lora.alpha,
+                             targets=lora_lib.resolve_targets(lora.targets),
+                             init_std=lora.get("init_std", 0.02),
+                             freeze_a=lora.get("freeze_a", False))
+
+
 def build_setup(config: ml_collections.ConfigDict) -> FederatedSetup:
   """Backbone + dataset + splits + client partition, from the config and its seeds."""
   clip_config, backbone, tokenizer = load_backbone(config.model)
+  logit_scale = config.model.get("logit_scale", 0.0)
+  if logit_scale:
+    # Fine-tuning temperature: a backbone over-fit to its small pretraining split is
+    # over-confident on new pairs (in-batch loss far above chance); a lower, fixed scale lets
+    # LoRA learn them without first flattening every similarity. Ranking metrics are unaffected.
+    if logit_scale < 0:
+      raise ValueError(f"model.logit_scale must be > 0 (or 0 for the checkpoint's), got "
+                       f"{logit_scale}.")
+    backbone = dict(backbone, logit_scale=np.asarray(np.log(logit_scale), np.float32))
   ds = load_dataset(config.data, tokenizer, clip_config.text.max_position_embeddings,
                     clip_config.vision.image_size)
   labels = None
@@ -135,8 +158,7 @@ def build_setup(config: ml_collections.ConfigDict) -> FederatedSetup:
       splits.clients, config.data.partition, config.fed.num_clients, seed=config.seeds.partition,
       labels=labels,
       alpha=config.data.get("dirichlet_alpha"), min_size=config.data.get("min_client_size", 1))
-  lora_config = lora_lib.LoRAConfig(rank=config.lora.rank, alpha=config.lora.alpha,
-                                    targets=lora_lib.resolve_targets(config.lora.targets))
+  lora_config = lora_config_from(config.lora)
   model = CLIP(clip_config, lora_scale=lora_config.scale, lora_mode=config.lora.mode)
   return FederatedSetup(model=model, backbone=jax.tree.map(jnp.asarray, backbone), dataset=ds,
                         data=federated.DeviceData.from_dataset(ds),
@@ -248,7 +270,8 @@ def run_federated(setup: FederatedSetup, config: ml_collections.ConfigDict,
     raise ValueError("No client has training data left.")
   eval_subsets = eval_subsets or {}
 
-  client_opt = make_optimizer(fed.client_optimizer, fed.client_lr)
+  client_opt = make_optimizer(fed.client_optimizer, fed.client_lr,
+                              freeze_lora_a=setup.lora_config.freeze_a)
   server_opt = federated.server_optimizer(fed.server_lr, fed.get("server_momentum", 0.0))
   loss_fn = loss_fn or federated.clip_objective(setup.model)
   client_update = federated.make_client_update(loss_fn, client_opt)

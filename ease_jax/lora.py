@@ -44,6 +44,10 @@ class LoRAConfig:
   alpha: float = 16.0
   targets: tuple[str, ...] = DEFAULT_TARGETS
   init_std: float = 0.02  # std of A; B is zero.
+  # FFA-LoRA (Sun et al., ICLR 2024): A stays at its random init and only B trains, so FedAvg of
+  # the clients' B is exactly the average of their products A·B_k (averaging A and B separately
+  # is not).
+  freeze_a: bool = False
 
   @property
   def scale(self) -> float:
@@ -97,6 +101,14 @@ def init_lora(key: jax.Array, params: Params, config: LoRAConfig) -> dict[str, A
                                                               jnp.float32)
     lora[module + "/b"] = jnp.zeros((config.rank, fan_out), jnp.float32)
   return traverse_util.unflatten_dict(lora, sep="/")
+
+
+def trainable_labels(lora: Params, freeze_a: bool) -> Params:
+  """`'frozen'` for every A factor when `freeze_a`, else `'trainable'` (for `optax.multi_transform`)."""
+  def label(path, _):
+    is_a = getattr(path[-1], "key", None) == "a"
+    return "frozen" if freeze_a and is_a else "trainable"
+  return jax.tree_util.tree_map_with_path(label, lora)
 
 
 def module_paths(lora: Params) -> list[str]:

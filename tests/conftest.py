@@ -18,7 +18,6 @@ import pytest  # noqa: E402
 from ease_jax import configs  # noqa: E402
 from ease_jax import experiment  # noqa: E402
 from ease_jax import federated  # noqa: E402
-from ease_jax import lora as lora_lib  # noqa: E402
 from ease_jax import model as model_lib  # noqa: E402
 from ease_jax.data import dataset as dataset_lib  # noqa: E402
 
@@ -70,8 +69,7 @@ def make_tiny_setup(config: ml_collections.ConfigDict, num_images: int = 64
                     ) -> experiment.FederatedSetup:
   """A FederatedSetup on a random tiny CLIP and random data (no files needed)."""
   clip_config = tiny_clip_config()
-  lora_config = lora_lib.LoRAConfig(rank=config.lora.rank, alpha=config.lora.alpha,
-                                    targets=lora_lib.resolve_targets(config.lora.targets))
+  lora_config = experiment.lora_config_from(config.lora)
   model = model_lib.CLIP(clip_config, lora_scale=lora_config.scale, lora_mode=config.lora.mode)
   backbone = model.init(jax.random.key(42))
   ds = tiny_dataset(num_images)

@@ -159,3 +159,15 @@ def test_missing_backbone_folder_is_a_clear_error(tmp_path):
   config.model.checkpoint = str(tmp_path / "nope")
   with pytest.raises(FileNotFoundError, match="nope"):
     experiment.build_setup(config)
+
+
+def test_fine_tuning_temperature_override():
+  config = _load_config(ROOT / "experiments" / "configs" / "emoji_default.py")
+  original = float(experiment.build_setup(config).backbone["logit_scale"])
+  config.model.logit_scale = 5.0
+  setup = experiment.build_setup(config)
+  np.testing.assert_allclose(float(setup.backbone["logit_scale"]), np.log(5.0), rtol=1e-6)
+  assert not np.isclose(original, np.log(5.0))
+  config.model.logit_scale = -1.0
+  with pytest.raises(ValueError, match="model.logit_scale"):
+    experiment.build_setup(config)

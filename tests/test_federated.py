@@ -213,3 +213,35 @@ def test_unknown_backend_is_an_error(engine):
   _, _, client_update = engine
   with pytest.raises(ValueError, match="Unknown federated backend"):
     federated.make_round_fn(client_update, "pmap")
+
+
+def test_frozen_a_trains_b_only_and_makes_fedavg_exact(tiny_setup):
+  """FFA-LoRA: with A frozen the averaged update of the products A·B_k is A·mean(B_k)."""
+  config = tiny_config()
+  trainable = experiment.init_trainable(tiny_setup, config)
+  update = federated.make_client_update(
+      federated.clip_objective(tiny_setup.model),
+      experiment.make_optimizer("adam", 1e-2, freeze_lora_a=True))
+  sched = _round_inputs(tiny_setup, config)
+  round_fn = federated.make_round_fn(update, "vmap")
+  deltas, _ = round_fn(trainable, tiny_setup.backbone, tiny_setup.data,
+                       jnp.asarray(sched.text_indices), jnp.asarray(sched.mask))
+  flat = jax.tree_util.tree_flatten_with_path(deltas)[0]
+  a_deltas = [np.asarray(x) for p, x in flat if jax.tree_util.keystr(p).endswith("['a']")]
+  b_deltas = [np.asarray(x) for p, x in flat if jax.tree_util.keystr(p).endswith("['b']")]
+  assert a_deltas and all(np.all(d == 0) for d in a_deltas)
+  assert all(np.abs(d).max() > 0 for d in b_deltas)
+  # Averaging factors separately equals averaging the products only when A is shared.
+  a0 = np.asarray(trainable["text_model"]["encoder"]["layers"]["0"]["self_attn"]["q_proj"]["a"])
+  b_k = np.asarray(deltas["text_model"]["encoder"]["layers"]["0"]["self_attn"]["q_proj"]["b"])
+  np.testing.assert_allclose(np.mean([a0 @ b for b in b_k], axis=0), a0 @ b_k.mean(0),
+                             atol=1e-6)
+  # Without freezing, A moves.
+  free = federated.make_client_update(federated.clip_objective(tiny_setup.model),
+                                      experiment.make_optimizer("adam", 1e-2))
+  free_deltas, _ = federated.make_round_fn(free, "vmap")(
+      trainable, tiny_setup.backbone, tiny_setup.data, jnp.asarray(sched.text_indices),
+      jnp.asarray(sched.mask))
+  assert any(np.abs(np.asarray(x)).max() > 0
+             for p, x in jax.tree_util.tree_flatten_with_path(free_deltas)[0]
+             if jax.tree_util.keystr(p).endswith("['a']"))

@@ -542,8 +542,8 @@ def _holder_schedules(ctx: base.UnlearningContext, steps: int, batch_size: int,
   return res
 
 
-def _optimizer(c: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  opt = experiment.make_optimizer(c.optimizer, c.lr)
+def _optimizer(c: ml_collections.ConfigDict, freeze_lora_a: bool) -> optax.GradientTransformation:
+  opt = experiment.make_optimizer(c.optimizer, c.lr, freeze_lora_a=freeze_lora_a)
   if c.get("clip_norm", 0.0) > 0:
     opt = optax.chain(optax.clip_by_global_norm(c.clip_norm), opt)
   return opt
@@ -616,7 +616,7 @@ def _ascent(ctx: base.UnlearningContext, c: ml_collections.ConfigDict, start: Py
   forget_texts = ctx.request.forget_client_texts(setup)
   steps = c.local_steps or max(-(-len(forget_texts[h]) // c.batch_size)
                                for h in ctx.request.holders)
-  run = make_ascent_round(setup.model, _optimizer(c))
+  run = make_ascent_round(setup.model, _optimizer(c, setup.lora_config.freeze_a))
   theta, compiled, compile_s, run_s = start, None, 0.0, setup_s
   history, stopped = [], "max_rounds"
   for r in range(c.max_rounds):
@@ -774,8 +774,9 @@ def federaser(ctx: base.UnlearningContext) -> base.MethodResult:
   round_fn = None
   if num_cal:
     update = federated.make_client_update(federated.clip_objective(setup.model),
-                                          experiment.make_optimizer(fed.client_optimizer,
-                                                                    fed.client_lr))
+                                          experiment.make_optimizer(
+                                              fed.client_optimizer, fed.client_lr,
+                                              freeze_lora_a=setup.lora_config.freeze_a))
     round_fn = federated.make_round_fn(update, "vmap")
   calibrate = jax.jit(jax.vmap(lambda o, n: federaser_calibrate(o, n, c.norm)))
   server_step = jax.jit(lambda s, d, w: federated.fedavg(s, d, w, server_opt))
@@ -914,7 +915,7 @@ def _run_holders(ctx: base.UnlearningContext, c: ml_collections.ConfigDict, step
                  aux: Any, stream: int, prep_s: float) -> base.MethodResult:
   setup = ctx.setup
   sched = _holder_schedules(ctx, c.steps, c.batch_size, c.retain_source, stream)
-  run = make_holder_update(setup.model, _optimizer(c), step_loss)
+  run = make_holder_update(setup.model, _optimizer(c, setup.lora_config.freeze_a), step_loss)
   args = (ctx.trained, ctx.trained, setup.backbone, setup.data,
           *(jnp.asarray(sched[k]) for k in ("f_idx", "f_mask", "r_idx", "r_mask", "weights")),
           aux)

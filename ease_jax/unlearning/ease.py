@@ -449,7 +449,7 @@ def run_bke(ctx: base.UnlearningContext, layout: ModuleLayout, gsd_res: Any | No
                            lora_lib.tower_mask(ctx.trained, c.towers))
   fn_key = ("excise_fn", c.optimizer, c.lr, c.retain_weight, c.target, c.margin, use_retain)
   if fn_key not in ctx.cache:  # One compilation for every variant with these settings.
-    update = make_bke_update(setup.model, experiment.make_optimizer(c.optimizer, c.lr),
+    update = make_bke_update(setup.model, experiment.make_optimizer(c.optimizer, c.lr, freeze_lora_a=setup.lora_config.freeze_a),
                              c.retain_weight, c.target, c.margin, use_retain)
     ctx.cache[fn_key] = base.TimedJit(make_excise_fn(layout, update))
   excise = ctx.cache[fn_key]
