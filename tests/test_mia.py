@@ -103,3 +103,27 @@ def test_benchmark_aggregation_and_resume_rows(tmp_path):
   assert len(benchmark.read_rows(path)) == len(rows)
   benchmark.write_csv(tmp_path / "b.csv", table)
   assert (tmp_path / "b.csv").read_text().startswith("scenario,method,num_seeds")
+
+
+def test_shipped_benchmark_config_builds_every_request():
+  """Every scenario × seed of `benchmark_emoji.py` is a valid request on the embedded data."""
+  import importlib.util
+  import pathlib
+  from ease_jax import experiment
+  from ease_jax.unlearning import benchmark
+  from ease_jax.unlearning import requests
+  path = (pathlib.Path(__file__).resolve().parent.parent / "experiments" / "configs"
+          / "benchmark_emoji.py")
+  spec = importlib.util.spec_from_file_location("benchmark_emoji", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  setup = experiment.build_setup(config)
+  kinds = set()
+  for scenario in config.benchmark.scenarios:
+    for seed in config.benchmark.seeds:
+      cfg = benchmark.scenario_config(config, scenario, seed)
+      req = requests.from_config(setup, cfg.unlearning, seed=cfg.seeds.unlearning)
+      assert len(req.forget_texts) > 0
+      kinds.add(req.kind)
+  assert kinds == {"client", "sample", "concept"}

@@ -515,33 +515,6 @@ def _utility_texts(ctx: base.UnlearningContext, n: int = 256) -> np.ndarray:
   return np.sort(rng.choice(pool, min(n, len(pool)), replace=False))
 
 
-def _holder_schedules(ctx: base.UnlearningContext, steps: int, batch_size: int,
-                      retain_source: str | None, stream: int) -> dict[str, np.ndarray]:
-  """Per holder `[H, S, B]` forget (and retain) batches plus weights |D_f ∩ D_h|."""
-  setup, req = ctx.setup, ctx.request
-  seed = ctx.config.seeds.unlearning
-  forget_texts = req.forget_client_texts(setup)
-  retain_texts = req.retain_client_texts(setup)
-  public = setup.texts_of(setup.public_images)
-  out = {k: [] for k in ("f_idx", "f_mask", "r_idx", "r_mask")}
-  weights = []
-  for h in req.holders:
-    fi, fm = ease.sample_batches(forget_texts[h], steps, batch_size, (seed, stream, h))
-    if retain_source is None:
-      ri, rm = np.zeros_like(fi), np.zeros_like(fm)
-    else:
-      src = {"local": retain_texts[h], "public": public}.get(retain_source)
-      if src is None:
-        raise ValueError(f"retain_source must be 'local' or 'public', got {retain_source!r}.")
-      ri, rm = ease.sample_batches(src, steps, batch_size, (seed, stream + 1, h))
-    for k, v in zip(out, (fi, fm, ri, rm)):
-      out[k].append(v)
-    weights.append(len(forget_texts[h]))
-  res = {k: np.stack(v) for k, v in out.items()}
-  res["weights"] = np.asarray(weights, np.float32)
-  return res
-
-
 def _optimizer(c: ml_collections.ConfigDict, freeze_lora_a: bool) -> optax.GradientTransformation:
   opt = experiment.make_optimizer(c.optimizer, c.lr, freeze_lora_a=freeze_lora_a)
   if c.get("clip_norm", 0.0) > 0:
@@ -620,7 +593,7 @@ def _ascent(ctx: base.UnlearningContext, c: ml_collections.ConfigDict, start: Py
   theta, compiled, compile_s, run_s = start, None, 0.0, setup_s
   history, stopped = [], "max_rounds"
   for r in range(c.max_rounds):
-    sched = _holder_schedules(ctx, steps, c.batch_size, None, stream=20 + r)
+    sched = ease.holder_schedules(ctx, steps, c.batch_size, "none", stream=20 + r)
     args = (theta, setup.backbone, setup.data, jnp.asarray(sched["f_idx"]),
             jnp.asarray(sched["f_mask"]), jnp.asarray(sched["weights"]), center,
             jnp.float32(radius))
@@ -914,7 +887,7 @@ def _clip_term(model: CLIP, params: PyTree, backbone: PyTree, rb: Mapping[str, j
 def _run_holders(ctx: base.UnlearningContext, c: ml_collections.ConfigDict, step_loss: Callable,
                  aux: Any, stream: int, prep_s: float) -> base.MethodResult:
   setup = ctx.setup
-  sched = _holder_schedules(ctx, c.steps, c.batch_size, c.retain_source, stream)
+  sched = ease.holder_schedules(ctx, c.steps, c.batch_size, c.retain_source, stream)
   run = make_holder_update(setup.model, _optimizer(c, setup.lora_config.freeze_a), step_loss)
   args = (ctx.trained, ctx.trained, setup.backbone, setup.data,
           *(jnp.asarray(sched[k]) for k in ("f_idx", "f_mask", "r_idx", "r_mask", "weights")),

@@ -409,9 +409,15 @@ def compute_gsd(ctx: base.UnlearningContext) -> dict[str, Any]:
   return out
 
 
-def bke_schedules(ctx: base.UnlearningContext) -> dict[str, np.ndarray]:
-  """Per holder forget / retain batches for BKE: `[holders, S, B]` each, plus weights."""
-  c, setup, req = ctx.config.bke, ctx.setup, ctx.request
+def holder_schedules(ctx: base.UnlearningContext, steps: int, batch_size: int,
+                     retain_source: str, stream: int) -> dict[str, np.ndarray]:
+  """Per holder of forget data, `[holders, S, B]` forget and retain batches plus the FedAvg
+  weights |D_f ∩ D_h|, for any method that runs local steps on the forget holders.
+
+  retain_source: 'local' (the holder's retained pairs), 'public' (the public split) or 'none'
+  (all-False retain masks). `stream` separates the random streams of different methods/rounds.
+  """
+  setup, req = ctx.setup, ctx.request
   seed = ctx.config.seeds.unlearning
   forget_texts = req.forget_client_texts(setup)
   retain_texts = req.retain_client_texts(setup)
@@ -419,19 +425,25 @@ def bke_schedules(ctx: base.UnlearningContext) -> dict[str, np.ndarray]:
   rows = {k: [] for k in ("f_idx", "f_mask", "r_idx", "r_mask")}
   weights = []
   for h in req.holders:
-    fi, fm = sample_batches(forget_texts[h], c.steps, c.batch_size, (seed, 4, h))
+    fi, fm = sample_batches(forget_texts[h], steps, batch_size, (seed, stream, h))
     source = {"local": retain_texts[h], "public": public_texts,
-              "none": np.zeros((0,), np.int32)}.get(c.retain_source)
+              "none": np.zeros((0,), np.int32)}.get(retain_source)
     if source is None:
-      raise ValueError(f"bke.retain_source must be 'local', 'public' or 'none', got "
-                       f"{c.retain_source!r}.")
-    ri, rm = sample_batches(source, c.steps, c.batch_size, (seed, 5, h))
+      raise ValueError(f"retain_source must be 'local', 'public' or 'none', got "
+                       f"{retain_source!r}.")
+    ri, rm = sample_batches(source, steps, batch_size, (seed, stream + 1, h))
     for k, v in zip(rows, (fi, fm, ri, rm)):
       rows[k].append(v)
     weights.append(len(forget_texts[h]))
   out = {k: np.stack(v) for k, v in rows.items()}
   out["weights"] = np.asarray(weights, np.float32)
   return out
+
+
+def bke_schedules(ctx: base.UnlearningContext) -> dict[str, np.ndarray]:
+  """BKE's per-holder forget / retain batches (`bke.steps` of `bke.batch_size`)."""
+  c = ctx.config.bke
+  return holder_schedules(ctx, c.steps, c.batch_size, c.retain_source, stream=4)
 
 
 def run_bke(ctx: base.UnlearningContext, layout: ModuleLayout, gsd_res: Any | None,
