@@ -29,7 +29,6 @@ os.environ.setdefault("KMP_BLOCKTIME", "0")
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 import common

@@ -194,8 +194,6 @@ class EncoderLayer(nn.Module):
   def __call__(self, x: jax.Array, key_mask: jax.Array | None) -> jax.Array:
     cfg = self.config
     norm = lambda name: nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=self.dtype, name=name)
-    dense = lambda f, name: LoRADense(f, lora_scale=self.lora_scale, lora_mode=self.lora_mode,
-                                      dtype=self.dtype, name=name)
     h = norm("layer_norm1")(x)
     x = x + Attention(cfg.hidden_size, cfg.num_heads, self.causal, self.lora_scale,
                       self.lora_mode, self.dtype, name="self_attn")(h, key_mask)

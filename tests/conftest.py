@@ -85,3 +85,21 @@ def make_tiny_setup(config: ml_collections.ConfigDict, num_images: int = 64
 @pytest.fixture(scope="session")
 def tiny_setup():
   return make_tiny_setup(tiny_config())
+
+
+def make_unlearning_ctx(trained, overrides=None, request=None, setup=None):
+  """An `UnlearningContext` from a `(config, setup, RunResult)` fixture (client 0 leaves by
+  default); `overrides` are dotted config keys."""
+  from ease_jax.unlearning import base, requests  # pylint: disable=g-import-not-at-top
+  cfg, setup0, res = trained
+  setup = setup or setup0
+  request = request or requests.client_request(setup, [0])
+  return base.UnlearningContext(
+      setup=setup, config=base.config_with(cfg, overrides or {}), request=request,
+      trained=res.trainable, history=res.history, eval_subsets=request.eval_subsets(setup))
+
+
+def flat_params(tree) -> np.ndarray:
+  """All leaves of a pytree as one flat numpy vector."""
+  from jax.flatten_util import ravel_pytree  # pylint: disable=g-import-not-at-top
+  return np.asarray(ravel_pytree(tree)[0])

@@ -5,9 +5,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.flatten_util import ravel_pytree
 
-from conftest import make_tiny_setup, tiny_config
+from conftest import flat_params as flat
+from conftest import make_tiny_setup, make_unlearning_ctx as make_ctx, tiny_config
 from ease_jax import experiment
 from ease_jax import federated
 from ease_jax.unlearning import base
@@ -26,19 +26,6 @@ def trained():
   setup = dataclasses.replace(setup, public_images=setup.client_images[3])
   res = experiment.run_federated(setup, cfg, None, progress=False)
   return cfg, setup, res
-
-
-def make_ctx(trained, overrides=None, request=None, setup=None):
-  cfg, setup0, res = trained
-  setup = setup or setup0
-  request = request or requests.client_request(setup, [0])
-  return base.UnlearningContext(
-      setup=setup, config=base.config_with(cfg, overrides or {}), request=request,
-      trained=res.trainable, history=res.history, eval_subsets=request.eval_subsets(setup))
-
-
-def flat(tree):
-  return np.asarray(ravel_pytree(tree)[0])
 
 
 def test_method_config_defaults_and_unknown_keys(trained):

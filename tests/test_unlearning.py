@@ -1,17 +1,15 @@
 """Unlearning requests, the retrain reference and EASE (GSD + BKE + PFL) on a tiny random CLIP."""
-import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.flatten_util import ravel_pytree
 
-from conftest import make_tiny_setup, tiny_config
+from conftest import flat_params as flat
+from conftest import make_tiny_setup, make_unlearning_ctx as make_ctx, tiny_config
 from ease_jax import configs
 from ease_jax import experiment
 from ease_jax import federated
-from ease_jax import subspace
 from ease_jax.unlearning import base
 from ease_jax.unlearning import ease
 from ease_jax.unlearning import requests
@@ -34,18 +32,6 @@ def trained():
   setup = make_tiny_setup(cfg)
   res = experiment.run_federated(setup, cfg, None, progress=False)
   return cfg, setup, res
-
-
-def make_ctx(trained, overrides=None, request=None):
-  cfg, setup, res = trained
-  request = request or requests.client_request(setup, [0])
-  return base.UnlearningContext(
-      setup=setup, config=base.config_with(cfg, overrides or {}), request=request,
-      trained=res.trainable, history=res.history, eval_subsets=request.eval_subsets(setup))
-
-
-def flat(tree):
-  return np.asarray(ravel_pytree(tree)[0])
 
 
 # ----------------------------------------------------------------------------------- requests

@@ -66,7 +66,6 @@ Choices made where a paper's detail is not available here ([ours], all config kn
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from typing import Any, Callable, Mapping, Sequence

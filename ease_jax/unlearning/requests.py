@@ -17,7 +17,6 @@ test split is never trained on).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import re
 from typing import Any, Sequence
 
