@@ -86,7 +86,7 @@ def make_optimizer(name: str, learning_rate: float, weight_decay: float = 0.0,
     raise ValueError(f"Unknown optimizer {name!r}; expected adam, adamw or sgd.")
   if freeze_lora_a:
     opt = optax.multi_transform({"trainable": opt, "frozen": optax.set_to_zero()},
-                                lambda tree: lora_lib.trainable_labels(tree, freeze_a=True))
+                                lora_lib.frozen_a_labels)
   return opt
 
 

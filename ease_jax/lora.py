@@ -103,12 +103,10 @@ def init_lora(key: jax.Array, params: Params, config: LoRAConfig) -> dict[str, A
   return traverse_util.unflatten_dict(lora, sep="/")
 
 
-def trainable_labels(lora: Params, freeze_a: bool) -> Params:
-  """`'frozen'` for every A factor when `freeze_a`, else `'trainable'` (for `optax.multi_transform`)."""
-  def label(path, _):
-    is_a = getattr(path[-1], "key", None) == "a"
-    return "frozen" if freeze_a and is_a else "trainable"
-  return jax.tree_util.tree_map_with_path(label, lora)
+def frozen_a_labels(tree: Params) -> Params:
+  """`'frozen'` for every A factor, `'trainable'` for the rest (for `optax.multi_transform`)."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: "frozen" if getattr(path[-1], "key", None) == "a" else "trainable", tree)
 
 
 def module_paths(lora: Params) -> list[str]:
