@@ -131,6 +131,51 @@ def lora_config_from(lora: ml_collections.ConfigDict) -> lora_lib.LoRAConfig:
                              freeze_a=lora.get("freeze_a", False))
 
 
+SPLITS = ("random", "skin_tone")
+
+
+def image_labels(ds: dataset_lib.CaptionDataset, data_config: ml_collections.ConfigDict
+                 ) -> np.ndarray | None:
+  """`[num_images]` values of `data.label` (stratification, non-IID partition), or None."""
+  label = data_config.get("label")
+  if not label:
+    return None
+  if label not in ds.image_meta:
+    raise ValueError(f"data.label={label!r} is not a field of {ds.name}; "
+                     f"available: {sorted(ds.image_meta)}.")
+  return np.asarray(ds.image_meta[label])
+
+
+def split_dataset(ds: dataset_lib.CaptionDataset, data_config: ml_collections.ConfigDict,
+                  seed: int) -> partition_lib.Splits:
+  """Public (backbone pretraining) / test / client images, as `data.split` says.
+
+  'random': a stratified random `public_fraction` and `test_fraction` of all images.
+  'skin_tone' (emoji only): public = every emoji without a skin-tone modifier; the 1,785 toned
+  variants are split into test (`test_fraction` of them) and clients. The backbone then knows
+  each gesture and person in its default colour, and what the clients' data teaches it is the
+  skin-tone vocabulary and its colours: an adaptation federated LoRA can learn in a few rounds,
+  unlike ~900 name-picture pairs of unseen emoji, which it can only memorise slowly.
+  """
+  kind = data_config.get("split", "random")
+  labels = image_labels(ds, data_config)
+  if kind == "random":
+    return partition_lib.split_public_test_clients(
+        ds.num_images, data_config.public_fraction, data_config.test_fraction, seed=seed,
+        labels=labels)
+  if kind == "skin_tone":
+    tones = ds.image_meta.get("skin_tone")
+    if tones is None:
+      raise ValueError(f"data.split='skin_tone' needs a 'skin_tone' image field (the embedded "
+                       f"emoji data has one); {ds.name} has {sorted(ds.image_meta)}.")
+    public = np.asarray(tones) == "none"
+    if public.all():
+      raise ValueError("data.split='skin_tone' found no skin-tone variants; set "
+                       "data.skin_tone_variants=True.")
+    return partition_lib.split_fixed_public(public, data_config.test_fraction, seed, labels)
+  raise ValueError(f"Unknown data.split={kind!r}; expected one of {SPLITS}.")
+
+
 def build_setup(config: ml_collections.ConfigDict) -> FederatedSetup:
   """Backbone + dataset + splits + client partition, from the config and its seeds."""
   clip_config, backbone, tokenizer = load_backbone(config.model)
@@ -145,15 +190,8 @@ def build_setup(config: ml_collections.ConfigDict) -> FederatedSetup:
     backbone = dict(backbone, logit_scale=np.asarray(np.log(logit_scale), np.float32))
   ds = load_dataset(config.data, tokenizer, clip_config.text.max_position_embeddings,
                     clip_config.vision.image_size)
-  labels = None
-  if config.data.get("label"):
-    if config.data.label not in ds.image_meta:
-      raise ValueError(f"data.label={config.data.label!r} is not a field of {ds.name}; "
-                       f"available: {sorted(ds.image_meta)}.")
-    labels = np.asarray(ds.image_meta[config.data.label])
-  splits = partition_lib.split_public_test_clients(
-      ds.num_images, config.data.public_fraction, config.data.test_fraction,
-      seed=config.seeds.split, labels=labels)
+  labels = image_labels(ds, config.data)
+  splits = split_dataset(ds, config.data, config.seeds.split)
   clients = partition_lib.partition(
       splits.clients, config.data.partition, config.fed.num_clients, seed=config.seeds.partition,
       labels=labels,
@@ -372,10 +410,7 @@ def pretrain_backbone(config: ml_collections.ConfigDict, out_dir: str | pathlib.
   context = config.arch.context_length
   ds = dataset_lib.load_emoji(tokenizer=tokenizer, max_length=context,
                               skin_tone_variants=config.data.skin_tone_variants)
-  labels = np.asarray(ds.image_meta[config.data.label]) if config.data.label else None
-  splits = partition_lib.split_public_test_clients(
-      ds.num_images, config.data.public_fraction, config.data.test_fraction,
-      seed=config.seeds.split, labels=labels)
+  splits = split_dataset(ds, config.data, config.seeds.split)
   clip_config = arch_from_config(config.arch, len(tokenizer), tok_lib.eos_token_id(tokenizer),
                                  context)
   model = CLIP(clip_config)
@@ -395,7 +430,9 @@ def pretrain_backbone(config: ml_collections.ConfigDict, out_dir: str | pathlib.
     res = evaluation.evaluate_images(model, params, None, data, ds, images)
     evals.update({f"{name}/{k}": v for k, v in res.items()})
   summary = dict(
-      split=dict(seed=config.seeds.split, public_fraction=config.data.public_fraction,
+      split=dict(kind=config.data.get("split", "random"), seed=config.seeds.split,
+                 skin_tone_variants=config.data.skin_tone_variants,
+                 public_fraction=config.data.public_fraction,
                  test_fraction=config.data.test_fraction, label=config.data.label,
                  num_public=int(len(splits.public))),
       steps=config.pretrain.steps, batch_size=config.pretrain.batch_size,

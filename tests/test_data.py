@@ -43,6 +43,32 @@ def test_emoji_shapes_and_dtypes(emoji):
   assert len(np.unique(emoji.image_meta["group"])) >= 9
 
 
+@pytest.mark.parametrize("caption,tone", [
+    ("waving hand", "none"),
+    ("waving hand: medium skin tone", "medium"),
+    ("thumbs up: medium-dark skin tone", "medium-dark"),
+    ("ok hand: light skin tone", "light"),
+    ("kiss: woman, man, medium-light skin tone", "medium-light"),
+    ("people holding hands: light skin tone, dark skin tone", "mixed"),
+])
+def test_skin_tone_of(caption, tone):
+  assert ds_lib.skin_tone_of(caption) == tone
+
+
+def test_emoji_skin_tone_field(emoji):
+  tones = emoji.image_meta["skin_tone"]
+  counts = {t: int((tones == t).sum()) for t in np.unique(tones)}
+  # emoji-test.txt (Unicode 15.0): 1,870 emoji without a modifier and 1,785 toned variants: 305
+  # per tone (two-person emoji with one tone twice included) and 260 with two different tones.
+  assert counts["none"] == 1870
+  assert sum(counts.values()) - counts["none"] == 1785
+  assert set(counts) == set(ds_lib.SKIN_TONES) | {"none", "mixed"}
+  single = [counts[t] for t in ds_lib.SKIN_TONES]
+  assert max(single) - min(single) == 0
+  for i in np.flatnonzero(tones == "none")[:50]:
+    assert "skin tone" not in emoji.captions[i]
+
+
 def test_emoji_images_not_blank(emoji):
   flat = emoji.images.reshape(emoji.num_images, -1)
   assert (flat.min(axis=1) < 200).all(), "every emoji should have some ink"

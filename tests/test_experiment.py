@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ease_jax import evaluation
 from ease_jax import experiment
 from ease_jax import hf
 from ease_jax import model as model_lib
@@ -78,6 +79,7 @@ def test_train_on_emoji_with_a_checkpoint_folder(tmp_path):
   ckpt = _tiny_backbone(tmp_path / "ckpt", image_size=32, context=24)
   config = _small_run(_load_config(ROOT / "experiments" / "configs" / "emoji_default.py"))
   config.model.checkpoint = str(ckpt)
+  config.data.split = "random"
   config.data.public_fraction = 0.8  # keep the client data small for speed
   summary = experiment.train_and_summarize(config, tmp_path / "work")
   work = tmp_path / "work"
@@ -163,11 +165,69 @@ def test_missing_backbone_folder_is_a_clear_error(tmp_path):
 
 def test_fine_tuning_temperature_override():
   config = _load_config(ROOT / "experiments" / "configs" / "emoji_default.py")
+  config.model.logit_scale = 0.0  # the checkpoint's own
   original = float(experiment.build_setup(config).backbone["logit_scale"])
-  config.model.logit_scale = 5.0
+  config.model.logit_scale = 3.0
   setup = experiment.build_setup(config)
-  np.testing.assert_allclose(float(setup.backbone["logit_scale"]), np.log(5.0), rtol=1e-6)
-  assert not np.isclose(original, np.log(5.0))
+  np.testing.assert_allclose(float(setup.backbone["logit_scale"]), np.log(3.0), rtol=1e-6)
+  assert not np.isclose(original, np.log(3.0))
   config.model.logit_scale = -1.0
   with pytest.raises(ValueError, match="model.logit_scale"):
     experiment.build_setup(config)
+
+
+def test_skin_tone_split_of_the_embedded_data():
+  config = _load_config(ROOT / "experiments" / "configs" / "emoji_default.py")
+  assert config.data.split == "skin_tone"
+  setup = experiment.build_setup(config)
+  tones = setup.dataset.image_meta["skin_tone"]
+  np.testing.assert_array_equal(setup.public_images, np.flatnonzero(tones == "none"))
+  clients = np.concatenate(setup.client_images)
+  held = np.concatenate([setup.test_images, clients])
+  np.testing.assert_array_equal(np.sort(held), np.flatnonzero(tones != "none"))
+  assert len(np.intersect1d(setup.test_images, clients)) == 0
+  # Test split: test_fraction of the toned variants, stratified by the partition label.
+  n_toned = int((tones != "none").sum())
+  assert abs(len(setup.test_images) - config.data.test_fraction * n_toned) <= 6
+  assert set(tones[setup.test_images]) == set(tones[tones != "none"])
+  # The pretraining split must be the one the shipped backbone was trained on.
+  shipped = json.loads((experiment.embedded_backbone_dir() / "pretraining.json").read_text())
+  assert shipped["split"]["kind"] == "skin_tone"
+  assert shipped["split"]["num_public"] == len(setup.public_images)
+
+
+def test_split_kind_errors():
+  config = _load_config(ROOT / "experiments" / "configs" / "emoji_default.py")
+  config.data.split = "by_colour"
+  with pytest.raises(ValueError, match="Unknown data.split='by_colour'"):
+    experiment.build_setup(config)
+  config.data.split = "skin_tone"
+  config.data.skin_tone_variants = False
+  config.data.label = "subgroup"
+  with pytest.raises(ValueError, match="no skin-tone variants"):
+    experiment.build_setup(config)
+
+
+def test_unlearn_pipeline_on_emoji_with_a_checkpoint_folder(tmp_path):
+  from ease_jax.unlearning import pipeline  # pylint: disable=g-import-not-at-top
+  ckpt = _tiny_backbone(tmp_path / "ckpt", image_size=32, context=24)
+  config = _small_run(_load_config(ROOT / "experiments" / "configs" / "unlearn_emoji.py"))
+  config.model.checkpoint = str(ckpt)
+  config.data.split = "random"
+  config.data.public_fraction = 0.85  # keep the client data small for speed
+  config.eval.every = 0
+  config.methods = ("ease",)
+  config.pfl.rounds = 1
+  config.bke.steps = 2
+  results = pipeline.run_unlearning(config, tmp_path / "work")
+  rows = {r["method"]: r for r in results["table"]}
+  assert list(rows) == ["retrain", "backbone", "original", "ease", "ease+pfl"]
+  assert rows["retrain"]["forget/mean_r1_gap"] == 0.0
+  # The backbone row is the pretrained model alone: evaluate it independently.
+  setup = experiment.build_setup(config)
+  direct = evaluation.evaluate_images(setup.model, setup.backbone, None, setup.data,
+                                      setup.dataset, setup.client_images[0])
+  assert rows["backbone"]["forget/mean_r1"] == pytest.approx(direct["mean_r1"], abs=0.01)
+  on_disk = json.loads((tmp_path / "work" / "results.json").read_text())
+  assert [r["method"] for r in on_disk["table"]] == list(rows)
+  assert (tmp_path / "work" / "results.csv").read_text().startswith("method,")

@@ -42,6 +42,23 @@ def test_split_public_test_clients():
   assert not np.array_equal(s.public, other.public)
 
 
+def test_split_fixed_public():
+  labels = _labels(900)
+  mask = np.zeros(900, bool)
+  mask[::3] = True
+  s = part.split_fixed_public(mask, 0.2, seed=5, labels=labels)
+  _check_partition(list(s), np.arange(900), 3)
+  np.testing.assert_array_equal(s.public, np.flatnonzero(mask))
+  assert s.test.size == 120 and not mask[s.test].any() and not mask[s.clients].any()
+  rest = labels[~mask]
+  for u in np.unique(rest):
+    assert abs((labels[s.test] == u).sum() - 0.2 * (rest == u).sum()) <= 1
+  again = part.split_fixed_public(mask, 0.2, seed=5, labels=labels)
+  np.testing.assert_array_equal(s.test, again.test)
+  with pytest.raises(ValueError, match="labels"):
+    part.split_fixed_public(mask, 0.2, seed=5, labels=labels[:10])
+
+
 def test_split_stratified():
   labels = _labels(900)
   s = part.split_public_test_clients(900, 0.3, 0.2, seed=3, labels=labels)

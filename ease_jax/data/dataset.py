@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import re
 import types
 import zipfile
 import zlib
@@ -142,6 +143,23 @@ def embedded_tokenizer_dir() -> pathlib.Path:
   return ASSETS_DIR / EMOJI_TOKENIZER
 
 
+SKIN_TONES = ("light", "medium-light", "medium", "medium-dark", "dark")
+_SKIN_TONE_RE = re.compile(r"\b(medium-light|medium-dark|medium|light|dark) skin tone\b")
+
+
+def skin_tone_of(caption: str) -> str:
+  """The Unicode skin-tone modifier named in an emoji caption.
+
+  `'none'` for emoji without one, the tone (one of `SKIN_TONES`) when every modifier in the name
+  is the same, and `'mixed'` for two-person emoji with two different tones
+  ("people holding hands: light skin tone, dark skin tone").
+  """
+  tones = set(_SKIN_TONE_RE.findall(caption))
+  if not tones:
+    return "none"
+  return tones.pop() if len(tones) == 1 else "mixed"
+
+
 def load_emoji(tokenizer: Any = None, max_length: int = EMOJI_CONTEXT_LENGTH,
                assets_dir: str | os.PathLike[str] | None = None,
                skin_tone_variants: bool = True) -> CaptionDataset:
@@ -151,14 +169,15 @@ def load_emoji(tokenizer: Any = None, max_length: int = EMOJI_CONTEXT_LENGTH,
     tokenizer: a `transformers` CLIP tokenizer; defaults to the embedded one.
     max_length: context length `L` of `input_ids`.
     assets_dir: directory with `emoji32.npz` (and `emoji_tokenizer/`); defaults to the package's.
-    skin_tone_variants: keep the 1,785 skin-tone variants ("waving hand: dark skin tone"). They are
-      near-duplicates of their base emoji that differ only in a colour patch and two caption
-      words, so with them retrieval R@1 mostly measures skin-tone discrimination; without them
-      1,870 distinct emoji remain.
+    skin_tone_variants: keep the 1,785 skin-tone variants ("waving hand: dark skin tone"), the
+      embedded default's client data (`data.split='skin_tone'`). They differ from their base
+      emoji in the skin colour and the tone words of the caption; without them 1,870 distinct
+      emoji remain.
 
   Returns:
     A `CaptionDataset` of 3,655 `[32, 32, 3]` images with
-    `image_meta = {"group", "subgroup", "codepoints"}`.
+    `image_meta = {"group", "subgroup", "codepoints", "skin_tone"}` (`skin_tone`: see
+    `skin_tone_of`).
 
   Raises:
     FileNotFoundError: if the npz (or the default tokenizer) is missing.
@@ -200,6 +219,7 @@ def load_emoji(tokenizer: Any = None, max_length: int = EMOJI_CONTEXT_LENGTH,
       text_image=np.arange(n, dtype=np.int32),
       captions=captions,
       image_meta={"group": data["groups"], "subgroup": data["subgroups"],
-                  "codepoints": data["codepoints"]},
+                  "codepoints": data["codepoints"],
+                  "skin_tone": np.asarray([skin_tone_of(c) for c in captions])},
       name="emoji",
   )

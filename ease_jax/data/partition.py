@@ -103,6 +103,28 @@ def split_public_test_clients(num_images: int, public_fraction: float, test_frac
   return Splits(cat(public), cat(test), cat(clients))
 
 
+def split_fixed_public(public_mask: Sequence[bool] | np.ndarray, test_fraction: float, seed: int,
+                       labels: Sequence | np.ndarray | None = None) -> Splits:
+  """Public = the images where `public_mask [num_images]` is True; the others are split at random
+  into test (`test_fraction` of them) and client images, stratified by `labels` if given.
+
+  Used when the pretraining corpus is a fixed kind of image rather than a random share (e.g. the
+  emoji without a skin-tone modifier, with the toned variants left to the clients).
+  """
+  public_mask = np.asarray(public_mask, bool)
+  if public_mask.ndim != 1:
+    raise ValueError(f"public_mask must be 1-D, got shape {public_mask.shape}")
+  rest = np.flatnonzero(~public_mask)
+  if labels is not None:
+    labels = np.asarray(labels)
+    if labels.shape != public_mask.shape:
+      raise ValueError(f"labels must have shape {public_mask.shape}, got {labels.shape}")
+    labels = labels[rest]
+  inner = split_public_test_clients(rest.size, 0.0, test_fraction, seed, labels)
+  return Splits(np.flatnonzero(public_mask).astype(np.int64), rest[inner.test].astype(np.int64),
+                rest[inner.clients].astype(np.int64))
+
+
 def partition_iid(indices: Sequence[int] | np.ndarray, num_clients: int,
                   seed: int) -> list[np.ndarray]:
   """Uniformly random partition into `num_clients` near-equal parts (sizes differ by <= 1)."""

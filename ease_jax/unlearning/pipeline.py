@@ -101,7 +101,12 @@ def run_unlearning(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
   batch = config.eval.get("batch_size", 256)
   ref_eval = experiment.evaluate_splits(setup, reference_run.trainable, subsets, batch)
   ref_time = ref_timing["steady_time_s"]
+  # `backbone`: the pretrained model alone (fresh adapters, B = 0), i.e. what FedAvg started
+  # from; `original`: the federated model that received the request.
+  backbone_eval = experiment.evaluate_splits(setup, experiment.init_trainable(setup, config),
+                                             subsets, batch)
   rows = [table_row("retrain", ref_eval, ref_eval, ref_time, ref_time),
+          table_row("backbone", backbone_eval, ref_eval, None, None),
           table_row("original", experiment.evaluate_splits(setup, trained.trainable, subsets,
                                                            batch), ref_eval, None, None)]
   ctx = base.UnlearningContext(setup=setup, config=config, request=request,

@@ -35,7 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
       scenario_blocks=dict(
           client=dict(kind="client", clients=(0,)),
           sample=dict(kind="sample", clients=(), fraction=0.1),
-          concept=dict(kind="concept", field="subgroup", concepts=("face-smiling",)),
+          concept=dict(kind="concept", field="subgroup", concepts=("person-sport",)),
       ),
   ))
   return c

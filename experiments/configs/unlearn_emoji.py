@@ -5,8 +5,9 @@ r"""Unlearning on the embedded emoji data: client unlearning of one client, EASE
       --config.seed=1    # partition, LoRA init, sampling, shuffles and the request; not the split
 
 Other requests: `--config.unlearning.kind=sample --config.unlearning.fraction=0.1`, or
-`--config.unlearning.kind=concept --config.unlearning.field=group
---config.unlearning.concepts="('Flags',)"`.
+`--config.unlearning.kind=concept` (default: subgroup 'person-sport'; any subgroup, group or skin
+tone of the clients' toned emoji works, e.g. `--config.unlearning.field=skin_tone
+--config.unlearning.concepts="('medium-dark',)"`).
 """
 import ml_collections
 
