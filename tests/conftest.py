@@ -60,6 +60,8 @@ def tiny_config(**fed) -> ml_collections.ConfigDict:
                     history_size=4))
   c.fed.update(fed)
   c.lora.rank = 4
+  # The library's LoRA init, not the embedded backbone's tuned default (configs.base_config).
+  c.lora.init_std = 0.02
   c.eval.every = 0
   c.checkpoint_every = 1
   return c
