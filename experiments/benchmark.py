@@ -11,6 +11,12 @@ writes the table, command and machine to the "Unlearning comparison" section of 
 import pathlib
 import sys
 
+# Before JAX starts: see ease_jax/runtime.py (an XLA:CPU hang in the batched GSD).
+from ease_jax import runtime  # pylint: disable=g-bad-import-order
+
+runtime.avoid_cpu_eigen_hang()
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app
 from absl import flags
 from ml_collections import config_flags

@@ -1,5 +1,6 @@
 """End to end through the real loading code: HF checkpoint folders, Karpathy data, the binaries."""
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -231,3 +232,17 @@ def test_unlearn_pipeline_on_emoji_with_a_checkpoint_folder(tmp_path):
   on_disk = json.loads((tmp_path / "work" / "results.json").read_text())
   assert [r["method"] for r in on_disk["table"]] == list(rows)
   assert (tmp_path / "work" / "results.csv").read_text().startswith("method,")
+
+
+def test_avoid_cpu_eigen_hang_sets_the_flag_once(monkeypatch):
+  from ease_jax import runtime  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
+  runtime.avoid_cpu_eigen_hang()
+  runtime.avoid_cpu_eigen_hang()
+  assert os.environ["XLA_FLAGS"] == "--xla_dump_to=/tmp/x --xla_cpu_multi_thread_eigen=false"
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=true")  # The user's choice wins.
+  runtime.avoid_cpu_eigen_hang()
+  assert os.environ["XLA_FLAGS"] == "--xla_cpu_multi_thread_eigen=true"
+  monkeypatch.delenv("XLA_FLAGS")
+  runtime.avoid_cpu_eigen_hang()
+  assert os.environ["XLA_FLAGS"] == runtime.SINGLE_THREADED_EIGEN
