@@ -4,8 +4,9 @@ r"""The unlearning comparison on the embedded emoji default: methods × scenario
       --workdir=workdirs/benchmark_emoji
 
 Starts from `unlearn_emoji.py` (model, data, federated run, EASE's and the baselines' blocks) and
-adds `benchmark`: the scenarios (each an `unlearning` block), the seeds and the methods. Sized to
-finish on a 2-core CPU within an hour: 8 FedAvg rounds (train + 3 retrains per seed).
+adds `benchmark`: the scenarios (each an `unlearning` block), the seeds and the methods. 8 FedAvg
+rounds (train + 3 retrains per seed); on a 2-core CPU the client scenario takes 16 min for 3 seeds
+and sample + concept about 11 min per seed (BENCHMARKS.md).
 """
 import importlib.util
 import pathlib
