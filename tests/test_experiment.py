@@ -76,12 +76,18 @@ def _small_run(config):
   return config
 
 
-def test_train_on_emoji_with_a_checkpoint_folder(tmp_path):
+def _small_emoji_run(tmp_path, config_file, public_fraction):
+  """A short run of an emoji config on a tiny random checkpoint, with few client images."""
   ckpt = _tiny_backbone(tmp_path / "ckpt", image_size=32, context=24)
-  config = _small_run(_load_config(ROOT / "experiments" / "configs" / "emoji_default.py"))
+  config = _small_run(_load_config(ROOT / "experiments" / "configs" / config_file))
   config.model.checkpoint = str(ckpt)
   config.data.split = "random"
-  config.data.public_fraction = 0.8  # keep the client data small for speed
+  config.data.public_fraction = public_fraction  # keep the client data small for speed
+  return config
+
+
+def test_train_on_emoji_with_a_checkpoint_folder(tmp_path):
+  config = _small_emoji_run(tmp_path, "emoji_default.py", 0.8)
   summary = experiment.train_and_summarize(config, tmp_path / "work")
   work = tmp_path / "work"
   rows = experiment.read_jsonl(work / "metrics.jsonl")
@@ -211,11 +217,7 @@ def test_split_kind_errors():
 
 def test_unlearn_pipeline_on_emoji_with_a_checkpoint_folder(tmp_path):
   from ease_jax.unlearning import pipeline  # pylint: disable=g-import-not-at-top
-  ckpt = _tiny_backbone(tmp_path / "ckpt", image_size=32, context=24)
-  config = _small_run(_load_config(ROOT / "experiments" / "configs" / "unlearn_emoji.py"))
-  config.model.checkpoint = str(ckpt)
-  config.data.split = "random"
-  config.data.public_fraction = 0.85  # keep the client data small for speed
+  config = _small_emoji_run(tmp_path, "unlearn_emoji.py", 0.85)
   config.eval.every = 0
   config.methods = ("ease",)
   config.pfl.rounds = 1
