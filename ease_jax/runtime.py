@@ -3,21 +3,25 @@ from __future__ import annotations
 
 import os
 
-SINGLE_THREADED_EIGEN = "--xla_cpu_multi_thread_eigen=false"
+NO_CONCURRENCY_SCHEDULER = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
 
 
-def avoid_cpu_eigen_hang() -> None:
-  """Makes XLA:CPU run Eigen single-threaded, unless `XLA_FLAGS` already sets that option.
+def avoid_cpu_hang() -> None:
+  """Turns off XLA:CPU's concurrency-optimized scheduler, unless `XLA_FLAGS` already sets it.
 
-  With jax 0.10.2 on a 2-core CPU, the batched GSD jit of sample and concept requests on the
-  embedded default (every client a holder) sometimes never returns from `block_until_ready`
-  (0% CPU: a deadlock inside XLA:CPU). Without this flag a sample request hung 2 times out of 2;
-  with it 4 such GSD runs finished and 2 still hung, so it makes the hang rarer but does not
-  remove it (the cause is not found; see BENCHMARKS.md). The same flag is reported to avoid
-  XLA:CPU Eigen-pool hangs in other vmapped programs. It must run before JAX creates its CPU
-  client (the first computation), so the binaries call it before importing the library; it has
-  no effect on GPU/TPU.
+  With jax 0.10.2 on a 2-core CPU, the vmapped GSD jit (`jax.vmap(subspace.gsd)` over 16
+  modules, at the shapes of a sample request on the embedded default) sometimes never returns
+  from `block_until_ready`: every XLA worker thread is idle and the main thread waits for a
+  completion that never comes (a lost wake-up in XLA:CPU's runtime, independent of the data: it
+  happens on random inputs too). `benchmarks/bench_cpu_hang.py` measured it in fresh processes:
+  about one run in four hangs with default flags and just as often with single-threaded Eigen
+  (`--xla_cpu_multi_thread_eigen=false`, a workaround reported for other vmapped programs), but
+  none hung with this scheduler off (see BENCHMARKS.md, "CPU hang of the batched GSD"). The
+  scheduler only orders independent operations to run side by side, so results are unchanged.
+
+  Must run before JAX creates its CPU client (the first computation), so the binaries call it
+  before importing the library; it has no effect on GPU/TPU.
   """
   flags = os.environ.get("XLA_FLAGS", "")
-  if "xla_cpu_multi_thread_eigen" not in flags:
-    os.environ["XLA_FLAGS"] = f"{flags} {SINGLE_THREADED_EIGEN}".strip()
+  if "xla_cpu_enable_concurrency_optimized_scheduler" not in flags:
+    os.environ["XLA_FLAGS"] = f"{flags} {NO_CONCURRENCY_SCHEDULER}".strip()

@@ -6,15 +6,16 @@ r"""The unlearning comparison table: every method × scenario × seed against re
 Resumable: rerun the same command after an interruption. Writes `results.jsonl` (one row per
 finished cell), `benchmark.md`, `benchmark.csv` and `benchmark.png` to the workdir and prints the
 markdown table. `--report_only` only re-aggregates the finished cells; `--benchmarks_md` also
-writes the table, command and machine to the "Unlearning comparison" section of BENCHMARKS.md.
+writes the table, command and machine to the BENCHMARKS.md section named by `--section`
+("Unlearning comparison" by default).
 """
 import pathlib
 import sys
 
-# Before JAX starts: see ease_jax/runtime.py (an XLA:CPU hang in the batched GSD).
+# Before JAX starts: see ease_jax/runtime.py (an XLA:CPU hang).
 from ease_jax import runtime  # pylint: disable=g-bad-import-order
 
-runtime.avoid_cpu_eigen_hang()
+runtime.avoid_cpu_hang()
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app
@@ -30,7 +31,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Benchmark config file
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for runs, results, table and plot.")
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Aggregate finished cells, run nothing.")
 _BENCHMARKS_MD = flags.DEFINE_bool("benchmarks_md", False,
-                                   "Write the section 'Unlearning comparison' of BENCHMARKS.md.")
+                                   "Write the table, command and machine to BENCHMARKS.md.")
+_SECTION = flags.DEFINE_string("section", "Unlearning comparison",
+                               "The BENCHMARKS.md section --benchmarks_md replaces.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -50,8 +53,8 @@ def main(argv):
     root = pathlib.Path(__file__).resolve().parent.parent
     sys.path.insert(0, str(root / "benchmarks"))
     import common  # pylint: disable=g-import-not-at-top
-    body = benchmark.section_text(table, config, workdir, common.machine())
-    common.write_section("Unlearning comparison", body)
+    body = benchmark.section_text(table, config, workdir, common.machine(), common.command())
+    common.write_section(_SECTION.value, body)
 
 
 if __name__ == "__main__":

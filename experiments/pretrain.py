@@ -3,6 +3,12 @@ r"""Pretrains a tiny CLIP centrally on the public split (the embedded default ba
   python experiments/pretrain.py --config=experiments/configs/pretrain_emoji.py \
       --workdir=/tmp/pretrain [--export_to=ease_jax/assets/emoji_clip]
 """
+# Before JAX starts: see ease_jax/runtime.py (an XLA:CPU hang).
+from ease_jax import runtime  # pylint: disable=g-bad-import-order
+
+runtime.avoid_cpu_hang()
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 import json
 import pathlib
 import shutil

@@ -6,6 +6,12 @@ r"""Federated LoRA training of a frozen CLIP (FedAvg over vmapped clients).
 Writes to the workdir: `metrics.jsonl` (one row per round), orbax `checkpoints/` (a killed run
 resumes where it stopped), `summary.json`, and `r1_per_round.png`.
 """
+# Before JAX starts: see ease_jax/runtime.py (an XLA:CPU hang).
+from ease_jax import runtime  # pylint: disable=g-bad-import-order
+
+runtime.avoid_cpu_hang()
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 import json
 
 from absl import app

@@ -6,10 +6,10 @@ r"""Federated unlearning: FedAvg, an unlearning request, the retrain reference, 
 Writes to the workdir: `train/` and `retrain/` (cached, resumable runs), `results.json`,
 `results.csv`, `r1_bars.png`, `reanchoring.png`, `drift.png` and `angles.png`; prints the table.
 """
-# Before JAX starts: see ease_jax/runtime.py (an XLA:CPU hang in the batched GSD).
+# Before JAX starts: see ease_jax/runtime.py (an XLA:CPU hang).
 from ease_jax import runtime  # pylint: disable=g-bad-import-order
 
-runtime.avoid_cpu_eigen_hang()
+runtime.avoid_cpu_hang()
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app

@@ -4,6 +4,10 @@ import pathlib
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+from ease_jax import runtime  # noqa: E402  (no JAX import: must precede it)
+
+runtime.avoid_cpu_hang()  # The binaries' XLA:CPU setting, so tests run what users run.
+
 import jax  # noqa: E402
 
 _CACHE = pathlib.Path(__file__).resolve().parent.parent / ".jax_cache"

@@ -236,15 +236,69 @@ def test_unlearn_pipeline_on_emoji_with_a_checkpoint_folder(tmp_path):
   assert (tmp_path / "work" / "results.csv").read_text().startswith("method,")
 
 
-def test_avoid_cpu_eigen_hang_sets_the_flag_once(monkeypatch):
+def test_benchmark_resumes_after_an_interruption(tmp_path, monkeypatch):
+  """An interrupted comparison, rerun, redoes no finished cell and ends with the same rows as an
+  uninterrupted one; a method that raises is logged and retried by the rerun."""
+  from ease_jax.unlearning import base  # pylint: disable=g-import-not-at-top
+  from ease_jax.unlearning import benchmark  # pylint: disable=g-import-not-at-top
+  config = _small_emoji_run(tmp_path, "benchmark_emoji.py", 0.85)
+  config.eval.every = 0
+  config.benchmark.seeds = (0,)
+  config.benchmark.scenarios = ("client", "sample")
+  config.benchmark.methods = ("fedrecovery", "finetune")
+  config.finetune.rounds = 1
+  full = benchmark.run_benchmark(config, tmp_path / "full", progress=False)["rows"]
+  cells = lambda rows: sorted((r["scenario"], r["method"]) for r in rows)
+  assert cells(full) == sorted((s, m) for s in ("client", "sample")
+                               for m in ("retrain", "original", "fedrecovery", "finetune"))
+
+  finetune = base.get_method("finetune")
+
+  def killed_on_sample(ctx):
+    if ctx.request.kind == "sample":
+      raise KeyboardInterrupt  # Not an Exception: stops the whole benchmark, like Ctrl-C.
+    return finetune(ctx)
+
+  def broken(ctx):
+    raise RuntimeError("transient failure")
+
+  work = tmp_path / "resumed"
+  monkeypatch.setitem(base.METHODS, "finetune", killed_on_sample)
+  monkeypatch.setitem(base.METHODS, "fedrecovery", broken)
+  with pytest.raises(KeyboardInterrupt):
+    benchmark.run_benchmark(config, work, progress=False)
+  first = benchmark.read_rows(work / "results.jsonl")
+  # client: everything but the broken method; sample: retrain, original, then the kill.
+  assert cells(first) == [("client", "finetune"), ("client", "original"), ("client", "retrain"),
+                          ("sample", "original"), ("sample", "retrain")]
+  errors = experiment.read_jsonl(work / "errors.jsonl")
+  assert [(e["scenario"], e["method"]) for e in errors] == [("client", "fedrecovery"),
+                                                           ("sample", "fedrecovery")]
+  monkeypatch.undo()  # The real methods again.
+  resumed = benchmark.run_benchmark(config, work, progress=False)["rows"]
+  assert cells(resumed) == cells(full)  # Each cell once: nothing finished was redone.
+  assert resumed[:len(first)] == first
+  by_cell = {(r["scenario"], r["method"]): r for r in full}
+  for r in resumed:
+    ref = by_cell[(r["scenario"], r["method"])]
+    for key in ("forget/mean_r1", "retain/mean_r1", "test/mean_r1", "forget/i2t_rprec", "mia_auc"):
+      assert r[key] == pytest.approx(ref[key], abs=1e-6), (r["scenario"], r["method"], key)
+  for name in ("benchmark.md", "benchmark.csv", "benchmark.png"):
+    assert (work / name).stat().st_size > 0
+  assert "| fedrecovery |" in (work / "benchmark.md").read_text()
+
+
+def test_avoid_cpu_hang_sets_the_flag_once(monkeypatch):
   from ease_jax import runtime  # pylint: disable=g-import-not-at-top
+  flag = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
   monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
-  runtime.avoid_cpu_eigen_hang()
-  runtime.avoid_cpu_eigen_hang()
-  assert os.environ["XLA_FLAGS"] == "--xla_dump_to=/tmp/x --xla_cpu_multi_thread_eigen=false"
-  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=true")  # The user's choice wins.
-  runtime.avoid_cpu_eigen_hang()
-  assert os.environ["XLA_FLAGS"] == "--xla_cpu_multi_thread_eigen=true"
+  runtime.avoid_cpu_hang()
+  runtime.avoid_cpu_hang()
+  assert os.environ["XLA_FLAGS"] == f"--xla_dump_to=/tmp/x {flag}"
+  # The user's choice wins.
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_concurrency_optimized_scheduler=true")
+  runtime.avoid_cpu_hang()
+  assert os.environ["XLA_FLAGS"] == "--xla_cpu_enable_concurrency_optimized_scheduler=true"
   monkeypatch.delenv("XLA_FLAGS")
-  runtime.avoid_cpu_eigen_hang()
-  assert os.environ["XLA_FLAGS"] == runtime.SINGLE_THREADED_EIGEN
+  runtime.avoid_cpu_hang()
+  assert os.environ["XLA_FLAGS"] == flag

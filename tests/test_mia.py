@@ -105,6 +105,53 @@ def test_benchmark_aggregation_and_resume_rows(tmp_path):
   assert (tmp_path / "b.csv").read_text().startswith("scenario,method,num_seeds")
 
 
+def test_ease_diagnostics_summarise_the_gsd_ranks():
+  from ease_jax.unlearning import benchmark
+  rows = [dict(scenario="client", seed=s, method="ease",
+               diagnostics=dict(forget_rank=[3, 3], unique_rank=u, bke_delta_norm=n,
+                                gsd_time_s=1.0, bke_projection_time_s=2.0))
+          for s, (u, n) in enumerate([([2, 0], 0.5), ([1, 1], 0.7)])]
+  rows.append(dict(scenario="client", seed=0, method="retrain", diagnostics={}))
+  md = benchmark.ease_diagnostics(rows, ["client", "sample"])
+  lines = md.splitlines()
+  assert len(lines) == 3  # Header, separator, the one scenario with EASE rows.
+  cells = [c.strip() for c in lines[2].split("|")[1:-1]]
+  # scenario, seeds, forget Σ, unique Σ (2 and 2), modules moved (1 and 2), norm, GSD, BKE, modules
+  assert cells == ["client", "2", "6.0 ± 0.0", "2.0 ± 0.0", "1.5 ± 0.7", "0.60 ± 0.14",
+                   "1.00 ± 0.00", "2.00 ± 0.00", "2"]
+  assert benchmark.ease_diagnostics(rows[-1:], ["client"]) == ""
+
+
+def test_benchmark_variants_run_a_method_under_other_knobs(monkeypatch):
+  import ml_collections
+  from ease_jax.unlearning import base
+  from ease_jax.unlearning import benchmark
+  seen = []
+  monkeypatch.setitem(base.METHODS, "probe",
+                      lambda ctx: seen.append(ctx.config.gsd.to_dict()) or "done")
+  b = ml_collections.ConfigDict(dict(
+      methods=("probe", "probe_low"),
+      variants=dict(probe_low=dict(method="probe", overrides=dict(
+          gsd=dict(retain_energy=0.5, angle_threshold_deg=30.0))))))
+  fns = benchmark.resolve_methods(b)
+  ctx = base.UnlearningContext(setup=None, config=ml_collections.ConfigDict(dict(
+      gsd=dict(retain_energy=0.99, angle_threshold_deg=45.0))), request=None, trained=None,
+                               history=None, eval_subsets={})
+  assert fns["probe"](ctx) == fns["probe_low"](ctx) == "done"
+  assert seen == [dict(retain_energy=0.99, angle_threshold_deg=45.0),
+                  dict(retain_energy=0.5, angle_threshold_deg=30.0)]
+  b.variants.probe_low.overrides.gsd.retain_enrgy = 0.1
+  with pytest.raises(KeyError, match="gsd.retain_enrgy"):
+    benchmark.resolve_methods(b)["probe_low"](ctx)
+  b.methods = ("probe_typo",)
+  with pytest.raises(ValueError, match="probe_typo"):
+    benchmark.resolve_methods(b)
+  b.methods = ("probe_low",)
+  b.variants.probe_low.mthod = "x"
+  with pytest.raises(ValueError, match="mthod"):
+    benchmark.resolve_methods(b)
+
+
 def test_shipped_benchmark_config_builds_every_request():
   """Every scenario × seed of `benchmark_emoji.py` is a valid request on the embedded data."""
   import importlib.util

@@ -119,6 +119,15 @@ class TimedJit:
     return out, compile_s, time.perf_counter() - t1
 
 
+def with_overrides(method: Method, overrides: dict[str, Any]) -> Method:
+  """`method` run on the request's config with dotted-key `overrides` (see `config_with`)."""
+
+  def variant(ctx: UnlearningContext) -> MethodResult:
+    return method(dataclasses.replace(ctx, config=config_with(ctx.config, dict(overrides))))
+
+  return variant
+
+
 def config_with(config: ml_collections.ConfigDict, overrides: dict[str, Any]
                 ) -> ml_collections.ConfigDict:
   """An unlocked copy of `config` with dotted-key overrides (e.g. {'bke.towers': 'vision'})."""

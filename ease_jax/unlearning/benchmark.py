@@ -21,7 +21,7 @@ import json
 import os
 import pathlib
 import time
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import ml_collections
 import numpy as np
@@ -60,6 +60,44 @@ def scenario_config(config: ml_collections.ConfigDict, scenario: str, seed: int
   return base.config_with(config, overrides)
 
 
+def _dotted(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  out: dict[str, Any] = {}
+  for k, v in tree.items():
+    if isinstance(v, Mapping):
+      out.update(_dotted(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def _variants(b: ml_collections.ConfigDict) -> dict[str, Any]:
+  variants = b.get("variants")
+  return variants.to_dict() if hasattr(variants, "to_dict") else dict(variants or {})
+
+
+def resolve_methods(b: ml_collections.ConfigDict) -> dict[str, base.Method]:
+  """`benchmark.methods` by name: registered methods, or entries of `benchmark.variants`.
+
+  A variant is `name: {method: <registered name>, overrides: {block: {key: value}}}`, e.g.
+  `ease_retain90: {method: 'ease', overrides: {gsd: {retain_energy: 0.9}}}`: the same method
+  under other knobs, in the same table. Unknown names and override keys fail before training.
+  """
+  variants = _variants(b)
+  out = {}
+  for name in b.methods:
+    if name in variants:
+      v = variants[name]
+      unknown = sorted(set(v) - {"method", "overrides"})
+      if unknown or "method" not in v:
+        raise ValueError(f"benchmark.variants.{name} needs 'method' and optional 'overrides'; "
+                         f"got keys {sorted(v)}.")
+      overrides = _dotted(v.get("overrides") or {})
+      out[name] = base.with_overrides(base.get_method(v["method"]), overrides)
+    else:
+      out[name] = base.get_method(name)
+  return out
+
+
 def read_rows(path: pathlib.Path) -> list[dict[str, Any]]:
   if not path.exists():
     return []
@@ -86,8 +124,10 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
   workdir.mkdir(parents=True, exist_ok=True)
   b = config.benchmark
   methods = list(b.methods)
-  for name in methods:
-    base.get_method(name)  # Fail before training on a typo.
+  method_fns = resolve_methods(b)  # Fails before training on a typo.
+  for name, v in _variants(b).items():
+    if name in methods:  # An unknown override key, too.
+      base.config_with(config, _dotted(v.get("overrides") or {}))
   results = workdir / "results.jsonl"
   t_start = time.perf_counter()
   for seed in b.seeds:
@@ -150,7 +190,7 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
         if name not in todo:
           continue
         try:
-          res = base.get_method(name)(ctx)
+          res = method_fns[name](ctx)
         except Exception as e:  # pylint: disable=broad-except
           # One broken method must not cost the other cells; a rerun retries it.
           logging.exception("%s failed on %s seed %d", name, scenario, seed)
@@ -256,6 +296,41 @@ def format_markdown(table: Sequence[dict[str, Any]], scenarios: Sequence[str]) -
   return "\n".join(parts)
 
 
+# (label, diagnostics key, reduction over modules) of `ease_diagnostics`.
+EASE_DIAGNOSTICS = (
+    ("forget rank Σ", "forget_rank", np.sum),
+    ("unique rank Σ", "unique_rank", np.sum),
+    ("modules with a unique direction", "unique_rank", np.count_nonzero),
+    ("‖Δ_BKE‖ after P_u", "bke_delta_norm", np.sum),
+    ("GSD s", "gsd_time_s", np.sum),
+    ("BKE s", "bke_projection_time_s", np.sum),
+)
+
+
+def ease_diagnostics(rows: Sequence[dict[str, Any]], scenarios: Sequence[str],
+                     method: str = "ease") -> str:
+  """Markdown table of what GSD found per scenario (mean ± std over seeds): summed forget and
+  unique-subspace ranks over the LoRA modules, modules with any forget-exclusive direction, the
+  size of the projected excision. A unique rank of 0 means P_u = 0: the method cannot move."""
+  lines = ["| scenario | seeds | " + " | ".join(label for label, _, _ in EASE_DIAGNOSTICS)
+           + " | modules |", "|" + "---|" * (len(EASE_DIAGNOSTICS) + 3)]
+  found = False
+  for scenario in scenarios:
+    group = [r for r in rows if r["scenario"] == scenario and r["method"] == method
+             and "unique_rank" in r.get("diagnostics", {})]
+    if not group:
+      continue
+    found = True
+    cells = []
+    for _, key, reduce in EASE_DIAGNOSTICS:
+      vals = [float(reduce(np.asarray(r["diagnostics"][key]))) for r in group]
+      cells.append(_pm((float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1
+                        else 0.0), 2 if key.endswith(("norm", "_s")) else 1))
+    modules = len(group[0]["diagnostics"]["unique_rank"])
+    lines.append(f"| {scenario} | {len(group)} | " + " | ".join(cells) + f" | {modules} |")
+  return "\n".join(lines) if found else ""
+
+
 def write_csv(path: pathlib.Path, table: Sequence[dict[str, Any]]) -> None:
   cols = ["scenario", "method", "num_seeds"] + [f"{k}_{s}" for k in METRICS
                                                 for s in ("mean", "std")]
@@ -297,6 +372,9 @@ def plot(path: pathlib.Path, table: Sequence[dict[str, Any]], scenarios: Sequenc
 def write_outputs(workdir: pathlib.Path, table: Sequence[dict[str, Any]],
                   scenarios: Sequence[str], config: ml_collections.ConfigDict) -> None:
   md = format_markdown(table, scenarios)
+  diag = ease_diagnostics(read_rows(workdir / "results.jsonl"), scenarios)
+  if diag:
+    md += f"\n**What EASE's GSD found** (sums over the LoRA modules)\n\n{diag}\n"
   (workdir / "benchmark.md").write_text(md)
   write_csv(workdir / "benchmark.csv", table)
   plot(workdir / "benchmark.png", table, scenarios)
@@ -313,7 +391,7 @@ def summarize(rows: Iterable[dict[str, Any]]) -> dict[str, int]:
 
 
 def section_text(table: Sequence[dict[str, Any]], config: ml_collections.ConfigDict,
-                 workdir: pathlib.Path, machine: str) -> str:
+                 workdir: pathlib.Path, machine: str, command: str) -> str:
   """The BENCHMARKS.md section: command, machine, sizes, status and the tables."""
   b = config.benchmark
   rows = read_rows(workdir / "results.jsonl")
@@ -324,8 +402,7 @@ def section_text(table: Sequence[dict[str, Any]], config: ml_collections.ConfigD
             "command to resume (cached runs and finished cells are reused)")
   return "\n".join([
       "```bash",
-      f"python experiments/benchmark.py --config=experiments/configs/benchmark_emoji.py "
-      f"--workdir={workdir}",
+      command,
       "```",
       "",
       f"Machine: {machine}. Seeds {list(b.seeds)}, {config.fed.num_clients} clients, "
@@ -336,4 +413,8 @@ def section_text(table: Sequence[dict[str, Any]], config: ml_collections.ConfigD
       "rounds. Speed-up = retrain's steady time / the method's.",
       "",
       format_markdown(table, list(b.scenarios)),
+      "**What EASE's GSD found** (sums over the LoRA modules; mean ± std over seeds)",
+      "",
+      ease_diagnostics(rows, list(b.scenarios)),
+      "",
   ])

@@ -530,7 +530,6 @@ def ease_method(overrides: Mapping[str, Any] | None = None) -> base.Method:
   """An EASE variant: the config with `overrides` applied (e.g. {'bke.towers': 'vision'})."""
 
   def method(ctx: base.UnlearningContext) -> base.MethodResult:
-    ctx = dataclasses.replace(ctx, config=base.config_with(ctx.config, dict(overrides or {})))
     g = compute_gsd(ctx) if ctx.config.gsd.enabled else None
     layout = g["layout"] if g else module_layout(ctx.trained)
     gsd_res = g["result"] if g else None
@@ -554,7 +553,7 @@ def ease_method(overrides: Mapping[str, Any] | None = None) -> base.Method:
       result.continued["pfl"] = after
     return result
 
-  return method
+  return base.with_overrides(method, dict(overrides or {}))
 
 
 # The registered variants. The BKE/GSD ablations skip PFL (they compare the excised model);

@@ -1,0 +1,40 @@
+r"""EASE under other GSD knobs, on a seed kept out of the comparison (3): does a smaller retain
+support or a lower angle threshold give sample / concept requests a forget-exclusive subspace?
+
+  python experiments/benchmark.py --config=experiments/configs/benchmark_emoji_gsd_knobs.py \
+      --workdir=workdirs/gsd_knobs
+
+Same protocol, request blocks and caches as `benchmark_emoji.py`; the methods are EASE variants
+(`benchmark.variants`) without PFL rounds, plus `ease_no_gsd` (BKE with no projection at all) as
+the bound on what excision alone does. Results: BENCHMARKS.md, "GSD knobs on sample and concept
+requests".
+"""
+import importlib.util
+import pathlib
+
+import ml_collections
+
+
+def _benchmark_config() -> ml_collections.ConfigDict:
+  path = pathlib.Path(__file__).resolve().parent / "benchmark_emoji.py"
+  spec = importlib.util.spec_from_file_location("benchmark_emoji", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = _benchmark_config()
+  c.benchmark.seeds = (3,)
+  c.benchmark.scenarios = ("sample", "concept")
+  knobs = {
+      "ease_default": {},
+      "ease_retain90": dict(retain_energy=0.9),
+      "ease_angle30": dict(angle_threshold_deg=30.0),
+      "ease_retain90_angle30": dict(retain_energy=0.9, angle_threshold_deg=30.0),
+  }
+  c.benchmark.variants = {
+      name: dict(method="ease", overrides=dict(gsd=gsd, pfl=dict(rounds=0)))
+      for name, gsd in knobs.items()}
+  c.benchmark.methods = (*knobs, "ease_no_gsd")
+  return c
