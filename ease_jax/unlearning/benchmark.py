@@ -6,7 +6,7 @@
   seed{s}/{scenario}/retrain/    the retrain reference of that request
   results.jsonl                  one row per finished (scenario, seed, method) cell
   benchmark.md, benchmark.csv    mean ± std over seeds (sample std, ddof = 1)
-  benchmark.png                  |Δ forget R@1| vs |Δ retain R@1| to retrain, per scenario
+  benchmark.png                  Δ forget R@1 vs Δ retain R@1 to retrain, per scenario
 
 Resumable: the federated runs resume from their orbax checkpoints, and cells already in
 `results.jsonl` are skipped, so an interrupted benchmark continues where it stopped. Each row
@@ -345,24 +345,26 @@ def write_csv(path: pathlib.Path, table: Sequence[dict[str, Any]]) -> None:
 
 
 def plot(path: pathlib.Path, table: Sequence[dict[str, Any]], scenarios: Sequence[str]) -> None:
-  """Per scenario: |Δforget| vs |Δretain| (R@1 points to retrain), error bars = std."""
+  """Per scenario: forget vs retain R@1 gap to retrain (signed: a negative forget gap is
+  over-forgetting), error bars = std over seeds; retrain sits at the origin."""
   from ease_jax import plotting  # noqa: F401  pylint: disable=g-import-not-at-top (sets Agg)
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   scenarios = [s for s in scenarios if any(r["scenario"] == s for r in table)]
   fig, axes = plt.subplots(1, max(len(scenarios), 1), figsize=(5 * max(len(scenarios), 1), 4.2),
                            squeeze=False)
   for ax, scenario in zip(axes[0], scenarios):
+    ax.axhline(0.0, color="0.6", lw=0.8)
+    ax.axvline(0.0, color="0.6", lw=0.8)
     for r in table:
       if r["scenario"] != scenario or r["method"] == "retrain" or r["forget/mean_r1_gap"] is None:
         continue
       fx, fs = r["forget/mean_r1_gap"]
       rx, rs = r["retain/mean_r1_gap"]
-      ax.errorbar(abs(fx), abs(rx), xerr=fs, yerr=rs, fmt="o", capsize=2)
-      ax.annotate(r["method"], (abs(fx), abs(rx)), fontsize=7, xytext=(3, 3),
-                  textcoords="offset points")
-    ax.set_xlabel("|forget R@1 − retrain| (points)")
-    ax.set_ylabel("|retain R@1 − retrain| (points)")
-    ax.set_title(f"{scenario} unlearning (closer to 0 is better)")
+      ax.errorbar(fx, rx, xerr=fs, yerr=rs, fmt="o", capsize=2)
+      ax.annotate(r["method"], (fx, rx), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("forget R@1 − retrain (points; < 0: over-forgets)")
+    ax.set_ylabel("retain R@1 − retrain (points)")
+    ax.set_title(f"{scenario} unlearning (retrain at the origin)")
     ax.grid(alpha=0.3)
   fig.tight_layout()
   fig.savefig(path, dpi=120)

@@ -5,8 +5,10 @@ r"""The unlearning comparison on the embedded emoji default: methods × scenario
 
 Starts from `unlearn_emoji.py` (model, data, federated run, EASE's and the baselines' blocks) and
 adds `benchmark`: the scenarios (each an `unlearning` block), the seeds and the methods. 8 FedAvg
-rounds (train + 3 retrains per seed); on a 2-core CPU the client scenario takes 16 min for 3 seeds
-and sample + concept about 11 min per seed (BENCHMARKS.md).
+rounds (train + 3 retrains per seed); on a 2-core CPU the whole table (3 scenarios × 3 seeds ×
+8 methods) takes about 35 min in one invocation (BENCHMARKS.md, "Unlearning comparison").
+`benchmark.variants` (optional) adds a method under other knobs, e.g.
+`ease_retain90=dict(method="ease", overrides=dict(gsd=dict(retain_energy=0.9)))`.
 """
 import importlib.util
 import pathlib
