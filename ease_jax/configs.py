@@ -6,7 +6,29 @@ overridden on the command line (`--config.fed.rundos=3` is an error, not a silen
 """
 from __future__ import annotations
 
+import importlib.util
+import os
+import pathlib
+
 import ml_collections
+
+
+def from_file(path: str | os.PathLike, *args: str) -> ml_collections.ConfigDict:
+  """`get_config(*args)` of a Python config file, loaded by path as `--config` loads it.
+
+  Configs built on another config call it with a sibling path
+  (`configs.from_file(pathlib.Path(__file__).with_name("unlearn_emoji.py"))`), which works
+  wherever the binary runs from, unlike importing `experiments.configs`.
+  """
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"No config file {path}.")
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ValueError(f"Config file {path} defines no get_config().")
+  return module.get_config(*args)
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -69,7 +69,9 @@ def resolve_checkpoint(path_or_repo_id: str | os.PathLike[str],
   if not _REPO_ID.match(name):
     raise FileNotFoundError(f"Checkpoint folder {name!r} does not exist.")
   import huggingface_hub  # pylint: disable=g-import-not-at-top
-  cache = cache_dir if cache_dir is not None else huggingface_hub.constants.HF_HUB_CACHE
+  # The submodule explicitly: `huggingface_hub.constants` is lazy until something imports it.
+  from huggingface_hub import constants as hf_constants  # pylint: disable=g-import-not-at-top
+  cache = cache_dir if cache_dir is not None else hf_constants.HF_HUB_CACHE
   try:
     snapshot = huggingface_hub.snapshot_download(name, local_files_only=True, cache_dir=cache_dir)
   except Exception as e:  # LocalEntryNotFoundError, HFValidationError, ...

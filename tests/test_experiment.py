@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ease_jax import configs
 from ease_jax import evaluation
 from ease_jax import experiment
 from ease_jax import hf
@@ -22,23 +23,32 @@ CONFIGS = sorted((ROOT / "experiments" / "configs").glob("*.py"))
 
 
 def _load_config(path):
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  del config_flags
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location(path.stem, path)
-  module = importlib.util.module_from_spec(spec)
-  sys.path.insert(0, str(ROOT))
-  try:
-    spec.loader.exec_module(module)
-  finally:
-    sys.path.remove(str(ROOT))
-  return module.get_config()
+  return configs.from_file(path)
 
 
 @pytest.mark.parametrize("path", [p for p in CONFIGS if p.stem != "__init__"], ids=lambda p: p.stem)
 def test_every_config_builds(path):
   config = _load_config(path)
   assert "fed" in config and "seeds" in config
+
+
+def test_every_config_loads_from_outside_the_repo(tmp_path):
+  """As the binaries load them: by path, from any working directory, `experiments` not on the
+  path (a config that imported `experiments.configs` failed there)."""
+  paths = [str(p) for p in CONFIGS if p.stem != "__init__"]
+  code = ("import sys\nfrom ease_jax import configs\n"
+          "for p in sys.argv[1:]:\n  assert 'fed' in configs.from_file(p), p\nprint('ok')")
+  proc = subprocess.run([sys.executable, "-c", code, *paths], capture_output=True, text=True,
+                        timeout=300, cwd=tmp_path)
+  assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_config_file_errors_name_the_file(tmp_path):
+  with pytest.raises(FileNotFoundError, match="nope.py"):
+    configs.from_file(tmp_path / "nope.py")
+  (tmp_path / "empty.py").write_text("X = 1\n")
+  with pytest.raises(ValueError, match="empty.py defines no get_config"):
+    configs.from_file(tmp_path / "empty.py")
 
 
 def test_unknown_config_key_is_a_clear_error(tmp_path):

@@ -154,17 +154,13 @@ def test_benchmark_variants_run_a_method_under_other_knobs(monkeypatch):
 
 def test_shipped_benchmark_config_builds_every_request():
   """Every scenario × seed of `benchmark_emoji.py` is a valid request on the embedded data."""
-  import importlib.util
   import pathlib
+  from ease_jax import configs
   from ease_jax import experiment
   from ease_jax.unlearning import benchmark
   from ease_jax.unlearning import requests
-  path = (pathlib.Path(__file__).resolve().parent.parent / "experiments" / "configs"
-          / "benchmark_emoji.py")
-  spec = importlib.util.spec_from_file_location("benchmark_emoji", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = configs.from_file(pathlib.Path(__file__).resolve().parent.parent / "experiments"
+                             / "configs" / "benchmark_emoji.py")
   setup = experiment.build_setup(config)
   kinds = set()
   for scenario in config.benchmark.scenarios:

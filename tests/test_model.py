@@ -5,6 +5,7 @@ Every comparison uses a tiny random model whose weights are all perturbed away f
 """
 import dataclasses
 import json
+import os
 import pathlib
 import shutil
 
@@ -267,6 +268,21 @@ def test_resolve_repo_id_from_hf_cache(params, tmp_path):
   _assert_trees_equal(loaded, params)
   with pytest.raises(FileNotFoundError, match="acme/other-clip"):
     hf.resolve_checkpoint("acme/other-clip", cache_dir=tmp_path / "cache")
+
+
+def test_uncached_repo_id_with_the_default_cache_is_a_clear_error(tmp_path):
+  """In a fresh process (nothing has imported `huggingface_hub.constants` yet), as a binary
+  resolving a config's default repo id sees it."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  code = ("from ease_jax import hf\n"
+          "try:\n  hf.resolve_checkpoint('acme/not-cached')\n"
+          "except FileNotFoundError as e:\n  print(e)\n")
+  env = dict(os.environ, HF_HUB_CACHE=str(tmp_path / "hf_cache"), HF_HUB_OFFLINE="1")
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                        timeout=120, env=env)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "acme/not-cached" in proc.stdout and str(tmp_path / "hf_cache") in proc.stdout
 
 
 # -------------------------------------------------------------------------------------------------

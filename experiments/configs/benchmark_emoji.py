@@ -10,22 +10,15 @@ rounds (train + 3 retrains per seed); on a 2-core CPU the whole table (3 scenari
 `benchmark.variants` (optional) adds a method under other knobs, e.g.
 `ease_retain90=dict(method="ease", overrides=dict(gsd=dict(retain_energy=0.9)))`.
 """
-import importlib.util
 import pathlib
 
 import ml_collections
 
-
-def _unlearn_config() -> ml_collections.ConfigDict:
-  path = pathlib.Path(__file__).resolve().parent / "unlearn_emoji.py"
-  spec = importlib.util.spec_from_file_location("unlearn_emoji", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from ease_jax import configs
 
 
 def get_config() -> ml_collections.ConfigDict:
-  c = _unlearn_config()
+  c = configs.from_file(pathlib.Path(__file__).with_name("unlearn_emoji.py"))
   c.fed.rounds = 8
   c.checkpoint_every = 2
   c.methods = ("ease",)  # Unused here (the unlearn binary's list); see benchmark.methods.

@@ -9,22 +9,15 @@ Same protocol, request blocks and caches as `benchmark_emoji.py`; the methods ar
 the bound on what excision alone does. Results: BENCHMARKS.md, "GSD knobs on sample and concept
 requests".
 """
-import importlib.util
 import pathlib
 
 import ml_collections
 
-
-def _benchmark_config() -> ml_collections.ConfigDict:
-  path = pathlib.Path(__file__).resolve().parent / "benchmark_emoji.py"
-  spec = importlib.util.spec_from_file_location("benchmark_emoji", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from ease_jax import configs
 
 
 def get_config() -> ml_collections.ConfigDict:
-  c = _benchmark_config()
+  c = configs.from_file(pathlib.Path(__file__).with_name("benchmark_emoji.py"))
   c.benchmark.seeds = (3,)
   c.benchmark.scenarios = ("sample", "concept")
   knobs = {

@@ -7,13 +7,15 @@ Needs a GPU. Point it at your copies:
       --config.data.json_path=/path/to/dataset_flickr30k.json \
       --config.data.image_root=/path/to/flickr30k-images --workdir=/tmp/flickr30k_l14
 """
+import pathlib
+
 import ml_collections
 
-from experiments.configs import flickr30k_b32
+from ease_jax import configs
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-  c = flickr30k_b32.get_config(arg)
+  c = configs.from_file(pathlib.Path(__file__).with_name("flickr30k_b32.py"), arg)
   c.model.checkpoint = "openai/clip-vit-large-patch14"
   c.fed.batch_size = 32
   return c
