@@ -129,27 +129,30 @@ def test_benchmark_variants_run_a_method_under_other_knobs(monkeypatch):
   seen = []
   monkeypatch.setitem(base.METHODS, "probe",
                       lambda ctx: seen.append(ctx.config.gsd.to_dict()) or "done")
-  b = ml_collections.ConfigDict(dict(
-      methods=("probe", "probe_low"),
-      variants=dict(probe_low=dict(method="probe", overrides=dict(
-          gsd=dict(retain_energy=0.5, angle_threshold_deg=30.0))))))
-  fns = benchmark.resolve_methods(b)
-  ctx = base.UnlearningContext(setup=None, config=ml_collections.ConfigDict(dict(
-      gsd=dict(retain_energy=0.99, angle_threshold_deg=45.0))), request=None, trained=None,
+  config = ml_collections.ConfigDict(dict(
+      gsd=dict(retain_energy=0.99, angle_threshold_deg=45.0),
+      benchmark=dict(methods=("probe", "probe_low"), variants=dict(probe_low=dict(
+          method="probe", overrides=dict(gsd=dict(retain_energy=0.5,
+                                                  angle_threshold_deg=30.0)))))))
+  fns = benchmark.resolve_methods(config)
+  ctx = base.UnlearningContext(setup=None, config=config, request=None, trained=None,
                                history=None, eval_subsets={})
   assert fns["probe"](ctx) == fns["probe_low"](ctx) == "done"
   assert seen == [dict(retain_energy=0.99, angle_threshold_deg=45.0),
                   dict(retain_energy=0.5, angle_threshold_deg=30.0)]
+  assert config.gsd.retain_energy == 0.99  # The variant changed a copy.
+  b = config.benchmark
   b.variants.probe_low.overrides.gsd.retain_enrgy = 0.1
   with pytest.raises(KeyError, match="gsd.retain_enrgy"):
-    benchmark.resolve_methods(b)["probe_low"](ctx)
+    benchmark.resolve_methods(config)
+  del b.variants.probe_low.overrides.gsd["retain_enrgy"]
   b.methods = ("probe_typo",)
   with pytest.raises(ValueError, match="probe_typo"):
-    benchmark.resolve_methods(b)
+    benchmark.resolve_methods(config)
   b.methods = ("probe_low",)
   b.variants.probe_low.mthod = "x"
   with pytest.raises(ValueError, match="mthod"):
-    benchmark.resolve_methods(b)
+    benchmark.resolve_methods(config)
 
 
 def test_shipped_benchmark_config_builds_every_request():

@@ -75,13 +75,15 @@ def _variants(b: ml_collections.ConfigDict) -> dict[str, Any]:
   return variants.to_dict() if hasattr(variants, "to_dict") else dict(variants or {})
 
 
-def resolve_methods(b: ml_collections.ConfigDict) -> dict[str, base.Method]:
-  """`benchmark.methods` by name: registered methods, or entries of `benchmark.variants`.
+def resolve_methods(config: ml_collections.ConfigDict) -> dict[str, base.Method]:
+  """`config.benchmark.methods` by name: registered methods, or `benchmark.variants` entries.
 
   A variant is `name: {method: <registered name>, overrides: {block: {key: value}}}`, e.g.
   `ease_retain90: {method: 'ease', overrides: {gsd: {retain_energy: 0.9}}}`: the same method
-  under other knobs, in the same table. Unknown names and override keys fail before training.
+  under other knobs, in the same table. Unknown names and override keys (checked against
+  `config`) fail here, before any training.
   """
+  b = config.benchmark
   variants = _variants(b)
   out = {}
   for name in b.methods:
@@ -92,6 +94,7 @@ def resolve_methods(b: ml_collections.ConfigDict) -> dict[str, base.Method]:
         raise ValueError(f"benchmark.variants.{name} needs 'method' and optional 'overrides'; "
                          f"got keys {sorted(v)}.")
       overrides = _dotted(v.get("overrides") or {})
+      base.config_with(config, overrides)  # KeyError naming an unknown key.
       out[name] = base.with_overrides(base.get_method(v["method"]), overrides)
     else:
       out[name] = base.get_method(name)
@@ -124,10 +127,7 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
   workdir.mkdir(parents=True, exist_ok=True)
   b = config.benchmark
   methods = list(b.methods)
-  method_fns = resolve_methods(b)  # Fails before training on a typo.
-  for name, v in _variants(b).items():
-    if name in methods:  # An unknown override key, too.
-      base.config_with(config, _dotted(v.get("overrides") or {}))
+  method_fns = resolve_methods(config)  # Fails before training on a typo.
   results = workdir / "results.jsonl"
   t_start = time.perf_counter()
   for seed in b.seeds:
