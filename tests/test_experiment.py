@@ -22,13 +22,9 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / "experiments" / "configs").glob("*.py"))
 
 
-def _load_config(path):
-  return configs.from_file(path)
-
-
 @pytest.mark.parametrize("path", [p for p in CONFIGS if p.stem != "__init__"], ids=lambda p: p.stem)
 def test_every_config_builds(path):
-  config = _load_config(path)
+  config = configs.from_file(path)
   assert "fed" in config and "seeds" in config
 
 
@@ -89,7 +85,7 @@ def _small_run(config):
 def _small_emoji_run(tmp_path, config_file, public_fraction):
   """A short run of an emoji config on a tiny random checkpoint, with few client images."""
   ckpt = _tiny_backbone(tmp_path / "ckpt", image_size=32, context=24)
-  config = _small_run(_load_config(ROOT / "experiments" / "configs" / config_file))
+  config = _small_run(configs.from_file(ROOT / "experiments" / "configs" / config_file))
   config.model.checkpoint = str(ckpt)
   config.data.split = "random"
   config.data.public_fraction = public_fraction  # keep the client data small for speed
@@ -131,7 +127,7 @@ def _karpathy_fixture(root, num_images=12, captions_per_image=2):
 def test_train_on_karpathy_format_with_hf_checkpoint(tmp_path):
   ckpt = _tiny_backbone(tmp_path / "ckpt", image_size=16, context=16)
   json_path, image_root = _karpathy_fixture(tmp_path / "flickr")
-  config = _small_run(_load_config(ROOT / "experiments" / "configs" / "flickr30k_b32.py"))
+  config = _small_run(configs.from_file(ROOT / "experiments" / "configs" / "flickr30k_b32.py"))
   config.model.checkpoint = str(ckpt)
   config.data.json_path = str(json_path)
   config.data.image_root = str(image_root)
@@ -153,7 +149,7 @@ def test_missing_image_in_karpathy_data_names_the_file(tmp_path):
   ckpt = _tiny_backbone(tmp_path / "ckpt", image_size=16, context=16)
   json_path, image_root = _karpathy_fixture(tmp_path / "flickr")
   (image_root / "3.jpg").unlink()
-  config = _load_config(ROOT / "experiments" / "configs" / "flickr30k_b32.py")
+  config = configs.from_file(ROOT / "experiments" / "configs" / "flickr30k_b32.py")
   config.model.checkpoint = str(ckpt)
   config.data.json_path = str(json_path)
   config.data.image_root = str(image_root)
@@ -164,7 +160,7 @@ def test_missing_image_in_karpathy_data_names_the_file(tmp_path):
 def test_too_many_clients_is_a_clear_error(tmp_path):
   ckpt = _tiny_backbone(tmp_path / "ckpt", image_size=16, context=16)
   json_path, image_root = _karpathy_fixture(tmp_path / "flickr")
-  config = _load_config(ROOT / "experiments" / "configs" / "flickr30k_b32.py")
+  config = configs.from_file(ROOT / "experiments" / "configs" / "flickr30k_b32.py")
   config.model.checkpoint = str(ckpt)
   config.data.json_path = str(json_path)
   config.data.image_root = str(image_root)
@@ -174,14 +170,14 @@ def test_too_many_clients_is_a_clear_error(tmp_path):
 
 
 def test_missing_backbone_folder_is_a_clear_error(tmp_path):
-  config = _load_config(ROOT / "experiments" / "configs" / "emoji_default.py")
+  config = configs.from_file(ROOT / "experiments" / "configs" / "emoji_default.py")
   config.model.checkpoint = str(tmp_path / "nope")
   with pytest.raises(FileNotFoundError, match="nope"):
     experiment.build_setup(config)
 
 
 def test_fine_tuning_temperature_override():
-  config = _load_config(ROOT / "experiments" / "configs" / "emoji_default.py")
+  config = configs.from_file(ROOT / "experiments" / "configs" / "emoji_default.py")
   config.model.logit_scale = 0.0  # the checkpoint's own
   original = float(experiment.build_setup(config).backbone["logit_scale"])
   config.model.logit_scale = 3.0
@@ -194,7 +190,7 @@ def test_fine_tuning_temperature_override():
 
 
 def test_skin_tone_split_of_the_embedded_data():
-  config = _load_config(ROOT / "experiments" / "configs" / "emoji_default.py")
+  config = configs.from_file(ROOT / "experiments" / "configs" / "emoji_default.py")
   assert config.data.split == "skin_tone"
   setup = experiment.build_setup(config)
   tones = setup.dataset.image_meta["skin_tone"]
@@ -214,7 +210,7 @@ def test_skin_tone_split_of_the_embedded_data():
 
 
 def test_split_kind_errors():
-  config = _load_config(ROOT / "experiments" / "configs" / "emoji_default.py")
+  config = configs.from_file(ROOT / "experiments" / "configs" / "emoji_default.py")
   config.data.split = "by_colour"
   with pytest.raises(ValueError, match="Unknown data.split='by_colour'"):
     experiment.build_setup(config)
