@@ -31,7 +31,7 @@ ARMS = {
 def child(seed: int) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from ease_jax.unlearning import ease  # pylint: disable=g-import-not-at-top
+  from ease_jax.unlearning.methods import ease  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(seed)
   forget = rng.standard_normal((16, 256, 2048), np.float32)
   retain = rng.standard_normal((16, 8, 32, 2048), np.float32)

@@ -92,7 +92,8 @@ def round_time(num_clients: int, repeats: int) -> float:
   eng = common.make_engine(4096)
   fn = federated.make_round_fn(eng.client_update, "vmap")
   idx, mask = common.schedules(num_clients, 2, 4, eng.num_pairs)
-  args = (eng.trainable, eng.backbone, eng.data, jnp.asarray(idx), jnp.asarray(mask))
+  args = (eng.trainable, eng.backbone, eng.data,
+            federated.Batches(jnp.asarray(idx), jnp.asarray(mask)))
   t, _ = common.time_fn(lambda: fn(*args), repeats)
   return t
 

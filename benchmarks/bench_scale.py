@@ -58,7 +58,8 @@ def main():
 
   def args_for(k, steps=args.steps):
     idx, mask = common.schedules(k, steps, args.batch, eng.num_pairs, seed=k)
-    return (eng.trainable, eng.backbone, eng.data, jnp.asarray(idx), jnp.asarray(mask))
+    return (eng.trainable, eng.backbone, eng.data,
+            federated.Batches(jnp.asarray(idx), jnp.asarray(mask)))
 
   rows, fits = [], {}
   for backend in ("vmap", "chunked"):

@@ -95,7 +95,7 @@ def main():
   rows, results = [], {}
   for k in ks:
     idx, mask = common.schedules(k, args.steps, args.batch, pool, seed=k)
-    jidx, jmask = jnp.asarray(idx), jnp.asarray(mask)
+    jbatches = federated.Batches(jnp.asarray(idx), jnp.asarray(mask))
     pairs = k * args.steps * args.batch
     fns = {
         "vmap": (engines["unmerged"], federated.make_round_fn(eng.client_update, "vmap")),
@@ -110,7 +110,7 @@ def main():
     compile_s, times = {}, {name: [] for name in fns}
     for name, (e, fn) in fns.items():  # Warm-up / compile.
       t0 = time.perf_counter()
-      common.block(fn(e.trainable, e.backbone, e.data, jidx, jmask))
+      common.block(fn(e.trainable, e.backbone, e.data, jbatches))
       compile_s[name] = time.perf_counter() - t0
     torch_threads = () if torch_ref is None else (1, 2)
     for n in torch_threads:
@@ -120,7 +120,7 @@ def main():
     for _ in range(args.repeats):  # Interleaved, so load changes hit every variant alike.
       for name, (e, fn) in fns.items():
         t0 = time.perf_counter()
-        common.block(fn(e.trainable, e.backbone, e.data, jidx, jmask))
+        common.block(fn(e.trainable, e.backbone, e.data, jbatches))
         times[name].append(time.perf_counter() - t0)
       for n in torch_threads:
         torch_ref.set_threads(n)

@@ -95,8 +95,7 @@ def make_engine(num_pairs: int = 4096, lora_mode: str = "unmerged", seed: int = 
   trainable = lora_lib.init_lora(jax.random.key(seed + 1), backbone, lora_config)
   # Non-zero B so that both factors matter (a fresh B = 0 is a special case).
   trainable = jax.tree.map(lambda x: x + 0.01, trainable)
-  client_update = federated.make_client_update(federated.clip_objective(model),
-                                               optax.adam(CLIENT_LR))
+  client_update = federated.local_steps(federated.clip_objective(model), optax.adam(CLIENT_LR))
   return Engine(model, backbone, trainable, random_device_data(num_pairs, seed), client_update,
                 num_pairs)
 

@@ -1,25 +1,36 @@
 """Centralised full-parameter CLIP training: builds the stand-in "pretrained" backbone.
 
 No pretrained CLIP weights can be downloaded here, so the embedded default backbone is a tiny CLIP
-trained on the public split only (disjoint from every client and from the test split).
+trained on the public split only (disjoint from every client and from the test split). Training
+is the same local-steps primitive as a FedAvg client (`federated.local_steps`), with all
+parameters trainable, no frozen tree, and the optimizer state carried across chunks of steps.
 """
 from __future__ import annotations
 
-import functools
+import json
+import pathlib
 import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 from tqdm import auto as tqdm
 
+from ease_jax import builders
+from ease_jax import evaluation
 from ease_jax import federated
+from ease_jax import hf
+from ease_jax import lora as lora_lib
 from ease_jax import losses
+from ease_jax import model as model_lib
+from ease_jax.data import dataset as dataset_lib
 from ease_jax.model import CLIP
 
 PyTree = Any
+LOG_EVERY = 25  # steps per jitted chunk; the loss curve keeps each chunk's first step
 
 
 def make_schedule(learning_rate: float, steps: int, warmup: int) -> optax.Schedule:
@@ -28,24 +39,33 @@ def make_schedule(learning_rate: float, steps: int, warmup: int) -> optax.Schedu
                                             end_value=learning_rate * 0.05)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "optimizer", "learn_logit_scale"),
-                   donate_argnums=(1, 2))
-def train_step(model: CLIP, params: PyTree, opt_state: PyTree, data: federated.DeviceData,
-               text_indices: jax.Array, optimizer: optax.GradientTransformation,
-               learn_logit_scale: bool = True):
-  """One full-parameter step on texts `text_indices [B]` (all valid)."""
+def full_objective(model: CLIP, learn_logit_scale: bool) -> federated.LossFn:
+  """CLIP loss of all backbone parameters (`params`; no LoRA, no frozen tree)."""
 
-  def loss_fn(p):
-    batch = data.batch(text_indices)
-    image_emb, text_emb, scale = model(p, None, batch["pixels"], batch["input_ids"],
+  def loss_fn(params, frozen, batch, context=None):
+    del frozen, context
+    image_emb, text_emb, scale = model(params, None, batch["pixels"], batch["input_ids"],
                                        batch["attention_mask"])
     if not learn_logit_scale:
       scale = jax.lax.stop_gradient(scale)
-    return losses.clip_loss(image_emb, text_emb, scale)
+    return losses.clip_loss(image_emb, text_emb, scale, batch["mask"])
 
-  loss, grads = jax.value_and_grad(loss_fn)(params)
-  updates, opt_state = optimizer.update(grads, opt_state, params)
-  return optax.apply_updates(params, updates), opt_state, loss
+  return loss_fn
+
+
+def epoch_batches(texts: np.ndarray, steps: int, batch_size: int, seed: int) -> np.ndarray:
+  """`[steps, batch_size]` text ids: shuffled passes over `texts`, reshuffled when one runs out."""
+  rng = np.random.default_rng(seed)
+  texts = np.asarray(texts, np.int32)
+  if len(texts) < batch_size:
+    raise ValueError(f"Pretraining needs at least batch_size={batch_size} texts, got {len(texts)}.")
+  out, order, pos = np.zeros((steps, batch_size), np.int32), rng.permutation(texts), 0
+  for step in range(steps):
+    if pos + batch_size > len(order):
+      order, pos = rng.permutation(texts), 0
+    out[step] = order[pos:pos + batch_size]
+    pos += batch_size
+  return out
 
 
 def pretrain(model: CLIP, params: PyTree, data: federated.DeviceData, texts: np.ndarray,
@@ -64,22 +84,79 @@ def pretrain(model: CLIP, params: PyTree, data: federated.DeviceData, texts: np.
   optimizer = optax.chain(optax.clip_by_global_norm(1.0),
                           optax.masked(optax.adamw(make_schedule(learning_rate, steps, warmup),
                                                    weight_decay=weight_decay), frozen_scale))
+  local = federated.local_steps(full_objective(model, learn_logit_scale), optimizer)
+  run_chunk = jax.jit(local.resume, donate_argnums=(0, 1))
+  plan = epoch_batches(texts, steps, batch_size, seed)
   opt_state = optimizer.init(params)
-  rng = np.random.default_rng(seed)
-  texts = np.asarray(texts, np.int32)
-  if len(texts) < batch_size:
-    raise ValueError(f"Pretraining needs at least batch_size={batch_size} texts, got {len(texts)}.")
-  losses_seen, order, pos = [], rng.permutation(texts), 0
-  bar = tqdm.trange(steps, desc="pretrain", disable=not progress)
+  losses_seen = []
+  bar = tqdm.trange(0, steps, LOG_EVERY, desc="pretrain", disable=not progress)
   t0 = time.perf_counter()
-  for step in bar:
-    if pos + batch_size > len(order):
-      order, pos = rng.permutation(texts), 0
-    batch = jnp.asarray(order[pos:pos + batch_size])
-    pos += batch_size
-    params, opt_state, loss = train_step(model, params, opt_state, data, batch, optimizer,
-                                         learn_logit_scale)
-    if step % 25 == 0 or step == steps - 1:
-      losses_seen.append(float(loss))
-      bar.set_postfix(loss=f"{losses_seen[-1]:.3f}", s=f"{time.perf_counter() - t0:.0f}")
+  for start in bar:
+    idx = jnp.asarray(plan[start:start + LOG_EVERY])
+    params, opt_state, metrics = run_chunk(params, opt_state, None, data,
+                                           federated.Batches(idx, jnp.ones(idx.shape, bool)))
+    step_loss = np.asarray(metrics["step_loss"])
+    losses_seen.append(float(step_loss[0]))
+    if start + len(step_loss) == steps and len(step_loss) > 1:
+      losses_seen.append(float(step_loss[-1]))
+    bar.set_postfix(loss=f"{losses_seen[-1]:.3f}", s=f"{time.perf_counter() - t0:.0f}")
   return params, losses_seen
+
+
+def arch_from_config(arch: ml_collections.ConfigDict, vocab_size: int, eos_token_id: int,
+                     context_length: int) -> model_lib.CLIPConfig:
+  """A CLIPConfig from the `arch` block of a pretraining config."""
+  return model_lib.CLIPConfig(
+      vision=model_lib.VisionConfig(
+          hidden_size=arch.width, intermediate_size=arch.mlp_dim, num_layers=arch.vision_layers,
+          num_heads=arch.heads, image_size=arch.image_size, patch_size=arch.patch_size),
+      text=model_lib.TextConfig(
+          hidden_size=arch.width, intermediate_size=arch.mlp_dim, num_layers=arch.text_layers,
+          num_heads=arch.heads, vocab_size=vocab_size, max_position_embeddings=context_length,
+          eos_token_id=eos_token_id),
+      projection_dim=arch.projection_dim)
+
+
+def pretrain_backbone(config: ml_collections.ConfigDict, out_dir: str | pathlib.Path,
+                      overwrite: bool = False) -> dict[str, Any]:
+  """Trains the embedded-default backbone on the public split and saves it as an HF CLIP folder.
+
+  Returns the summary (also written to `out_dir/pretraining.json`).
+  """
+  from ease_jax.data import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
+  tokenizer = tok_lib.load_tokenizer(dataset_lib.embedded_tokenizer_dir())
+  context = config.arch.context_length
+  ds = dataset_lib.load_emoji(tokenizer=tokenizer, max_length=context,
+                              skin_tone_variants=config.data.skin_tone_variants)
+  splits = builders.split_dataset(ds, config.data, config.seeds.split)
+  clip_config = arch_from_config(config.arch, len(tokenizer), tok_lib.eos_token_id(tokenizer),
+                                 context)
+  model = CLIP(clip_config)
+  params = model.init(jax.random.key(config.seeds.init))
+  data = federated.DeviceData.from_dataset(ds)
+  public_texts = np.flatnonzero(np.isin(ds.text_image, splits.public))
+  t0 = time.perf_counter()
+  params, loss_curve = pretrain(
+      model, params, data, public_texts, steps=config.pretrain.steps,
+      batch_size=config.pretrain.batch_size, learning_rate=config.pretrain.learning_rate,
+      weight_decay=config.pretrain.weight_decay, warmup=config.pretrain.warmup,
+      seed=config.seeds.data, learn_logit_scale=config.pretrain.learn_logit_scale)
+  train_time = time.perf_counter() - t0
+  evals = {}
+  for name, images in (("public", splits.public), ("test", splits.test),
+                       ("clients", splits.clients)):
+    res = evaluation.evaluate_images(model, params, None, data, ds, images)
+    evals.update({f"{name}/{k}": v for k, v in res.items()})
+  summary = dict(
+      split=dict(kind=config.data.get("split", "random"), seed=config.seeds.split,
+                 skin_tone_variants=config.data.skin_tone_variants,
+                 public_fraction=config.data.public_fraction,
+                 test_fraction=config.data.test_fraction, label=config.data.label,
+                 num_public=int(len(splits.public))),
+      steps=config.pretrain.steps, batch_size=config.pretrain.batch_size,
+      train_time_s=train_time, loss_curve=loss_curve, eval=evals,
+      num_params=lora_lib.num_params(params))
+  hf.save_clip(out_dir, clip_config, jax.tree.map(np.asarray, params), tokenizer=tokenizer,
+               overwrite=overwrite)
+  (pathlib.Path(out_dir) / "pretraining.json").write_text(json.dumps(summary, indent=1))
+  return summary

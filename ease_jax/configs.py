@@ -88,9 +88,12 @@ def base_config() -> ml_collections.ConfigDict:
       client_lr=2e-3,
       server_lr=1.0,           # 1.0 with no momentum = plain FedAvg
       server_momentum=0.0,
-      backend="vmap",          # 'vmap', 'chunked', 'sequential' or 'sharded' (all devices)
+      # 'auto' (vmap or chunked, by clients per round and platform: federated/backends.py),
+      # 'vmap', 'chunked', 'sequential' or 'sharded' (all devices).
+      backend="auto",
       chunk_size=0,            # clients per chunk for 'chunked' (per device for 'sharded')
       history_size=32,         # transmitted updates kept per client (EASE's M; 0 = none)
+      nonfinite="drop",        # a NaN/inf client update: "drop" it from the round, or "fail"
   ))
   c.eval = ml_collections.ConfigDict(dict(every=5, batch_size=256))
   c.checkpoint_every = 5
@@ -98,12 +101,13 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def add_unlearning(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Adds the unlearning blocks (`unlearning`, `gsd`, `bke`, `pfl`, `methods`) to `config`.
+  """Adds the `unlearning` request block, every method's block (`gsd`, `bke`, `pfl`,
+  `finetune`, `pga`, ...; defaults next to each method's code in
+  `ease_jax/unlearning/methods/`) and `methods` (registered names run by the unlearn binary).
 
-  [ours] values wherever the paper does not state them (see /work/shared/EASE.md and
-  `ease_jax/unlearning/ease.py`); `methods` lists registered names of
-  `ease_jax.unlearning.base.METHODS`.
+  [ours] values wherever the paper does not state them (see /work/shared/EASE.md).
   """
+  from ease_jax.unlearning import methods  # pylint: disable=g-import-not-at-top
   config.unlearning = ml_collections.ConfigDict(dict(
       kind="client",         # 'client' | 'sample' | 'concept'
       clients=(0,),          # client: the leaving clients; sample: clients to draw from (() = all)
@@ -111,36 +115,7 @@ def add_unlearning(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
       field="subgroup",      # concept: a per-image field, or 'caption' for caption terms
       concepts=("person-sport",),  # concept: values of `field` (or caption terms)
   ))
-  # GSD [paper: per-client SVD, principal angles, CS decomposition; values ours].
-  config.gsd = ml_collections.ConfigDict(dict(
-      enabled=True,              # False: the `ease_no_gsd` ablation (no projection of Δ)
-      energy=0.9,                # η of U_f and of each retained client's basis
-      retain_energy=0.99,        # η of the union U_R
-      max_rank=16,               # rank cap per basis
-      angle_threshold_deg=45.0,  # ϑ*: exclusive directions have principal angle ≥ ϑ*
-      method="gram",             # 'gram' | 'qr' | 'svd'
-  ))
-  # BKE [paper: displace both branches; loss ours, see ease_jax/unlearning/ease.py].
-  config.bke = ml_collections.ConfigDict(dict(
-      towers="both",             # 'both' | 'vision' | 'text' (unilateral ablations)
-      steps=30,
-      batch_size=32,
-      optimizer="adam",
-      lr=2e-3,
-      target="nonmember",        # 'nonmember' (calibrated) | 'unmatched' (mean unmatched cos)
-      target_quantile=0.5,       # nonmember: quantile of non-member matched cosines
-      calibration_split="test",  # nonmember: 'test' (unseen pairs) | 'public'
-      margin=0.0,
-      retain_weight=1.0,         # λ_r of the CLIP retain term
-      retain_source="public",    # 'local' | 'public' | 'none'
-  ))
-  # PFL [paper: projection + client forget lock; formulas ours].
-  config.pfl = ml_collections.ConfigDict(dict(
-      rounds=3,                  # continued FedAvg rounds after unlearning (0 = none)
-      server_projection=True,    # server applies (I − P_u) to each aggregate
-      lock_lambda=10.0,          # λ of the client lock λ/2 ‖P_u(θ − θ*)‖² (0 = no lock)
-      eval_every=1,              # forget-side R@1 every k PFL rounds (the re-anchoring curve)
-  ))
+  methods.add_config_blocks(config)
   config.methods = ("ease", "ease_no_lock", "ease_unilateral_vision", "ease_unilateral_text",
                     "ease_no_gsd")
   return config

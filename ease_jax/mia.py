@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from ease_jax import federated
+from ease_jax import rng as rng_lib
+from ease_jax.data.device import DeviceData, embed
 from ease_jax.model import CLIP
 
 SCORES = ("cosine", "loss")
@@ -65,7 +66,7 @@ def matched_nonmembers(member_images: np.ndarray, candidate_images: np.ndarray,
   if len(cands) == 0:
     raise ValueError("No candidate non-member images (empty held-out split).")
   n = min(len(members), len(cands))
-  rng = np.random.default_rng([seed, 17])
+  rng = rng_lib.numpy_rng(seed, rng_lib.Stream.MIA_NONMEMBERS)
   picked: list[np.ndarray] = []
   if labels is not None and len(members):
     labels = np.asarray(labels)
@@ -86,7 +87,7 @@ def matched_nonmembers(member_images: np.ndarray, candidate_images: np.ndarray,
   return np.sort(chosen)
 
 
-def pair_scores(model: CLIP, backbone: Any, trainable: Any, data: federated.DeviceData,
+def pair_scores(model: CLIP, backbone: Any, trainable: Any, data: DeviceData,
                 texts: np.ndarray, score: str = "cosine", gallery_texts: np.ndarray | None = None
                 ) -> np.ndarray:
   """`[n]` membership scores of the pairs (caption `texts[i]`, its image).
@@ -101,7 +102,7 @@ def pair_scores(model: CLIP, backbone: Any, trainable: Any, data: federated.Devi
   texts = np.asarray(texts, np.int32)
   gallery = texts if gallery_texts is None else np.asarray(gallery_texts, np.int32)
   ti = np.asarray(data.text_image)
-  ie, te = federated.embed(model, backbone, trainable, data, ti[gallery], gallery)
+  ie, te = embed(model, backbone, trainable, data, ti[gallery], gallery)
   ie = ie / np.linalg.norm(ie, axis=1, keepdims=True)
   te = te / np.linalg.norm(te, axis=1, keepdims=True)
   pos = np.arange(len(texts))
@@ -126,7 +127,7 @@ def _logsumexp(x: np.ndarray, axis: int) -> np.ndarray:
   return np.squeeze(m, axis) + np.log(np.sum(np.exp(x - m), axis=axis))
 
 
-def membership_auc(model: CLIP, backbone: Any, trainable: Any, data: federated.DeviceData,
+def membership_auc(model: CLIP, backbone: Any, trainable: Any, data: DeviceData,
                    member_texts: np.ndarray, nonmember_texts: np.ndarray,
                    score: str = "cosine") -> dict[str, float]:
   """The attack's AUC of members vs non-members, with the mean scores of each side."""

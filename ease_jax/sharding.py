@@ -3,10 +3,10 @@
 The clients of a round are independent until aggregation, so the round is embarrassingly parallel
 along the client axis: `make_sharded_round_fn` pads the `[clients, steps, batch]` schedules to a
 multiple of the device count with all-masked "ghost" clients (their update is exactly zero, see
-`federated.make_client_update`), splits them over the mesh axis with `jax.shard_map`
+`federated.local_steps`), splits them over the mesh axis with `jax.shard_map`
 (`P("clients")`), and runs the vmapped (or chunked) client update on each device's block. The
-frozen backbone, the trainable start point and the dataset are replicated (`P()`), so no
-collective runs inside the round; aggregation (`federated.fedavg`) reduces over the sharded client
+frozen backbone, the trainable start point, the dataset and the context are replicated (`P()`),
+so no collective runs inside the round; aggregation (`federated.fedavg`) reduces over the sharded client
 axis afterwards, which XLA turns into one all-reduce. Results equal the single-device `vmap`
 backend up to float reassociation (tests/test_sharding.py).
 
@@ -68,13 +68,13 @@ def make_sharded_round_fn(client_update: Callable, mesh: Mesh | None = None,
                           ) -> Callable[..., tuple[PyTree, dict[str, jax.Array]]]:
   """The round function of `federated.make_round_fn`, with clients split over `mesh`.
 
-  `(trainable, backbone, data, indices [C, S, B], mask [C, S, B]) -> (deltas [C, ...],
+  `(trainable, backbone, data, batches [C, S, B], context=None) -> (deltas [C, ...],
   metrics [C])` for any C: the client axis is padded to a multiple of the mesh size with ghost
-  clients (mask all False, so their delta is exactly zero) and sliced back afterwards. The
+  clients (masks all False, so their delta is exactly zero) and sliced back afterwards. The
   padded size is static, so one compilation serves every round of the same C.
 
   Args:
-    client_update: one client's update, from `federated.make_client_update`.
+    client_update: one client's update, a `federated.local_steps`.
     mesh: a mesh whose `axis_name` axis carries clients (default: `client_mesh()`).
     chunk_size: if > 0, each device runs its block with `lax.map(batch_size=chunk_size)`
       (memory bounded by `chunk_size` clients per device); 0 vmaps the whole block.
@@ -85,37 +85,37 @@ def make_sharded_round_fn(client_update: Callable, mesh: Mesh | None = None,
   num_devices = mesh.shape[axis_name]
   clients = P(axis_name)
 
-  def per_device(trainable, backbone, data, indices, mask):
+  def per_device(trainable, backbone, data, batches, context):
     # This device's block of clients; everything else is a local replica.
     if chunk_size > 0:
-      fn = lambda xs: client_update(trainable, backbone, data, *xs)
-      return jax.lax.map(fn, (indices, mask), batch_size=chunk_size)
-    return jax.vmap(client_update, in_axes=(None, None, None, 0, 0))(
-        trainable, backbone, data, indices, mask)
+      fn = lambda b: client_update(trainable, backbone, data, b, context)
+      return jax.lax.map(fn, batches, batch_size=chunk_size)
+    return jax.vmap(client_update, in_axes=(None, None, None, 0, None))(
+        trainable, backbone, data, batches, context)
 
   # No collectives inside: each block is independent. check_vma=False because the scan carry
   # starts from the replicated `trainable` and becomes per-client (device-varying) after a step.
-  sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(), P(), clients, clients),
+  sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(), P(), clients, P()),
                           out_specs=clients, check_vma=False)
 
   @jax.jit
-  def round_fn(trainable, backbone, data, indices, mask):
-    num_clients = indices.shape[0]
+  def round_fn(trainable, backbone, data, batches, context=None):
+    num_clients = jax.tree.leaves(batches)[0].shape[0]
     pad = padded_size(num_clients, num_devices) - num_clients
-    if pad:
-      widths = [(0, pad)] + [(0, 0)] * (indices.ndim - 1)
-      indices = jnp.pad(indices, widths)
-      mask = jnp.pad(mask, widths)  # False: ghost clients train on nothing.
-    out = sharded(trainable, backbone, data, indices, mask)
+    if pad:  # Zero indices and False masks: ghost clients train on nothing.
+      batches = jax.tree.map(
+          lambda x: jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)), batches)
+    out = sharded(trainable, backbone, data, batches, context)
     return jax.tree.map(lambda x: x[:num_clients], out)
 
   replicated = NamedSharding(mesh, P())
 
-  def run(trainable, backbone, data, indices, mask):
+  def run(trainable, backbone, data, batches, context=None):
     # Replicated once per call (a no-op when already placed), so the frozen backbone and the
     # dataset are not re-transferred by jit for every device.
-    trainable, backbone, data = jax.device_put((trainable, backbone, data), replicated)
-    return round_fn(trainable, backbone, data, indices, mask)
+    trainable, backbone, data, context = jax.device_put((trainable, backbone, data, context),
+                                                        replicated)
+    return round_fn(trainable, backbone, data, batches, context)
 
   run.mesh = mesh
   return run

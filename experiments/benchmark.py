@@ -22,7 +22,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from ease_jax import experiment
+from ease_jax import cli
 
 from ease_jax.unlearning import benchmark
 
@@ -39,7 +39,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
-  experiment.quiet_library_logs()
+  cli.quiet_library_logs()
   config, workdir = _CONFIG.value, pathlib.Path(_WORKDIR.value)
   scenarios = list(config.benchmark.scenarios)
   if _REPORT_ONLY.value:

@@ -17,7 +17,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from ease_jax import experiment
+from ease_jax import centralized
+from ease_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Pretraining config file.",
                                           lock_config=True)
@@ -29,9 +30,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
-  experiment.quiet_library_logs()
+  cli.quiet_library_logs()
   out = pathlib.Path(_WORKDIR.value) / "backbone"
-  summary = experiment.pretrain_backbone(_CONFIG.value, out)
+  summary = centralized.pretrain_backbone(_CONFIG.value, out)
   print(json.dumps({k: v for k, v in summary.items() if k != "loss_curve"}, indent=1))
   if _EXPORT_TO.value:
     dst = pathlib.Path(_EXPORT_TO.value)

@@ -18,7 +18,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from ease_jax import experiment
+from ease_jax import cli
+from ease_jax import training
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -28,8 +29,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
-  experiment.quiet_library_logs()
-  summary = experiment.train_and_summarize(_CONFIG.value, _WORKDIR.value)
+  cli.quiet_library_logs()
+  summary = training.train_and_summarize(_CONFIG.value, _WORKDIR.value)
   print(json.dumps(summary["table"], indent=1))
 
 

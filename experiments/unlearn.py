@@ -16,7 +16,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from ease_jax import experiment
+from ease_jax import cli
 
 from ease_jax.unlearning import pipeline
 
@@ -28,7 +28,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
-  experiment.quiet_library_logs()
+  cli.quiet_library_logs()
   results = pipeline.run_unlearning(_CONFIG.value, _WORKDIR.value)
   print(results["request"]["description"])
   print(pipeline.format_table(results["table"]))

@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from ease_jax import configs  # noqa: E402
-from ease_jax import experiment  # noqa: E402
+from ease_jax import builders  # noqa: E402
 from ease_jax import federated  # noqa: E402
 from ease_jax import model as model_lib  # noqa: E402
 from ease_jax.data import dataset as dataset_lib  # noqa: E402
@@ -72,17 +72,17 @@ def tiny_config(**fed) -> ml_collections.ConfigDict:
 
 
 def make_tiny_setup(config: ml_collections.ConfigDict, num_images: int = 64
-                    ) -> experiment.FederatedSetup:
+                    ) -> builders.FederatedSetup:
   """A FederatedSetup on a random tiny CLIP and random data (no files needed)."""
   clip_config = tiny_clip_config()
-  lora_config = experiment.lora_config_from(config.lora)
+  lora_config = builders.lora_config_from(config.lora)
   model = model_lib.CLIP(clip_config, lora_scale=lora_config.scale, lora_mode=config.lora.mode)
   backbone = model.init(jax.random.key(42))
   ds = tiny_dataset(num_images)
   order = np.random.default_rng(config.seeds.partition).permutation(num_images)
   test, clients = np.sort(order[:8]), order[8:]
   client_images = [np.sort(c) for c in np.array_split(clients, config.fed.num_clients)]
-  return experiment.FederatedSetup(
+  return builders.FederatedSetup(
       model=model, backbone=backbone, dataset=ds, data=federated.DeviceData.from_dataset(ds),
       public_images=np.array([], np.int64), test_images=test, client_images=client_images,
       lora_config=lora_config)
@@ -109,3 +109,11 @@ def flat_params(tree) -> np.ndarray:
   """All leaves of a pytree as one flat numpy vector."""
   from jax.flatten_util import ravel_pytree  # pylint: disable=g-import-not-at-top
   return np.asarray(ravel_pytree(tree)[0])
+
+
+def run_fedavg(setup, config, workdir=None, eval_subsets=None, **kwargs):
+  """`training.run_fedavg` without a progress bar (kwargs: trainable, num_rounds, plan,
+  algorithm)."""
+  from ease_jax import training  # pylint: disable=g-import-not-at-top
+  options = training.run_options(setup, config, eval_subsets, progress=False)
+  return training.run_fedavg(setup, config, workdir, options=options, **kwargs)

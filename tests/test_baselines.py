@@ -7,34 +7,41 @@ import numpy as np
 import pytest
 
 from conftest import flat_params as flat
-from conftest import make_tiny_setup, make_unlearning_ctx as make_ctx, tiny_config
-from ease_jax import experiment
+from conftest import make_tiny_setup, make_unlearning_ctx as make_ctx, run_fedavg, tiny_config
+from ease_jax import builders
 from ease_jax import federated
 from ease_jax.unlearning import base
-from ease_jax.unlearning import baselines as bl
-from ease_jax.unlearning import ease
+from ease_jax.unlearning import common
+from ease_jax.unlearning import methods
 from ease_jax.unlearning import requests
+from ease_jax.unlearning.methods import ccu
+from ease_jax.unlearning.methods import federaser as fe
+from ease_jax.unlearning.methods import fedrecovery as fr
+from ease_jax.unlearning.methods import finetune as ft
+from ease_jax.unlearning.methods import gradient_ascent as ga
+from ease_jax.unlearning.methods import mvi_causal as mvi
+from ease_jax.unlearning.methods import pga
 
 
 @pytest.fixture(scope="module")
 def trained():
   cfg = tiny_config(rounds=3, history_size=4, local_epochs=4, client_lr=3e-2)
-  bl.add_config_blocks(cfg)
+  methods.add_config_blocks(cfg)
   setup = make_tiny_setup(cfg)
   # The tiny setup has no public split; client 3's images stand in for it (random data does not
   # generalise, so only trained-on pairs show alignment for the utility guard).
   setup = dataclasses.replace(setup, public_images=setup.client_images[3])
-  res = experiment.run_federated(setup, cfg, None, progress=False)
+  res = run_fedavg(setup, cfg)
   return cfg, setup, res
 
 
 def test_method_config_defaults_and_unknown_keys(trained):
   cfg = trained[0]
-  assert bl.method_config(cfg, "pga").radius_fraction == pytest.approx(1 / 3)
+  assert common.block(cfg, "pga", pga.DEFAULTS).radius_fraction == pytest.approx(1 / 3)
   bad = base.config_with(cfg, {})
   bad.pga.radus = 1.0
   with pytest.raises(KeyError, match="radus"):
-    bl.method_config(bad, "pga")
+    common.block(bad, "pga", pga.DEFAULTS)
 
 
 # ------------------------------------------------------------------------------------ PGA
@@ -43,25 +50,25 @@ def test_method_config_defaults_and_unknown_keys(trained):
 def test_project_to_ball():
   center = {"a": jnp.ones(3), "b": jnp.zeros((2, 2))}
   inside = {"a": jnp.ones(3) * 1.1, "b": jnp.zeros((2, 2))}
-  out = bl.project_to_ball(inside, center, 1.0)
+  out = ga.project_to_ball(inside, center, 1.0)
   np.testing.assert_array_equal(flat(out), flat(inside))  # Inside: unchanged, exactly.
   far = {"a": jnp.ones(3) + jnp.array([3.0, 4.0, 0.0]), "b": jnp.full((2, 2), 0.0)}
-  out = bl.project_to_ball(far, center, 2.0)
+  out = ga.project_to_ball(far, center, 2.0)
   d = flat(out) - flat(center)
   np.testing.assert_allclose(np.linalg.norm(d), 2.0, rtol=1e-6)
   np.testing.assert_allclose(d[:3], [1.2, 1.6, 0.0], rtol=1e-6)  # Same direction.
-  np.testing.assert_array_equal(flat(bl.project_to_ball(far, center, jnp.inf)), flat(far))
+  np.testing.assert_array_equal(flat(ga.project_to_ball(far, center, jnp.inf)), flat(far))
 
 
 def test_pga_reference_is_mean_of_other_clients_models():
   rng = np.random.default_rng(0)
   prev, ups, w = rng.normal(size=5), rng.normal(size=(3, 5)), np.array([1.0, 2.0, 3.0])
   glob = prev + (w / w.sum()) @ ups
-  ref = bl.pga_reference(jnp.asarray(glob), jnp.asarray(ups), jnp.asarray(w),
+  ref = pga.pga_reference(jnp.asarray(glob), jnp.asarray(ups), jnp.asarray(w),
                          jnp.array([False, True, True]))
   # Other clients' local models prev + Δ_k, sample-weighted mean.
   np.testing.assert_allclose(ref, prev + (2 * ups[1] + 3 * ups[2]) / 5, atol=1e-6)
-  full = bl.pga_reference(jnp.asarray(glob), jnp.asarray(ups), jnp.asarray(w), jnp.ones(3, bool))
+  full = pga.pga_reference(jnp.asarray(glob), jnp.asarray(ups), jnp.asarray(w), jnp.ones(3, bool))
   np.testing.assert_allclose(full, glob, atol=1e-6)
 
 
@@ -69,7 +76,7 @@ def test_pga_stays_in_its_ball(trained):
   ctx = make_ctx(trained, {"pga.radius": 0.05, "pga.post_rounds": 0, "pga.lr": 0.5,
                            "pga.max_rounds": 3, "pga.stop_quantile": 0.0,
                            "pga.max_utility_drop": 100.0})
-  res = bl.pga(ctx)
+  res = pga.pga(ctx)
   d = res.diagnostics
   assert d["radius"] == 0.05 and d["rounds_run"] >= 1
   assert d["distance_to_center"] <= 0.05 + 1e-5
@@ -82,22 +89,22 @@ def test_pga_stays_in_its_ball(trained):
 def test_federaser_calibrate_keeps_old_norm_new_direction():
   old = {"x": jnp.array([3.0, 4.0]), "y": jnp.array([[1.0]])}
   new = {"x": jnp.array([0.0, 2.0]), "y": jnp.array([[-5.0]])}
-  leaf = bl.federaser_calibrate(old, new, "leaf")
+  leaf = fe.federaser_calibrate(old, new, "leaf")
   np.testing.assert_allclose(leaf["x"], [0.0, 5.0])
   np.testing.assert_allclose(leaf["y"], [[-1.0]])
-  glob = bl.federaser_calibrate(old, new, "global")
+  glob = fe.federaser_calibrate(old, new, "global")
   np.testing.assert_allclose(np.linalg.norm(flat(glob)), np.linalg.norm(flat(old)), rtol=1e-6)
   np.testing.assert_allclose(flat(glob) / np.linalg.norm(flat(glob)),
                              flat(new) / np.linalg.norm(flat(new)), rtol=1e-6)
-  zero = bl.federaser_calibrate(old, jax.tree.map(jnp.zeros_like, new), "leaf")
+  zero = fe.federaser_calibrate(old, jax.tree.map(jnp.zeros_like, new), "leaf")
   assert np.all(flat(zero) == 0)
 
 
 def test_replay_of_all_stored_updates_reproduces_training(trained):
   cfg, setup, res = trained
-  rounds, ups, w = bl.round_major(res.history, bl._client_counts(setup))
+  rounds, ups, w = fe.round_major(res.history, common.client_counts(setup))
   unravel = jax.vmap(federated.unravel_fn(res.trainable))
-  replay = bl.federaser_replay(experiment.init_trainable(setup, cfg),
+  replay = fe.federaser_replay(builders.init_trainable(setup, cfg),
                                [unravel(jnp.asarray(u)) for u in ups],
                                [jnp.asarray(x) for x in w], federated.server_optimizer())
   np.testing.assert_allclose(flat(replay), flat(res.trainable), atol=1e-6)
@@ -106,23 +113,23 @@ def test_replay_of_all_stored_updates_reproduces_training(trained):
 def test_federaser_without_calibration_equals_plain_replay(trained):
   cfg, setup, res = trained
   ctx = make_ctx(trained, {"federaser.calibration_ratio": 0.0})
-  out = bl.federaser(ctx)
-  _, ups, w = bl.round_major(res.history, bl._client_counts(setup))
+  out = fe.federaser(ctx)
+  _, ups, w = fe.round_major(res.history, common.client_counts(setup))
   keep = np.array(ctx.retain_clients)
   unravel = jax.vmap(federated.unravel_fn(res.trainable))
-  replay = bl.federaser_replay(experiment.init_trainable(setup, cfg),
+  replay = fe.federaser_replay(builders.init_trainable(setup, cfg),
                                [unravel(jnp.asarray(u[keep])) for u in ups],
                                [jnp.asarray(x[keep]) for x in w], federated.server_optimizer())
   np.testing.assert_allclose(flat(out.trainable), flat(replay), atol=1e-6)
   # Calibration (new local steps) changes the result.
-  cal = bl.federaser(make_ctx(trained, {"federaser.calibration_ratio": 0.5}))
+  cal = fe.federaser(make_ctx(trained, {"federaser.calibration_ratio": 0.5}))
   assert cal.diagnostics["calibration_steps"] == [4, 4, 4]  # ceil(0.5 × 8 local steps)
   assert np.abs(flat(cal.trainable) - flat(replay)).max() > 1e-5
 
 
 def test_federaser_refuses_incomplete_history(trained):
   with pytest.raises(ValueError, match="history_size"):
-    bl.federaser(make_ctx(trained, {"fed.rounds": 6}))
+    fe.federaser(make_ctx(trained, {"fed.rounds": 6}))
 
 
 # ----------------------------------------------------------------------------- FedRecovery
@@ -130,27 +137,27 @@ def test_federaser_refuses_incomplete_history(trained):
 
 def test_fedrecovery_noise_has_configured_std():
   p = 200_000
-  out = bl.fedrecovery_apply(jnp.ones(p), jnp.full(p, 0.5), jax.random.key(0), 0.03)
+  out = fr.fedrecovery_apply(jnp.ones(p), jnp.full(p, 0.5), jax.random.key(0), 0.03)
   noise = np.asarray(out) - 0.5
   assert abs(noise.mean()) < 3 * 0.03 / np.sqrt(p) * 3
   np.testing.assert_allclose(noise.std(), 0.03, rtol=0.01)
-  assert bl.gaussian_sigma(1.0, 1e-5, 2.0) == pytest.approx(2.0 * np.sqrt(2 * np.log(1.25e5)))
+  assert fr.gaussian_sigma(1.0, 1e-5, 2.0) == pytest.approx(2.0 * np.sqrt(2 * np.log(1.25e5)))
 
 
 def test_fedrecovery_residuals_and_method_noise(trained):
   ups = jnp.asarray(np.random.default_rng(0).normal(size=(2, 3, 4)))
   w = jnp.array([[1.0, 1.0, 2.0], [1.0, 0.0, 1.0]])
   kept = w.at[:, 0].set(0.0)
-  r = bl.aggregate_residuals(ups, w, kept)
+  r = fr.aggregate_residuals(ups, w, kept)
   want0 = (ups[0, 0] + ups[0, 1] + 2 * ups[0, 2]) / 4 - (ups[0, 1] + 2 * ups[0, 2]) / 3
   np.testing.assert_allclose(r[0], want0, atol=1e-6)
-  np.testing.assert_allclose(bl.fedrecovery_correction(r), r[0] + r[1], atol=1e-6)
+  np.testing.assert_allclose(fr.fedrecovery_correction(r), r[0] + r[1], atol=1e-6)
   # Without noise and uniform weights, FedRecovery = plain replay without the client
   # (= FedEraser without calibration): first-order exact removal.
-  clean = bl.fedrecovery(make_ctx(trained))
-  replay = bl.federaser(make_ctx(trained, {"federaser.calibration_ratio": 0.0}))
+  clean = fr.fedrecovery(make_ctx(trained))
+  replay = fe.federaser(make_ctx(trained, {"federaser.calibration_ratio": 0.0}))
   np.testing.assert_allclose(flat(clean.trainable), flat(replay.trainable), atol=1e-5)
-  noisy = bl.fedrecovery(make_ctx(trained, {"fedrecovery.noise_std": 0.02}))
+  noisy = fr.fedrecovery(make_ctx(trained, {"fedrecovery.noise_std": 0.02}))
   diff = flat(noisy.trainable) - flat(clean.trainable)
   assert noisy.diagnostics["noise_std"] == 0.02
   np.testing.assert_allclose(diff.std(), 0.02, rtol=0.05)
@@ -160,27 +167,27 @@ def test_fedrecovery_residuals_and_method_noise(trained):
 
 
 def test_ascent_stopping_rule():
-  assert bl.ascent_should_stop(0.3, 0.4, 1.0, 1.0, 0.5) == (True, False)
-  assert bl.ascent_should_stop(0.5, 0.4, 1.0, 1.0, 0.5) == (False, False)
-  assert bl.ascent_should_stop(0.5, 0.4, 0.4, 1.0, 0.5) == (True, True)
+  assert ga.ascent_should_stop(0.3, 0.4, 1.0, 1.0, 0.5) == (True, False)
+  assert ga.ascent_should_stop(0.5, 0.4, 1.0, 1.0, 0.5) == (False, False)
+  assert ga.ascent_should_stop(0.5, 0.4, 0.4, 1.0, 0.5) == (True, True)
 
 
 def test_gradient_ascent_stops_before_divergence(trained):
   # Aggressive ascent: without a stopping rule it would run all 30 rounds.
   ctx = make_ctx(trained, {"gradient_ascent.max_rounds": 30, "gradient_ascent.lr": 0.5,
                            "gradient_ascent.clip_norm": 0.0})
-  res = bl.gradient_ascent(ctx)
+  res = ga.gradient_ascent(ctx)
   d = res.diagnostics
   assert d["rounds_run"] < 30 and d["stopped"] != "max_rounds"
   _, setup, _ = trained
-  util = bl.alignment_gap(setup.model, setup.backbone, res.trainable, setup.data,
-                          bl._utility_texts(ctx))
+  util = common.alignment_gap(setup.model, setup.backbone, res.trainable, setup.data,
+                              common.utility_texts(ctx))
   assert d["utility0"] > 0.01  # The trained tiny model does align pairs.
   assert d["utility0"] - util <= 0.5 * d["utility0"]  # The returned model is not the diverged one.
-  cos = ease.matched_cosines(setup.model, setup.backbone, res.trainable, setup.data,
-                             ctx.request.forget_texts).mean()
-  cos0 = ease.matched_cosines(setup.model, setup.backbone, ctx.trained, setup.data,
-                              ctx.request.forget_texts).mean()
+  cos = federated.matched_cosines(setup.model, setup.backbone, res.trainable, setup.data,
+                                  ctx.request.forget_texts).mean()
+  cos0 = federated.matched_cosines(setup.model, setup.backbone, ctx.trained, setup.data,
+                                   ctx.request.forget_texts).mean()
   assert cos < cos0
 
 
@@ -188,7 +195,7 @@ def test_finetune_never_touches_forget_data(trained):
   _, setup, _ = trained
   request = requests.sample_request(setup, 0.3, seed=0)
   ctx = make_ctx(trained, {"finetune.rounds": 2}, request=request)
-  out = bl.finetune(ctx)
+  out = ft.finetune(ctx)
   # Replace every forget pair's image and caption by garbage: the result must not change.
   data = setup.data
   f_img = np.asarray(data.text_image)[request.forget_texts]
@@ -198,7 +205,7 @@ def test_finetune_never_touches_forget_data(trained):
   ids[request.forget_texts, 1] = (ids[request.forget_texts, 1] + 7) % 30
   garbled = dataclasses.replace(setup, data=data.replace(images=jnp.asarray(images),
                                                          input_ids=jnp.asarray(ids)))
-  out2 = bl.finetune(make_ctx(trained, {"finetune.rounds": 2}, request=request, setup=garbled))
+  out2 = ft.finetune(make_ctx(trained, {"finetune.rounds": 2}, request=request, setup=garbled))
   np.testing.assert_array_equal(flat(out.trainable), flat(out2.trainable))
   assert np.abs(flat(out.trainable) - flat(ctx.trained)).max() > 0
 
@@ -215,23 +222,23 @@ def test_ccu_losses_behave_as_documented():
   img_f, txt_f, img_r, txt_r = _emb(0)
   orig = dict(img_f=img_f, txt_f=txt_f, img_r=img_r, txt_r=txt_r)
   fm, rm = jnp.ones(6, bool), jnp.ones(6, bool)
-  t = bl.ccu_losses(img_f, txt_f, img_r, txt_r, orig, fm, rm, 0.1)
+  t = ccu.ccu_losses(img_f, txt_f, img_r, txt_r, orig, fm, rm, 0.1)
   assert float(t["retention"]) == pytest.approx(0.0, abs=1e-5)
   assert float(t["separation"]) == pytest.approx(0.0, abs=1e-6)
   # L_inv is visual-side only: no gradient reaches the text embeddings.
-  g_txt = jax.grad(lambda x: bl.ccu_losses(img_f, x, img_r, txt_r, orig, fm, rm, 0.1)["inverse"])(
+  g_txt = jax.grad(lambda x: ccu.ccu_losses(img_f, x, img_r, txt_r, orig, fm, rm, 0.1)["inverse"])(
       txt_f)
   assert float(jnp.abs(g_txt).max()) == 0.0
   # Images aligned with their *own* captions score worse than images re-aligned to the shifted
   # captions (the inverse objective dissociates the pairs).
-  shift = bl.shifted_targets(fm)
-  own = bl.ccu_losses(txt_f, txt_f, img_r, txt_r, orig, fm, rm, 0.1)["inverse"]
-  moved = bl.ccu_losses(txt_f[shift], txt_f, img_r, txt_r, orig, fm, rm, 0.1)["inverse"]
+  shift = ccu.shifted_targets(fm)
+  own = ccu.ccu_losses(txt_f, txt_f, img_r, txt_r, orig, fm, rm, 0.1)["inverse"]
+  moved = ccu.ccu_losses(txt_f[shift], txt_f, img_r, txt_r, orig, fm, rm, 0.1)["inverse"]
   assert float(moved) < float(own)
-  np.testing.assert_array_equal(bl.shifted_targets(jnp.array([True, False, True, True])),
+  np.testing.assert_array_equal(ccu.shifted_targets(jnp.array([True, False, True, True])),
                                 [2, 2, 3, 0])  # invalid rows: unused
   # Perturbing retain images moves the retain structure: separation > 0.
-  t2 = bl.ccu_losses(img_f, txt_f, img_r + 0.5 * img_f, txt_r, orig, fm, rm, 0.1)
+  t2 = ccu.ccu_losses(img_f, txt_f, img_r + 0.5 * img_f, txt_r, orig, fm, rm, 0.1)
   assert float(t2["separation"]) > 0 and float(t2["retention"]) > 0
 
 
@@ -242,11 +249,11 @@ def test_mvi_shared_basis_and_losses():
   planted = np.linalg.qr(r.normal(size=(d, k)))[0]
   img = z @ planted.T * 3 + 0.3 * r.normal(size=(n, d))
   txt = z @ planted.T * 3 + 0.3 * r.normal(size=(n, d))
-  basis = np.asarray(bl.shared_basis(jnp.asarray(img), jnp.asarray(txt), k))
+  basis = np.asarray(mvi.shared_basis(jnp.asarray(img), jnp.asarray(txt), k))
   np.testing.assert_allclose(basis.T @ basis, np.eye(k), atol=1e-5)
   # The recovered subspace is the planted one (cosines of principal angles ≈ 1).
   assert np.linalg.svd(planted.T @ basis, compute_uv=False).min() > 0.98
-  shared, specific = bl.factorize(jnp.asarray(img[:5]), jnp.asarray(basis))
+  shared, specific = mvi.factorize(jnp.asarray(img[:5]), jnp.asarray(basis))
   u = img[:5] / np.linalg.norm(img[:5], axis=1, keepdims=True)
   np.testing.assert_allclose(shared + specific, u, atol=1e-5)
   np.testing.assert_allclose(np.sum(shared * specific, 1), 0, atol=1e-5)
@@ -255,11 +262,11 @@ def test_mvi_shared_basis_and_losses():
   orig = dict(img_f=img_f, txt_f=txt_f, img_r=img_r, txt_r=txt_r)
   m = jnp.ones(6, bool)
   b = jnp.asarray(basis)
-  t = bl.mvi_losses(img_f, img_f, img_r, txt_r, orig, m, m, b, 0.1)  # matched pairs aligned
+  t = mvi.mvi_losses(img_f, img_f, img_r, txt_r, orig, m, m, b, 0.1)  # matched pairs aligned
   assert float(t["edit"]) > 0.1
   assert float(t["locality"]) == pytest.approx(0.0, abs=1e-5)
   same = jnp.tile(jnp.asarray(planted[:, 0])[None], (6, 1))  # every shared factor identical
-  t = bl.mvi_losses(same, same, img_r, txt_r, dict(orig, img_f=same, txt_f=same), m, m, b, 0.1)
+  t = mvi.mvi_losses(same, same, img_r, txt_r, dict(orig, img_f=same, txt_f=same), m, m, b, 0.1)
   assert float(t["edit"]) == pytest.approx(0.0, abs=1e-5)
   assert float(t["specific"]) == pytest.approx(0.0, abs=1e-6)
 
@@ -271,14 +278,14 @@ def test_multimodal_baselines_lower_forget_alignment(trained, name):
   if name == "mvi_causal":
     ctx = make_ctx(trained, {"mvi_causal.steps": 8, "mvi_causal.lr": 1e-2,
                              "mvi_causal.batch_size": 8, "mvi_causal.shared_dim": 8})
-  res = base.get_method(name)(ctx)
+  res = methods.get(name)(ctx)
   assert res.wall_time_s > 0 and np.all(np.isfinite(flat(res.trainable)))
   if name == "mvi_causal":  # It edits the shared factor: matched pairs stop standing out there.
     d = res.diagnostics
     assert d["forget_shared_margin_after"] < d["forget_shared_margin_before"]
     return
-  cos = ease.matched_cosines(setup.model, setup.backbone, res.trainable, setup.data,
-                             ctx.request.forget_texts).mean()
-  cos0 = ease.matched_cosines(setup.model, setup.backbone, ctx.trained, setup.data,
-                              ctx.request.forget_texts).mean()
+  cos = federated.matched_cosines(setup.model, setup.backbone, res.trainable, setup.data,
+                                  ctx.request.forget_texts).mean()
+  cos0 = federated.matched_cosines(setup.model, setup.backbone, ctx.trained, setup.data,
+                                   ctx.request.forget_texts).mean()
   assert cos < cos0

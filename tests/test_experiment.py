@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ease_jax import builders
 from ease_jax import configs
 from ease_jax import evaluation
-from ease_jax import experiment
 from ease_jax import hf
+from ease_jax import jsonio
 from ease_jax import model as model_lib
+from ease_jax import training
 from ease_jax.data import dataset as dataset_lib
 from ease_jax.data import tokenizer as tok_lib
 
@@ -94,9 +96,9 @@ def _small_emoji_run(tmp_path, config_file, public_fraction):
 
 def test_train_on_emoji_with_a_checkpoint_folder(tmp_path):
   config = _small_emoji_run(tmp_path, "emoji_default.py", 0.8)
-  summary = experiment.train_and_summarize(config, tmp_path / "work")
+  summary = training.train_and_summarize(config, tmp_path / "work")
   work = tmp_path / "work"
-  rows = experiment.read_jsonl(work / "metrics.jsonl")
+  rows = jsonio.read_jsonl(work / "metrics.jsonl")
   assert [r["round"] for r in rows] == [1, 2]
   assert "clients/mean_r1" in rows[-1] and "test/mean_r1" in rows[-1]
   assert (work / "r1_per_round.png").stat().st_size > 0
@@ -104,7 +106,7 @@ def test_train_on_emoji_with_a_checkpoint_folder(tmp_path):
   assert on_disk["table"] == summary["table"]
   assert set(summary["pretrained"]) == set(summary["federated"])
   # Running again resumes the finished run instead of overwriting it.
-  again = experiment.train_and_summarize(config, work)
+  again = training.train_and_summarize(config, work)
   assert again["federated"] == pytest.approx(summary["federated"])
 
 
@@ -134,14 +136,14 @@ def test_train_on_karpathy_format_with_hf_checkpoint(tmp_path):
   config.data.test_fraction = 0.25
   config.data.min_client_size = 1
   config.fed.batch_size = 4
-  setup = experiment.build_setup(config)
+  setup = builders.build_setup(config)
   assert setup.dataset.num_images == 12 and setup.dataset.num_texts == 24
   assert setup.dataset.images.shape[1:] == (16, 16, 3)
   # All captions of an image stay with the image's client.
   for imgs in setup.client_images:
     texts = setup.texts_of(imgs)
     assert set(setup.dataset.text_image[texts]) == set(imgs)
-  summary = experiment.train_and_summarize(config, tmp_path / "work")
+  summary = training.train_and_summarize(config, tmp_path / "work")
   assert 0.0 <= summary["federated"]["test/i2t_r1"] <= 100.0
 
 
@@ -154,7 +156,7 @@ def test_missing_image_in_karpathy_data_names_the_file(tmp_path):
   config.data.json_path = str(json_path)
   config.data.image_root = str(image_root)
   with pytest.raises(FileNotFoundError, match="3.jpg"):
-    experiment.build_setup(config)
+    builders.build_setup(config)
 
 
 def test_too_many_clients_is_a_clear_error(tmp_path):
@@ -166,33 +168,33 @@ def test_too_many_clients_is_a_clear_error(tmp_path):
   config.data.image_root = str(image_root)
   config.fed.num_clients = 50
   with pytest.raises(ValueError, match="50"):
-    experiment.build_setup(config)
+    builders.build_setup(config)
 
 
 def test_missing_backbone_folder_is_a_clear_error(tmp_path):
   config = configs.from_file(ROOT / "experiments" / "configs" / "emoji_default.py")
   config.model.checkpoint = str(tmp_path / "nope")
   with pytest.raises(FileNotFoundError, match="nope"):
-    experiment.build_setup(config)
+    builders.build_setup(config)
 
 
 def test_fine_tuning_temperature_override():
   config = configs.from_file(ROOT / "experiments" / "configs" / "emoji_default.py")
   config.model.logit_scale = 0.0  # the checkpoint's own
-  original = float(experiment.build_setup(config).backbone["logit_scale"])
+  original = float(builders.build_setup(config).backbone["logit_scale"])
   config.model.logit_scale = 3.0
-  setup = experiment.build_setup(config)
+  setup = builders.build_setup(config)
   np.testing.assert_allclose(float(setup.backbone["logit_scale"]), np.log(3.0), rtol=1e-6)
   assert not np.isclose(original, np.log(3.0))
   config.model.logit_scale = -1.0
   with pytest.raises(ValueError, match="model.logit_scale"):
-    experiment.build_setup(config)
+    builders.build_setup(config)
 
 
 def test_skin_tone_split_of_the_embedded_data():
   config = configs.from_file(ROOT / "experiments" / "configs" / "emoji_default.py")
   assert config.data.split == "skin_tone"
-  setup = experiment.build_setup(config)
+  setup = builders.build_setup(config)
   tones = setup.dataset.image_meta["skin_tone"]
   np.testing.assert_array_equal(setup.public_images, np.flatnonzero(tones == "none"))
   clients = np.concatenate(setup.client_images)
@@ -204,7 +206,7 @@ def test_skin_tone_split_of_the_embedded_data():
   assert abs(len(setup.test_images) - config.data.test_fraction * n_toned) <= 6
   assert set(tones[setup.test_images]) == set(tones[tones != "none"])
   # The pretraining split must be the one the shipped backbone was trained on.
-  shipped = json.loads((experiment.embedded_backbone_dir() / "pretraining.json").read_text())
+  shipped = json.loads((builders.embedded_backbone_dir() / "pretraining.json").read_text())
   assert shipped["split"]["kind"] == "skin_tone"
   assert shipped["split"]["num_public"] == len(setup.public_images)
 
@@ -213,12 +215,12 @@ def test_split_kind_errors():
   config = configs.from_file(ROOT / "experiments" / "configs" / "emoji_default.py")
   config.data.split = "by_colour"
   with pytest.raises(ValueError, match="Unknown data.split='by_colour'"):
-    experiment.build_setup(config)
+    builders.build_setup(config)
   config.data.split = "skin_tone"
   config.data.skin_tone_variants = False
   config.data.label = "subgroup"
   with pytest.raises(ValueError, match="no skin-tone variants"):
-    experiment.build_setup(config)
+    builders.build_setup(config)
 
 
 def test_unlearn_pipeline_on_emoji_with_a_checkpoint_folder(tmp_path):
@@ -233,7 +235,7 @@ def test_unlearn_pipeline_on_emoji_with_a_checkpoint_folder(tmp_path):
   assert list(rows) == ["retrain", "backbone", "original", "ease", "ease+pfl"]
   assert rows["retrain"]["forget/mean_r1_gap"] == 0.0
   # The backbone row is the pretrained model alone: evaluate it independently.
-  setup = experiment.build_setup(config)
+  setup = builders.build_setup(config)
   direct = evaluation.evaluate_images(setup.model, setup.backbone, None, setup.data,
                                       setup.dataset, setup.client_images[0])
   assert rows["backbone"]["forget/mean_r1"] == pytest.approx(direct["mean_r1"], abs=0.01)
@@ -245,7 +247,7 @@ def test_unlearn_pipeline_on_emoji_with_a_checkpoint_folder(tmp_path):
 def test_benchmark_resumes_after_an_interruption(tmp_path, monkeypatch):
   """An interrupted comparison, rerun, redoes no finished cell and ends with the same rows as an
   uninterrupted one; a method that raises is logged and retried by the rerun."""
-  from ease_jax.unlearning import base  # pylint: disable=g-import-not-at-top
+  from ease_jax.unlearning import methods  # pylint: disable=g-import-not-at-top
   from ease_jax.unlearning import benchmark  # pylint: disable=g-import-not-at-top
   config = _small_emoji_run(tmp_path, "benchmark_emoji.py", 0.85)
   config.eval.every = 0
@@ -258,7 +260,7 @@ def test_benchmark_resumes_after_an_interruption(tmp_path, monkeypatch):
   assert cells(full) == sorted((s, m) for s in ("client", "sample")
                                for m in ("retrain", "original", "fedrecovery", "finetune"))
 
-  finetune = base.get_method("finetune")
+  finetune = methods.get("finetune")
 
   def killed_on_sample(ctx):
     if ctx.request.kind == "sample":
@@ -269,15 +271,15 @@ def test_benchmark_resumes_after_an_interruption(tmp_path, monkeypatch):
     raise RuntimeError("transient failure")
 
   work = tmp_path / "resumed"
-  monkeypatch.setitem(base.METHODS, "finetune", killed_on_sample)
-  monkeypatch.setitem(base.METHODS, "fedrecovery", broken)
+  monkeypatch.setitem(methods.METHODS, "finetune", killed_on_sample)
+  monkeypatch.setitem(methods.METHODS, "fedrecovery", broken)
   with pytest.raises(KeyboardInterrupt):
     benchmark.run_benchmark(config, work, progress=False)
   first = benchmark.read_rows(work / "results.jsonl")
   # client: everything but the broken method; sample: retrain, original, then the kill.
   assert cells(first) == [("client", "finetune"), ("client", "original"), ("client", "retrain"),
                           ("sample", "original"), ("sample", "retrain")]
-  errors = experiment.read_jsonl(work / "errors.jsonl")
+  errors = jsonio.read_jsonl(work / "errors.jsonl")
   assert [(e["scenario"], e["method"]) for e in errors] == [("client", "fedrecovery"),
                                                            ("sample", "fedrecovery")]
   monkeypatch.undo()  # The real methods again.

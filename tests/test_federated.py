@@ -5,10 +5,11 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import make_tiny_setup, tiny_config
+from conftest import make_tiny_setup, run_fedavg, tiny_config
+from ease_jax import builders
 from ease_jax import checkpointing
-from ease_jax import experiment
 from ease_jax import federated
+from ease_jax import jsonio
 
 
 def _tree_allclose(a, b, atol=1e-5, rtol=1e-5):
@@ -29,19 +30,18 @@ def _round_inputs(setup, config, num_steps=None, seed=0, round_index=0):
 @pytest.fixture(scope="module")
 def engine(tiny_setup):
   config = tiny_config()
-  trainable = experiment.init_trainable(tiny_setup, config)
+  trainable = builders.init_trainable(tiny_setup, config)
   # Non-zero B, so the forward pass depends on both factors.
   trainable = jax.tree.map(lambda x: x + 0.01, trainable)
-  client_update = federated.make_client_update(federated.clip_objective(tiny_setup.model),
-                                               optax.adam(1e-2))
+  client_update = federated.local_steps(federated.clip_objective(tiny_setup.model),
+                                        optax.adam(1e-2))
   return config, trainable, client_update
 
 
 def test_vmap_equals_sequential_equals_chunked(tiny_setup, engine):
   config, trainable, client_update = engine
   sched = _round_inputs(tiny_setup, config)
-  args = (trainable, tiny_setup.backbone, tiny_setup.data, jnp.asarray(sched.text_indices),
-          jnp.asarray(sched.mask))
+  args = (trainable, tiny_setup.backbone, tiny_setup.data, jax.tree.map(jnp.asarray, sched.batches))
   vmapped, m_v = federated.make_round_fn(client_update, "vmap")(*args)
   sequential, m_s = federated.make_round_fn(client_update, "sequential")(*args)
   chunked, _ = federated.make_round_fn(client_update, "chunked", chunk_size=3)(*args)
@@ -58,15 +58,15 @@ def test_padding_does_not_change_real_clients(tiny_setup, engine):
   padded = _round_inputs(tiny_setup, config, num_steps=sched.text_indices.shape[1] + 3)
   fn = federated.make_round_fn(client_update, "vmap")
   base, _ = fn(trainable, tiny_setup.backbone, tiny_setup.data,
-               jnp.asarray(sched.text_indices), jnp.asarray(sched.mask))
+               jax.tree.map(jnp.asarray, sched.batches))
   more_steps, _ = fn(trainable, tiny_setup.backbone, tiny_setup.data,
-                     jnp.asarray(padded.text_indices), jnp.asarray(padded.mask))
+                     jax.tree.map(jnp.asarray, padded.batches))
   assert _tree_allclose(base, more_steps, atol=1e-6)
   # An extra all-padding client next to the real ones: real clients' updates unchanged, its own 0.
   idx = np.concatenate([sched.text_indices, np.zeros_like(sched.text_indices[:1])])
   mask = np.concatenate([sched.mask, np.zeros_like(sched.mask[:1])])
-  with_ghost, _ = fn(trainable, tiny_setup.backbone, tiny_setup.data, jnp.asarray(idx),
-                     jnp.asarray(mask))
+  with_ghost, _ = fn(trainable, tiny_setup.backbone, tiny_setup.data,
+                     federated.Batches(jnp.asarray(idx), jnp.asarray(mask)))
   assert _tree_allclose(jax.tree.map(lambda x: x[:-1], with_ghost), base, atol=1e-6)
   assert all(float(jnp.abs(x[-1]).max()) == 0 for x in jax.tree.leaves(with_ghost))
 
@@ -75,18 +75,18 @@ def test_client_update_trains_only_the_adapter(tiny_setup, engine):
   config, trainable, client_update = engine
   sched = _round_inputs(tiny_setup, config)
   backbone_before = jax.tree.map(np.array, tiny_setup.backbone)
-  delta, metrics = jax.jit(client_update)(trainable, tiny_setup.backbone, tiny_setup.data,
-                                          jnp.asarray(sched.text_indices[0]),
-                                          jnp.asarray(sched.mask[0]))
+  delta, metrics = jax.jit(client_update)(
+      trainable, tiny_setup.backbone, tiny_setup.data,
+      federated.Batches(jnp.asarray(sched.text_indices[0]), jnp.asarray(sched.mask[0])))
   assert jax.tree.structure(delta) == jax.tree.structure(trainable)
   assert _tree_allclose(backbone_before, tiny_setup.backbone, atol=0, rtol=0)
   assert int(metrics["steps"]) == int(sched.mask[0].any(-1).sum())
   # One SGD step on one full batch is exactly -lr * grad of the objective (computed separately).
   loss_fn = federated.clip_objective(tiny_setup.model)
-  sgd_update = federated.make_client_update(loss_fn, optax.sgd(0.1))
+  sgd_update = federated.local_steps(loss_fn, optax.sgd(0.1))
   texts = jnp.asarray(tiny_setup.client_texts()[0][:8])
-  one_step, _ = sgd_update(trainable, tiny_setup.backbone, tiny_setup.data, texts[None],
-                           jnp.ones((1, 8), bool))
+  one_step, _ = sgd_update(trainable, tiny_setup.backbone, tiny_setup.data,
+                           federated.Batches(texts[None], jnp.ones((1, 8), bool)))
   batch = dict(tiny_setup.data.batch(texts), mask=jnp.ones(8, bool))
   grads = jax.grad(loss_fn)(trainable, tiny_setup.backbone, batch)
   assert _tree_allclose(one_step, jax.tree.map(lambda g: -0.1 * g, grads), atol=1e-6)
@@ -145,7 +145,7 @@ def test_sample_clients_deterministic_and_in_range():
 def test_update_history_ring_buffer():
   h = federated.UpdateHistory.create(num_clients=3, size=2, num_params=4)
   for r in range(3):
-    h.record([0, 2], np.full((2, 4), r, np.float32), r)
+    h = h.record(jnp.array([0, 2]), np.full((2, 4), r, np.float32), r)
   ups, rounds = h.client_updates(0)
   np.testing.assert_array_equal(rounds, [1, 2])
   np.testing.assert_array_equal(ups[:, 0], [1, 2])
@@ -153,8 +153,8 @@ def test_update_history_ring_buffer():
 
 
 def _run(setup, config, workdir, num_rounds=None):
-  return experiment.run_federated(setup, config, workdir, num_rounds=num_rounds,
-                                  eval_subsets={"test": setup.test_images}, progress=False)
+  return run_fedavg(setup, config, workdir, num_rounds=num_rounds,
+                    eval_subsets={"test": setup.test_images})
 
 
 def test_resumed_equals_uninterrupted(tmp_path):
@@ -168,9 +168,9 @@ def test_resumed_equals_uninterrupted(tmp_path):
   np.testing.assert_allclose(straight.history.updates, resumed.history.updates, atol=1e-6)
   np.testing.assert_array_equal(straight.history.rounds, resumed.history.rounds)
   assert straight.final_eval == pytest.approx(resumed.final_eval)
-  rows = experiment.read_jsonl(tmp_path / "resumed" / "metrics.jsonl")
+  rows = jsonio.read_jsonl(tmp_path / "resumed" / "metrics.jsonl")
   assert [r["round"] for r in rows] == [1, 2, 3, 4]
-  straight_rows = experiment.read_jsonl(tmp_path / "straight" / "metrics.jsonl")
+  straight_rows = jsonio.read_jsonl(tmp_path / "straight" / "metrics.jsonl")
   assert [r["clients"] for r in rows] == [r["clients"] for r in straight_rows]
   assert [r["train_loss"] for r in rows] == pytest.approx([r["train_loss"] for r in straight_rows])
 
@@ -218,14 +218,14 @@ def test_unknown_backend_is_an_error(engine):
 def test_frozen_a_trains_b_only_and_makes_fedavg_exact(tiny_setup):
   """FFA-LoRA: with A frozen the averaged update of the products A·B_k is A·mean(B_k)."""
   config = tiny_config()
-  trainable = experiment.init_trainable(tiny_setup, config)
-  update = federated.make_client_update(
+  trainable = builders.init_trainable(tiny_setup, config)
+  update = federated.local_steps(
       federated.clip_objective(tiny_setup.model),
-      experiment.make_optimizer("adam", 1e-2, freeze_lora_a=True))
+      builders.make_optimizer("adam", 1e-2, freeze_lora_a=True))
   sched = _round_inputs(tiny_setup, config)
   round_fn = federated.make_round_fn(update, "vmap")
   deltas, _ = round_fn(trainable, tiny_setup.backbone, tiny_setup.data,
-                       jnp.asarray(sched.text_indices), jnp.asarray(sched.mask))
+                       jax.tree.map(jnp.asarray, sched.batches))
   flat = jax.tree_util.tree_flatten_with_path(deltas)[0]
   a_deltas = [np.asarray(x) for p, x in flat if jax.tree_util.keystr(p).endswith("['a']")]
   b_deltas = [np.asarray(x) for p, x in flat if jax.tree_util.keystr(p).endswith("['b']")]
@@ -237,11 +237,10 @@ def test_frozen_a_trains_b_only_and_makes_fedavg_exact(tiny_setup):
   np.testing.assert_allclose(np.mean([a0 @ b for b in b_k], axis=0), a0 @ b_k.mean(0),
                              atol=1e-6)
   # Without freezing, A moves.
-  free = federated.make_client_update(federated.clip_objective(tiny_setup.model),
-                                      experiment.make_optimizer("adam", 1e-2))
+  free = federated.local_steps(federated.clip_objective(tiny_setup.model),
+                               builders.make_optimizer("adam", 1e-2))
   free_deltas, _ = federated.make_round_fn(free, "vmap")(
-      trainable, tiny_setup.backbone, tiny_setup.data, jnp.asarray(sched.text_indices),
-      jnp.asarray(sched.mask))
+      trainable, tiny_setup.backbone, tiny_setup.data, jax.tree.map(jnp.asarray, sched.batches))
   assert any(np.abs(np.asarray(x)).max() > 0
              for p, x in jax.tree_util.tree_flatten_with_path(free_deltas)[0]
              if jax.tree_util.keystr(p).endswith("['a']"))

@@ -126,8 +126,9 @@ def test_benchmark_variants_run_a_method_under_other_knobs(monkeypatch):
   import ml_collections
   from ease_jax.unlearning import base
   from ease_jax.unlearning import benchmark
+  from ease_jax.unlearning import methods
   seen = []
-  monkeypatch.setitem(base.METHODS, "probe",
+  monkeypatch.setitem(methods.METHODS, "probe",
                       lambda ctx: seen.append(ctx.config.gsd.to_dict()) or "done")
   config = ml_collections.ConfigDict(dict(
       gsd=dict(retain_energy=0.99, angle_threshold_deg=45.0),
@@ -159,12 +160,12 @@ def test_shipped_benchmark_config_builds_every_request():
   """Every scenario × seed of `benchmark_emoji.py` is a valid request on the embedded data."""
   import pathlib
   from ease_jax import configs
-  from ease_jax import experiment
+  from ease_jax import builders
   from ease_jax.unlearning import benchmark
   from ease_jax.unlearning import requests
   config = configs.from_file(pathlib.Path(__file__).resolve().parent.parent / "experiments"
                              / "configs" / "benchmark_emoji.py")
-  setup = experiment.build_setup(config)
+  setup = builders.build_setup(config)
   kinds = set()
   for scenario in config.benchmark.scenarios:
     for seed in config.benchmark.seeds:

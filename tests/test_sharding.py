@@ -16,7 +16,7 @@ import optax
 import pytest
 
 from conftest import tiny_config
-from ease_jax import experiment
+from ease_jax import builders
 from ease_jax import federated
 from ease_jax import sharding
 
@@ -26,7 +26,7 @@ _SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np, optax
     assert jax.device_count() == 8, jax.devices()
     from conftest import make_tiny_setup, tiny_config
-    from ease_jax import experiment, federated, sharding
+    from ease_jax import builders, federated, sharding
 
     def allclose(a, b, atol=1e-5):
       return all(jax.tree.leaves(jax.tree.map(
@@ -36,12 +36,12 @@ _SCRIPT = textwrap.dedent("""
     for num_clients in (6, 11):
       config = tiny_config(num_clients=num_clients, batch_size=2)
       setup = make_tiny_setup(config)
-      trainable = jax.tree.map(lambda x: x + 0.01, experiment.init_trainable(setup, config))
+      trainable = jax.tree.map(lambda x: x + 0.01, builders.init_trainable(setup, config))
       # SGD keeps the deltas linear in the gradients, so 1e-5 checks the engine itself; Adam's
       # first steps are ~lr * sign(g) and amplify float reassociation of near-zero gradients.
       loss_fn = federated.clip_objective(setup.model)
-      sgd = federated.make_client_update(loss_fn, optax.sgd(0.05))
-      adam = federated.make_client_update(loss_fn, optax.adam(1e-2))
+      sgd = federated.local_steps(loss_fn, optax.sgd(0.05))
+      adam = federated.local_steps(loss_fn, optax.adam(1e-2))
       texts = setup.client_texts()
       steps = max(federated.num_local_steps(len(t), 2, 1) for t in texts)
       sched = federated.build_client_schedules(texts, 2, 1, steps, 0, 0, range(num_clients))
@@ -50,8 +50,8 @@ _SCRIPT = textwrap.dedent("""
       for c in range(0, num_clients, 2):
         s, b = np.argwhere(mask[c])[-1]
         mask[c, s, b] = False
-      args = (trainable, setup.backbone, setup.data, jnp.asarray(sched.text_indices),
-              jnp.asarray(mask))
+      args = (trainable, setup.backbone, setup.data,
+              federated.Batches(jnp.asarray(sched.text_indices), jnp.asarray(mask)))
       ref, ref_m = federated.make_round_fn(sgd, "vmap")(*args)
       for chunk in ((0,) if num_clients == 6 else (0, 1)):
         out, m = sharding.make_sharded_round_fn(sgd, mesh, chunk_size=chunk)(*args)
@@ -91,14 +91,13 @@ def test_padded_size():
 def test_sharded_backend_on_one_device_equals_vmap(tiny_setup):
   assert "sharded" in federated.BACKENDS
   config = tiny_config()
-  trainable = experiment.init_trainable(tiny_setup, config)
-  update = federated.make_client_update(federated.clip_objective(tiny_setup.model),
-                                        optax.adam(1e-2))
+  trainable = builders.init_trainable(tiny_setup, config)
+  update = federated.local_steps(federated.clip_objective(tiny_setup.model), optax.adam(1e-2))
   texts = tiny_setup.client_texts()
   steps = max(federated.num_local_steps(len(t), 8, 1) for t in texts)
   sched = federated.build_client_schedules(texts, 8, 1, steps, 0, 0, range(len(texts)))
-  args = (trainable, tiny_setup.backbone, tiny_setup.data, jnp.asarray(sched.text_indices),
-          jnp.asarray(sched.mask))
+  args = (trainable, tiny_setup.backbone, tiny_setup.data,
+          federated.Batches(jnp.asarray(sched.text_indices), jnp.asarray(sched.mask)))
   ref, _ = federated.make_round_fn(update, "vmap")(*args)
   out, _ = federated.make_round_fn(update, "sharded")(*args)
   for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(ref)):

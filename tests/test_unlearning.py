@@ -6,14 +6,18 @@ import numpy as np
 import pytest
 
 from conftest import flat_params as flat
-from conftest import make_tiny_setup, make_unlearning_ctx as make_ctx, tiny_config
+from conftest import make_tiny_setup, make_unlearning_ctx as make_ctx, run_fedavg, tiny_config
+from ease_jax import builders
 from ease_jax import configs
-from ease_jax import experiment
+from ease_jax import evaluation
 from ease_jax import federated
 from ease_jax.unlearning import base
-from ease_jax.unlearning import ease
+from ease_jax.unlearning import common
+from ease_jax.unlearning import methods
+from ease_jax.unlearning import projection
 from ease_jax.unlearning import requests
 from ease_jax.unlearning import retrain as retrain_lib
+from ease_jax.unlearning.methods import ease
 
 
 def unlearn_config(**fed):
@@ -30,7 +34,7 @@ def trained():
   # pairs: forget R@1 ~57 vs ~4 for the retrain reference (seed-fixed; ~8 s on 2 CPU cores).
   cfg = unlearn_config(rounds=6, history_size=4, local_epochs=8, client_lr=1e-2)
   setup = make_tiny_setup(cfg)
-  res = experiment.run_federated(setup, cfg, None, progress=False)
+  res = run_fedavg(setup, cfg)
   return cfg, setup, res
 
 
@@ -104,11 +108,11 @@ def test_from_config_kinds(tiny_setup):
 def test_module_layout_roundtrip(trained):
   _, _, res = trained
   tree = res.trainable
-  layout = ease.module_layout(tree)
+  layout = projection.module_layout(tree)
   x = flat(tree)
-  mods = ease.to_modules(layout, jnp.asarray(x))
+  mods = projection.to_modules(layout, jnp.asarray(x))
   assert mods.shape == (layout.num_modules, layout.dim)
-  np.testing.assert_array_equal(np.asarray(ease.from_modules(layout, mods)), x)
+  np.testing.assert_array_equal(np.asarray(projection.from_modules(layout, mods)), x)
   # A module's row is its (A, B) in that order.
   lora_a = tree["vision_model"]["encoder"]["layers"]["0"]["self_attn"]["q_proj"]["a"]
   row = layout.names.index("vision_model/encoder/layers/0/self_attn/q_proj")
@@ -125,23 +129,25 @@ def _random_projector(layout, rank, seed=0):
 
 def test_server_projection_removes_the_unique_component(trained):
   cfg, setup, res = trained
-  layout = ease.module_layout(res.trainable)
+  layout = projection.module_layout(res.trainable)
   basis, valid = _random_projector(layout, 3)
-  transform = lambda t: ease.complement_tree(layout, basis, valid, t)
+  transform = lambda t: projection.complement_tree(layout, basis, valid, t)
   deltas = jax.tree.map(lambda x: jnp.stack([x, -0.5 * x, 2 * x]) + 0.01, res.trainable)
   opt = federated.server_optimizer()
   state = federated.init_server(res.trainable, opt)
   new_state, aggregate = federated.fedavg(state, deltas, jnp.ones(3), opt, transform)
-  p_agg = ease.project_tree(layout, basis, valid, aggregate)
+  p_agg = projection.project_tree(layout, basis, valid, aggregate)
   assert np.abs(flat(p_agg)).max() < 1e-6 * max(np.abs(flat(aggregate)).max(), 1)
   # So the model does not move along U_u: the drift from the start stays 0.
-  drift = ease.drift_fn(layout, basis, valid, res.trainable)(new_state.trainable)
+  drift = projection.drift_fn(layout, basis, valid, res.trainable)(new_state.trainable)
   assert float(drift) < 1e-5
   # And through whole PFL rounds (server projection, no lock).
-  out = experiment.run_federated(setup, cfg, None, trainable=res.trainable, num_rounds=2,
-                                 server_transform=transform, progress=False,
-                                 callback=lambda r, t: dict(drift=float(
-                                     ease.drift_fn(layout, basis, valid, res.trainable)(t))))
+  plan = builders.round_plan(setup, cfg)
+  pfl = builders.fedavg_algorithm(
+      setup, cfg, plan, server_transform=transform,
+      round_metrics=lambda t: dict(drift=projection.drift_fn(layout, basis, valid,
+                                                             res.trainable)(t)))
+  out = run_fedavg(setup, cfg, trainable=res.trainable, num_rounds=2, plan=plan, algorithm=pfl)
   assert max(r["drift"] for r in out.metrics) < 1e-5
   assert np.abs(flat(out.trainable) - flat(res.trainable)).max() > 1e-4  # it did train
 
@@ -151,15 +157,16 @@ def test_forget_lock_bounds_drift_monotonically_in_lambda(trained):
   # Adam rescales the pull to ~lr per coordinate, so there the bound is ~lr, not ~G/λ.
   cfg, setup, res = trained
   cfg = base.config_with(cfg, {"fed.client_optimizer": "sgd", "fed.client_lr": 1e-2})
-  layout = ease.module_layout(res.trainable)
+  layout = projection.module_layout(res.trainable)
   basis, valid = _random_projector(layout, 4, seed=1)
-  drift = ease.drift_fn(layout, basis, valid, res.trainable)
+  drift = projection.drift_fn(layout, basis, valid, res.trainable)
   drifts = []
   for lam in (0.0, 1.0, 10.0, 100.0):
     loss = ease.lock_objective(federated.clip_objective(setup.model), layout, basis, valid,
                                res.trainable, lam)
-    out = experiment.run_federated(setup, cfg, None, trainable=res.trainable, num_rounds=2,
-                                   loss_fn=loss, round_offset=3, progress=False)
+    plan = builders.round_plan(setup, cfg, round_offset=3)
+    out = run_fedavg(setup, cfg, trainable=res.trainable, num_rounds=2, plan=plan,
+                     algorithm=builders.fedavg_algorithm(setup, cfg, plan, loss_fn=loss))
     drifts.append(float(drift(out.trainable)))
   assert all(a > b for a, b in zip(drifts, drifts[1:])), drifts
   assert drifts[-1] < 0.2 * drifts[0], drifts
@@ -167,7 +174,7 @@ def test_forget_lock_bounds_drift_monotonically_in_lambda(trained):
 
 def test_lock_objective_rejects_negative_lambda(trained):
   _, setup, res = trained
-  layout = ease.module_layout(res.trainable)
+  layout = projection.module_layout(res.trainable)
   basis, valid = _random_projector(layout, 2)
   with pytest.raises(ValueError, match="lock_lambda"):
     ease.lock_objective(federated.clip_objective(setup.model), layout, basis, valid,
@@ -190,7 +197,7 @@ def test_gsd_shapes_and_bke_moves_only_inside_unique_subspace(trained, kind):
   assert np.asarray(gres.unique_rank).sum() > 0
   theta_star, diag, run_s, _ = ease.run_bke(ctx, layout, gres, target=0.0)
   delta = jax.tree.map(jnp.subtract, theta_star, res.trainable)
-  p_delta = ease.project_tree(layout, gres.unique_basis, gres.unique_valid, delta)
+  p_delta = projection.project_tree(layout, gres.unique_basis, gres.unique_valid, delta)
   d, pd = flat(delta), flat(p_delta)
   assert np.linalg.norm(d) > 1e-4
   np.testing.assert_allclose(pd, d, atol=1e-5 * np.abs(d).max() + 1e-7)
@@ -201,7 +208,7 @@ def test_unilateral_bke_moves_one_tower(trained):
   cfg, setup, res = trained
   for tower, frozen in (("vision", "text_model"), ("text", "vision_model")):
     ctx = make_ctx(trained, {"bke.towers": tower, "gsd.enabled": False})
-    layout = ease.module_layout(res.trainable)
+    layout = projection.module_layout(res.trainable)
     theta_star, *_ = ease.run_bke(ctx, layout, None, target=0.0)
     moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), theta_star, res.trainable)
     assert max(jax.tree.leaves(moved[frozen])) == 0.0
@@ -213,13 +220,13 @@ def test_unilateral_bke_moves_one_tower(trained):
 def test_registry_and_unknown_method():
   for name in ("ease", "ease_no_lock", "ease_unilateral_vision", "ease_unilateral_text",
                "ease_no_gsd"):
-    assert name in base.METHODS
+    assert name in methods.METHODS
   with pytest.raises(ValueError, match="Unknown unlearning method"):
-    base.get_method("eraser9000")
+    methods.get("eraser9000")
 
 
 def test_round_timing_replaces_the_compiling_round():
-  t = retrain_lib.round_timing([dict(round_time_s=10.0), dict(round_time_s=2.0),
+  t = common.round_timing([dict(round_time_s=10.0), dict(round_time_s=2.0),
                                 dict(round_time_s=2.0)])
   assert t["wall_time_s"] == 14.0 and t["steady_time_s"] == 6.0
 
@@ -238,11 +245,11 @@ def test_ease_moves_forget_recall_toward_retrain(trained, tmp_path):
   subsets = req.eval_subsets(setup)
   ref, timing = retrain_lib.retrain(setup, cfg, req, tmp_path)
   assert (tmp_path / "retrain" / "timing.json").exists() and timing["rounds"] == cfg.fed.rounds
-  ev = lambda t: experiment.evaluate_splits(setup, t, subsets)
+  ev = lambda t: evaluation.evaluate_splits(setup, t, subsets)
   before, after_ref = ev(res.trainable), ev(ref.trainable)
   ctx = base.UnlearningContext(setup=setup, config=cfg, request=req, trained=res.trainable,
                                history=res.history, eval_subsets=subsets)
-  out = base.get_method("ease")(ctx)
+  out = methods.get("ease")(ctx)
   after = ev(out.trainable)
   gap_before = before["forget/mean_r1"] - after_ref["forget/mean_r1"]
   gap_after = abs(after["forget/mean_r1"] - after_ref["forget/mean_r1"])

@@ -1,11 +1,10 @@
-"""Federated multimodal unlearning: requests, the retrain reference, EASE, and the pipeline.
+"""Federated multimodal unlearning: requests, the retrain reference, the methods, the experiments.
 
 * `requests`: `UnlearningRequest` (client / sample / concept) and its builders.
-* `base`: the method interface `method(ctx: UnlearningContext) -> MethodResult` and the
-  `METHODS` registry (`@register("name")`), which baselines extend.
+* `base`: the method interface `method(ctx: UnlearningContext) -> MethodResult`.
+* `methods/`: one module per method (EASE and its ablations, the baselines) and the registry.
+* `common`: what several methods share; `projection`: per-module projections (EASE's P_u).
 * `retrain`: cached federated training and the retrain reference.
-* `ease`: GSD + BKE + PFL and their ablations (registered as `ease`, `ease_no_lock`, ...).
-* `pipeline`: `run_unlearning(config, workdir)`, the `experiments/unlearn.py` binary's body.
+* `cell`: one experiment cell (setup → trained model → request → retrain → methods → rows),
+  shared by `pipeline` (the unlearn binary) and `benchmark` (methods × requests × seeds).
 """
-
-from ease_jax.unlearning import baselines  # noqa: E402,F401  (registers the baseline methods)

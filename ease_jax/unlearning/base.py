@@ -1,7 +1,7 @@
-"""The unlearning-method interface and registry.
+"""The unlearning-method interface.
 
-A method is a callable `method(ctx: UnlearningContext) -> MethodResult`, registered under a name
-with `@register("name")`. `ctx` carries everything the server and the clients could use: the
+A method is a callable `method(ctx: UnlearningContext) -> MethodResult`, listed by name in the
+registry of `ease_jax.unlearning.methods` (one module per method). `ctx` carries everything the server and the clients could use: the
 setup (model, frozen backbone, data, partition), the full config (method blocks such as `gsd`,
 `bke`, `pfl`), the request, the federated model before unlearning and the server's
 `UpdateHistory` of transmitted updates, the evaluation image sets and a per-run `cache` dict that
@@ -9,8 +9,8 @@ methods may share (e.g. EASE's subspace decomposition, reused by its ablations).
 returns the unlearned LoRA tree, its wall time (the unlearning work only, compile time reported
 separately), JSON-able diagnostics and optional per-round curves (e.g. continued training).
 
-Baselines (FedEraser, PGA, fine-tuning, ...) are added by writing one such function and
-registering it; `pipeline.run_unlearning` runs every name in `config.methods`.
+A new method is one module in `ease_jax/unlearning/methods/` with such a function (and its config
+block's defaults), added to the registry there; `cell.Cell` runs it like every other.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ease_jax import experiment
+from ease_jax import builders
 from ease_jax import federated
 from ease_jax.unlearning import requests
 
@@ -33,7 +33,7 @@ PyTree = Any
 @dataclasses.dataclass
 class UnlearningContext:
   """Inputs of an unlearning method (read-only by convention, except `cache`)."""
-  setup: experiment.FederatedSetup
+  setup: builders.FederatedSetup
   config: ml_collections.ConfigDict
   request: requests.UnlearningRequest
   trained: PyTree                        # the federated model before unlearning
@@ -72,25 +72,6 @@ class MethodResult:
 
 
 Method = Callable[[UnlearningContext], MethodResult]
-METHODS: dict[str, Method] = {}
-
-
-def register(name: str) -> Callable[[Method], Method]:
-  """Decorator adding a method to `METHODS` under `name`."""
-
-  def deco(fn: Method) -> Method:
-    if name in METHODS:
-      raise ValueError(f"Unlearning method {name!r} is already registered.")
-    METHODS[name] = fn
-    return fn
-
-  return deco
-
-
-def get_method(name: str) -> Method:
-  if name not in METHODS:
-    raise ValueError(f"Unknown unlearning method {name!r}; registered: {sorted(METHODS)}.")
-  return METHODS[name]
 
 
 class TimedJit:

@@ -27,15 +27,13 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from ease_jax import experiment
-from ease_jax import mia
+from ease_jax import builders
+from ease_jax import jsonio
 from ease_jax.unlearning import base
-from ease_jax.unlearning import baselines  # noqa: F401  (registers the baselines)
-from ease_jax.unlearning import ease  # noqa: F401  (registers EASE)
-from ease_jax.unlearning import requests
-from ease_jax.unlearning import retrain as retrain_lib
+from ease_jax.unlearning import cell as cell_lib
+from ease_jax.unlearning import methods as methods_lib
 
-SPLITS = ("forget", "retain", "test")
+SPLITS = cell_lib.SPLITS
 SEED_KEYS = ("partition", "init", "sampling", "data", "unlearning")
 # (column, row key) of the aggregated metrics, in table order.
 METRICS = (
@@ -95,9 +93,9 @@ def resolve_methods(config: ml_collections.ConfigDict) -> dict[str, base.Method]
                          f"got keys {sorted(v)}.")
       overrides = _dotted(v.get("overrides") or {})
       base.config_with(config, overrides)  # KeyError naming an unknown key.
-      out[name] = base.with_overrides(base.get_method(v["method"]), overrides)
+      out[name] = base.with_overrides(methods_lib.get(v["method"]), overrides)
     else:
-      out[name] = base.get_method(name)
+      out[name] = methods_lib.get(name)
   return out
 
 
@@ -126,7 +124,6 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   b = config.benchmark
-  methods = list(b.methods)
   method_fns = resolve_methods(config)  # Fails before training on a typo.
   results = workdir / "results.jsonl"
   t_start = time.perf_counter()
@@ -135,62 +132,37 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
     for scenario in b.scenarios:
       done = {r["method"] for r in read_rows(results)
               if r["scenario"] == scenario and r["seed"] == seed}
-      todo = [m for m in ("retrain", "original", *methods) if m not in done]
+      todo = [m for m in ("retrain", "original", *b.methods) if m not in done]
       if not todo:
         continue
       cfg = scenario_config(config, scenario, seed)
-      if setup is None:
-        setup = experiment.build_setup(cfg)
-      seed_dir = workdir / f"seed{seed}"
-      trained, _ = retrain_lib.train(setup, cfg, seed_dir)
-      request = requests.from_config(setup, cfg.unlearning, seed=cfg.seeds.unlearning)
-      subsets = request.eval_subsets(setup)
-      ref_run, ref_timing = retrain_lib.retrain(setup, cfg, request, seed_dir / scenario)
-      labels = (np.asarray(setup.dataset.image_meta[cfg.data.label])
-                if cfg.data.get("label") in setup.dataset.image_meta else None)
-      nonmember_images = mia.matched_nonmembers(request.forget_images, setup.test_images,
-                                                labels, seed=cfg.seeds.unlearning)
-      member_texts = request.forget_texts
-      nonmember_texts = setup.texts_of(nonmember_images)
-      batch = cfg.eval.get("batch_size", 256)
+      setup = setup or builders.build_setup(cfg)
+      cell = cell_lib.Cell(cfg, workdir / f"seed{seed}", workdir / f"seed{seed}" / scenario,
+                           setup=setup, mia_score=b.mia_score)
 
-      def record(method, trainable, wall, compile_s=0.0, diagnostics=None, parent=None):
-        t0 = time.perf_counter()
-        row = dict(scenario=scenario, seed=seed, method=method, parent=parent,
-                   wall_time_s=wall, compile_time_s=compile_s,
-                   retrain_time_s=ref_timing["steady_time_s"],
-                   request=request.description, num_forget=int(len(member_texts)),
-                   num_nonmembers=int(len(nonmember_texts)))
-        row.update(experiment.evaluate_splits(setup, trainable, subsets, batch))
-        attack = mia.membership_auc(setup.model, setup.backbone, trainable, setup.data,
-                                    member_texts, nonmember_texts, b.mia_score)
-        row.update({f"mia_{k}": v for k, v in attack.items()})
-        row["diagnostics"] = experiment.to_jsonable(diagnostics or {})
-        row["eval_time_s"] = time.perf_counter() - t0
+      def record(outcome):
+        row = dict(scenario=scenario, seed=seed, **cell.row(outcome))
         _append(results, row)
         logging.info("%s seed %d %s: forget %.1f retain %.1f test %.1f MIA %.3f time %s",
-                     scenario, seed, method, row["forget/mean_r1"], row["retain/mean_r1"],
-                     row["test/mean_r1"], row["mia_auc"], wall)
+                     scenario, seed, outcome.method, row["forget/mean_r1"],
+                     row["retain/mean_r1"], row["test/mean_r1"], row["mia_auc"],
+                     outcome.wall_time_s)
         if progress:
+          wall = outcome.wall_time_s
           print(f"[{time.perf_counter() - t_start:7.0f}s] {scenario:8s} seed {seed} "
-                f"{method:18s} forget {row['forget/mean_r1']:5.1f} retain "
+                f"{outcome.method:18s} forget {row['forget/mean_r1']:5.1f} retain "
                 f"{row['retain/mean_r1']:5.1f} test {row['test/mean_r1']:5.1f} "
                 f"MIA {row['mia_auc']:.3f} time {wall if wall is None else round(wall, 2)}",
                 flush=True)
 
-      if "retrain" in todo:
-        record("retrain", ref_run.trainable, ref_timing["steady_time_s"],
-               diagnostics=ref_timing)
-      if "original" in todo:
-        record("original", trained.trainable, None)
-      ctx = base.UnlearningContext(setup=setup, config=cfg, request=request,
-                                   trained=trained.trainable, history=trained.history,
-                                   eval_subsets=subsets, workdir=seed_dir / scenario)
-      for name in methods:
+      for outcome in cell.reference_outcomes(tuple(n for n in ("retrain", "original")
+                                                   if n in todo)):
+        record(outcome)
+      for name in b.methods:
         if name not in todo:
           continue
         try:
-          res = method_fns[name](ctx)
+          outcomes = cell.run_method(name, method_fns[name])
         except Exception as e:  # pylint: disable=broad-except
           # One broken method must not cost the other cells; a rerun retries it.
           logging.exception("%s failed on %s seed %d", name, scenario, seed)
@@ -198,14 +170,9 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
                                                  error=repr(e)))
           print(f"{scenario} seed {seed} {name} FAILED: {e!r}", flush=True)
           continue
-        diag = dict(res.diagnostics)
-        diag.pop("angles_deg", None)  # Large; kept by the unlearn binary, not here.
-        record(name, res.trainable, res.wall_time_s, res.compile_time_s, diag)
-        for tag, tree in res.continued.items():
-          extra = retrain_lib.round_timing(
-              [r for r in res.curves if "round_time_s" in r])["steady_time_s"]
-          record(f"{name}+{tag}", tree, res.wall_time_s + extra, res.compile_time_s,
-                 dict(continued_time_s=extra), parent=name)
+        outcomes[0].diagnostics.pop("angles_deg", None)  # Large; kept by the unlearn binary.
+        for outcome in outcomes:
+          record(outcome)
   rows = read_rows(results)
   table = aggregate(rows, list(b.scenarios))
   write_outputs(workdir, table, list(b.scenarios), config)
@@ -215,18 +182,7 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
 def with_gaps(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
   """Rows plus gaps to the retrain row of the same (scenario, seed) and the speed-up."""
   ref = {(r["scenario"], r["seed"]): r for r in rows if r["method"] == "retrain"}
-  out = []
-  for r in rows:
-    r = dict(r)
-    f = ref.get((r["scenario"], r["seed"]))
-    if f is not None:
-      for s in SPLITS:
-        r[f"{s}/mean_r1_gap"] = r[f"{s}/mean_r1"] - f[f"{s}/mean_r1"]
-      r["mia_auc_gap"] = r["mia_auc"] - f["mia_auc"]
-      wall = r.get("wall_time_s")
-      r["speedup_vs_retrain"] = (f["wall_time_s"] / wall) if wall else None
-    out.append(r)
-  return out
+  return [cell_lib.with_gaps(r, ref.get((r["scenario"], r["seed"]))) for r in rows]
 
 
 def aggregate(rows: Sequence[dict[str, Any]], scenarios: Sequence[str]
@@ -380,8 +336,8 @@ def write_outputs(workdir: pathlib.Path, table: Sequence[dict[str, Any]],
   (workdir / "benchmark.md").write_text(md)
   write_csv(workdir / "benchmark.csv", table)
   plot(workdir / "benchmark.png", table, scenarios)
-  experiment.write_json_atomic(workdir / "benchmark_config.json",
-                               experiment.to_jsonable(config.to_dict()))
+  jsonio.write_json_atomic(workdir / "benchmark_config.json",
+                           jsonio.to_jsonable(config.to_dict()))
 
 
 def summarize(rows: Iterable[dict[str, Any]]) -> dict[str, int]:

@@ -1,4 +1,4 @@
-"""The unlearning experiment: train, request, retrain, methods, evaluation, table and plots.
+"""The unlearning experiment: one cell (train, request, retrain, methods), its table and plots.
 
 `run_unlearning(config, workdir)` is what `experiments/unlearn.py` runs:
 
@@ -10,37 +10,41 @@ from __future__ import annotations
 
 import csv
 import pathlib
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import ml_collections
 import numpy as np
 
-from ease_jax import experiment
-from ease_jax.unlearning import base
-from ease_jax.unlearning import ease  # noqa: F401  (registers the EASE methods)
-from ease_jax.unlearning import requests
-from ease_jax.unlearning import retrain as retrain_lib
+from ease_jax import jsonio
+from ease_jax.unlearning import cell as cell_lib
+from ease_jax.unlearning import methods as methods_lib
 
-SPLITS = ("forget", "retain", "test")
+SPLITS = cell_lib.SPLITS
 KEYS = ("i2t_r1", "t2i_r1", "mean_r1")
 
 
-def table_row(name: str, evals: dict[str, float], reference: dict[str, float] | None,
-              wall_time_s: float | None, ref_time_s: float | None) -> dict[str, Any]:
-  """One results row: R@1 per split, gap to the reference, time and speed-up."""
-  row: dict[str, Any] = dict(method=name)
+def table_row(row: Mapping[str, Any], reference: Mapping[str, Any] | None) -> dict[str, Any]:
+  """One displayed results row: R@1 per split and its gap to the reference (2 decimals), the
+  MIA AUC, time and speed-up."""
+  full = cell_lib.with_gaps(row, reference)
+  out: dict[str, Any] = dict(method=row["method"])
   for split in SPLITS:
     for k in KEYS:
-      value = evals.get(f"{split}/{k}")
-      if value is None:
+      key = f"{split}/{k}"
+      if full.get(key) is None:
         continue
-      row[f"{split}/{k}"] = round(value, 2)
-      if reference is not None:
-        row[f"{split}/{k}_gap"] = round(value - reference[f"{split}/{k}"], 2)
-  row["wall_time_s"] = None if wall_time_s is None else round(wall_time_s, 3)
-  row["speedup_vs_retrain"] = (round(ref_time_s / wall_time_s, 1)
-                               if wall_time_s and ref_time_s else None)
-  return row
+      out[key] = round(full[key], 2)
+      if f"{key}_gap" in full:
+        out[f"{key}_gap"] = round(full[f"{key}_gap"], 2)
+  if "mia_auc" in full:
+    out["mia_auc"] = round(full["mia_auc"], 3)
+    if "mia_auc_gap" in full:
+      out["mia_auc_gap"] = round(full["mia_auc_gap"], 3)
+  wall = full.get("wall_time_s")
+  out["wall_time_s"] = None if wall is None else round(wall, 3)
+  speedup = full.get("speedup_vs_retrain")
+  out["speedup_vs_retrain"] = None if speedup is None else round(speedup, 1)
+  return out
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -90,53 +94,31 @@ def run_unlearning(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
   del progress
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  methods = list(config.methods)
-  for name in methods:
-    base.get_method(name)  # Fail before training on a typo.
-  setup = experiment.build_setup(config)
-  trained, train_timing = retrain_lib.train(setup, config, workdir)
-  request = requests.from_config(setup, config.unlearning, seed=config.seeds.unlearning)
-  subsets = request.eval_subsets(setup)
-  reference_run, ref_timing = retrain_lib.retrain(setup, config, request, workdir)
-  batch = config.eval.get("batch_size", 256)
-  ref_eval = experiment.evaluate_splits(setup, reference_run.trainable, subsets, batch)
-  ref_time = ref_timing["steady_time_s"]
-  # `backbone`: the pretrained model alone (fresh adapters, B = 0), i.e. what FedAvg started
-  # from; `original`: the federated model that received the request.
-  backbone_eval = experiment.evaluate_splits(setup, experiment.init_trainable(setup, config),
-                                             subsets, batch)
-  rows = [table_row("retrain", ref_eval, ref_eval, ref_time, ref_time),
-          table_row("backbone", backbone_eval, ref_eval, None, None),
-          table_row("original", experiment.evaluate_splits(setup, trained.trainable, subsets,
-                                                           batch), ref_eval, None, None)]
-  ctx = base.UnlearningContext(setup=setup, config=config, request=request,
-                               trained=trained.trainable, history=trained.history,
-                               eval_subsets=subsets, workdir=workdir)
-  details, curves, gsd_diag = {}, {}, None
-  for name in methods:
-    res = base.get_method(name)(ctx)
-    evals = experiment.evaluate_splits(setup, res.trainable, subsets, batch)
-    rows.append(table_row(name, evals, ref_eval, res.wall_time_s, ref_time))
-    for tag, tree in res.continued.items():
-      cont = experiment.evaluate_splits(setup, tree, subsets, batch)
-      rows.append(table_row(f"{name}+{tag}", cont, ref_eval, None, None))
-    if res.curves:
-      curves[name] = res.curves
-    details[name] = dict(diagnostics=res.diagnostics, curves=res.curves,
-                         wall_time_s=res.wall_time_s, compile_time_s=res.compile_time_s)
-    if gsd_diag is None and "angles_deg" in res.diagnostics:
-      gsd_diag = res.diagnostics
+  method_fns = {name: methods_lib.get(name) for name in config.methods}  # Fail before training.
+  cell = cell_lib.Cell(config, workdir, workdir)
+  outcomes = cell.reference_outcomes()
+  for name, fn in method_fns.items():
+    outcomes += cell.run_method(name, fn)
+  full_rows = [cell.row(o) for o in outcomes]
+  reference = full_rows[0]
+  rows = [table_row(r, reference) for r in full_rows]
+  details = {o.method: dict(diagnostics=o.diagnostics, curves=o.curves,
+                            wall_time_s=o.wall_time_s, compile_time_s=o.compile_time_s)
+             for o in outcomes if o.method in method_fns}
+  curves = {o.method: o.curves for o in outcomes if o.method in method_fns and o.curves}
+  gsd_diag = next((o.diagnostics for o in outcomes if "angles_deg" in o.diagnostics), None)
+  request = cell.request
   results = dict(
       request=dict(request.fingerprint(), description=request.description,
                    num_forget_images=int(len(request.forget_images))),
-      subsets={k: int(len(v)) for k, v in subsets.items()},
-      train_timing=train_timing, retrain_timing=ref_timing, table=rows, methods=details,
-      config=config.to_dict())
-  experiment.write_json_atomic(workdir / "results.json", experiment.to_jsonable(results))
+      subsets={k: int(len(v)) for k, v in cell.subsets.items()},
+      train_timing=cell.train_timing, retrain_timing=cell.retrain_timing, table=rows,
+      methods=details, config=config.to_dict())
+  jsonio.write_json_atomic(workdir / "results.json", jsonio.to_jsonable(results))
   keys = list(dict.fromkeys(k for r in rows for k in r))
   with (workdir / "results.csv").open("w", newline="") as f:
     w = csv.DictWriter(f, fieldnames=keys)
     w.writeheader()
     w.writerows(rows)
-  _plots(workdir, rows, curves, ref_eval, gsd_diag)
+  _plots(workdir, rows, curves, reference, gsd_diag)
   return results

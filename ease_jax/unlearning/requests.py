@@ -22,6 +22,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ease_jax import rng as rng_lib
+
 KINDS = ("client", "sample", "concept")
 CAPTION_FIELD = "caption"
 
@@ -137,7 +139,7 @@ def sample_request(setup: Any, fraction: float, clients: Sequence[int] | None = 
   if not 0.0 < fraction <= 1.0:
     raise ValueError(f"sample fraction must be in (0, 1], got {fraction}.")
   clients = _check_clients(setup, range(setup.num_clients) if clients is None else clients)
-  rng = np.random.default_rng([seed, 1])
+  rng = rng_lib.numpy_rng(seed, rng_lib.Stream.SAMPLE_REQUEST)
   picked = []
   for c in clients:
     imgs = setup.client_images[c]

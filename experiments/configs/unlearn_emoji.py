@@ -12,7 +12,6 @@ tone of the clients' toned emoji works, e.g. `--config.unlearning.field=skin_ton
 import ml_collections
 
 from ease_jax import configs
-from ease_jax.unlearning import baselines
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -27,8 +26,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.every = 0
   c.checkpoint_every = 4
 
+  # The request block and every method's block (`config.gsd`, `.bke`, `.pfl`, `.pga`, ...;
+  # defaults next to each method in ease_jax/unlearning/methods/), so `--config.pga.radius=0.1`
+  # works.
   configs.add_unlearning(c)
-  # Baselines' blocks (`config.finetune`, `.pga`, `.federaser`, ...; defaults documented in
-  # ease_jax/unlearning/baselines.py), so `--config.pga.radius=0.1` works.
-  baselines.add_config_blocks(c)
   return c

@@ -1,0 +1,284 @@
+"""Config → objects: the federated setup (backbone, data, splits, clients), optimizers, and the
+FedAvg algorithm with its round plan.
+
+`build_setup(config)` loads the backbone and the dataset, splits and partitions it, and returns a
+`FederatedSetup`; `fedavg_algorithm(setup, config, ...)` and `round_plan(setup, config, ...)` turn
+the `fed` block into a `federated.FederatedAlgorithm` and the host-side `federated.RoundPlan`
+that `federated.driver.run` executes (`training.run_fedavg` does all three).
+"""
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from ease_jax import checkpointing
+from ease_jax import federated
+from ease_jax import hf
+from ease_jax import lora as lora_lib
+from ease_jax.data import dataset as dataset_lib
+from ease_jax.data import partition as partition_lib
+from ease_jax.data.device import DeviceData
+from ease_jax.model import CLIP
+
+PyTree = Any
+EMBEDDED_BACKBONE = "embedded"
+_ASSETS = pathlib.Path(__file__).resolve().parent / "assets"
+# Bumped when the layout of a checkpointed training state changes: a workdir written by another
+# layout is refused by the fingerprint guard instead of failing inside orbax.
+STATE_FORMAT = "fedavg-state/2"
+
+
+def embedded_backbone_dir() -> pathlib.Path:
+  return _ASSETS / "emoji_clip"
+
+
+@dataclasses.dataclass
+class FederatedSetup:
+  """Everything a federated run needs, built once from a config."""
+  model: CLIP
+  backbone: PyTree                 # frozen params (HF Flax layout)
+  dataset: dataset_lib.CaptionDataset
+  data: DeviceData
+  public_images: np.ndarray        # [n] image indices for central pretraining
+  test_images: np.ndarray          # held-out image indices
+  client_images: list[np.ndarray]  # per client, image indices
+  lora_config: lora_lib.LoRAConfig
+  tokenizer: Any = None
+
+  @property
+  def num_clients(self) -> int:
+    return len(self.client_images)
+
+  def texts_of(self, image_indices: np.ndarray) -> np.ndarray:
+    """Text indices whose image is in `image_indices` (sorted)."""
+    return np.flatnonzero(np.isin(self.dataset.text_image, image_indices)).astype(np.int32)
+
+  def client_texts(self, exclude_texts: np.ndarray | None = None) -> list[np.ndarray]:
+    texts = [self.texts_of(imgs) for imgs in self.client_images]
+    if exclude_texts is not None and len(exclude_texts):
+      texts = [t[~np.isin(t, exclude_texts)] for t in texts]
+    return texts
+
+  @property
+  def all_client_images(self) -> np.ndarray:
+    return np.sort(np.concatenate(self.client_images))
+
+
+def make_optimizer(name: str, learning_rate: float, weight_decay: float = 0.0,
+                   freeze_lora_a: bool = False, clip_norm: float = 0.0
+                   ) -> optax.GradientTransformation:
+  """Optimizer over the trainable tree by name ('adam', 'adamw', 'sgd').
+
+  freeze_lora_a: keep every LoRA A factor fixed (FFA-LoRA). clip_norm > 0: clip the gradient's
+  global norm first.
+  """
+  if name == "adam":
+    opt = optax.adam(learning_rate)
+  elif name == "adamw":
+    opt = optax.adamw(learning_rate, weight_decay=weight_decay)
+  elif name == "sgd":
+    opt = optax.sgd(learning_rate)
+  else:
+    raise ValueError(f"Unknown optimizer {name!r}; expected adam, adamw or sgd.")
+  if freeze_lora_a:
+    opt = optax.multi_transform({"trainable": opt, "frozen": optax.set_to_zero()},
+                                lora_lib.frozen_a_labels)
+  if clip_norm > 0:
+    opt = optax.chain(optax.clip_by_global_norm(clip_norm), opt)
+  return opt
+
+
+def load_backbone(model_config: ml_collections.ConfigDict) -> tuple[Any, PyTree, Any]:
+  """(CLIPConfig, params, tokenizer) from `model.checkpoint` ('embedded', a folder or a repo id)."""
+  checkpoint = model_config.checkpoint
+  path = embedded_backbone_dir() if checkpoint == EMBEDDED_BACKBONE else checkpoint
+  if checkpoint == EMBEDDED_BACKBONE and not (embedded_backbone_dir() / "config.json").exists():
+    raise FileNotFoundError(
+        f"The embedded backbone is missing from {embedded_backbone_dir()}; build it with "
+        "`python experiments/pretrain.py --config=experiments/configs/pretrain_emoji.py`.")
+  clip_config, params = hf.load_clip(path)
+  tokenizer, _ = hf.load_tokenizer_and_processor(hf.resolve_checkpoint(str(path)))
+  return clip_config, params, tokenizer
+
+
+def load_dataset(data_config: ml_collections.ConfigDict, tokenizer: Any,
+                 context_length: int, image_size: int) -> dataset_lib.CaptionDataset:
+  max_length = min(data_config.get("max_length", context_length) or context_length,
+                   context_length)
+  if data_config.name == "emoji":
+    ds = dataset_lib.load_emoji(tokenizer=tokenizer, max_length=max_length,
+                                skin_tone_variants=data_config.get("skin_tone_variants", True))
+    if ds.images.shape[1] != image_size:
+      raise ValueError(f"The embedded emoji images are {ds.images.shape[1]} px but the model "
+                       f"expects {image_size} px; rebuild the data with --size={image_size}.")
+    return ds
+  if data_config.name == "karpathy":
+    from ease_jax.data import karpathy  # pylint: disable=g-import-not-at-top
+    return karpathy.load_karpathy(
+        data_config.json_path, data_config.image_root, split=tuple(data_config.splits),
+        tokenizer=tokenizer, max_length=max_length, image_size=image_size,
+        max_images=data_config.get("max_images") or None)
+  raise ValueError(f"Unknown dataset {data_config.name!r}; expected 'emoji' or 'karpathy'.")
+
+
+def lora_config_from(lora: ml_collections.ConfigDict) -> lora_lib.LoRAConfig:
+  """The `LoRAConfig` of a config's `lora` block."""
+  return lora_lib.LoRAConfig(rank=lora.rank, alpha=lora.alpha,
+                             targets=lora_lib.resolve_targets(lora.targets),
+                             init_std=lora.get("init_std", 0.02),
+                             freeze_a=lora.get("freeze_a", False))
+
+
+DATA_SPLITS = ("random", "skin_tone")
+
+
+def image_labels(ds: dataset_lib.CaptionDataset, data_config: ml_collections.ConfigDict
+                 ) -> np.ndarray | None:
+  """`[num_images]` values of `data.label` (stratification, non-IID partition), or None."""
+  label = data_config.get("label")
+  if not label:
+    return None
+  if label not in ds.image_meta:
+    raise ValueError(f"data.label={label!r} is not a field of {ds.name}; "
+                     f"available: {sorted(ds.image_meta)}.")
+  return np.asarray(ds.image_meta[label])
+
+
+def split_dataset(ds: dataset_lib.CaptionDataset, data_config: ml_collections.ConfigDict,
+                  seed: int) -> partition_lib.Splits:
+  """Public (backbone pretraining) / test / client images, as `data.split` says.
+
+  'random': a stratified random `public_fraction` and `test_fraction` of all images.
+  'skin_tone' (emoji only): public = every emoji without a skin-tone modifier; the 1,785 toned
+  variants are split into test (`test_fraction` of them) and clients. The backbone then knows
+  each gesture and person in its default colour, and what the clients' data teaches it is the
+  skin-tone vocabulary and its colours: an adaptation federated LoRA can learn in a few rounds,
+  unlike ~900 name-picture pairs of unseen emoji, which it can only memorise slowly.
+  """
+  kind = data_config.get("split", "random")
+  labels = image_labels(ds, data_config)
+  if kind == "random":
+    return partition_lib.split_public_test_clients(
+        ds.num_images, data_config.public_fraction, data_config.test_fraction, seed=seed,
+        labels=labels)
+  if kind == "skin_tone":
+    tones = ds.image_meta.get("skin_tone")
+    if tones is None:
+      raise ValueError(f"data.split='skin_tone' needs a 'skin_tone' image field (the embedded "
+                       f"emoji data has one); {ds.name} has {sorted(ds.image_meta)}.")
+    public = np.asarray(tones) == "none"
+    if public.all():
+      raise ValueError("data.split='skin_tone' found no skin-tone variants; set "
+                       "data.skin_tone_variants=True.")
+    return partition_lib.split_fixed_public(public, data_config.test_fraction, seed, labels)
+  raise ValueError(f"Unknown data.split={kind!r}; expected one of {DATA_SPLITS}.")
+
+
+def build_setup(config: ml_collections.ConfigDict) -> FederatedSetup:
+  """Backbone + dataset + splits + client partition, from the config and its seeds."""
+  clip_config, backbone, tokenizer = load_backbone(config.model)
+  logit_scale = config.model.get("logit_scale", 0.0)
+  if logit_scale:
+    # Fine-tuning temperature: a backbone over-fit to its small pretraining split is
+    # over-confident on new pairs (in-batch loss far above chance); a lower, fixed scale lets
+    # LoRA learn them without first flattening every similarity. Ranking metrics are unaffected.
+    if logit_scale < 0:
+      raise ValueError(f"model.logit_scale must be > 0 (or 0 for the checkpoint's), got "
+                       f"{logit_scale}.")
+    backbone = dict(backbone, logit_scale=np.asarray(np.log(logit_scale), np.float32))
+  ds = load_dataset(config.data, tokenizer, clip_config.text.max_position_embeddings,
+                    clip_config.vision.image_size)
+  labels = image_labels(ds, config.data)
+  splits = split_dataset(ds, config.data, config.seeds.split)
+  clients = partition_lib.partition(
+      splits.clients, config.data.partition, config.fed.num_clients, seed=config.seeds.partition,
+      labels=labels,
+      alpha=config.data.get("dirichlet_alpha"), min_size=config.data.get("min_client_size", 1))
+  lora_config = lora_config_from(config.lora)
+  model = CLIP(clip_config, lora_scale=lora_config.scale, lora_mode=config.lora.mode)
+  return FederatedSetup(model=model, backbone=jax.tree.map(jnp.asarray, backbone), dataset=ds,
+                        data=DeviceData.from_dataset(ds),
+                        public_images=splits.public, test_images=splits.test,
+                        client_images=list(clients), lora_config=lora_config,
+                        tokenizer=tokenizer)
+
+
+def init_trainable(setup: FederatedSetup, config: ml_collections.ConfigDict) -> PyTree:
+  """The LoRA tree (plus a trainable `logit_scale` when `lora.learn_logit_scale`)."""
+  trainable = lora_lib.init_lora(jax.random.key(config.seeds.init), setup.backbone,
+                                 setup.lora_config)
+  if config.lora.get("learn_logit_scale", False):
+    trainable["logit_scale"] = jnp.asarray(setup.backbone["logit_scale"], jnp.float32)
+  return trainable
+
+
+def run_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Config entries that determine a federated run's trajectory (not eval/logging knobs)."""
+  keep = {k: config[k] for k in ("seeds", "data", "model", "lora", "fed") if k in config}
+  fp = checkpointing.fingerprint(keep)
+  for k in ("fed.backend", "fed.chunk_size"):  # Execution strategy, not the maths.
+    fp.pop(k, None)
+  fp["state_format"] = STATE_FORMAT
+  return fp
+
+
+def fedavg_options(setup: "FederatedSetup", config: ml_collections.ConfigDict,
+                   num_clients_per_round: int) -> federated.FedAvgOptions:
+  """The `fed` block's execution options (`fed.backend='auto'` resolved for this round size)."""
+  fed = config.fed
+  backend, chunk = federated.resolve_backend(fed.backend, fed.get("chunk_size", 0),
+                                             num_clients_per_round)
+  return federated.FedAvgOptions(backend=backend, chunk_size=chunk,
+                                 num_clients=setup.num_clients, history_size=fed.history_size,
+                                 nonfinite=fed.get("nonfinite", "drop"))
+
+
+def round_plan(setup: "FederatedSetup", config: ml_collections.ConfigDict,
+               client_texts: Sequence[np.ndarray] | None = None,
+               active_clients: Sequence[int] | None = None,
+               round_offset: int = 0) -> federated.RoundPlan:
+  """Round inputs of a FedAvg run from `fed` and the seeds.
+
+  client_texts: per-client training texts (default: all of each client's captions; unlearning
+    passes the retain-only version). active_clients: the clients that may be sampled (default:
+    all with data). round_offset: see `federated.RoundPlan`.
+  """
+  fed = config.fed
+  texts = setup.client_texts() if client_texts is None else client_texts
+  texts = tuple(np.asarray(t, np.int32) for t in texts)
+  if active_clients is None:
+    active_clients = [c for c, t in enumerate(texts) if len(t)]
+  return federated.RoundPlan(
+      client_texts=texts, active_clients=np.asarray(sorted(active_clients), np.int64),
+      clients_per_round=fed.clients_per_round, batch_size=fed.batch_size,
+      local_epochs=fed.local_epochs, sampling_seed=config.seeds.sampling,
+      data_seed=config.seeds.data, round_offset=round_offset)
+
+
+def fedavg_algorithm(setup: "FederatedSetup", config: ml_collections.ConfigDict,
+                     plan: federated.RoundPlan, loss_fn: federated.LossFn | None = None,
+                     server_transform: Callable[[PyTree], PyTree] | None = None,
+                     round_metrics: Callable[[PyTree], dict] | None = None
+                     ) -> federated.FederatedAlgorithm:
+  """FedAvg of the config's client and server optimizers over the setup's clients.
+
+  loss_fn: the client objective (default: the CLIP loss); server_transform / round_metrics: see
+  `federated.fedavg_algorithm` (EASE's PFL uses all three).
+  """
+  fed = config.fed
+  client_opt = make_optimizer(fed.client_optimizer, fed.client_lr,
+                              freeze_lora_a=setup.lora_config.freeze_a)
+  steps = federated.local_steps(loss_fn or federated.clip_objective(setup.model), client_opt)
+  per_round = fed.clients_per_round or len(plan.active_clients)
+  return federated.fedavg_algorithm(
+      steps, federated.server_optimizer(fed.server_lr, fed.get("server_momentum", 0.0)),
+      setup.backbone, setup.data, fedavg_options(setup, config, min(per_round,
+                                                                     len(plan.active_clients))),
+      server_transform=server_transform, round_metrics=round_metrics)

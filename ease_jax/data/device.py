@@ -1,0 +1,80 @@
+"""A caption dataset on device: `DeviceData`, indexed by text id inside jit, and `embed`."""
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ease_jax.data import dataset as dataset_lib
+
+if TYPE_CHECKING:
+  from ease_jax.model import CLIP
+
+PyTree = Any
+
+
+@flax.struct.dataclass
+class DeviceData:
+  """A caption dataset's arrays, put on device once and indexed by text id inside jit."""
+  images: jax.Array          # [num_images, H, W, 3] uint8
+  input_ids: jax.Array       # [num_texts, L] int32
+  attention_mask: jax.Array  # [num_texts, L] int32
+  text_image: jax.Array      # [num_texts] int32
+
+  @classmethod
+  def from_dataset(cls, ds: dataset_lib.CaptionDataset) -> "DeviceData":
+    return cls(images=jnp.asarray(ds.images), input_ids=jnp.asarray(ds.input_ids),
+               attention_mask=jnp.asarray(ds.attention_mask),
+               text_image=jnp.asarray(ds.text_image))
+
+  def batch(self, text_indices: jax.Array) -> dict[str, jax.Array]:
+    """text_indices [B] -> pixels [B, H, W, 3] float, input_ids/attention_mask [B, L]."""
+    pixels = dataset_lib.normalize_images(self.images[self.text_image[text_indices]])
+    return dict(pixels=pixels, input_ids=self.input_ids[text_indices],
+                attention_mask=self.attention_mask[text_indices])
+
+
+@functools.partial(jax.jit, static_argnames=("model", "batch_size"))
+def _embed_chunk(model, backbone, trainable, data, text_idx, image_idx, batch_size):
+  del batch_size
+  pixels = dataset_lib.normalize_images(data.images[image_idx])
+  image_emb = model.encode_image(backbone, trainable, pixels)
+  text_emb = model.encode_text(backbone, trainable, data.input_ids[text_idx],
+                               data.attention_mask[text_idx])
+  return image_emb, text_emb
+
+
+def embed(model: "CLIP", backbone: PyTree, trainable: PyTree, data: DeviceData,
+          image_indices: np.ndarray, text_indices: np.ndarray, batch_size: int = 256
+          ) -> tuple[np.ndarray, np.ndarray]:
+  """Embeddings of the given images [Ni, P] and texts [Nt, P], in jitted fixed-size batches."""
+  image_indices = np.asarray(image_indices, np.int32)
+  text_indices = np.asarray(text_indices, np.int32)
+  n = max(len(image_indices), len(text_indices))
+  num_batches = max(1, -(-n // batch_size))
+  pad = lambda a: np.pad(a, (0, num_batches * batch_size - len(a)))
+  imgs, txts = pad(image_indices), pad(text_indices)
+  image_out, text_out = [], []
+  for b in range(num_batches):
+    sl = slice(b * batch_size, (b + 1) * batch_size)
+    ie, te = _embed_chunk(model, backbone, trainable, data, jnp.asarray(txts[sl]),
+                          jnp.asarray(imgs[sl]), batch_size)
+    image_out.append(np.asarray(ie))
+    text_out.append(np.asarray(te))
+  return (np.concatenate(image_out)[:len(image_indices)],
+          np.concatenate(text_out)[:len(text_indices)])
+
+
+def matched_cosines(model: "CLIP", backbone: PyTree, trainable: PyTree, data: DeviceData,
+                    texts: np.ndarray) -> np.ndarray:
+  """`[n]` cosine of each caption with its own image under (backbone, trainable)."""
+  texts = np.asarray(texts, np.int32)
+  images = np.asarray(data.text_image)[texts]
+  ie, te = embed(model, backbone, trainable, data, images, texts)
+  ie = ie / np.linalg.norm(ie, axis=1, keepdims=True)
+  te = te / np.linalg.norm(te, axis=1, keepdims=True)
+  return np.sum(ie * te, axis=1)

@@ -1,0 +1,129 @@
+"""The thin driver: run a federated algorithm for R rounds, resumably.
+
+`run(algorithm, plan, state, num_rounds, workdir, options)` does only what every run needs: round
+inputs from the plan, `algorithm.apply`, a progress bar, one JSON line of metrics per round
+(`metrics.jsonl`), periodic evaluation, orbax checkpoints of the whole state (resumed from the
+newest intact one, guarded by a config fingerprint) and a clear error when a round failed
+(`round_failed`, e.g. every update non-finite) or the state is not finite — before anything is
+checkpointed. Method-specific behaviour lives in the algorithm.
+"""
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import time
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from tqdm import auto as tqdm
+
+from ease_jax import checkpointing
+from ease_jax import jsonio
+from ease_jax.federated.algorithms import FederatedAlgorithm, all_finite
+
+PyTree = Any
+FAILURE_KEY = "round_failed"
+
+
+class RoundFailedError(RuntimeError):
+  """A round produced no usable update (see the message); nothing of it was checkpointed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+  """What the driver does around the rounds.
+
+  eval_fn: `trainable -> {name: value}`, every `eval_every` rounds and after the last one.
+  checkpoint_every: rounds between checkpoints (and the last round) when a workdir is given.
+  fingerprint: the config entries that define the run (a checkpoint of another is refused).
+  """
+  eval_fn: Callable[[PyTree], dict[str, float]] | None = None
+  eval_every: int = 0
+  checkpoint_every: int = 1
+  fingerprint: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  desc: str = "federated"
+  progress: bool = True
+
+
+@dataclasses.dataclass
+class RunResult:
+  state: PyTree
+  metrics: list[dict[str, Any]]
+  wall_time_s: float          # this process's training time (excludes evaluation)
+  final_eval: dict[str, Any]
+
+  @property
+  def trainable(self) -> PyTree:
+    return self.state.trainable
+
+  @property
+  def history(self):
+    return self.state.history.to_host()
+
+
+def _host_row(metrics: Mapping[str, Any]) -> dict[str, Any]:
+  row = {}
+  for k, v in metrics.items():
+    v = np.asarray(v)
+    row[k] = v.item() if v.ndim == 0 else v.tolist()
+  return row
+
+
+def run(algorithm: FederatedAlgorithm, plan: Any, state: PyTree, num_rounds: int,
+        workdir: str | pathlib.Path | None = None, options: RunOptions = RunOptions()
+        ) -> RunResult:
+  """Runs `algorithm` from `state` (its `init`, or a resumed checkpoint) until round
+  `num_rounds`; `plan.inputs(r)` gives round r's inputs."""
+  workdir = pathlib.Path(workdir) if workdir is not None else None
+  ckpt, writer, rows, start = None, None, [], 0
+  if workdir is not None:
+    workdir.mkdir(parents=True, exist_ok=True)
+    ckpt = checkpointing.Checkpointer(workdir / "checkpoints", options.fingerprint)
+    restored = ckpt.restore_latest(state)
+    if restored is not None:
+      state = jax.tree.map(jnp.asarray, restored.state)
+      start = int(np.max(np.asarray(state.round)))
+      logging.info("Resumed %s from round %d in %s", options.desc, start, workdir)
+    writer = jsonio.JsonlWriter(workdir / "metrics.jsonl",
+                                start if restored is not None else None)
+    rows = jsonio.read_jsonl(writer.path)
+  evaluate = lambda s: options.eval_fn(s.trainable) if options.eval_fn else {}
+  train_time = 0.0
+  bar = tqdm.trange(start, num_rounds, desc=options.desc, disable=not options.progress,
+                    initial=start, total=num_rounds)
+  try:
+    for r in bar:
+      t0 = time.perf_counter()
+      inputs = plan.inputs(r)
+      state, metrics = algorithm.apply(state, inputs)
+      jax.block_until_ready(state)
+      train_time += time.perf_counter() - t0
+      row = dict(round=r + 1, **_host_row(metrics))
+      if hasattr(inputs, "client_ids"):
+        row["clients"] = np.asarray(inputs.client_ids).tolist()
+      row["round_time_s"] = time.perf_counter() - t0
+      if np.any(row.get(FAILURE_KEY, False)):
+        raise RoundFailedError(
+            f"{options.desc}: round {r + 1} failed ({row}); the model was left at round {r} and "
+            "nothing of this round was checkpointed. Non-finite client updates usually mean a "
+            "learning rate too high for this model (fed.client_lr).")
+      if options.eval_every and ((r + 1) % options.eval_every == 0 or r + 1 == num_rounds):
+        row.update(evaluate(state))
+      rows.append(row)
+      bar.set_postfix({k: round(v, 3) for k, v in row.items()
+                       if isinstance(v, float) and (k == "train_loss" or k.endswith("mean_r1"))})
+      if writer is not None:
+        writer.write(row)
+        if (r + 1) % options.checkpoint_every == 0 or r + 1 == num_rounds:
+          if not bool(all_finite(state)):
+            raise RoundFailedError(f"{options.desc}: the state after round {r + 1} is not "
+                                   "finite; refusing to checkpoint it.")
+          ckpt.save(r + 1, state)
+  finally:
+    if ckpt is not None:
+      ckpt.close()
+  final_eval = evaluate(state) if options.eval_fn else {}
+  return RunResult(state, rows, train_time, final_eval)

@@ -1,0 +1,135 @@
+"""One experiment cell: setup → request → trained model → retrain → methods → evaluated rows.
+
+`Cell(config, train_root, request_root)` validates the request against the setup *before* any
+training, then trains (or restores) the federated model (cached in `train_root/train`, shared by
+the requests of a seed) and the retrain reference (`request_root/retrain`).
+`cell.reference_outcomes(...)` and `cell.run_method(name, method)` give `Outcome`s (a model with
+its timing and diagnostics); `cell.row(outcome)` evaluates one: Recall@K and R-precision on the
+forget / retain / test images and the membership-inference AUC on D_f. The unlearn binary
+(`pipeline`) runs one cell, the benchmark (`benchmark`) loops over cells; `with_gaps` is the one
+definition of the gaps to retrain and the speed-up.
+"""
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import time
+from typing import Any, Mapping
+
+import ml_collections
+import numpy as np
+
+from ease_jax import builders
+from ease_jax import evaluation
+from ease_jax import jsonio
+from ease_jax import mia
+from ease_jax.unlearning import base
+from ease_jax.unlearning import common
+from ease_jax.unlearning import requests
+from ease_jax.unlearning import retrain as retrain_lib
+
+PyTree = Any
+SPLITS = ("forget", "retain", "test")
+# Row keys whose difference to the retrain row is reported as `<key>_gap`.
+GAP_KEYS = tuple(f"{s}/{k}" for s in SPLITS for k in ("i2t_r1", "t2i_r1", "mean_r1")) + (
+    "mia_auc",)
+REFERENCES = ("retrain", "backbone", "original")
+
+
+@dataclasses.dataclass
+class Outcome:
+  """A model to evaluate: a method's result, a reference, or a method's continued model."""
+  method: str
+  trainable: PyTree
+  wall_time_s: float | None = None
+  compile_time_s: float = 0.0
+  diagnostics: dict[str, Any] = dataclasses.field(default_factory=dict)
+  curves: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+  parent: str | None = None
+
+
+class Cell:
+  """One (config, request) cell; see the module docstring."""
+
+  def __init__(self, config: ml_collections.ConfigDict, train_root: str | pathlib.Path,
+               request_root: str | pathlib.Path, setup: builders.FederatedSetup | None = None,
+               mia_score: str = "cosine"):
+    self.config = config
+    self.setup = setup = setup or builders.build_setup(config)
+    self.request = requests.from_config(setup, config.unlearning, seed=config.seeds.unlearning)
+    self.subsets = self.request.eval_subsets(setup)
+    self.trained, self.train_timing = retrain_lib.train(setup, config, train_root)
+    self.reference, self.retrain_timing = retrain_lib.retrain(setup, config, self.request,
+                                                              request_root)
+    self.ctx = base.UnlearningContext(setup=setup, config=config, request=self.request,
+                                      trained=self.trained.trainable,
+                                      history=self.trained.history, eval_subsets=self.subsets,
+                                      workdir=pathlib.Path(request_root))
+    labels = (np.asarray(setup.dataset.image_meta[config.data.label])
+              if config.data.get("label") in setup.dataset.image_meta else None)
+    self.nonmember_texts = setup.texts_of(mia.matched_nonmembers(
+        self.request.forget_images, setup.test_images, labels, seed=config.seeds.unlearning))
+    self.mia_score = mia_score
+
+  @property
+  def retrain_time_s(self) -> float:
+    return self.retrain_timing["steady_time_s"]
+
+  def reference_outcomes(self, names: tuple[str, ...] = REFERENCES) -> list[Outcome]:
+    """`retrain` (the reference, with its steady time), `backbone` (the pretrained model alone:
+    fresh adapters, B = 0, i.e. what FedAvg started from), `original` (the trained model)."""
+    make = dict(
+        retrain=lambda: Outcome("retrain", self.reference.trainable, self.retrain_time_s,
+                                diagnostics=dict(self.retrain_timing)),
+        backbone=lambda: Outcome("backbone", builders.init_trainable(self.setup, self.config)),
+        original=lambda: Outcome("original", self.trained.trainable))
+    return [make[n]() for n in names]
+
+  def run_method(self, name: str, method: base.Method) -> list[Outcome]:
+    """The method's unlearned model, then each continued model (`name+tag`) with the time of
+    the unlearning plus its continued rounds."""
+    res = method(self.ctx)
+    out = [Outcome(name, res.trainable, res.wall_time_s, res.compile_time_s, res.diagnostics,
+                   res.curves)]
+    extra = common.round_timing([r for r in res.curves if "round_time_s" in r])["steady_time_s"]
+    for tag, tree in res.continued.items():
+      out.append(Outcome(f"{name}+{tag}", tree, res.wall_time_s + extra, res.compile_time_s,
+                         dict(continued_time_s=extra), parent=name))
+    return out
+
+  def evaluate(self, trainable: PyTree) -> dict[str, float]:
+    """Retrieval metrics on the forget / retain / test images and the MIA AUC on D_f."""
+    setup = self.setup
+    row = evaluation.evaluate_splits(setup, trainable, self.subsets,
+                                     self.config.eval.get("batch_size", 256))
+    attack = mia.membership_auc(setup.model, setup.backbone, trainable, setup.data,
+                                self.request.forget_texts, self.nonmember_texts, self.mia_score)
+    row.update({f"mia_{k}": v for k, v in attack.items()})
+    return row
+
+  def row(self, outcome: Outcome) -> dict[str, Any]:
+    """The evaluated row of an outcome (metrics, times, request, JSON-able diagnostics)."""
+    t0 = time.perf_counter()
+    row = dict(method=outcome.method, parent=outcome.parent, wall_time_s=outcome.wall_time_s,
+               compile_time_s=outcome.compile_time_s, retrain_time_s=self.retrain_time_s,
+               request=self.request.description, num_forget=int(len(self.request.forget_texts)),
+               num_nonmembers=int(len(self.nonmember_texts)))
+    row.update(self.evaluate(outcome.trainable))
+    row["diagnostics"] = jsonio.to_jsonable(outcome.diagnostics)
+    row["eval_time_s"] = time.perf_counter() - t0
+    return row
+
+
+def with_gaps(row: Mapping[str, Any], reference: Mapping[str, Any] | None) -> dict[str, Any]:
+  """`row` plus `<key>_gap` = row − reference for `GAP_KEYS` and `speedup_vs_retrain` =
+  reference time / row time."""
+  row = dict(row)
+  if reference is None:
+    return row
+  for k in GAP_KEYS:
+    if row.get(k) is not None and reference.get(k) is not None:
+      row[f"{k}_gap"] = row[k] - reference[k]
+  wall = row.get("wall_time_s")
+  row["speedup_vs_retrain"] = (reference["wall_time_s"] / wall
+                               if wall and reference.get("wall_time_s") else None)
+  return row
