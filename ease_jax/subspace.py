@@ -13,6 +13,10 @@ Conventions:
     projectors pass gradients through the projected vector only.
   * Matmuls use `Precision.HIGHEST` (TF32 on GPUs would wreck float32 orthonormality) and the
     math runs in at least float32. No `full_matrices=True` SVD of a tall matrix is ever formed.
+  * Principal angles below pi/4 come from their sines (singular values of the residual
+    (I - U_R U_R^T) U_f, via a QR of that `[d, p]` matrix), those above from the cosines
+    (Knyazev & Argentati 2002), so float32 bases give angles accurate relative to themselves
+    down to ~1e-5 rad (arccos alone resolves only ~3e-4 rad near 0).
 """
 from __future__ import annotations
 
@@ -28,7 +32,8 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 # Relative tolerance on singular values (sigma_i <= rtol * sigma_max counts as zero). The Gram
 # route squares the condition number, so it only resolves about half of float32's digits.
 DEFAULT_RTOL = {"gram": 1e-3, "qr": 1e-5, "svd": 1e-5}
-# sin(theta) below this is "shared": the CS residual is numerical noise with no direction.
+# sin(theta) at or below this is "shared". Sines are accurate to ~1e-7 absolute (or better) with
+# float32 bases, but the residual's direction only to ~1e-7 / sin, so such a direction has no Q.
 DEFAULT_SIN_TOL = 1e-4
 
 
@@ -200,45 +205,72 @@ class PrincipalAngles(NamedTuple):
 
   Attributes:
     cos: `[p]` cosines, descending (angles ascending); 0 for invalid entries.
-    y: `[p, p]` orthogonal; valid columns are principal directions in U_f coordinates.
+    y: `[p, p]` orthogonal; valid columns are principal directions in U_f coordinates (from the
+      SVD of U_f^T U_r, so directions whose cosines agree to float rounding, e.g. all angles below
+      ~2e-4 rad in float32, come in an arbitrary rotation; `CSDecomposition.y` resolves them).
     z: `[q, p]` principal directions in U_r coordinates (zero where cos ~ 0 or invalid).
     valid: `[p]` prefix mask, one entry per valid forget column.
+    sin: `[p]` sines, ascending: singular values of the residual (I - U_r U_r^T) U_f for the
+      angles below pi/4 (accurate relative to the sine itself), sqrt(1 - cos^2) for the others;
+      1 for invalid entries.
   """
   cos: jax.Array
   y: jax.Array
   z: jax.Array
   valid: jax.Array
+  sin: jax.Array
 
   @property
   def angles(self) -> jax.Array:
-    """`[p]` angles in radians, ascending; pi/2 for invalid entries."""
-    return jnp.where(self.valid, jnp.arccos(jnp.clip(self.cos, 0.0, 1.0)), math.pi / 2)
+    """`[p]` angles arctan2(sin, cos) in radians, ascending; pi/2 for invalid entries."""
+    return _angles(self.sin, self.cos, self.valid)
 
 
-@jax.jit
-def principal_angles(u_f: jax.Array, valid_f: jax.Array, u_r: jax.Array,
-                     valid_r: jax.Array) -> PrincipalAngles:
-  """Principal angles from the SVD of the small `[p, q]` matrix U_f^T U_r.
+def _angles(sin: jax.Array, cos: jax.Array, valid: jax.Array) -> jax.Array:
+  # sin ascending and cos descending, so arctan2 is ascending too. Below pi/4 the sine fixes the
+  # angle (the cosine is 1 to rounding there), above it the cosine: Knyazev & Argentati's choice.
+  return jnp.where(valid, jnp.arctan2(sin, cos), math.pi / 2)
 
-  Invalid forget columns must not mix with valid null directions in Y, so the SVD is taken of
-  [U_f^T U_r, 2 diag(~valid_f)]: invalid rows get singular value 2 (> any cosine, decoupled from
-  the valid rows) and are then rolled to the end.
 
-  Args:
-    u_f: `[d, p]` forget basis (orthonormal valid columns).
-    valid_f: `[p]` mask.
-    u_r: `[d, q]` retain basis.
-    valid_r: `[q]` mask.
+class _Principal(NamedTuple):
+  cos: jax.Array
+  sin: jax.Array
+  y: jax.Array
+  z: jax.Array
+  q: jax.Array | None
+  valid: jax.Array
 
-  Returns:
-    `PrincipalAngles`; `cos[i]` for i < #valid_f, angles ascending.
+
+def _principal(u_f: jax.Array, valid_f: jax.Array, u_r: jax.Array, valid_r: jax.Array,
+               vectors: bool) -> _Principal:
+  """Cosines, sines and (with `vectors`) the CS principal vectors; see `cs_decomposition`.
+
+  1. Cosines: SVD of the small `[p, q]` matrix U_f^T U_r = Y_c diag(cos) Z_c^T. Invalid forget
+     columns must not mix with valid null directions in Y_c, so the SVD is taken of
+     [U_f^T U_r, 2 diag(~valid_f)]: invalid rows get singular value 2 (> any cosine, decoupled
+     from the valid rows) and are then rolled to the end.
+  2. Residual R = (I - U_r U_r^T) U_f Y_c, U_r projected out twice ("twice is enough") so that it
+     is accurate to rounding relative to ||U_f Y_c|| = 1 and R^T U_r stays at rounding level.
+  3. Householder QR of R, R = Q_r T, with the valid columns in reverse order (largest angle
+     first: a static column pivoting, as the angles ascend). The angles above pi/4 keep the
+     cosine SVD's vectors; their sine is sqrt(1 - cos^2) and their Q column is their Q_r column
+     (their residual columns have norms >= 0.7 and are orthogonal up to rounding). The angles
+     below pi/4 (cos^2 > 1/2, a prefix) take sines and vectors from the SVD of T's block on
+     their rows and columns, T_s = U diag(sin) V^T (the other columns are masked out with the
+     same augmentation, [T_s; 2 diag(~small)]): Q = Q_r U there, Y = Y_c G and Z = Z_c G with
+     G = blockdiag(V, I). T_s is their residual with the large angles' directions removed
+     (exactly orthogonal to them in exact arithmetic; in float32 this drops the leak of those
+     directions through the cosine SVD's rounding), so Q is orthonormal up to rounding.
   """
   u_f = _mask_cols(jax.lax.stop_gradient(_as_float(u_f)), valid_f)
   u_r = _mask_cols(jax.lax.stop_gradient(_as_float(u_r)), valid_r)
   p, q = u_f.shape[1], u_r.shape[1]
+  dtype = u_f.dtype
+
+  # 1. Cosines.
   m = _mm(u_f.T, u_r)  # [p, q]
   invalid = ~valid_f
-  aug = jnp.concatenate([m, jnp.diag(2.0 * invalid.astype(m.dtype))], axis=1)
+  aug = jnp.concatenate([m, jnp.diag(2.0 * invalid.astype(dtype))], axis=1)
   y, s, vt = jnp.linalg.svd(aug, full_matrices=False)  # y [p, p], s [p], vt [p, q + p]
   n_inv = jnp.sum(invalid)
   perm = (jnp.arange(p) + n_inv) % p
@@ -250,7 +282,77 @@ def principal_angles(u_f: jax.Array, valid_f: jax.Array, u_r: jax.Array,
   # For s > 0 the right singular vector is [M^T y / s; 0]; for s ~ 0 it is arbitrary (and
   # irrelevant, as it is multiplied by cos ~ 0).
   z = jnp.where((valid & (cos > 1e-6))[None, :], vt[:, :q].T, 0.0)
-  return PrincipalAngles(cos=cos, y=y, z=z, valid=valid)
+
+  # 2. Residual of the principal vectors, its columns in the order of the QR below: the valid
+  # ones reversed (largest angle first: a static column pivoting, as the angles ascend), the
+  # invalid ones last. Reversing a prefix is its own inverse.
+  idx = jnp.arange(p)
+  n_valid = p - n_inv
+  rev = jnp.where(idx < n_valid, n_valid - 1 - idx, idx)
+  x = _mm(u_f, y[:, rev])  # [d, p]
+  res = x - _mm(u_r, _mm(u_r.T, x))
+  res = res - _mm(u_r, _mm(u_r.T, res))
+
+  # 3. res = Q_r T; the sines below pi/4 from the SVD of T's block on their rows and columns.
+  small = valid & (jnp.square(cos) > 0.5)  # a prefix of `valid`
+  large = valid & ~small
+  small_p = small[rev]
+  if vectors:
+    q_r, t = jnp.linalg.qr(res, mode="reduced")  # q_r [d, k], t [k, p], k = min(d, p)
+  else:
+    t = jnp.linalg.qr(res, mode="r")
+  k = t.shape[0]
+  t_s = jnp.where(small_p[:k, None] & small_p[None, :], t, 0.0)
+  t_aug = jnp.concatenate([t_s, jnp.diag(2.0 * (~small_p).astype(dtype))], axis=0)
+  if vectors:
+    ut, s, vt = jnp.linalg.svd(t_aug, full_matrices=False)  # ut [k + p, p], vt [p, p]
+  else:
+    s = jnp.linalg.svd(t_aug, compute_uv=False)
+  # Descending [2, ..., 2, small sines]: reversed, the small sines come first and ascending, in
+  # the positions of the `small` prefix. Clipped at sin(pi/4) so that the ascending order
+  # survives rounding at the switch to sqrt(1 - cos^2) (both are accurate there).
+  s = s[::-1]
+  large_sin = jnp.sqrt(jnp.maximum(1.0 - jnp.square(cos), 0.0))
+  sin = jnp.where(small, jnp.minimum(s, math.sqrt(0.5)), jnp.where(valid, large_sin, 1.0))
+  if not vectors:
+    return _Principal(cos=cos, sin=sin, y=y, z=z, q=None, valid=valid)
+
+  # Right singular vectors, columns ascending, rows back in the original column order.
+  v = vt[::-1].T[rev]
+  g = jnp.where(small[None, :], jnp.where(small[:, None], v, 0.0), jnp.eye(p, dtype=dtype))
+  y = _mm(y, g)
+  z = _mm(z, g)
+  # Q = Q_r W: the small angles' left singular vectors, the large angles' Q_r columns (with the
+  # sign of T's diagonal, so that res = Q diag(sin) there up to rounding).
+  sign = jnp.where(jnp.diagonal(t) < 0, -1.0, 1.0).astype(dtype)  # [k]
+  w_large = (jnp.eye(k, p, dtype=dtype) * _fit_cols(sign, p)[None, :])[:, rev]
+  w = jnp.where(small[None, :], ut[:k, ::-1], jnp.where(large[None, :], w_large, 0.0))
+  qm = _mm(q_r, w)
+  return _Principal(cos=cos, sin=sin, y=y, z=z, q=qm, valid=valid)
+
+
+@jax.jit
+def principal_angles(u_f: jax.Array, valid_f: jax.Array, u_r: jax.Array,
+                     valid_r: jax.Array) -> PrincipalAngles:
+  """Principal angles: cosines from the SVD of U_f^T U_r, sines from the residual's.
+
+  Small angles (below pi/4) come from the sines, the singular values of the twice-projected
+  residual (I - U_r U_r^T) U_f, large ones from the cosines (Knyazev & Argentati 2002), so that
+  float32 inputs give angles accurate relative to themselves down to ~1e-5 rad (arccos of the
+  cosines alone resolves only ~3e-4 rad near 0). See `cs_decomposition` for the principal
+  vectors of the small angles.
+
+  Args:
+    u_f: `[d, p]` forget basis (orthonormal valid columns).
+    valid_f: `[p]` mask.
+    u_r: `[d, q]` retain basis.
+    valid_r: `[q]` mask.
+
+  Returns:
+    `PrincipalAngles`; `cos[i]`, `sin[i]` for i < #valid_f, angles ascending.
+  """
+  pr = _principal(u_f, valid_f, u_r, valid_r, vectors=False)
+  return PrincipalAngles(cos=pr.cos, y=pr.y, z=pr.z, valid=pr.valid, sin=pr.sin)
 
 
 class CSDecomposition(NamedTuple):
@@ -258,10 +360,12 @@ class CSDecomposition(NamedTuple):
 
   Attributes:
     cos: `[p]` cosines of the principal angles (descending); 0 for invalid entries.
-    sin: `[p]` sines, measured as residual norms (accurate for small angles); 1 for invalid.
-    y: `[p, p]` see `PrincipalAngles`.
-    z: `[q, p]` see `PrincipalAngles`.
-    q: `[d, p]` unit columns orthogonal to U_r; zero where `q_valid` is False.
+    sin: `[p]` sines (ascending), see `PrincipalAngles.sin`; 1 for invalid entries.
+    y: `[p, p]` orthogonal; principal directions in U_f coordinates. Below pi/4 they are the
+      residual's right singular vectors (resolved by the sines), above it the cosine SVD's.
+    z: `[q, p]` principal directions in U_r coordinates (zero where cos ~ 0 or invalid).
+    q: `[d, p]` orthonormal columns orthogonal to U_r (the residual's left singular vectors
+      below pi/4); zero where `q_valid` is False.
     valid: `[p]` valid principal directions (prefix).
     q_valid: `[p]` valid and sin > sin_tol (a direction with a component outside U_r).
   """
@@ -276,7 +380,7 @@ class CSDecomposition(NamedTuple):
   @property
   def angles(self) -> jax.Array:
     """`[p]` angles arctan2(sin, cos), ascending; pi/2 for invalid entries."""
-    return jnp.where(self.valid, jnp.arctan2(self.sin, self.cos), math.pi / 2)
+    return _angles(self.sin, self.cos, self.valid)
 
 
 @functools.partial(jax.jit, static_argnames=("sin_tol",))
@@ -285,12 +389,15 @@ def cs_decomposition(u_f: jax.Array,
                      u_r: jax.Array,
                      valid_r: jax.Array,
                      sin_tol: float = DEFAULT_SIN_TOL) -> CSDecomposition:
-  """Cosine-sine decomposition of U_f relative to U_r.
+  """Cosine-sine decomposition of U_f relative to U_r, accurate for small angles.
 
-  Q sin = (I - U_r U_r^T) U_f Y, computed by projecting out U_r twice ("twice is enough") so that
-  Q^T U_r stays at rounding level even for small angles; Q = that residual / sin. Columns with
-  sin <= sin_tol are zeroed and marked (they are shared directions; the reconstruction there is
-  exact only up to sin_tol).
+  Q diag(sin) = (I - U_r U_r^T) U_f Y, with U_r projected out twice ("twice is enough") so that
+  Q^T U_r stays at rounding level even for small angles. Below pi/4, sin, Q and Y come from the
+  SVD of that residual (QR of the `[d, p]` residual, then SVD of the small factor), so the sines
+  are accurate relative to themselves and Q is orthonormal; above pi/4, Y and the cosines come
+  from the SVD of U_f^T U_r (Knyazev & Argentati 2002). Columns with sin <= sin_tol are zeroed
+  and marked (shared directions: with float32 inputs the residual there is mostly rounding, and
+  its direction is known only to ~1e-7 / sin; the reconstruction is exact only up to sin_tol).
 
   Args:
     u_f: `[d, p]` forget basis.
@@ -302,17 +409,10 @@ def cs_decomposition(u_f: jax.Array,
   Returns:
     `CSDecomposition`.
   """
-  pa = principal_angles(u_f, valid_f, u_r, valid_r)
-  u_f = _mask_cols(jax.lax.stop_gradient(_as_float(u_f)), valid_f)
-  u_r = _mask_cols(jax.lax.stop_gradient(_as_float(u_r)), valid_r)
-  x = _mm(u_f, pa.y)  # [d, p]
-  res = x - _mm(u_r, _mm(u_r.T, x))
-  res = res - _mm(u_r, _mm(u_r.T, res))
-  sin = jnp.clip(jnp.sqrt(jnp.sum(jnp.square(res), axis=0)), 0.0, 1.0)
-  q_valid = pa.valid & (sin > sin_tol)
-  q = jnp.where(q_valid[None, :], res / jnp.where(q_valid, sin, 1.0)[None, :], 0.0)
-  sin = jnp.where(pa.valid, sin, 1.0)
-  return CSDecomposition(cos=pa.cos, sin=sin, y=pa.y, z=pa.z, q=q, valid=pa.valid,
+  pr = _principal(u_f, valid_f, u_r, valid_r, vectors=True)
+  q_valid = pr.valid & (pr.sin > sin_tol)
+  q = jnp.where(q_valid[None, :], pr.q, 0.0)
+  return CSDecomposition(cos=pr.cos, sin=pr.sin, y=pr.y, z=pr.z, q=q, valid=pr.valid,
                          q_valid=q_valid)
 
 
@@ -344,7 +444,8 @@ def exclusive_basis(u_f: jax.Array,
   cs = cs_decomposition(u_f, valid_f, u_r, valid_r, sin_tol)
   angles = cs.angles
   sel = cs.q_valid & (angles >= angle_threshold_rad)
-  # Q is orthonormal only up to ~eps / sin_min; one CholeskyQR pass brings it to rounding level.
+  # Q is orthonormal up to float32 rounding (~1e-6); one CholeskyQR pass of the selected
+  # columns brings it to ~1e-7 and zeroes the others.
   u_u = _cholesky_orthonormalize(_mask_cols(cs.q, sel), sel)
   has_retain = jnp.any(valid_r)
   u_f = _mask_cols(jax.lax.stop_gradient(_as_float(u_f)), valid_f)

@@ -377,3 +377,175 @@ def test_cs_eager_equals_jit():
   np.testing.assert_allclose(out.cos, ref.cos, atol=1e-6)
   np.testing.assert_allclose(out.sin, ref.sin, atol=1e-6)
   np.testing.assert_array_equal(out.q_valid, ref.q_valid)
+
+
+# Small principal angles in float32 (issue: arccos of the cosines returned 0 or 0.02-0.06 deg for
+# true angles of 0.005 deg; the CS angles were 7-22 % off and unsorted). The reference is scipy's
+# float64 `subspace_angles` of the same float32 bases.
+
+
+def _scipy_angles(a, b):
+  """Ascending float64 principal angles of the float32 bases `a`, `b` (min(p, q) of them)."""
+  return np.sort(scipy.linalg.subspace_angles(np.asarray(a, np.float64),
+                                              np.asarray(b, np.float64)))
+
+
+def _assert_angles_match(angles, ref, rtol=1e-2, tiny_atol=2e-7):
+  """Relative error <= rtol for reference angles >= 1e-5 rad, absolute below."""
+  got = np.asarray(angles, np.float64)[:len(ref)]
+  big = ref >= 1e-5
+  rel = np.abs(got - ref) / np.maximum(ref, 1e-30)
+  assert np.all(rel[big] <= rtol), (got, ref, rel)
+  np.testing.assert_allclose(got[~big], ref[~big], atol=tiny_atol)
+
+
+def _assert_sorted(angles):
+  a = np.asarray(angles)
+  assert np.all(np.diff(a) >= 0), a
+
+
+def _pair_with_angles(rng, d, thetas, q_extra=0, p_extra=0):
+  """float32 orthonormal U_f `[d, n + p_extra]`, U_r `[d, n + q_extra]` with principal angles
+  `thetas` (n of them; the p_extra further forget directions are orthogonal to U_r), in random
+  bases of both subspaces."""
+  n = len(thetas)
+  base = np.linalg.qr(rng.normal(size=(d, 2 * n + q_extra + p_extra)))[0]
+  u_f = np.concatenate([base[:, :n] * np.cos(thetas) + base[:, n:2 * n] * np.sin(thetas),
+                        base[:, 2 * n + q_extra:]], 1)
+  u_r = base[:, np.r_[0:n, 2 * n:2 * n + q_extra]]
+  u_f = np.linalg.qr(u_f @ np.linalg.qr(rng.normal(size=(u_f.shape[1],) * 2))[0])[0]
+  u_r = np.linalg.qr(u_r @ np.linalg.qr(rng.normal(size=(u_r.shape[1],) * 2))[0])[0]
+  return u_f.astype(np.float32), u_r.astype(np.float32), base
+
+
+def _issue_pair(rng, d=500, p=8, noise=1e-4):
+  """The issue's case: 8-dimensional subspaces of R^500, B = A + 1e-4 * noise (float32 bases,
+  angles 0.0050-0.0064 deg)."""
+  a = np.linalg.qr(rng.normal(size=(d, p)).astype(np.float32))[0]
+  b = a + noise * rng.normal(size=(d, p)).astype(np.float32) / np.sqrt(d)
+  return a, np.linalg.qr(b.astype(np.float32))[0]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_small_angles_float32_match_scipy(seed):
+  u_f, u_r = _issue_pair(np.random.default_rng(100 + seed))
+  ref = _scipy_angles(u_f, u_r)
+  assert 8e-5 < ref.min() and ref.max() < 1.2e-4  # 0.005-0.007 deg
+  ones = np.ones(8, bool)
+  pa = S.principal_angles(u_f, ones, u_r, ones)
+  cs = S.cs_decomposition(u_f, ones, u_r, ones)
+  for angles in (pa.angles, cs.angles):
+    _assert_angles_match(angles, ref)
+    _assert_sorted(angles)
+  np.testing.assert_allclose(pa.sin, cs.sin, rtol=1e-4)
+  np.testing.assert_allclose(np.arcsin(np.asarray(cs.sin, np.float64)), ref, rtol=1e-2)
+  # Q diag(sin) = (I - U_r U_r^T) U_f Y with orthonormal Q (sines above sin_tol only).
+  qv = np.asarray(cs.q)[:, np.asarray(cs.q_valid)]
+  np.testing.assert_allclose(qv.T @ qv, np.eye(qv.shape[1]), atol=1e-5)
+  np.testing.assert_allclose(qv.T @ u_r, 0.0, atol=1e-6)
+
+
+def test_mixed_tiny_and_large_angles():
+  rng = np.random.default_rng(110)
+  thetas = np.array([1e-5, 3e-5, 1e-4, 1e-3, 0.1, 0.5, 1.0, 1.5])
+  u_f, u_r, _ = _pair_with_angles(rng, 500, thetas, q_extra=4)
+  ref = _scipy_angles(u_f, u_r)
+  np.testing.assert_allclose(ref, thetas, rtol=1e-2)
+  vf, vr = np.ones(8, bool), np.ones(12, bool)
+  pa = S.principal_angles(u_f, vf, u_r, vr)
+  cs = S.cs_decomposition(u_f, vf, u_r, vr, sin_tol=0.0)
+  for angles in (pa.angles, cs.angles):
+    _assert_angles_match(angles, ref)
+    _assert_sorted(angles)
+  # The CS identities hold for every column, tiny sines included.
+  y, z, qm = np.asarray(cs.y), np.asarray(cs.z), np.asarray(cs.q)
+  np.testing.assert_allclose(y.T @ y, np.eye(8), atol=1e-5)
+  np.testing.assert_allclose(u_f @ y, u_r @ z @ np.diag(cs.cos) + qm @ np.diag(cs.sin), atol=1e-6)
+  np.testing.assert_allclose(qm.T @ qm, np.eye(8), atol=1e-5)
+  np.testing.assert_allclose(qm.T @ u_r, 0.0, atol=1e-6)
+  np.testing.assert_allclose(np.square(cs.cos) + np.square(cs.sin), 1.0, atol=1e-5)
+
+
+def test_two_shared_directions():
+  # Two directions shared up to 2.6e-7 and 7.2e-7 rad (1.5e-5 and 4.1e-5 deg; arccos of the
+  # float32 cosines gives 0 or up to 0.034 deg), three at 0.5-1.2 rad and one orthogonal to U_r.
+  rng = np.random.default_rng(120)
+  thetas = np.array([2.6e-7, 7.2e-7, 0.5, 0.9, 1.2])
+  u_f, u_r, base = _pair_with_angles(rng, 500, thetas, q_extra=3, p_extra=1)
+  ref = _scipy_angles(u_f, u_r)
+  p, q = u_f.shape[1], u_r.shape[1]
+  pa = S.principal_angles(u_f, np.ones(p, bool), u_r, np.ones(q, bool))
+  cs = S.cs_decomposition(u_f, np.ones(p, bool), u_r, np.ones(q, bool))
+  for angles in (pa.angles, cs.angles):
+    _assert_angles_match(angles, ref, tiny_atol=2e-7)
+    _assert_sorted(angles)
+    np.testing.assert_allclose(angles[5], np.pi / 2, atol=1e-6)
+  # Shared directions (sin <= sin_tol) have no Q column; the others are orthonormal, outside U_r.
+  np.testing.assert_array_equal(cs.q_valid, [False, False, True, True, True, True])
+  qm = np.asarray(cs.q)
+  np.testing.assert_array_equal(qm[:, :2], 0.0)
+  np.testing.assert_allclose(qm.T @ qm, np.diag([0, 0, 1, 1, 1, 1.0]), atol=1e-5)
+  np.testing.assert_allclose(qm.T @ u_r, 0.0, atol=1e-6)
+  # Threshold 0.7 rad: U_u spans the residual directions at 0.9 and 1.2 rad and the one at pi/2.
+  u_u, valid_u, angles = S.exclusive_basis(u_f, np.ones(p, bool), u_r, np.ones(q, bool), 0.7)
+  np.testing.assert_array_equal(valid_u, [False, False, False, True, True, True])
+  np.testing.assert_allclose(angles, cs.angles)
+  want = base[:, [8, 9, 13]]  # normals of thetas[3:], then the p_extra direction
+  np.testing.assert_allclose(_proj_np(_masked_np(u_u, valid_u)), _proj_np(want), atol=1e-5)
+
+
+def test_exclusive_basis_threshold_between_small_angles():
+  # Directions at 2e-4 and 6e-4 rad (cosines 1 - 2e-8 and 1 - 1.8e-7: one float32 ulp apart)
+  # and a threshold of 4e-4 between them: only the accurate angles tell them apart.
+  rng = np.random.default_rng(130)
+  thetas = np.array([2e-4, 6e-4, 1.0])
+  u_f, u_r, base = _pair_with_angles(rng, 300, thetas, q_extra=2)
+  ref = _scipy_angles(u_f, u_r)
+  u_u, valid_u, angles = S.exclusive_basis(u_f, np.ones(3, bool), u_r, np.ones(5, bool), 4e-4)
+  _assert_angles_match(angles, ref)
+  np.testing.assert_array_equal(valid_u, [False, True, True])
+  uu = _masked_np(u_u, valid_u)
+  np.testing.assert_allclose(uu.T @ uu, np.eye(2), atol=1e-5)
+  np.testing.assert_allclose(_proj_np(uu), _proj_np(base[:, [4, 5]]), atol=1e-4)
+
+
+def test_small_angles_with_padding_and_vmap():
+  rng = np.random.default_rng(140)
+  thetas = np.array([1e-5, 4e-5, 2e-4, 0.3, 1.1])
+  pairs = [_pair_with_angles(rng, 200, thetas, q_extra=2)[:2] for _ in range(2)]
+  refs = [_scipy_angles(a, b) for a, b in pairs]
+  # Garbage in invalid columns at arbitrary positions of both bases.
+  cols_f, cols_r = [0, 2, 3, 5, 6], [1, 2, 4, 5, 6, 7, 9]
+  vf, vr = np.zeros(8, bool), np.zeros(10, bool)
+  vf[cols_f], vr[cols_r] = True, True
+  ufs = np.full((2, 200, 8), 3.0, np.float32)
+  urs = np.full((2, 200, 10), -2.0, np.float32)
+  for i, (a, b) in enumerate(pairs):
+    ufs[i][:, cols_f], urs[i][:, cols_r] = a, b
+  vfs, vrs = np.stack([vf, vf]), np.stack([vr, vr])
+  pa = jax.vmap(S.principal_angles)(ufs, vfs, urs, vrs)
+  cs = jax.vmap(S.cs_decomposition)(ufs, vfs, urs, vrs)
+  for i in range(2):
+    for res in (pa, cs):
+      np.testing.assert_array_equal(res.valid[i], np.arange(8) < 5)
+      angles = np.asarray(res.angles[i])
+      _assert_angles_match(angles[:5], refs[i])
+      _assert_sorted(angles)
+      np.testing.assert_allclose(angles[5:], np.pi / 2)
+      np.testing.assert_allclose(res.cos[i, 5:], 0.0)
+      np.testing.assert_allclose(res.sin[i, 5:], 1.0)
+    # Same as unbatched on the unpadded bases.
+    one = S.cs_decomposition(*[x for pair in zip(pairs[i], [np.ones(5, bool), np.ones(7, bool)])
+                               for x in pair])
+    np.testing.assert_allclose(cs.angles[i, :5], one.angles, rtol=1e-4, atol=1e-7)
+    qm = np.asarray(cs.q[i])
+    np.testing.assert_array_equal(qm[:, 5:], 0.0)  # invalid principal directions
+    np.testing.assert_array_equal(cs.q_valid[i], [False, False, True, True, True, False, False,
+                                                  False])
+    y = np.asarray(cs.y[i])
+    np.testing.assert_array_equal(y[~vf][:, :5], 0.0)  # block structure
+    np.testing.assert_allclose(y.T @ y, np.eye(8), atol=1e-5)
+    lhs = (ufs[i] * vf) @ y
+    rhs = (urs[i] * vr) @ np.asarray(cs.z[i]) @ np.diag(cs.cos[i]) + qm @ np.diag(
+        cs.sin[i] * cs.q_valid[i])
+    np.testing.assert_allclose(lhs[:, 2:5], rhs[:, 2:5], atol=1e-6)
