@@ -481,6 +481,7 @@ def _peak_run(ctx: Context, rows: list[Row], budget: Budget) -> None:
     est = 0.3 + (2 + ctx.args.repeats) * flops * slower / rate
     if not budget.fits(est):
       row.skip(budget.note(est))
+      _finish(ctx, row)
       continue
     t0 = time.perf_counter()
     fn = matmul_seconds(n, dtype, precision)
@@ -491,7 +492,7 @@ def _peak_run(ctx: Context, rows: list[Row], budget: Budget) -> None:
     peaks[key] = rate / 1e12
     row.done(note, seconds=sec / PEAK_ITERS, tflops=rate / 1e12, compile_s=compile_s)
     row.notes.append(f"{n}x{n}, {PEAK_ITERS} products per call")
-    ctx.save()
+    _finish(ctx, row)
 
 
 register(Measurement("peak", 0.04, _peak_plan, lambda ctx: 0.3, _peak_run))
