@@ -332,8 +332,8 @@ def make_engine(size: str, args: argparse.Namespace) -> common.Engine:
   backbone = jax.jit(model.init)(jax.random.key(args.seed))  # One compile, not one per op.
   trainable = lora_lib.init_lora(jax.random.key(args.seed + 1), backbone, lora_config)
   trainable = jax.tree.map(lambda x: x + 0.01, trainable)  # Non-zero B, as common.make_engine.
-  client_update = federated.make_client_update(federated.clip_objective(model),
-                                               optax.adam(common.CLIENT_LR))
+  client_update = federated.local_steps(federated.clip_objective(model),
+                                        optax.adam(common.CLIENT_LR))
   return common.Engine(model, backbone, trainable, random_pairs(model.config, pool, args.seed),
                        client_update, pool)
 
@@ -634,7 +634,8 @@ def _jax_round(ctx: Context, size: str, engine: str, k: int, batch: int, row: Ro
   eng = ctx.engine(size)
   fn = federated.make_round_fn(eng.client_update, engine, chunk)
   idx, mask = common.schedules(k, a.steps, batch, eng.num_pairs, seed=k)
-  args = (eng.trainable, eng.backbone, eng.data, jnp.asarray(idx), jnp.asarray(mask))
+  args = (eng.trainable, eng.backbone, eng.data,
+          federated.Batches(jnp.asarray(idx), jnp.asarray(mask)))
   t0 = time.perf_counter()
   compiled = fn.lower(*args).compile()
   compile_s = time.perf_counter() - t0
@@ -685,7 +686,8 @@ def _per_client_rows(ctx: Context, size: str, engine: str, batch: int, rows: lis
   idx, mask = common.schedules(n, a.steps, batch, eng.num_pairs, seed=batch)
   if engine == "loop":
     fn = federated.make_round_fn(eng.client_update, "sequential")
-    args = (eng.trainable, eng.backbone, eng.data, jnp.asarray(idx), jnp.asarray(mask))
+    args = (eng.trainable, eng.backbone, eng.data,
+          federated.Batches(jnp.asarray(idx), jnp.asarray(mask)))
     call, peak = lambda: fn(*args), device_peak_gib
   else:
     if size not in ctx.torch_refs:
@@ -764,7 +766,7 @@ def _gsd_size(ctx: Context) -> str:
 
 def gsd_shapes(cfg: model_lib.CLIPConfig, rank: int = common.LORA_RANK) -> tuple[int, int]:
   """(modules, d) of LoRA on q/v of both towers: one module per q/v, d = (in + out) * rank,
-  zero-padded to the largest (as `ease.to_modules` lays them out)."""
+  zero-padded to the largest (as `unlearning.projection.to_modules` lays them out)."""
   v, t = cfg.vision, cfg.text
   return 2 * (v.num_layers + t.num_layers), 2 * rank * max(v.hidden_size, t.hidden_size)
 
@@ -790,7 +792,7 @@ def _gsd_plan(ctx: Context) -> list[Row]:
 
 def _gsd_run(ctx: Context, rows: list[Row], budget: Budget) -> None:
   from ease_jax import configs  # pylint: disable=g-import-not-at-top
-  from ease_jax.unlearning import ease  # pylint: disable=g-import-not-at-top
+  from ease_jax.unlearning.methods import ease  # pylint: disable=g-import-not-at-top
   cfg = ease.GSDConfig(method=ctx.args.gsd_method)
   history = configs.base_config().fed.history_size
   modules, d = gsd_shapes(config_of(rows[0].size, ctx.args))
