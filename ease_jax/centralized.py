@@ -26,11 +26,20 @@ from ease_jax import hf
 from ease_jax import lora as lora_lib
 from ease_jax import losses
 from ease_jax import model as model_lib
+from ease_jax import validation
 from ease_jax.data import dataset as dataset_lib
 from ease_jax.model import CLIP
 
 PyTree = Any
 LOG_EVERY = 25  # steps per jitted chunk; the loss curve keeps each chunk's first step
+PRETRAIN_RULES = {
+    **{f"arch.{k}": validation.integer(1) for k in (
+        "image_size", "patch_size", "width", "mlp_dim", "heads", "vision_layers", "text_layers",
+        "projection_dim", "context_length")},
+    "pretrain.steps": validation.integer(1), "pretrain.batch_size": validation.integer(1),
+    "pretrain.learning_rate": validation.positive, "pretrain.weight_decay": validation.non_negative,
+    "pretrain.warmup": validation.integer(0), "pretrain.learn_logit_scale": validation.boolean,
+}
 
 
 def make_schedule(learning_rate: float, steps: int, warmup: int) -> optax.Schedule:
@@ -123,6 +132,7 @@ def pretrain_backbone(config: ml_collections.ConfigDict, out_dir: str | pathlib.
 
   Returns the summary (also written to `out_dir/pretraining.json`).
   """
+  validation.validate(config, [PRETRAIN_RULES])
   from ease_jax.data import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
   tokenizer = tok_lib.load_tokenizer(dataset_lib.embedded_tokenizer_dir())
   context = config.arch.context_length

@@ -1,11 +1,100 @@
-"""What the absl binaries in `experiments/` share around their `main`."""
+"""What the absl binaries in `experiments/` share around their `main`.
+
+`cli.run(main)` is `absl.app.run` with clean errors: bad input (a config value out of range, an
+unknown key, a missing file, a request that names no data, a damaged checkpoint with nothing
+intact to fall back to) ends with one line on stderr that names the problem, and exit code 2; a
+round that failed (e.g. every client update non-finite) with one line and exit code 1.
+`--verbose` or `EASE_VERBOSE=1` shows the traceback instead; anything else (a bug) keeps its
+traceback.
+"""
 from __future__ import annotations
 
+import ast
+import os
+import sys
+from typing import Any, Callable, Sequence
+
+from absl import app
+from absl import flags
 from absl import logging
+
+VERBOSE_ENV = "EASE_VERBOSE"
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Show the traceback of errors (also "
+                             f"{VERBOSE_ENV}=1).")
+BAD_INPUT_EXIT = 2
+FAILED_RUN_EXIT = 1
 
 
 def quiet_library_logs() -> None:
   """Binaries: hide orbax/jax INFO chatter unless `--verbosity` was given on the command line."""
-  from absl import flags as absl_flags  # pylint: disable=g-import-not-at-top
-  if not absl_flags.FLAGS["verbosity"].present:
+  if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
+
+
+def _verbose() -> bool:
+  env = os.environ.get(VERBOSE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+  return env or (flags.FLAGS.is_parsed() and _VERBOSE.value)
+
+
+def one_line(error: BaseException) -> str:
+  """The error's message on one line (a KeyError's without the quotes repr adds)."""
+  msg = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+  return " ".join(str(msg).split()) or type(error).__name__
+
+
+def _unquoted(error: BaseException) -> str:
+  """The message of an error whose message is the repr of another's (as ml_collections raises)."""
+  msg = error.args[0] if error.args else str(error)
+  if isinstance(msg, BaseException):  # AttributeError(KeyError(...)): the inner message.
+    return _unquoted(msg)
+  while isinstance(msg, str) and len(msg) > 1 and msg[0] == msg[-1] and msg[0] in "'\"":
+    try:
+      msg = ast.literal_eval(msg)
+    except (ValueError, SyntaxError):
+      break
+  return " ".join(str(msg).split())
+
+
+def _fail(error: BaseException, code: int) -> None:
+  print(f"error: {one_line(error)} (for the traceback: --verbose or {VERBOSE_ENV}=1)",
+        file=sys.stderr)
+  sys.exit(code)
+
+
+def _bad_input_errors() -> tuple[type[BaseException], ...]:
+  from ease_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from ease_jax import validation  # pylint: disable=g-import-not-at-top
+  return (validation.ConfigError, checkpointing.CheckpointMismatchError,
+          checkpointing.CheckpointCorruptError, ValueError, KeyError, FileNotFoundError,
+          FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
+def _parse_flags(argv: Sequence[str]) -> list[str]:
+  try:
+    return flags.FLAGS(argv)
+  # ml_collections reports a bad `--config.x=...` override as a chain of KeyError /
+  # AttributeError ("'rundos' Did you mean "rounds" ..."); absl its own errors as flags.Error.
+  except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
+    if _verbose():
+      raise
+    _fail(ValueError(f"bad command-line flag: {_unquoted(e)}"), BAD_INPUT_EXIT)
+    raise  # unreachable
+
+
+def run(main: Callable[[Sequence[str]], Any]) -> None:
+  """`app.run(main)` with the clean errors described in the module docstring."""
+  from ease_jax.federated import driver  # pylint: disable=g-import-not-at-top
+
+  def wrapped(argv):
+    try:
+      return main(argv)
+    except driver.RoundFailedError as e:
+      if _verbose():
+        raise
+      _fail(e, FAILED_RUN_EXIT)
+    except _bad_input_errors() as e:
+      if _verbose():
+        raise
+      _fail(e, BAD_INPUT_EXIT)
+
+  app.run(wrapped, flags_parser=_parse_flags)

@@ -19,6 +19,7 @@ from ease_jax import evaluation
 from ease_jax import federated
 from ease_jax import jsonio
 from ease_jax import lora as lora_lib
+from ease_jax import validation
 from ease_jax.federated import driver
 
 PyTree = Any
@@ -66,6 +67,7 @@ def train_and_summarize(config: ml_collections.ConfigDict, workdir: str | pathli
   """The `train` binary: pretrained-backbone baseline, federated training, summary and plot."""
   from ease_jax import plotting  # pylint: disable=g-import-not-at-top
   workdir = pathlib.Path(workdir)
+  validation.validate(config)
   if (workdir / "summary.json").exists() and not (workdir / "checkpoints").exists():
     raise FileExistsError(f"{workdir} holds a summary.json but no checkpoints; refusing to "
                           "overwrite it. Use a new --workdir.")

@@ -18,7 +18,6 @@ from ease_jax import runtime  # pylint: disable=g-bad-import-order
 runtime.avoid_cpu_hang()
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 
@@ -58,4 +57,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -13,7 +13,6 @@ import json
 import pathlib
 import shutil
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 
@@ -43,4 +42,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -14,7 +14,6 @@ runtime.avoid_cpu_hang()
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import json
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 
@@ -35,4 +34,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

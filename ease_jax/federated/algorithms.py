@@ -126,7 +126,8 @@ def fedavg_algorithm(client_update: LocalSteps, server_opt: optax.GradientTransf
   fail_on_nonfinite = options.nonfinite == "fail"
 
   @jax.jit
-  def server_step(state, deltas, weights, finite):
+  def server_step(state, deltas, client_loss, weights):
+    finite = all_finite(deltas, axis_leading=True) & jnp.isfinite(client_loss)
     # Dropped clients: weight 0 and a zero update (NaN * 0 would still be NaN in the mean).
     deltas = jax.tree.map(
         lambda d: jnp.where(finite.reshape((-1,) + (1,) * (d.ndim - 1)), d, 0.0), deltas)
@@ -137,11 +138,15 @@ def fedavg_algorithm(client_update: LocalSteps, server_opt: optax.GradientTransf
     failed |= ~all_finite(new.trainable)
     new = new.replace(trainable=tree_where(failed, state.trainable, new.trainable),
                       opt_state=tree_where(failed, state.opt_state, new.opt_state))
-    return new, failed
+    num_ok = jnp.sum(finite)
+    metrics = dict(
+        train_loss=jnp.sum(jnp.where(finite, client_loss, 0.0)) / jnp.maximum(num_ok, 1),
+        clients_dropped=jnp.sum(~finite), round_failed=failed)
+    return new, finite & ~failed, metrics
 
   @jax.jit
-  def record(history, deltas, client_ids, round_index, finite):
-    return history.record(client_ids, flatten_deltas(deltas), round_index, keep=finite)
+  def record(history, deltas, client_ids, round_index, keep):
+    return history.record(client_ids, flatten_deltas(deltas), round_index, keep=keep)
 
   def init(trainable: PyTree) -> ServerState:
     history = UpdateHistory.create(options.num_clients, options.history_size,
@@ -150,15 +155,11 @@ def fedavg_algorithm(client_update: LocalSteps, server_opt: optax.GradientTransf
 
   def apply(state: ServerState, inputs: Any) -> tuple[ServerState, dict[str, jax.Array]]:
     deltas, client_metrics = round_fn(state.trainable, backbone, data, inputs.batches)
-    finite = all_finite(deltas, axis_leading=True) & jnp.isfinite(client_metrics["loss"])
-    new, failed = server_step(state, deltas, jnp.asarray(inputs.weights), finite)
+    new, kept, metrics = server_step(state, deltas, client_metrics["loss"],
+                                     jnp.asarray(inputs.weights))
     if options.history_size:
       new = new.replace(history=record(new.history, deltas, inputs.client_ids,
-                                       inputs.round_index, finite & ~failed))
-    num_ok = jnp.sum(finite)
-    metrics = dict(
-        train_loss=jnp.sum(jnp.where(finite, client_metrics["loss"], 0.0)) / jnp.maximum(num_ok, 1),
-        clients_dropped=jnp.sum(~finite), round_failed=failed)
+                                       inputs.round_index, kept))
     if round_metrics is not None:
       metrics.update(round_metrics(new.trainable))
     return new, metrics

@@ -29,6 +29,8 @@ from absl import logging
 
 from ease_jax import builders
 from ease_jax import jsonio
+from ease_jax import mia
+from ease_jax import validation
 from ease_jax.unlearning import base
 from ease_jax.unlearning import cell as cell_lib
 from ease_jax.unlearning import methods as methods_lib
@@ -99,6 +101,30 @@ def resolve_methods(config: ml_collections.ConfigDict) -> dict[str, base.Method]
   return out
 
 
+BENCHMARK_RULES = {
+    "benchmark.seeds": validation.int_tuple(0),
+    "benchmark.scenarios": validation.str_tuple(),
+    "benchmark.methods": validation.str_tuple(),
+    "benchmark.mia_score": validation.one_of(*mia.SCORES),
+}
+
+
+def check_cells(config: ml_collections.ConfigDict) -> dict[int, builders.FederatedSetup]:
+  """Validates the benchmark block and every (scenario, seed) cell's config and request; returns
+  each seed's setup (built once, reused by the run)."""
+  validation.validate(config, [BENCHMARK_RULES])
+  from ease_jax.unlearning import requests  # pylint: disable=g-import-not-at-top
+  setups = {}
+  for seed in config.benchmark.seeds:
+    for scenario in config.benchmark.scenarios:
+      cfg = scenario_config(config, scenario, seed)
+      validation.validate(cfg)
+      if seed not in setups:
+        setups[seed] = builders.build_setup(cfg)
+      requests.from_config(setups[seed], cfg.unlearning, seed=cfg.seeds.unlearning)
+  return setups
+
+
 def read_rows(path: pathlib.Path) -> list[dict[str, Any]]:
   if not path.exists():
     return []
@@ -121,14 +147,15 @@ def _append(path: pathlib.Path, row: dict[str, Any]) -> None:
 def run_benchmark(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
                   progress: bool = True) -> dict[str, Any]:
   """Runs every missing (scenario, seed, method) cell, then writes the tables and the plot."""
+  b = config.benchmark
+  method_fns = resolve_methods(config)
+  setups = check_cells(config)  # Every cell's config and request, before any training.
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  b = config.benchmark
-  method_fns = resolve_methods(config)  # Fails before training on a typo.
   results = workdir / "results.jsonl"
   t_start = time.perf_counter()
   for seed in b.seeds:
-    setup = None
+    setup = setups[seed]
     for scenario in b.scenarios:
       done = {r["method"] for r in read_rows(results)
               if r["scenario"] == scenario and r["seed"] == seed}
@@ -136,7 +163,6 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
       if not todo:
         continue
       cfg = scenario_config(config, scenario, seed)
-      setup = setup or builders.build_setup(cfg)
       cell = cell_lib.Cell(cfg, workdir / f"seed{seed}", workdir / f"seed{seed}" / scenario,
                            setup=setup, mia_score=b.mia_score)
 

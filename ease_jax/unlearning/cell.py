@@ -53,7 +53,7 @@ class Cell:
 
   def __init__(self, config: ml_collections.ConfigDict, train_root: str | pathlib.Path,
                request_root: str | pathlib.Path, setup: builders.FederatedSetup | None = None,
-               mia_score: str = "cosine"):
+               mia_score: str | None = "cosine"):
     self.config = config
     self.setup = setup = setup or builders.build_setup(config)
     self.request = requests.from_config(setup, config.unlearning, seed=config.seeds.unlearning)
@@ -98,13 +98,16 @@ class Cell:
     return out
 
   def evaluate(self, trainable: PyTree) -> dict[str, float]:
-    """Retrieval metrics on the forget / retain / test images and the MIA AUC on D_f."""
+    """Retrieval metrics on the forget / retain / test images and (with a `mia_score`) the MIA
+    AUC on D_f."""
     setup = self.setup
     row = evaluation.evaluate_splits(setup, trainable, self.subsets,
                                      self.config.eval.get("batch_size", 256))
-    attack = mia.membership_auc(setup.model, setup.backbone, trainable, setup.data,
-                                self.request.forget_texts, self.nonmember_texts, self.mia_score)
-    row.update({f"mia_{k}": v for k, v in attack.items()})
+    if self.mia_score is not None:
+      attack = mia.membership_auc(setup.model, setup.backbone, trainable, setup.data,
+                                  self.request.forget_texts, self.nonmember_texts,
+                                  self.mia_score)
+      row.update({f"mia_{k}": v for k, v in attack.items()})
     return row
 
   def row(self, outcome: Outcome) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 
 from ease_jax import jsonio
+from ease_jax import validation
 from ease_jax.unlearning import cell as cell_lib
 from ease_jax.unlearning import methods as methods_lib
 
@@ -92,14 +93,17 @@ def run_unlearning(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
                    progress: bool = True) -> dict[str, Any]:
   """The whole experiment; returns (and writes) the results."""
   del progress
+  validation.validate(config)  # Before anything is written or trained.
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   method_fns = {name: methods_lib.get(name) for name in config.methods}  # Fail before training.
-  cell = cell_lib.Cell(config, workdir, workdir)
+  cell = cell_lib.Cell(config, workdir, workdir, mia_score=None)
   outcomes = cell.reference_outcomes()
-  for name, fn in method_fns.items():
-    outcomes += cell.run_method(name, fn)
   full_rows = [cell.row(o) for o in outcomes]
+  for name, fn in method_fns.items():
+    ran = cell.run_method(name, fn)
+    outcomes += ran
+    full_rows += [cell.row(o) for o in ran]
   reference = full_rows[0]
   rows = [table_row(r, reference) for r in full_rows]
   details = {o.method: dict(diagnostics=o.diagnostics, curves=o.curves,

@@ -54,6 +54,11 @@ CONFIG_BLOCKS: dict[str, dict[str, Any]] = {
 }
 
 
+# Validation rules of those blocks (`ease_jax.validation`), next to each method's defaults.
+RULES = {**ease.RULES, **finetune.RULES, **gradient_ascent.RULES, **pga.RULES, **federaser.RULES,
+         **fedrecovery.RULES, **ccu.RULES, **mvi_causal.RULES}
+
+
 def get(name: str) -> base.Method:
   if name not in METHODS:
     raise ValueError(f"Unknown unlearning method {name!r}; registered: {sorted(METHODS)}.")

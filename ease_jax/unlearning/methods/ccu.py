@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from ease_jax import losses
 from ease_jax import rng as rng_lib
+from ease_jax import validation as check
 from ease_jax.unlearning import base
 from ease_jax.unlearning import common
 
@@ -36,6 +37,13 @@ DEFAULTS: dict[str, Any] = dict(
     retain_source="public",   # 'local' | 'public' (as EASE's bke.retain_source)
     rounds=0,                 # continued FedAvg rounds on the retained clients
 )
+RULES = {
+    "ccu.steps": check.integer(1), "ccu.batch_size": check.integer(1),
+    "ccu.optimizer": check.one_of("adam", "adamw", "sgd"), "ccu.lr": check.positive,
+    "ccu.temperature": check.positive, "ccu.clip_weight": check.non_negative,
+    "ccu.retain_source": check.one_of(*common.RETAIN_SOURCES), "ccu.rounds": check.integer(0),
+    "ccu.retention_weight": check.non_negative, "ccu.separation_weight": check.non_negative,
+}
 
 
 def _rows_infonce(logits: jax.Array, targets: jax.Array, valid: jax.Array) -> jax.Array:

@@ -46,6 +46,7 @@ from ease_jax import rng as rng_lib
 from ease_jax import subspace
 from ease_jax import training
 from ease_jax.model import CLIP
+from ease_jax import validation as check
 from ease_jax.unlearning import base
 from ease_jax.unlearning import common
 from ease_jax.unlearning import projection as proj
@@ -87,6 +88,18 @@ CONFIG_BLOCKS: dict[str, dict[str, Any]] = dict(
     ),
 )
 _GSD = CONFIG_BLOCKS["gsd"]
+RULES = {
+    "gsd.enabled": check.boolean, "gsd.energy": check.fraction, "gsd.retain_energy": check.fraction,
+    "gsd.max_rank": check.integer(1), "gsd.angle_threshold_deg": check.real(0.0, 90.0),
+    "gsd.method": check.one_of("gram", "qr", "svd"),
+    "bke.towers": check.one_of(*TOWERS), "bke.steps": check.integer(1), "bke.batch_size": check.integer(1),
+    "bke.optimizer": check.one_of("adam", "adamw", "sgd"), "bke.lr": check.positive,
+    "bke.target": check.one_of(*TARGETS), "bke.target_quantile": check.probability,
+    "bke.calibration_split": check.one_of(*common.CALIBRATION_SPLITS), "bke.margin": check.real(-2.0, 2.0),
+    "bke.retain_weight": check.non_negative, "bke.retain_source": check.one_of(*common.RETAIN_SOURCES),
+    "pfl.rounds": check.integer(0), "pfl.server_projection": check.boolean,
+    "pfl.lock_lambda": check.non_negative, "pfl.eval_every": check.integer(0),
+}
 
 
 # ------------------------------------------------------------------------------------ GSD

@@ -26,6 +26,7 @@ from ease_jax import builders
 from ease_jax import federated
 from ease_jax import rng as rng_lib
 from ease_jax.federated import driver
+from ease_jax import validation as check
 from ease_jax.unlearning import base
 from ease_jax.unlearning import common
 from ease_jax.unlearning.methods import gradient_ascent as ga
@@ -37,6 +38,8 @@ DEFAULTS: dict[str, Any] = dict(
     retain_interval=1,        # replay every k-th stored round
     norm="leaf",              # 'leaf' (per layer, as the paper's code) | 'global'
 )
+RULES = {"federaser.calibration_ratio": check.probability, "federaser.retain_interval": check.integer(1),
+         "federaser.norm": check.one_of("leaf", "global")}
 
 
 def federaser_calibrate(old_update: PyTree, new_update: PyTree, norm: str = "leaf") -> PyTree:

@@ -22,6 +22,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from ease_jax import rng as rng_lib
+from ease_jax import validation as check
 from ease_jax.unlearning import base
 from ease_jax.unlearning import common
 from ease_jax.unlearning.methods import federaser as fe
@@ -37,6 +38,10 @@ DEFAULTS: dict[str, Any] = dict(
     delta=1e-5,
     sensitivity=0.0,          # Δ₂ of the mechanism (0 = ‖correction‖)
 )
+RULES = {"fedrecovery.weighting": check.one_of("uniform", "norm"), "fedrecovery.scale": check.real(),
+         "fedrecovery.noise_std": check.non_negative, "fedrecovery.epsilon": check.non_negative,
+         "fedrecovery.delta": check.real(0.0, 1.0, lo_open=True, hi_open=True),
+         "fedrecovery.sensitivity": check.non_negative}
 
 
 def aggregate_residuals(updates: jax.Array, weights: jax.Array, kept_weights: jax.Array

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from ease_jax import validation as check
 from ease_jax.unlearning import base
 from ease_jax.unlearning import common
 
 DEFAULTS: dict[str, Any] = dict(
     rounds=3,                 # FedAvg rounds on the retained clients (EASE's PFL has 3)
 )
+RULES = {"finetune.rounds": check.integer(0)}
 
 
 def finetune(ctx: base.UnlearningContext) -> base.MethodResult:

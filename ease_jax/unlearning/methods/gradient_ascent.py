@@ -23,6 +23,7 @@ from ease_jax import builders
 from ease_jax import federated
 from ease_jax import rng as rng_lib
 from ease_jax.model import CLIP
+from ease_jax import validation as check
 from ease_jax.unlearning import base
 from ease_jax.unlearning import common
 
@@ -39,6 +40,14 @@ DEFAULTS: dict[str, Any] = dict(
     calibration_split="test", # non-member pairs of the stopping level ('test' | 'public')
     max_utility_drop=0.5,     # divergence guard on the public alignment gap
 )
+RULES = {
+    "gradient_ascent.max_rounds": check.integer(1), "gradient_ascent.local_steps": check.integer(0),
+    "gradient_ascent.batch_size": check.integer(1), "gradient_ascent.optimizer": check.one_of("adam", "adamw", "sgd"),
+    "gradient_ascent.lr": check.positive, "gradient_ascent.clip_norm": check.non_negative,
+    "gradient_ascent.stop_quantile": check.probability,
+    "gradient_ascent.calibration_split": check.one_of(*common.CALIBRATION_SPLITS),
+    "gradient_ascent.max_utility_drop": check.positive,
+}
 
 
 def tree_norm(tree: PyTree) -> jax.Array:

@@ -23,6 +23,7 @@ import numpy as np
 from ease_jax import federated
 from ease_jax import losses
 from ease_jax import rng as rng_lib
+from ease_jax import validation as check
 from ease_jax.unlearning import base
 from ease_jax.unlearning import common
 
@@ -42,6 +43,14 @@ DEFAULTS: dict[str, Any] = dict(
     calibration_pairs=1024,   # public pairs for the shared subspace
     rounds=0,
 )
+RULES = {
+    "mvi_causal.steps": check.integer(1), "mvi_causal.batch_size": check.integer(1),
+    "mvi_causal.optimizer": check.one_of("adam", "adamw", "sgd"), "mvi_causal.lr": check.positive,
+    "mvi_causal.temperature": check.positive, "mvi_causal.clip_weight": check.non_negative,
+    "mvi_causal.retain_source": check.one_of(*common.RETAIN_SOURCES), "mvi_causal.rounds": check.integer(0),
+    "mvi_causal.shared_dim": check.integer(1), "mvi_causal.specific_weight": check.non_negative,
+    "mvi_causal.locality_weight": check.non_negative, "mvi_causal.calibration_pairs": check.integer(2),
+}
 
 
 def shared_basis(img: jax.Array, txt: jax.Array, dim: int) -> jax.Array:

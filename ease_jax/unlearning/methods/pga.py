@@ -24,6 +24,7 @@ from jax.flatten_util import ravel_pytree
 from ease_jax import federated
 from ease_jax import lora as lora_lib
 from ease_jax import rng as rng_lib
+from ease_jax import validation as check
 from ease_jax.unlearning import base
 from ease_jax.unlearning import common
 from ease_jax.unlearning.methods import gradient_ascent as ga
@@ -43,6 +44,16 @@ DEFAULTS: dict[str, Any] = dict(
     max_utility_drop=0.5,
     post_rounds=3,            # FedAvg rounds on the retained clients after PGA
 )
+RULES = {
+    "pga.max_rounds": check.integer(1), "pga.local_steps": check.integer(0),
+    "pga.batch_size": check.integer(1), "pga.optimizer": check.one_of("adam", "adamw", "sgd"),
+    "pga.lr": check.positive, "pga.clip_norm": check.non_negative,
+    "pga.stop_quantile": check.probability,
+    "pga.calibration_split": check.one_of(*common.CALIBRATION_SPLITS),
+    "pga.max_utility_drop": check.positive,
+    "pga.radius": check.non_negative, "pga.radius_fraction": check.positive,
+    "pga.num_random": check.integer(1), "pga.post_rounds": check.integer(0),
+}
 
 
 def pga_reference(global_flat: jax.Array, last_updates: jax.Array, weights: jax.Array,

@@ -1,0 +1,203 @@
+"""One pass over a config before any work: every numeric knob in range, every name known, every
+path there. All problems are reported together in one `ConfigError`, before the backbone
+trains a single step (the binaries call `validate` first; so do the library entry points).
+
+Rules are `dotted.key -> check`, a check returning a complaint or None. The base blocks' rules are
+here; each unlearning method owns the rules of its config block next to its defaults (`RULES`
+in `ease_jax/unlearning/methods/*.py`).
+"""
+from __future__ import annotations
+
+import math
+import pathlib
+from typing import Any, Callable, Iterable, Mapping
+
+Check = Callable[[Any], "str | None"]
+
+
+class ConfigError(ValueError):
+  """A config value that cannot be right (the message names the key and the fix)."""
+
+
+def _number(v: Any) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def integer(lo: int | None = None, hi: int | None = None) -> Check:
+  """An int in [lo, hi]."""
+
+  def check(v):
+    if not isinstance(v, int) or isinstance(v, bool):
+      return f"must be an integer, got {v!r}"
+    if lo is not None and v < lo:
+      return f"must be >= {lo}, got {v}"
+    if hi is not None and v > hi:
+      return f"must be <= {hi}, got {v}"
+    return None
+
+  return check
+
+
+def real(lo: float | None = None, hi: float | None = None, lo_open: bool = False,
+         hi_open: bool = False) -> Check:
+  """A finite number in [lo, hi] (open ends where asked)."""
+
+  def check(v):
+    if not _number(v):
+      return f"must be a finite number, got {v!r}"
+    if lo is not None and (v <= lo if lo_open else v < lo):
+      return f"must be {'>' if lo_open else '>='} {lo:g}, got {v:g}"
+    if hi is not None and (v >= hi if hi_open else v > hi):
+      return f"must be {'<' if hi_open else '<='} {hi:g}, got {v:g}"
+    return None
+
+  return check
+
+
+positive = real(0.0, lo_open=True)
+non_negative = real(0.0)
+fraction = real(0.0, 1.0, lo_open=True)          # (0, 1]
+probability = real(0.0, 1.0)                     # [0, 1]
+open_fraction = real(0.0, 1.0, hi_open=True)     # [0, 1)
+
+
+def one_of(*values: Any) -> Check:
+  def check(v):
+    return None if v in values else (f"must be one of {', '.join(map(repr, values))}, "
+                                     f"got {v!r}")
+  return check
+
+
+def boolean(v: Any) -> str | None:
+  return None if isinstance(v, bool) else f"must be True or False, got {v!r}"
+
+
+def int_tuple(lo: int = 0) -> Check:
+  def check(v):
+    if not isinstance(v, (tuple, list)) or not all(
+        isinstance(x, int) and not isinstance(x, bool) and x >= lo for x in v):
+      return f"must be a tuple of integers >= {lo}, got {v!r}"
+    return None
+  return check
+
+
+def str_tuple(nonempty: bool = True) -> Check:
+  def check(v):
+    if not isinstance(v, (tuple, list)) or not all(isinstance(x, str) and x for x in v):
+      return f"must be a tuple of non-empty strings, got {v!r}"
+    if nonempty and not v:
+      return "must not be empty"
+    return None
+  return check
+
+
+def _lookup(config: Any, key: str) -> tuple[bool, Any]:
+  node = config
+  for part in key.split("."):
+    if not hasattr(node, "keys") or part not in node:
+      return False, None
+    node = node[part]
+  return True, node
+
+
+def problems(config: Any, rules: Mapping[str, Check]) -> list[str]:
+  """`config.<key> <complaint>` for each rule whose key is present and whose check fails."""
+  out = []
+  for key, check in rules.items():
+    present, value = _lookup(config, key)
+    if present:
+      complaint = check(value)
+      if complaint:
+        out.append(f"config.{key} {complaint}")
+  return out
+
+
+BASE_RULES: dict[str, Check] = {
+    **{f"seeds.{k}": integer(0) for k in ("split", "partition", "init", "sampling", "data",
+                                          "unlearning")},
+    "data.name": one_of("emoji", "karpathy"),
+    "data.max_images": integer(0),
+    "data.max_length": integer(0),
+    "data.skin_tone_variants": boolean,
+    "data.split": one_of("random", "skin_tone"),
+    "data.public_fraction": open_fraction,
+    "data.test_fraction": open_fraction,
+    "data.partition": one_of("iid", "by_label", "dirichlet"),
+    "data.dirichlet_alpha": positive,
+    "data.min_client_size": integer(0),
+    "model.logit_scale": non_negative,
+    "lora.rank": integer(1),
+    "lora.alpha": positive,
+    "lora.mode": one_of("unmerged", "merged"),
+    "lora.learn_logit_scale": boolean,
+    "lora.init_std": non_negative,
+    "lora.freeze_a": boolean,
+    "fed.num_clients": integer(1),
+    "fed.clients_per_round": integer(0),
+    "fed.rounds": integer(1),
+    "fed.local_epochs": integer(1),
+    "fed.batch_size": integer(1),
+    "fed.client_optimizer": one_of("adam", "adamw", "sgd"),
+    "fed.client_lr": positive,
+    "fed.server_lr": positive,
+    "fed.server_momentum": open_fraction,
+    "fed.backend": one_of("auto", "vmap", "chunked", "sequential", "sharded"),
+    "fed.chunk_size": integer(0),
+    "fed.history_size": integer(0),
+    "fed.nonfinite": one_of("drop", "fail"),
+    "eval.every": integer(0),
+    "eval.batch_size": integer(1),
+    "checkpoint_every": integer(1),
+    "unlearning.kind": one_of("client", "sample", "concept"),
+    "unlearning.clients": int_tuple(0),
+    "unlearning.fraction": fraction,
+    "unlearning.concepts": str_tuple(),
+}
+
+
+def _cross_checks(config: Any) -> list[str]:
+  out = []
+  fed = config.get("fed")
+  if fed is not None and fed.get("backend") == "chunked" and fed.get("chunk_size", 0) < 1:
+    out.append("config.fed.chunk_size must be >= 1 with fed.backend='chunked'")
+  if fed is not None and fed.get("clients_per_round", 0) > fed.get("num_clients", 1):
+    out.append(f"config.fed.clients_per_round ({fed.clients_per_round}) must be <= "
+               f"fed.num_clients ({fed.num_clients}) (0 = all clients every round)")
+  return out
+
+
+def _path_checks(config: Any) -> list[str]:
+  out = []
+  data = config.get("data")
+  if data is not None and data.get("name") == "karpathy":
+    for key in ("json_path", "image_root"):
+      value = data.get(key, "")
+      if not value:
+        out.append(f"config.data.{key} must be set for data.name='karpathy'")
+      elif not pathlib.Path(value).exists():
+        out.append(f"config.data.{key}={value} does not exist")
+  model = config.get("model")
+  if model is not None and model.get("checkpoint", "embedded") != "embedded":
+    from ease_jax import hf  # pylint: disable=g-import-not-at-top
+    try:
+      hf.resolve_checkpoint(str(model.checkpoint))
+    except (FileNotFoundError, OSError, ValueError) as e:
+      out.append(f"config.model.checkpoint: {e}")
+  return out
+
+
+def validate(config: Any, extra_rules: Iterable[Mapping[str, Check]] = ()) -> None:
+  """Raises `ConfigError` listing every problem of `config` (base blocks, every unlearning
+  method's block present in it, paths), or returns None."""
+  from ease_jax.unlearning import methods  # pylint: disable=g-import-not-at-top
+  found = problems(config, BASE_RULES) + problems(config, methods.RULES)
+  for rules in extra_rules:
+    found += problems(config, rules)
+  if "methods" in config:
+    unknown = [m for m in config.methods if m not in methods.METHODS]
+    if unknown:
+      found.append(f"config.methods has unknown method(s) {unknown}; registered: "
+                   f"{sorted(methods.METHODS)}")
+  found += _cross_checks(config) + _path_checks(config)
+  if found:
+    raise ConfigError("; ".join(found) + ".")

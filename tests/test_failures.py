@@ -1,0 +1,264 @@
+"""Failing clearly: config and request validation before any work, one-line errors with exit code
+2 from the binaries, damaged checkpoints, non-finite client updates."""
+import dataclasses
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import flat_params as flat
+from conftest import make_tiny_setup, run_fedavg, tiny_config
+from ease_jax import builders
+from ease_jax import configs
+from ease_jax import federated
+from ease_jax import jsonio
+from ease_jax import training
+from ease_jax import validation
+from ease_jax.federated import driver
+from test_experiment import _small_emoji_run, _tiny_backbone
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+CONFIGS = ROOT / "experiments" / "configs"
+
+
+def _binary(name, *args, cwd=ROOT, timeout=300):
+  return subprocess.run([sys.executable, str(ROOT / "experiments" / name), *args],
+                        capture_output=True, text=True, timeout=timeout, cwd=cwd)
+
+
+def _one_line_error(proc, *needles):
+  """Exit code 2, and stderr's only non-empty line is the error naming the problem."""
+  lines = [l for l in proc.stderr.splitlines() if l.strip()]
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
+  for needle in needles:
+    assert needle in lines[0], lines[0]
+  assert "Traceback" not in proc.stderr and "np.str_" not in lines[0]
+  return lines[0]
+
+
+# ---------------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("fed.client_lr", -0.01, "config.fed.client_lr must be > 0, got -0.01"),
+    ("fed.client_lr", 0.0, "config.fed.client_lr must be > 0, got 0"),
+    ("fed.rounds", 0, "config.fed.rounds must be >= 1"),
+    ("fed.backend", "pmap", "config.fed.backend must be one of"),
+    ("data.test_fraction", 1.5, "config.data.test_fraction must be < 1"),
+    ("unlearning.fraction", 0.0, "config.unlearning.fraction must be > 0"),
+    ("gsd.energy", 1.2, "config.gsd.energy must be <= 1"),
+    ("bke.lr", -1.0, "config.bke.lr must be > 0"),
+    ("pga.stop_quantile", 2.0, "config.pga.stop_quantile must be <= 1"),
+    ("lora.rank", 0, "config.lora.rank must be >= 1"),
+])
+def test_validation_names_the_key_and_the_range(key, value, needle):
+  config = configs.from_file(CONFIGS / "unlearn_emoji.py")
+  block, leaf = key.split(".")
+  config[block][leaf] = value
+  with pytest.raises(validation.ConfigError, match="^" + needle.replace("(", r"\(")):
+    validation.validate(config)
+
+
+def test_validation_reports_every_problem_at_once_and_accepts_the_shipped_configs():
+  for path in sorted(CONFIGS.glob("*.py")):
+    if path.stem in ("__init__",) or "flickr" in path.stem or "mscoco" in path.stem:
+      continue  # Those need local checkpoints and data (their paths are checked below).
+    validation.validate(configs.from_file(path))
+  config = configs.from_file(CONFIGS / "unlearn_emoji.py")
+  config.fed.client_lr = -1.0
+  config.fed.batch_size = 0
+  config.methods = ("ease", "eraser9000")
+  with pytest.raises(validation.ConfigError) as e:
+    validation.validate(config)
+  msg = str(e.value)
+  assert "fed.client_lr" in msg and "fed.batch_size" in msg and "eraser9000" in msg
+  flickr = configs.from_file(CONFIGS / "flickr30k_b32.py")
+  flickr.model.checkpoint = "/nonexistent/clip"
+  flickr.data.json_path = "/nonexistent/dataset_flickr30k.json"
+  with pytest.raises(validation.ConfigError, match="json_path=/nonexistent.*does not exist"):
+    validation.validate(flickr)
+
+
+def test_bad_learning_rate_is_one_line_exit_2_before_any_work(tmp_path):
+  work = tmp_path / "w"
+  proc = _binary("train.py", f"--config={CONFIGS / 'emoji_default.py'}",
+                 "--config.fed.client_lr=-0.01", f"--workdir={work}")
+  _one_line_error(proc, "config.fed.client_lr must be > 0, got -0.01")
+  assert not work.exists()
+
+
+def test_unknown_client_is_rejected_before_training(tmp_path):
+  work = tmp_path / "w"
+  proc = _binary("unlearn.py", f"--config={CONFIGS / 'unlearn_emoji.py'}",
+                 "--config.unlearning.clients=(99,)", f"--workdir={work}")
+  _one_line_error(proc, "Unknown client id(s) [99]", "clients 0..7")
+  assert not (work / "train").exists()
+
+
+def test_unknown_config_key_is_one_line(tmp_path):
+  proc = _binary("train.py", f"--config={CONFIGS / 'emoji_default.py'}",
+                 "--config.fed.rundos=3", f"--workdir={tmp_path / 'w'}")
+  _one_line_error(proc, "rundos")
+  assert not (tmp_path / "w").exists()
+
+
+def test_verbose_shows_the_traceback(tmp_path):
+  proc = _binary("train.py", f"--config={CONFIGS / 'emoji_default.py'}", "--verbose",
+                 "--config.fed.client_lr=-0.01", f"--workdir={tmp_path / 'w'}")
+  assert proc.returncode != 0 and "Traceback" in proc.stderr
+  assert "ConfigError" in proc.stderr
+
+
+def test_unknown_concept_lists_plain_strings(tiny_setup):
+  from ease_jax.unlearning import requests  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError) as e:
+    requests.concept_request(tiny_setup, "subgroup", ["body-parts"])
+  assert "np.str_" not in str(e.value) and "'concept0'" in str(e.value)
+
+
+# --------------------------------------------------------------------------------- checkpoints
+
+
+def _train_tiny(tmp_path, rounds=2):
+  config = _small_emoji_run(tmp_path, "emoji_default.py", 0.85)
+  config.fed.rounds = rounds
+  config.checkpoint_every = 1
+  return config
+
+
+@pytest.fixture(scope="module")
+def damaged_run(tmp_path_factory):
+  """A finished 2-round run, and the same run uninterrupted for reference."""
+  tmp = tmp_path_factory.mktemp("ckpt")
+  config = _train_tiny(tmp)
+  reference = training.train_and_summarize(config, tmp / "reference")
+  return tmp, config, reference
+
+
+@pytest.mark.parametrize("damage", ["meta", "state_metadata", "largest_data_file"])
+def test_damaged_latest_checkpoint_falls_back_to_the_intact_one(damaged_run, damage, caplog):
+  tmp, config, reference = damaged_run
+  work = tmp / f"work_{damage}"
+  training.train_and_summarize(config, work)
+  ckpts = work / "checkpoints"
+  if damage == "meta":
+    target = ckpts / "2" / "meta" / "metadata"
+  elif damage == "state_metadata":
+    target = ckpts / "2" / "state" / "_METADATA"
+  else:
+    target = max((p for p in (ckpts / "2" / "state").rglob("*") if p.is_file()),
+                 key=lambda p: p.stat().st_size)
+  one = {p: p.read_bytes() for p in (ckpts / "1").rglob("*") if p.is_file()}
+  target.write_bytes(target.read_bytes()[:max(1, target.stat().st_size // 2)])
+  with caplog.at_level("WARNING"):
+    again = training.train_and_summarize(config, work)
+  warnings = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+  assert "step 2" in warnings and "resuming from step 1" in warnings
+  assert target.name in warnings or str(target.parent.name) in warnings
+  # Round 2 was redone from checkpoint 1: the same numbers as the uninterrupted run.
+  assert again["federated"] == pytest.approx(reference["federated"], abs=1e-6)
+  rows = jsonio.read_jsonl(work / "metrics.jsonl")
+  assert [r["round"] for r in rows] == [1, 2]
+  assert all(p.read_bytes() == b for p, b in one.items())  # The intact checkpoint untouched.
+  assert any((ckpts / "damaged").iterdir())  # The damaged one kept aside, not deleted.
+
+
+def test_every_checkpoint_damaged_stops_with_one_line(tmp_path):
+  config = _train_tiny(tmp_path, rounds=1)
+  overrides = [f"--config.{k}={v}" for k, v in (
+      ("model.checkpoint", config.model.checkpoint), ("data.split", "random"),
+      ("data.public_fraction", 0.85), ("fed.num_clients", 3), ("fed.rounds", 1),
+      ("fed.batch_size", 8), ("fed.history_size", 2), ("lora.rank", 2), ("eval.every", 1),
+      ("checkpoint_every", 1))]
+  work = tmp_path / "w"
+  args = (f"--config={CONFIGS / 'emoji_default.py'}", f"--workdir={work}", *overrides)
+  first = _binary("train.py", *args)
+  assert first.returncode == 0, first.stderr[-2000:]
+  meta = work / "checkpoints" / "1" / "meta" / "metadata"
+  meta.write_text(meta.read_text()[:5])
+  before = sorted(p.name for p in work.rglob("*"))
+  proc = _binary("train.py", *args)
+  _one_line_error(proc, "damaged", "metadata")
+  assert sorted(p.name for p in work.rglob("*")) == before  # Nothing moved or deleted.
+
+
+# ------------------------------------------------------------------------------- non-finite
+
+
+@pytest.fixture(scope="module")
+def nan_setup():
+  """The tiny setup with client 1's first caption marked (all token ids 0): `_marker_loss` is NaN
+  on any batch holding it, as a diverging client's would be."""
+  config = tiny_config(rounds=2, history_size=2)
+  setup = make_tiny_setup(config)
+  bad_text = int(setup.client_texts()[1][0])
+  ids = np.asarray(setup.data.input_ids).copy()
+  ids[bad_text] = 0
+  return config, dataclasses.replace(setup, data=setup.data.replace(input_ids=jnp.asarray(ids)))
+
+
+def _marker_loss(setup):
+  clip = federated.clip_objective(setup.model)
+
+  def loss_fn(params, backbone, batch, context=None):
+    marked = jnp.any(jnp.all(batch["input_ids"] == 0, axis=1) & batch["mask"])
+    return clip(params, backbone, batch) * jnp.where(marked, jnp.nan, 1.0)
+
+  return loss_fn
+
+
+def test_nonfinite_client_is_dropped_and_the_model_averages_the_others(nan_setup):
+  config, setup = nan_setup
+  plan = builders.round_plan(setup, config)
+  algo = builders.fedavg_algorithm(setup, config, plan, loss_fn=_marker_loss(setup))
+  start = builders.init_trainable(setup, config)
+  state, metrics = algo.apply(algo.init(start), jax.tree.map(jnp.asarray, plan.inputs(0)))
+  assert int(metrics["clients_dropped"]) == 1 and not bool(metrics["round_failed"])
+  assert bool(federated.all_finite(state.trainable))
+  # Independently: each client's local update alone, the finite ones averaged by size.
+  inputs = plan.inputs(0)
+  steps = federated.local_steps(_marker_loss(setup), builders.make_optimizer("adam", 1e-2))
+  deltas = [flat(jax.jit(steps)(start, setup.backbone, setup.data,
+                                jax.tree.map(lambda x, c=c: jnp.asarray(x[c]),
+                                             inputs.batches))[0])
+            for c in range(len(inputs.client_ids))]
+  finite = [np.all(np.isfinite(d)) for d in deltas]
+  assert finite == [c != 1 for c in inputs.client_ids]
+  w = np.where(finite, inputs.weights, 0.0)
+  expected = flat(start) + np.average([np.nan_to_num(d) for d in deltas], axis=0, weights=w)
+  np.testing.assert_allclose(flat(state.trainable), expected, atol=1e-6)
+  # The dropped update never reaches the history.
+  rounds = np.asarray(state.history.rounds)
+  assert rounds[1, 0] == -1 and (rounds[[0, 2, 3], 0] == 0).all()
+  assert np.all(np.isfinite(np.asarray(state.history.updates)))
+
+
+def test_nonfinite_fail_mode_stops_before_checkpointing(nan_setup, tmp_path):
+  config, setup = nan_setup
+  config = config.copy_and_resolve_references()
+  config.fed.nonfinite = "fail"
+  plan = builders.round_plan(setup, config)
+  algo = builders.fedavg_algorithm(setup, config, plan, loss_fn=_marker_loss(setup))
+  with pytest.raises(driver.RoundFailedError, match="round 1 failed"):
+    run_fedavg(setup, config, tmp_path, plan=plan, algorithm=algo)
+  assert not (tmp_path / "checkpoints" / "1").exists()
+  assert jsonio.read_jsonl(tmp_path / "metrics.jsonl") == []
+
+
+def test_every_client_nonfinite_fails_the_round_in_drop_mode_too(nan_setup):
+  config, setup = nan_setup
+  plan = builders.round_plan(setup, config)
+  nan_everywhere = lambda p, b, batch, c=None: jnp.nan * federated.clip_objective(
+      setup.model)(p, b, batch)
+  algo = builders.fedavg_algorithm(setup, config, plan, loss_fn=nan_everywhere)
+  start = builders.init_trainable(setup, config)
+  state, metrics = algo.apply(algo.init(start), jax.tree.map(jnp.asarray, plan.inputs(0)))
+  assert bool(metrics["round_failed"]) and int(metrics["clients_dropped"]) == 4
+  np.testing.assert_array_equal(flat(state.trainable), flat(start))  # Left where it was.
+  with pytest.raises(driver.RoundFailedError, match="learning rate"):
+    run_fedavg(setup, config, plan=plan, algorithm=algo)
