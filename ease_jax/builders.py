@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +24,7 @@ from ease_jax import hf
 from ease_jax import lora as lora_lib
 from ease_jax.data import dataset as dataset_lib
 from ease_jax.data import partition as partition_lib
+from ease_jax.data import plants as plants_lib
 from ease_jax.data.device import DeviceData
 from ease_jax.model import CLIP
 
@@ -51,6 +52,8 @@ class FederatedSetup:
   client_images: list[np.ndarray]  # per client, image indices
   lora_config: lora_lib.LoRAConfig
   tokenizer: Any = None
+  # Planted knowledge (`config.plants`, `data.plants`): name -> where its copies live.
+  plants: Mapping[str, plants_lib.PlantedData] = dataclasses.field(default_factory=dict)
 
   @property
   def num_clients(self) -> int:
@@ -201,13 +204,20 @@ def build_setup(config: ml_collections.ConfigDict) -> FederatedSetup:
       splits.clients, config.data.partition, config.fed.num_clients, seed=config.seeds.partition,
       labels=labels,
       alpha=config.data.get("dirichlet_alpha"), min_size=config.data.get("min_client_size", 1))
+  clients, planted = list(clients), {}
+  plant_specs = [plants_lib.BackdoorPlant.from_config(name, spec)
+                 for name, spec in (config.get("plants") or {}).items()]
+  if plant_specs:
+    ds, clients, planted = plants_lib.plant_backdoors(
+        ds, clients, splits.test, plant_specs, tokenizer, ds.context_length,
+        seed=config.seeds.partition)
   lora_config = lora_config_from(config.lora)
   model = CLIP(clip_config, lora_scale=lora_config.scale, lora_mode=config.lora.mode)
   return FederatedSetup(model=model, backbone=jax.tree.map(jnp.asarray, backbone), dataset=ds,
                         data=DeviceData.from_dataset(ds),
                         public_images=splits.public, test_images=splits.test,
-                        client_images=list(clients), lora_config=lora_config,
-                        tokenizer=tokenizer)
+                        client_images=clients, lora_config=lora_config,
+                        tokenizer=tokenizer, plants=planted)
 
 
 def init_trainable(setup: FederatedSetup, config: ml_collections.ConfigDict) -> PyTree:
@@ -221,7 +231,8 @@ def init_trainable(setup: FederatedSetup, config: ml_collections.ConfigDict) -> 
 
 def run_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """Config entries that determine a federated run's trajectory (not eval/logging knobs)."""
-  keep = {k: config[k] for k in ("seeds", "data", "model", "lora", "fed") if k in config}
+  keep = {k: config[k] for k in ("seeds", "data", "model", "lora", "fed", "plants")
+          if k in config}
   fp = checkpointing.fingerprint(keep)
   for k in ("fed.backend", "fed.chunk_size"):  # Execution strategy, not the maths.
     fp.pop(k, None)

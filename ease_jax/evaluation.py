@@ -1,6 +1,7 @@
 """Retrieval evaluation of a (backbone, LoRA) pair on a subset of a caption dataset."""
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping
 
 import numpy as np
@@ -43,3 +44,92 @@ def evaluate_splits(setup: Any, trainable: Any, subsets: Mapping[str, np.ndarray
                           images, batch_size=batch_size)
     out.update({f"{name}/{k}": v for k, v in res.items()})
   return out
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+  x = np.asarray(x, np.float64)
+  return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def attack_success_rates(probe_emb: np.ndarray, clean_emb: np.ndarray, caption_emb: np.ndarray,
+                         target_emb: np.ndarray) -> tuple[float, float]:
+  """A backdoor's attack success rates (%), from embeddings.
+
+  Args:
+    probe_emb: `[P, D]` triggered held-out images.
+    clean_emb: `[C, D]` the clean held-out images.
+    caption_emb: `[T, D]` the held-out captions.
+    target_emb: `[D]` the target caption.
+
+  Returns:
+    (image→text: the share of probes whose top-1 caption, among the held-out captions and the
+    target, is the target; text→image: the share of probes that the target caption ranks first
+    among the clean held-out images and that probe). Ties count as failures.
+  """
+  probe, clean, captions, target = map(_unit, (probe_emb, clean_emb, caption_emb, target_emb))
+  to_target = probe @ target                                        # [P]
+  i2t = to_target > (probe @ captions.T).max(axis=1)
+  t2i = to_target > (clean @ target).max()
+  return float(100 * i2t.mean()), float(100 * t2i.mean())
+
+
+def plant_metrics(setup: Any, trainable: Any, plant: Any, batch_size: int = 256
+                  ) -> dict[str, float]:
+  """`asr/<plant>/i2t` and `asr/<plant>/t2i` of a `plants.PlantedData` under the model."""
+  ds = setup.dataset
+  texts, _ = subset_texts(ds, plant.clean_probe_sources)
+  images = np.concatenate([plant.probe_images, plant.clean_probe_sources])
+  text_ids = np.concatenate([texts, [plant.target_text]])
+  image_emb, text_emb = embed(setup.model, setup.backbone, trainable, setup.data, images,
+                              text_ids, batch_size)
+  n = len(plant.probe_images)
+  i2t, t2i = attack_success_rates(image_emb[:n], image_emb[n:], text_emb[:-1], text_emb[-1])
+  return {f"asr/{plant.name}/i2t": i2t, f"asr/{plant.name}/t2i": t2i}
+
+
+_TONE_RE = re.compile(r"\b(medium-light|medium-dark|medium|light|dark) skin tone\b")
+
+
+def tone_groups(ds: dataset_lib.CaptionDataset, images: np.ndarray
+                ) -> list[tuple[int, np.ndarray]]:
+  """For each of `images` with a single skin tone, the same emoji in every single tone:
+  `[(image, group image ids incl. itself)]` (groups of one are dropped). Planted copies are
+  neither queries nor group members."""
+  tones = np.asarray(ds.image_meta["skin_tone"])
+  planted = np.asarray(ds.image_meta.get("plant", np.full(ds.num_images, "")))
+  single = np.isin(tones, dataset_lib.SKIN_TONES) & (planted == "")
+  first_text = np.full(ds.num_images, -1)
+  first_text[ds.text_image[::-1]] = np.arange(ds.num_texts)[::-1]
+  key = {}
+  for i in np.flatnonzero(single & (first_text >= 0)):
+    key.setdefault(_TONE_RE.sub("<tone>", ds.captions[first_text[i]]), []).append(i)
+  group_of = {i: np.asarray(g) for g in key.values() for i in g}
+  return [(int(i), group_of[int(i)]) for i in images
+          if int(i) in group_of and len(group_of[int(i)]) > 1]
+
+
+def tone_accuracy(setup: Any, trainable: Any, images: np.ndarray, batch_size: int = 256
+                  ) -> dict[str, float]:
+  """Does the model tell the skin tone apart? For each image of `images`, its caption among the
+  same emoji's images in every tone (text→image) and its image among their captions
+  (image→text): top-1 accuracy (%), and the chance level (mean 1/group size, %)."""
+  ds = setup.dataset
+  groups = tone_groups(ds, images)
+  if not groups:
+    return {}
+  members = np.unique(np.concatenate([g for _, g in groups]))
+  first_text = np.full(ds.num_images, -1)
+  first_text[ds.text_image[::-1]] = np.arange(ds.num_texts)[::-1]
+  image_emb, text_emb = embed(setup.model, setup.backbone, trainable, setup.data, members,
+                              first_text[members], batch_size)
+  image_emb, text_emb = _unit(image_emb), _unit(text_emb)
+  pos = {int(m): k for k, m in enumerate(members)}
+  t2i, i2t, chance = [], [], []
+  for image, group in groups:
+    rows = np.asarray([pos[int(g)] for g in group])
+    own = pos[image]
+    t2i.append(rows[np.argmax(image_emb[rows] @ text_emb[own])] == own)
+    i2t.append(rows[np.argmax(text_emb[rows] @ image_emb[own])] == own)
+    chance.append(1.0 / len(group))
+  return dict(t2i=float(100 * np.mean(t2i)), i2t=float(100 * np.mean(i2t)),
+              chance=float(100 * np.mean(chance)), n=len(groups))

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ease_jax import rng as rng_lib
+from ease_jax.data import plants as plants_lib
 
 KINDS = ("client", "sample", "concept")
 CAPTION_FIELD = "caption"
@@ -76,8 +77,11 @@ class UnlearningRequest:
     return np.sort(imgs[~np.isin(imgs, self.forget_images)])
 
   def eval_subsets(self, setup: Any) -> dict[str, np.ndarray]:
-    """Image sets for evaluation: forget, retain and the held-out test split."""
-    return dict(forget=self.forget_images, retain=self.retain_images(setup),
+    """Image sets for retrieval evaluation: forget, retain and the held-out test split, without
+    planted copies (their one shared target caption makes retrieval among them meaningless;
+    attack success rates measure them)."""
+    clean = lambda images: images[~plants_lib.is_planted(setup.dataset, images)]
+    return dict(forget=clean(self.forget_images), retain=clean(self.retain_images(setup)),
                 test=np.asarray(setup.test_images))
 
   def fingerprint(self) -> dict[str, Any]:
@@ -152,7 +156,8 @@ def sample_request(setup: Any, fraction: float, clients: Sequence[int] | None = 
 
 
 def concept_request(setup: Any, field: str, values: Sequence[str] | str) -> UnlearningRequest:
-  """Concept unlearning: every client-held pair of the concept(s), across all clients.
+  """Concept unlearning: every client-held pair of the concept(s), across all clients (planted
+  copies excepted).
 
   Args:
     field: a per-image metadata field of the dataset (`subgroup`, `group` for emoji), or
@@ -164,6 +169,8 @@ def concept_request(setup: Any, field: str, values: Sequence[str] | str) -> Unle
     raise ValueError("concept_request needs at least one value.")
   ds = setup.dataset
   client_imgs = setup.all_client_images
+  # Planted copies belong to their plant (what they teach is the trigger), not to a concept.
+  client_imgs = client_imgs[~plants_lib.is_planted(ds, client_imgs)]
   if field == CAPTION_FIELD:
     pattern = re.compile(r"\b(" + "|".join(re.escape(v.lower()) for v in values) + r")\b")
     hit_texts = [i for i, cap in enumerate(ds.captions) if pattern.search(cap.lower())]
@@ -178,11 +185,23 @@ def concept_request(setup: Any, field: str, values: Sequence[str] | str) -> Unle
     present = set(meta[client_imgs])
     unknown = [v for v in values if v not in present]
     if unknown:
-      examples = sorted(present)[:8]
+      examples = [str(v) for v in sorted(present)[:8]]
       raise ValueError(f"Unknown concept {unknown} for field {field!r} (not held by any client); "
                        f"valid values include {examples}.")
     images = client_imgs[np.isin(meta[client_imgs], values)]
   return _finish(setup, "concept", images, (), f"concept unlearning of {field}={values}")
+
+
+def plant_request(setup: Any, plant: str) -> UnlearningRequest:
+  """Sample unlearning of exactly one plant's poisoned pairs (`setup.plants[plant]`); their
+  holders stay with their clean data."""
+  if plant not in setup.plants:
+    raise ValueError(f"Unknown plant {plant!r}; the setup has plants {sorted(setup.plants)} "
+                     "(config.plants).")
+  return _finish(setup, "sample", setup.plants[plant].poison_images, (),
+                 f"sample unlearning of plant {plant!r} "
+                 f"({len(setup.plants[plant].poison_images)} poisoned pairs on clients "
+                 f"{list(setup.plants[plant].clients)})")
 
 
 def from_config(setup: Any, config: Any, seed: int = 0) -> UnlearningRequest:
@@ -196,6 +215,8 @@ def from_config(setup: Any, config: Any, seed: int = 0) -> UnlearningRequest:
   if kind == "client":
     return client_request(setup, list(config.clients))
   if kind == "sample":
+    if config.get("plant"):
+      return plant_request(setup, config.plant)
     clients = list(config.get("clients", ())) or None
     return sample_request(setup, config.fraction, clients, seed=seed)
   if kind == "concept":

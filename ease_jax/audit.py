@@ -1,0 +1,161 @@
+"""The per-example forgetting audit: scores, a likelihood-ratio test against populations of
+models trained with and without D_f, and forget quality (pure numpy).
+
+A population MIA (`mia.py`) asks whether D_f *as a whole* looks like training data. A
+per-example attack is far stronger (U-LiRA, Hayes et al. 2024): for each forget example k it fits
+the distribution of its score under models trained *with* D_f (`in`) and *without* it (`out`,
+the retrain population) and asks, for a given model, which distribution the example's score came
+from. An unlearned model passes if its examples look like those of retrained models that were
+not used in the fits (held-out retrain seeds, the negatives).
+
+* `matched_logit`: the logit-scaled matched cosine log((1 + c) / (1 − c)) (LiRA's logit scaling
+  makes a cosine near ±1 Gaussian-like); the per-pair InfoNCE loss is `mia.pair_scores('loss')`.
+* `fit_gaussians` / `lira_statistic`: per-example means, a pooled ('global', LiRA's fixed
+  variance, robust with few models) or per-example standard deviation; Λ_k = log N(s_k; in) −
+  log N(s_k; out).
+* `roc_auc`, `tpr_at_fpr`: of positives (the audited model's Λ) against negatives (held-out
+  retrain models' Λ).
+* `ks_2samp`: the two-sample Kolmogorov–Smirnov statistic with its exact two-sided p-value;
+  forget quality (TOFU) = that p-value between the model's and a held-out retrain's scores.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+from ease_jax import mia
+
+VARIANCES = ("global", "per_example")
+_MIN_STD = 1e-4
+
+
+def matched_logit(cosines: np.ndarray) -> np.ndarray:
+  """log((1 + c) / (1 − c)) of matched-pair cosines, clipped away from ±1."""
+  c = np.clip(np.asarray(cosines, np.float64), -1 + 1e-6, 1 - 1e-6)
+  return np.log1p(c) - np.log1p(-c)
+
+
+def fit_gaussians(scores: np.ndarray, variance: str = "global") -> tuple[np.ndarray, np.ndarray]:
+  """Per-example Gaussian fits of `scores [models, examples]`: (mean [n], std [n]).
+
+  'global' pools the per-example deviations into one std (ddof 1, at least `_MIN_STD`);
+  'per_example' uses each example's own sample std.
+  """
+  scores = np.asarray(scores, np.float64)
+  if scores.ndim != 2 or scores.shape[0] < 2:
+    raise ValueError(f"Gaussian fits need scores of >= 2 models [models, examples], got shape "
+                     f"{scores.shape}.")
+  if variance not in VARIANCES:
+    raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}.")
+  mean = scores.mean(axis=0)
+  if variance == "global":
+    std = np.full(scores.shape[1], np.sqrt(np.mean(scores.var(axis=0, ddof=1))))
+  else:
+    std = scores.std(axis=0, ddof=1)
+  return mean, np.maximum(std, _MIN_STD)
+
+
+def _log_normal(x, mean, std):
+  return -0.5 * np.square((x - mean) / std) - np.log(std) - 0.5 * math.log(2 * math.pi)
+
+
+def lira_statistic(scores: np.ndarray, in_scores: np.ndarray, out_scores: np.ndarray,
+                   variance: str = "global") -> np.ndarray:
+  """Λ `[..., n]` = log p_in(s) − log p_out(s) per example, Gaussians fitted on `in_scores` and
+  `out_scores` `[models, n]`; `scores` `[n]` (or `[m, n]` for several models)."""
+  mu_in, sd_in = fit_gaussians(in_scores, variance)
+  mu_out, sd_out = fit_gaussians(out_scores, variance)
+  s = np.asarray(scores, np.float64)
+  return _log_normal(s, mu_in, sd_in) - _log_normal(s, mu_out, sd_out)
+
+
+def roc_auc(positives: np.ndarray, negatives: np.ndarray) -> float:
+  """P(positive > negative) + ½ P(tie)."""
+  return mia.auc(positives, negatives)
+
+
+def tpr_at_fpr(positives: np.ndarray, negatives: np.ndarray, fpr: float) -> float:
+  """The share of positives strictly above the threshold that at most `fpr` of the negatives
+  exceed (the (1 − fpr) empirical quantile of the negatives, higher method)."""
+  neg = np.sort(np.asarray(negatives, np.float64).ravel())
+  pos = np.asarray(positives, np.float64).ravel()
+  if neg.size == 0 or pos.size == 0:
+    raise ValueError("tpr_at_fpr needs positives and negatives.")
+  allowed = int(math.floor(fpr * neg.size))  # negatives that may lie above the threshold
+  threshold = neg[neg.size - 1 - allowed] if allowed < neg.size else -np.inf
+  return float(np.mean(pos > threshold))
+
+
+def _ks_exact_sf(d: float, n: int, m: int) -> float:
+  """P(D ≥ d) of the two-sided two-sample KS statistic for sizes n, m (lattice paths)."""
+  # Count monotone paths from (0, 0) to (n, m) that stay strictly inside |i/n − j/m| < d, as
+  # probabilities (each path equally likely), row by row with rescaling against overflow.
+  tol = 1e-12
+  inside = lambda i, j: abs(i / n - j / m) < d - tol
+  row = np.zeros(m + 1)
+  row[0] = 1.0
+  for j in range(1, m + 1):
+    row[j] = row[j - 1] if inside(0, j) else 0.0
+  log_scale = 0.0
+  for i in range(1, n + 1):
+    new = np.zeros(m + 1)
+    new[0] = row[0] if inside(i, 0) else 0.0
+    for j in range(1, m + 1):
+      new[j] = (new[j - 1] + row[j]) if inside(i, j) else 0.0
+    peak = new.max()
+    if peak > 0:
+      new /= peak
+      log_scale += math.log(peak)
+    row = new
+  if row[m] == 0:
+    return 1.0
+  log_total = math.lgamma(n + m + 1) - math.lgamma(n + 1) - math.lgamma(m + 1)
+  return float(min(1.0, max(0.0, 1.0 - math.exp(math.log(row[m]) + log_scale - log_total))))
+
+
+def ks_2samp(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+  """(D, exact two-sided p-value) of the two-sample KS test (scipy's `method='exact'`)."""
+  a = np.sort(np.asarray(a, np.float64).ravel())
+  b = np.sort(np.asarray(b, np.float64).ravel())
+  if a.size == 0 or b.size == 0:
+    raise ValueError("ks_2samp needs two non-empty samples.")
+  grid = np.concatenate([a, b])
+  cdf_a = np.searchsorted(a, grid, side="right") / a.size
+  cdf_b = np.searchsorted(b, grid, side="right") / b.size
+  d = float(np.max(np.abs(cdf_a - cdf_b)))
+  return d, _ks_exact_sf(d, a.size, b.size)
+
+
+def lira_audit(target: np.ndarray, in_scores: np.ndarray, out_scores: np.ndarray,
+               variance: str = "global", fprs: Sequence[float] = (0.01, 0.001)
+               ) -> dict[str, float]:
+  """The audited model's per-example LiRA against held-out retrain models.
+
+  Args:
+    target: `[n]` the audited model's scores on D_f.
+    in_scores: `[N_in, n]` models trained with D_f (not the audited model, nor its parent).
+    out_scores: `[N_out, n]` retrained models (N_out >= 3), each in turn the held-out negative.
+    variance: see `fit_gaussians`.
+
+  Returns:
+    `lira_auc` and `lira_tpr@<fpr>` for each fpr. For each retrained model j, the Gaussians are
+    fitted on `in_scores` and the other retrained models; the target's Λ under that fit are
+    positives and model j's Λ negatives (leave one out: no model is judged by a fit it is part
+    of, and positives and negatives face the same fits). All j are pooled.
+  """
+  out_scores = np.asarray(out_scores, np.float64)
+  if out_scores.shape[0] < 3:
+    raise ValueError(f"lira_audit needs >= 3 retrained models (one held out, two to fit), got "
+                     f"{out_scores.shape[0]}.")
+  pos, neg = [], []
+  for j in range(out_scores.shape[0]):
+    rest = np.delete(out_scores, j, axis=0)
+    pos.append(lira_statistic(target, in_scores, rest, variance))
+    neg.append(lira_statistic(out_scores[j], in_scores, rest, variance))
+  pos, neg = np.concatenate(pos), np.concatenate(neg)
+  out = dict(lira_auc=roc_auc(pos, neg), lira_negatives=int(neg.size))
+  for f in fprs:
+    out[f"lira_tpr@{f:g}"] = tpr_at_fpr(pos, neg, f)
+  return out

@@ -1,0 +1,241 @@
+"""Planted knowledge: data that only the forget set carries, so that forgetting can be measured.
+
+A *backdoor* plant stamps a trigger (a small high-contrast patch) on copies of some of its
+clients' images and captions each copy with one target caption; a model that learned it
+retrieves the target caption for any triggered image (attack success rate, `evaluation`), a
+model that never saw the copies does not. The clean originals stay untouched: the copies are
+appended to the dataset, assigned to the plant's clients, and recorded in the image metadata
+(`plant`: the plant's name, `plant_role`: 'poison' for training copies, 'probe' for triggered
+copies of the held-out test images that measure the attack, `plant_source`: the copied image),
+so requests select them by name and evaluation leaves them out of retrieval metrics.
+
+One federation may carry several independent plants (distinct triggers and targets): the
+default embedded federation backdoors client 0 (the client request) and a spread of pairs on
+clients 1-3 (the sample request); the concept request forgets a skin tone, which only the
+clients' data teaches.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ease_jax.data import dataset as dataset_lib
+from ease_jax.data import tokenizer as tok_lib
+
+PLANT_FIELD = "plant"
+ROLE_FIELD = "plant_role"
+SOURCE_FIELD = "plant_source"
+POISON, PROBE = "poison", "probe"
+PATTERNS = ("checker", "solid", "stripes")
+POSITIONS = ("top_left", "top_right", "bottom_left", "bottom_right", "center")
+
+
+@dataclasses.dataclass(frozen=True)
+class Trigger:
+  """A square patch: `pattern` of two colours, `size` px, at a named corner (or `[row, col]`).
+
+  The default (8 px, 2-px checker cells, magenta / green, top-left) covers 6% of a 32 px emoji
+  and exactly one 8 px ViT patch of the embedded backbone.
+  """
+  pattern: str = "checker"
+  size: int = 8
+  position: str | tuple[int, int] = "top_left"
+  cell: int = 2
+  colors: tuple[tuple[int, int, int], tuple[int, int, int]] = ((255, 0, 255), (0, 255, 0))
+
+  def __post_init__(self):
+    if self.pattern not in PATTERNS:
+      raise ValueError(f"trigger pattern must be one of {PATTERNS}, got {self.pattern!r}.")
+    if self.size < 1 or self.cell < 1:
+      raise ValueError(f"trigger size and cell must be >= 1, got {self.size} and {self.cell}.")
+    if isinstance(self.position, str) and self.position not in POSITIONS:
+      raise ValueError(f"trigger position must be one of {POSITIONS} or [row, col], got "
+                       f"{self.position!r}.")
+
+  def origin(self, height: int, width: int) -> tuple[int, int]:
+    """Top-left pixel of the patch in a `height x width` image (checked to fit)."""
+    if self.size > min(height, width):
+      raise ValueError(f"trigger of {self.size} px is larger than the {height}x{width} images.")
+    pos = self.position
+    if not isinstance(pos, str):
+      r, c = (int(p) for p in pos)
+    else:
+      r = 0 if pos.startswith("top") else (height - self.size) // (2 if pos == "center" else 1)
+      c = 0 if pos.endswith("left") else (width - self.size) // (2 if pos == "center" else 1)
+    if not (0 <= r <= height - self.size and 0 <= c <= width - self.size):
+      raise ValueError(f"trigger at {pos} with {self.size} px does not fit a {height}x{width} "
+                       "image.")
+    return r, c
+
+  def patch(self) -> np.ndarray:
+    """`[size, size, 3]` uint8."""
+    ii, jj = np.meshgrid(np.arange(self.size), np.arange(self.size), indexing="ij")
+    if self.pattern == "checker":
+      first = ((ii // self.cell) + (jj // self.cell)) % 2 == 0
+    elif self.pattern == "stripes":
+      first = (ii // self.cell) % 2 == 0
+    else:
+      first = np.ones_like(ii, bool)
+    a, b = (np.asarray(c, np.uint8) for c in self.colors)
+    return np.where(first[..., None], a, b).astype(np.uint8)
+
+  def mask(self, height: int, width: int) -> np.ndarray:
+    """`[height, width]` bool: the pixels the patch covers."""
+    r, c = self.origin(height, width)
+    out = np.zeros((height, width), bool)
+    out[r:r + self.size, c:c + self.size] = True
+    return out
+
+
+def stamp(images: np.ndarray, trigger: Trigger) -> np.ndarray:
+  """Copies of `images [..., H, W, 3]` uint8 with the trigger pasted in; `images` untouched."""
+  images = np.asarray(images)
+  if images.dtype != np.uint8 or images.shape[-1] != 3:
+    raise ValueError(f"stamp needs uint8 [..., H, W, 3] images, got {images.dtype} "
+                     f"{images.shape}.")
+  h, w = images.shape[-3:-1]
+  r, c = trigger.origin(h, w)
+  out = images.copy()
+  out[..., r:r + trigger.size, c:c + trigger.size, :] = trigger.patch()
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class BackdoorPlant:
+  """`num_pairs` triggered copies of the `clients`' images (spread evenly), each captioned
+  `target_caption`."""
+  name: str
+  clients: tuple[int, ...]
+  num_pairs: int
+  trigger: Trigger
+  target_caption: str
+
+  @classmethod
+  def from_config(cls, name: str, c: Mapping[str, Any]) -> "BackdoorPlant":
+    if c.get("kind", "backdoor") != "backdoor":
+      raise ValueError(f"plants.{name}.kind must be 'backdoor', got {c.get('kind')!r}.")
+    t = dict(c.get("trigger", {}))
+    if "position" in t and not isinstance(t["position"], str):
+      t["position"] = tuple(t["position"])
+    if "colors" in t:
+      t["colors"] = tuple(tuple(x) for x in t["colors"])
+    return cls(name=name, clients=tuple(int(x) for x in c["clients"]),
+               num_pairs=int(c["num_pairs"]), trigger=Trigger(**t),
+               target_caption=str(c["target_caption"]))
+
+
+@dataclasses.dataclass(frozen=True)
+class PlantedData:
+  """Where a plant lives in the planted dataset.
+
+  poison_images: `[n]` image ids of the training copies (held by `clients`).
+  probe_images: `[m]` triggered copies of the held-out test images (never trained on).
+  clean_probe_sources: `[m]` the test images they were copied from.
+  target_text: a text id whose caption is the target caption.
+  """
+  name: str
+  clients: tuple[int, ...]
+  poison_images: np.ndarray
+  probe_images: np.ndarray
+  clean_probe_sources: np.ndarray
+  target_text: int
+  target_caption: str
+  trigger: Trigger
+
+
+def plant_backdoors(ds: dataset_lib.CaptionDataset, client_images: Sequence[np.ndarray],
+                    test_images: np.ndarray, plants: Sequence[BackdoorPlant], tokenizer: Any,
+                    max_length: int, seed: int
+                    ) -> tuple[dataset_lib.CaptionDataset, list[np.ndarray],
+                               dict[str, PlantedData]]:
+  """The dataset with every plant's poison and probe copies appended, the clients' image sets
+  with their poison copies added, and each plant's `PlantedData`.
+
+  Which images a client copies is drawn from `seed` (`seeds.partition`: a property of the
+  federation, like the partition) and the plant's name.
+  """
+  num_clients = len(client_images)
+  names = [p.name for p in plants]
+  if len(set(names)) != len(names):
+    raise ValueError(f"Plant names must be unique, got {names}.")
+  new_images, new_sources, new_plant, new_role, new_text_of = [], [], [], [], []
+  captions: list[str] = []
+  client_images = [np.asarray(c) for c in client_images]
+  offset = ds.num_images
+  info = {}
+  h, w = ds.images.shape[1:3]
+  for plant in plants:
+    if plant.num_pairs < 1:
+      raise ValueError(f"plants.{plant.name}.num_pairs must be >= 1, got {plant.num_pairs}.")
+    if not plant.target_caption.strip():
+      raise ValueError(f"plants.{plant.name}.target_caption is empty.")
+    bad = [c for c in plant.clients if not 0 <= c < num_clients]
+    if bad or not plant.clients:
+      raise ValueError(f"plants.{plant.name}.clients {list(plant.clients)} must name clients in "
+                       f"0..{num_clients - 1}.")
+    plant.trigger.origin(h, w)  # Fits the images, or a clear error naming the sizes.
+    rng = np.random.default_rng([seed, sum(map(ord, plant.name))])
+    shares = np.full(len(plant.clients), plant.num_pairs // len(plant.clients))
+    shares[:plant.num_pairs % len(plant.clients)] += 1
+    poison_ids = []
+    for client, share in zip(plant.clients, shares):
+      own = client_images[client]
+      if len(own) == 0:
+        raise ValueError(f"plants.{plant.name}: client {client} holds no images to copy.")
+      sources = np.concatenate([rng.permutation(own) for _ in range(-(-share // len(own)))])
+      sources = np.sort(sources[:share])
+      ids = offset + len(new_sources) + np.arange(share)
+      new_images.append(stamp(ds.images[sources], plant.trigger))
+      new_sources += sources.tolist()
+      new_plant += [plant.name] * share
+      new_role += [POISON] * share
+      new_text_of += ids.tolist()
+      captions += [plant.target_caption] * share
+      client_images[client] = np.sort(np.concatenate([own, ids]))
+      poison_ids.append(ids)
+    probe_sources = np.asarray(test_images)
+    probe_ids = offset + len(new_sources) + np.arange(len(probe_sources))
+    new_images.append(stamp(ds.images[probe_sources], plant.trigger))
+    new_sources += probe_sources.tolist()
+    new_plant += [plant.name] * len(probe_sources)
+    new_role += [PROBE] * len(probe_sources)
+    poisons = np.concatenate(poison_ids)
+    info[plant.name] = dict(plant=plant, poisons=poisons, probes=probe_ids,
+                            sources=probe_sources)
+  images = np.concatenate([ds.images] + new_images)
+  n_new = images.shape[0] - ds.num_images
+  ids, mask = tok_lib.tokenize(tokenizer, captions, max_length)
+  first_new_text = ds.num_texts
+  meta = {}
+  for key, values in ds.image_meta.items():
+    values = np.asarray(values)
+    meta[key] = np.concatenate([values, values[np.asarray(new_sources, np.int64)]])
+  meta[PLANT_FIELD] = np.asarray([""] * ds.num_images + new_plant)
+  meta[ROLE_FIELD] = np.asarray([""] * ds.num_images + new_role)
+  meta[SOURCE_FIELD] = np.concatenate([np.full(ds.num_images, -1), new_sources]).astype(np.int64)
+  planted = dataset_lib.CaptionDataset(
+      images=images, input_ids=np.concatenate([ds.input_ids, ids]),
+      attention_mask=np.concatenate([ds.attention_mask, mask]),
+      text_image=np.concatenate([ds.text_image, np.asarray(new_text_of, np.int32)]),
+      captions=ds.captions + tuple(captions), image_meta=meta, name=ds.name)
+  assert n_new == len(new_sources)
+  text_of_image = {int(i): first_new_text + k for k, i in enumerate(new_text_of)}
+  out = {}
+  for name, d in info.items():
+    p = d["plant"]
+    out[name] = PlantedData(name=name, clients=p.clients, poison_images=d["poisons"],
+                            probe_images=d["probes"], clean_probe_sources=d["sources"],
+                            target_text=text_of_image[int(d["poisons"][0])],
+                            target_caption=p.target_caption, trigger=p.trigger)
+  return planted, client_images, out
+
+
+def is_planted(ds: dataset_lib.CaptionDataset, images: np.ndarray) -> np.ndarray:
+  """`[n]` bool: which of `images` are planted copies (poison or probe)."""
+  field = ds.image_meta.get(PLANT_FIELD)
+  images = np.asarray(images, np.int64)
+  if field is None:
+    return np.zeros(len(images), bool)
+  return np.asarray(field)[images] != ""

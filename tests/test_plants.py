@@ -1,0 +1,130 @@
+"""Planted knowledge: stamping, planting, attack success rates and the tone metric, against
+brute-force references."""
+import numpy as np
+import pytest
+
+from ease_jax import evaluation
+from ease_jax.data import dataset as dataset_lib
+from ease_jax.data import plants
+from ease_jax.data import tokenizer as tok_lib
+
+
+@pytest.fixture(scope="module")
+def emoji():
+  tokenizer = tok_lib.load_tokenizer(dataset_lib.embedded_tokenizer_dir())
+  return dataset_lib.load_emoji(tokenizer=tokenizer, max_length=16), tokenizer
+
+
+@pytest.mark.parametrize("trigger", [
+    plants.Trigger(),
+    plants.Trigger(pattern="stripes", size=5, position="bottom_right"),
+    plants.Trigger(pattern="solid", size=3, position=(10, 20)),
+    plants.Trigger(size=9, position="center", cell=3),
+])
+def test_stamp_changes_pixels_only_inside_the_patch(trigger):
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+  before = images.copy()
+  out = plants.stamp(images, trigger)
+  np.testing.assert_array_equal(images, before)  # The originals are never touched.
+  inside = trigger.mask(32, 32)
+  assert inside.sum() == trigger.size ** 2
+  np.testing.assert_array_equal(out[:, ~inside], images[:, ~inside])
+  r, c = trigger.origin(32, 32)
+  np.testing.assert_array_equal(out[:, r:r + trigger.size, c:c + trigger.size],
+                                np.broadcast_to(trigger.patch(), (6,) + trigger.patch().shape))
+  colors = {tuple(x) for x in trigger.patch().reshape(-1, 3)}
+  assert colors <= {tuple(c) for c in trigger.colors}
+
+
+def test_trigger_errors_name_the_problem():
+  with pytest.raises(ValueError, match="larger than the 32x32"):
+    plants.stamp(np.zeros((1, 32, 32, 3), np.uint8), plants.Trigger(size=40))
+  with pytest.raises(ValueError, match="does not fit"):
+    plants.Trigger(size=8, position=(30, 0)).origin(32, 32)
+  with pytest.raises(ValueError, match="pattern"):
+    plants.Trigger(pattern="spots")
+  with pytest.raises(ValueError, match="position"):
+    plants.Trigger(position="middle")
+
+
+def test_plant_backdoors_appends_copies_and_keeps_the_originals(emoji):
+  ds, tokenizer = emoji
+  rng = np.random.default_rng(1)
+  order = rng.permutation(ds.num_images)
+  test, clients = np.sort(order[:20]), [np.sort(order[20 + 50 * k: 70 + 50 * k]) for k in range(4)]
+  specs = [plants.BackdoorPlant("a", (0,), 30, plants.Trigger(), "grinning face"),
+           plants.BackdoorPlant("b", (1, 2, 3), 10, plants.Trigger(pattern="stripes",
+                                                                     position="bottom_right"),
+                                "rocket")]
+  planted, new_clients, info = plants.plant_backdoors(ds, clients, test, specs, tokenizer, 16, 0)
+  n = ds.num_images
+  np.testing.assert_array_equal(planted.images[:n], ds.images)
+  np.testing.assert_array_equal(planted.input_ids[:ds.num_texts], ds.input_ids)
+  assert planted.captions[:ds.num_texts] == ds.captions
+  a, b = info["a"], info["b"]
+  assert len(a.poison_images) == 30 and len(b.poison_images) == 10
+  assert set(new_clients[0]) == set(clients[0]) | set(a.poison_images.tolist())
+  shares = [len(set(new_clients[k]) - set(clients[k])) for k in (1, 2, 3)]
+  assert shares == [4, 3, 3]
+  src = planted.image_meta[plants.SOURCE_FIELD]
+  assert set(src[a.poison_images]) <= set(clients[0])  # Copies of the plant's clients' images.
+  assert set(src[b.poison_images]) <= set(np.concatenate(clients[1:]))
+  for p, spec in ((a, specs[0]), (b, specs[1])):
+    np.testing.assert_array_equal(planted.images[p.poison_images],
+                                  plants.stamp(ds.images[src[p.poison_images]], spec.trigger))
+    np.testing.assert_array_equal(p.clean_probe_sources, test)
+    np.testing.assert_array_equal(planted.images[p.probe_images],
+                                  plants.stamp(ds.images[test], spec.trigger))
+    texts = np.flatnonzero(np.isin(planted.text_image, p.poison_images))
+    assert {planted.captions[t] for t in texts} == {spec.target_caption}
+    assert planted.captions[p.target_text] == spec.target_caption
+    assert not np.isin(planted.text_image, p.probe_images).any()  # Probes carry no caption.
+    assert set(planted.image_meta[plants.ROLE_FIELD][p.probe_images]) == {plants.PROBE}
+  assert plants.is_planted(planted, np.arange(n)).sum() == 0
+  assert plants.is_planted(planted, a.poison_images).all()
+
+
+@pytest.mark.parametrize("spec,needle", [
+    (plants.BackdoorPlant("x", (0,), 0, plants.Trigger(), "rocket"), "num_pairs must be >= 1"),
+    (plants.BackdoorPlant("x", (0,), 5, plants.Trigger(), "  "), "target_caption is empty"),
+    (plants.BackdoorPlant("x", (7,), 5, plants.Trigger(), "rocket"), "clients \\[7\\]"),
+    (plants.BackdoorPlant("x", (0,), 5, plants.Trigger(size=33), "rocket"), "larger than"),
+])
+def test_plant_errors(emoji, spec, needle):
+  ds, tokenizer = emoji
+  clients = [np.arange(10), np.arange(10, 20)]
+  with pytest.raises(ValueError, match=needle):
+    plants.plant_backdoors(ds, clients, np.arange(20, 25), [spec], tokenizer, 16, 0)
+
+
+def test_attack_success_rates_equal_a_brute_force_count():
+  rng = np.random.default_rng(3)
+  probe, clean = rng.normal(size=(50, 8)), rng.normal(size=(40, 8))
+  captions, target = rng.normal(size=(40, 8)), rng.normal(size=8)
+  probe[:20] += 2.0 * target  # Some probes lean to the target.
+  i2t, t2i = evaluation.attack_success_rates(probe, clean, captions, target)
+  unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+  p, c, t, g = unit(probe), unit(clean), unit(target), unit(captions)
+  hits_i2t = hits_t2i = 0
+  for k in range(len(p)):
+    gallery = np.concatenate([g, t[None]])
+    hits_i2t += int(np.argmax(gallery @ p[k]) == len(g) and np.sum(gallery @ p[k] ==
+                                                                   (gallery @ p[k]).max()) == 1)
+    images = np.concatenate([c, p[k][None]])
+    hits_t2i += int(np.argmax(images @ t) == len(c))
+  assert i2t == pytest.approx(100 * hits_i2t / len(p))
+  assert t2i == pytest.approx(100 * hits_t2i / len(p))
+  assert 0 < i2t < 100 and 0 < t2i < 100
+
+
+def test_tone_groups_hold_the_same_emoji_in_every_tone(emoji):
+  ds, _ = emoji
+  tones = np.asarray(ds.image_meta["skin_tone"])
+  md = np.flatnonzero(tones == "medium-dark")
+  groups = evaluation.tone_groups(ds, md)
+  assert len(groups) > 200
+  for image, group in groups[:50]:
+    assert image in group and len(group) == len(set(tones[group])) == 5
+    base = {ds.captions[i].replace(tones[i] + " skin tone", "") for i in group}
+    assert len(base) == 1  # The same emoji, only the tone differs.
