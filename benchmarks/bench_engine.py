@@ -36,7 +36,8 @@ def build(backend: str, num_clients: int, batch: int, steps: int, chunk: int):
   if backend == "client":  # One client update (all its local steps), jitted.
     fn = jax.jit(eng.client_update)
     idx, mask = common.schedules(1, steps, batch, eng.num_pairs)
-    args = (eng.trainable, eng.backbone, eng.data, federated.Batches(jnp.asarray(idx[0]), jnp.asarray(mask[0])))
+    args = (eng.trainable, eng.backbone, eng.data,
+            federated.Batches(jnp.asarray(idx[0]), jnp.asarray(mask[0])))
   else:
     fn = federated.make_round_fn(eng.client_update, backend, chunk)
     idx, mask = common.schedules(num_clients, steps, batch, eng.num_pairs, ragged=True)

@@ -200,9 +200,11 @@ def build_setup(config: ml_collections.ConfigDict) -> FederatedSetup:
                     clip_config.vision.image_size)
   labels = image_labels(ds, config.data)
   splits = split_dataset(ds, config.data, config.seeds.split)
+  partition_label = config.data.get("partition_label") or config.data.get("label")
   clients = partition_lib.partition(
       splits.clients, config.data.partition, config.fed.num_clients, seed=config.seeds.partition,
-      labels=labels,
+      labels=labels if partition_label == config.data.get("label") else image_labels(
+          ds, ml_collections.ConfigDict(dict(label=partition_label))),
       alpha=config.data.get("dirichlet_alpha"), min_size=config.data.get("min_client_size", 1))
   clients, planted = list(clients), {}
   plant_specs = [plants_lib.BackdoorPlant.from_config(name, spec)
@@ -241,11 +243,13 @@ def run_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def fedavg_options(setup: "FederatedSetup", config: ml_collections.ConfigDict,
-                   num_clients_per_round: int) -> federated.FedAvgOptions:
-  """The `fed` block's execution options (`fed.backend='auto'` resolved for this round size)."""
+                   plan: federated.RoundPlan) -> federated.FedAvgOptions:
+  """The `fed` block's execution options (`fed.backend='auto'` resolved for the plan's round
+  size and padding)."""
   fed = config.fed
-  backend, chunk = federated.resolve_backend(fed.backend, fed.get("chunk_size", 0),
-                                             num_clients_per_round)
+  per_round = min(fed.clients_per_round or len(plan.active_clients), len(plan.active_clients))
+  backend, chunk = federated.resolve_backend(fed.backend, fed.get("chunk_size", 0), per_round,
+                                             utilization=plan.step_utilization)
   return federated.FedAvgOptions(backend=backend, chunk_size=chunk,
                                  num_clients=setup.num_clients, history_size=fed.history_size,
                                  nonfinite=fed.get("nonfinite", "drop"))
@@ -287,9 +291,7 @@ def fedavg_algorithm(setup: "FederatedSetup", config: ml_collections.ConfigDict,
   client_opt = make_optimizer(fed.client_optimizer, fed.client_lr,
                               freeze_lora_a=setup.lora_config.freeze_a)
   steps = federated.local_steps(loss_fn or federated.clip_objective(setup.model), client_opt)
-  per_round = fed.clients_per_round or len(plan.active_clients)
   return federated.fedavg_algorithm(
       steps, federated.server_optimizer(fed.server_lr, fed.get("server_momentum", 0.0)),
-      setup.backbone, setup.data, fedavg_options(setup, config, min(per_round,
-                                                                     len(plan.active_clients))),
+      setup.backbone, setup.data, fedavg_options(setup, config, plan),
       server_transform=server_transform, round_metrics=round_metrics)

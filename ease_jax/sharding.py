@@ -6,8 +6,8 @@ multiple of the device count with all-masked "ghost" clients (their update is ex
 `federated.local_steps`), splits them over the mesh axis with `jax.shard_map`
 (`P("clients")`), and runs the vmapped (or chunked) client update on each device's block. The
 frozen backbone, the trainable start point, the dataset and the context are replicated (`P()`),
-so no collective runs inside the round; aggregation (`federated.fedavg`) reduces over the sharded client
-axis afterwards, which XLA turns into one all-reduce. Results equal the single-device `vmap`
+so no collective runs inside the round; aggregation (`federated.fedavg`) reduces over the
+sharded client axis afterwards, which XLA turns into one all-reduce. Results equal the single-device `vmap`
 backend up to float reassociation (tests/test_sharding.py).
 
 Selected with `fed.backend="sharded"` (`fed.chunk_size > 0` chunks each device's block).

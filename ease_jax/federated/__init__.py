@@ -15,6 +15,7 @@ from ease_jax.federated.backends import BACKENDS, make_round_fn, resolve_backend
 from ease_jax.federated.history import UpdateHistory, flatten_deltas, num_params, unravel_fn
 from ease_jax.federated.local import (Batches, LocalSteps, LossFn, clip_objective,
                                       holders_update, local_steps, tree_where, weighted_mean)
-from ease_jax.federated.schedules import (ClientSchedules, RoundInputs, RoundPlan, StackedPlan,
+from ease_jax.federated.schedules import (STACKED_AXES, ClientSchedules, RoundInputs, RoundPlan,
+                                          StackedPlan,
                                           build_client_schedules, cycled_batches,
                                           num_local_steps, sample_clients)

@@ -149,8 +149,9 @@ def fedavg_algorithm(client_update: LocalSteps, server_opt: optax.GradientTransf
     return history.record(client_ids, flatten_deltas(deltas), round_index, keep=keep)
 
   def init(trainable: PyTree) -> ServerState:
-    history = UpdateHistory.create(options.num_clients, options.history_size,
-                                   num_params(trainable))
+    # No history at all (not a zero-size one, which orbax cannot save) when none is kept.
+    history = (UpdateHistory.create(options.num_clients, options.history_size,
+                                    num_params(trainable)) if options.history_size else None)
     return init_server(trainable, server_opt, history)
 
   def apply(state: ServerState, inputs: Any) -> tuple[ServerState, dict[str, jax.Array]]:
@@ -167,7 +168,9 @@ def fedavg_algorithm(client_update: LocalSteps, server_opt: optax.GradientTransf
   return FederatedAlgorithm(init, apply)
 
 
-def vmapped(algorithm: FederatedAlgorithm) -> FederatedAlgorithm:
+def vmapped(algorithm: FederatedAlgorithm, input_axes: Any = 0) -> FederatedAlgorithm:
   """The same algorithm over a leading axis of independent runs (seeds): `init` takes stacked
-  start points, `apply` stacked states and round inputs (`schedules.StackedPlan`)."""
-  return FederatedAlgorithm(jax.vmap(algorithm.init), jax.vmap(algorithm.apply))
+  start points, `apply` stacked states and round inputs with `input_axes` (for
+  `schedules.StackedPlan`: `schedules.STACKED_AXES`, which shares the step activity)."""
+  return FederatedAlgorithm(jax.vmap(algorithm.init),
+                            jax.vmap(algorithm.apply, in_axes=(0, input_axes)))

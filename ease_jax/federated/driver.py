@@ -61,7 +61,8 @@ class RunResult:
 
   @property
   def history(self):
-    return self.state.history.to_host()
+    """The update history on the host (None when the run kept none)."""
+    return None if self.state.history is None else self.state.history.to_host()
 
 
 def _host_row(metrics: Mapping[str, Any]) -> dict[str, Any]:

@@ -34,9 +34,15 @@ LossFn = Callable[..., Any]
 
 
 class Batches(NamedTuple):
-  """Planned local batches: text ids and a validity mask, `[..., steps, batch]`."""
+  """Planned local batches: text ids and a validity mask, `[..., steps, batch]`.
+
+  `active` (optional, `[..., steps]` bool) says which steps hold any example; given separately
+  it can be shared (unbatched) across a population of runs with the same client sizes, so that
+  padded steps are skipped even under `vmap` over the runs (see `LocalSteps.skipping`).
+  """
   text_indices: jax.Array  # int32, 0 where padded
   mask: jax.Array          # bool
+  active: Any = None
 
 
 def tree_where(condition: jax.Array, x: PyTree, y: PyTree) -> PyTree:
@@ -68,8 +74,9 @@ def _step_batch(data: DeviceData, step: Batches | Mapping[str, Batches]) -> dict
 
 
 def _any_active(step: Batches | Mapping[str, Batches]) -> jax.Array:
-  masks = [b.mask for b in jax.tree.leaves(step, is_leaf=lambda x: isinstance(x, Batches))]
-  return jnp.any(jnp.stack([jnp.any(m) for m in masks]))
+  streams = jax.tree.leaves(step, is_leaf=lambda x: isinstance(x, Batches))
+  flags = [jnp.asarray(b.active) if b.active is not None else jnp.any(b.mask) for b in streams]
+  return jnp.any(jnp.stack(flags))
 
 
 class LocalSteps:
@@ -84,11 +91,20 @@ class LocalSteps:
 
   def __init__(self, loss_fn: LossFn, optimizer: optax.GradientTransformation,
                has_aux: bool = False,
-               constrain: Callable[[PyTree, Any], PyTree] | None = None):
+               constrain: Callable[[PyTree, Any], PyTree] | None = None,
+               skip_inactive: bool = False):
     self.loss_fn = loss_fn
     self.optimizer = optimizer
     self.has_aux = has_aux
     self.constrain = constrain  # (params after a step, context) -> params, e.g. a ball projection
+    self.skip_inactive = skip_inactive
+
+  def skipping(self) -> "LocalSteps":
+    """The same steps with all-padded steps skipped by `lax.cond` instead of selected away:
+    a padded client costs only its real steps when it runs alone (the sequential backend); under
+    a `vmap` whose step activity is batched, cond turns into a select and costs more than the
+    plain select, so the batched backends keep `skip_inactive=False`."""
+    return LocalSteps(self.loss_fn, self.optimizer, self.has_aux, self.constrain, True)
 
   def resume(self, params: PyTree, opt_state: PyTree, backbone: PyTree, data: DeviceData,
              batches: Batches | Mapping[str, Batches], context: Any = None
@@ -97,16 +113,29 @@ class LocalSteps:
     grad_fn = jax.value_and_grad(self.loss_fn, has_aux=self.has_aux)
 
     def step(carry, xs):
-      params, opt_state = carry
-      out, grads = grad_fn(params, backbone, _step_batch(data, xs), context)
-      loss, aux = out if self.has_aux else (out, {})
-      updates, new_opt_state = self.optimizer.update(grads, opt_state, params)
-      new_params = optax.apply_updates(params, updates)
-      if self.constrain is not None:
-        new_params = self.constrain(new_params, context)
+      def train(carry):
+        params, opt_state = carry
+        out, grads = grad_fn(params, backbone, _step_batch(data, xs), context)
+        loss, aux = out if self.has_aux else (out, {})
+        updates, new_opt_state = self.optimizer.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        if self.constrain is not None:
+          new_params = self.constrain(new_params, context)
+        return (new_params, new_opt_state), (loss, aux)
+
+      def skip(carry):
+        shapes = jax.eval_shape(train, carry)[1]
+        return carry, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+      # An all-padded step leaves params and optimizer state untouched, so padding never
+      # changes a client's update: skipped (not computed) or computed and selected away.
       active = _any_active(xs)
-      return (tree_where(active, new_params, params),
-              tree_where(active, new_opt_state, opt_state)), (loss, active, aux)
+      if self.skip_inactive:
+        carry, (loss, aux) = jax.lax.cond(active, train, skip, carry)
+      else:
+        new_carry, (loss, aux) = train(carry)
+        carry = tree_where(active, new_carry, carry)
+      return carry, (loss, active, aux)
 
     (params, opt_state), (step_loss, active, aux) = jax.lax.scan(
         step, (params, opt_state), batches)

@@ -31,7 +31,12 @@ class ClientSchedules(NamedTuple):
 
   @property
   def batches(self) -> Batches:
-    return Batches(self.text_indices, self.mask)
+    return Batches(self.text_indices, self.mask, self.mask.any(axis=-1))
+
+  @property
+  def utilization(self) -> float:
+    """The share of planned example slots that hold an example (the rest is padding)."""
+    return float(self.mask.mean()) if self.mask.size else 1.0
 
 
 def num_local_steps(num_examples: int, batch_size: int, local_epochs: int) -> int:
@@ -138,6 +143,13 @@ class RoundPlan:
     return max(num_local_steps(len(self.client_texts[c]), self.batch_size, self.local_epochs)
                for c in self.active_clients)
 
+  @property
+  def step_utilization(self) -> float:
+    """The share of a round's padded client steps that are real (all active clients)."""
+    steps = [num_local_steps(len(self.client_texts[c]), self.batch_size, self.local_epochs)
+             for c in self.active_clients]
+    return float(sum(steps) / (len(steps) * max(steps)))
+
   def inputs(self, round_index: int) -> RoundInputs:
     r = round_index + self.round_offset
     active = self.active_clients
@@ -149,10 +161,18 @@ class RoundPlan:
                        np.asarray(r, np.int32))
 
 
+# vmap axes of stacked round inputs: everything per run, except the step activity, which is the
+# same for runs whose clients hold the same data (it then stays a real `lax.cond` under vmap).
+STACKED_AXES = RoundInputs(client_ids=0, batches=Batches(0, 0, None), weights=0, round_index=0)
+
+
 @dataclasses.dataclass(frozen=True)
 class StackedPlan:
-  """Several plans' round inputs stacked on a leading `[N]` axis (a population of runs)."""
+  """Several plans' round inputs stacked on a leading `[N]` axis (a population of runs with
+  the same clients and data, differing in seeds): use with `algorithms.vmapped(algorithm,
+  plan.axes)`."""
   plans: tuple[RoundPlan, ...]
+  axes: RoundInputs = STACKED_AXES  # the vmap axes of `inputs`
 
   def __post_init__(self):
     if len({p.num_steps for p in self.plans}) > 1:
@@ -160,4 +180,10 @@ class StackedPlan:
 
   def inputs(self, round_index: int) -> RoundInputs:
     rows = [p.inputs(round_index) for p in self.plans]
-    return jax.tree.map(lambda *xs: np.stack(xs), *rows)
+    shared = rows[0].batches.active
+    if any(not np.array_equal(r.batches.active, shared) for r in rows):
+      raise ValueError("Stacked plans must give every run the same step activity (the same "
+                       "clients with the same data sizes).")
+    rows = [r._replace(batches=r.batches._replace(active=None)) for r in rows]
+    stacked = jax.tree.map(lambda *xs: np.stack(xs), *rows)
+    return stacked._replace(batches=stacked.batches._replace(active=shared))
