@@ -16,7 +16,8 @@ see `MEASUREMENTS` and "Adding a measurement" below):
   over the measured fp32 / bf16 peak.
 * `gsd`: `ease.batched_gsd` at the module sizes of the largest model measured (modules x K
   retained clients x M updates), against one round of the same K clients.
-* `population`: the retrain-population speed-up: not available in this version (a skipped row).
+* `population`: N = 16 runs' rounds of 8 clients at batch 32 (the audit's retrain population at the
+  embedded size), batched over the run axis vs one after another.
 
 Budget guard: the run has `--budget_s` seconds (default 480, the 8 minutes of the issue). Each
 measurement gets its share of the budget plus what earlier ones left unused, and is skipped with a
@@ -848,19 +849,60 @@ register(Measurement("gsd", 0.15, _gsd_plan, lambda ctx: PRIOR_GSD_COMPILE_S / 4
 # --------------------------------------------------------------------------- population
 
 
+POPULATION = dict(runs=16, clients=8, batch=32)  # the audit's retrain population, embedded size
+POPULATION_QUICK = dict(runs=2, clients=2, batch=4)
+
+
+def _population_plan(ctx: Context) -> list[Row]:
+  p = POPULATION_QUICK if ctx.args.quick else POPULATION
+  return [Row("population", f"{engine} ({p['runs']} runs)", "tiny", p["clients"], p["batch"])
+          for engine in ("one after another", "batched")]
+
+
 def _population_run(ctx: Context, rows: list[Row], budget: Budget) -> None:
-  del budget
+  """N independent runs' rounds (same clients, different LoRA starts and batches): the vmapped
+  round called N times vs one jit of it vmapped over the run axis (`federated.vmapped` does
+  the same to a whole FedAvg algorithm)."""
+  p = POPULATION_QUICK if ctx.args.quick else POPULATION
+  n, k, batch, steps = p["runs"], p["clients"], p["batch"], ctx.args.steps
+  est = 2 * ctx.compile_estimate("tiny", "vmap") + 4 * n * ctx.round_estimate(
+      "tiny", "vmap", batch, k * steps * batch, steps)
+  if not budget.fits(est):
+    for row in rows:
+      row.skip(budget.note(est))
+      _finish(ctx, row)
+    return
+  eng = ctx.engine("tiny")
+  round_fn = federated.make_round_fn(eng.client_update, "vmap")
+  plans = [common.schedules(k, steps, batch, eng.num_pairs, seed=100 + i) for i in range(n)]
+  batches = [federated.Batches(jnp.asarray(i), jnp.asarray(m)) for i, m in plans]
+  starts = [jax.tree.map(lambda x, i=i: x * (1.0 + 0.01 * i), eng.trainable) for i in range(n)]
+  stacked_b = jax.tree.map(lambda *x: jnp.stack(x), *batches)
+  stacked_t = jax.tree.map(lambda *x: jnp.stack(x), *starts)
+  one = lambda t, b: round_fn(t, eng.backbone, eng.data, b)
+  batched = jax.jit(jax.vmap(one))
+  calls = {"one after another": lambda: [one(t, b) for t, b in zip(starts, batches)],
+           "batched": lambda: batched(stacked_t, stacked_b)}
+  pairs = n * k * steps * batch
+  secs = {}
   for row in rows:
-    row.skip("skipped: not available in this version (ease_jax has no batched retrain "
-             "population yet)")
+    engine = row.engine.split(" (")[0]
+    _, times, _, note = timed(calls[engine], budget.child(budget.left() / 2), ctx.args.repeats,
+                              warmup_counts=False)
+    if not times:
+      row.skip(note)
+    else:
+      secs[engine] = statistics.median(times)
+      row.done(note, seconds=secs[engine], pairs_s=pairs / secs[engine],
+               peak_gib=device_peak_gib(), repeats=len(times))
     _finish(ctx, row)
+  if len(secs) == 2:
+    rows[1].notes.append(f"{secs['batched'] / secs['one after another']:.2f}x the time of one "
+                         "after another")
 
 
-# Share 0: a skipped row needs no time (give it a share once it measures something).
-register(Measurement(
-    "population", 0.0,
-    lambda ctx: [Row("population", "N retrain runs: batched vs one after another")],
-    lambda ctx: 0.0, _population_run))
+register(Measurement("population", 0.1, _population_plan,
+                     lambda ctx: ctx.compile_estimate("tiny", "vmap"), _population_run))
 
 
 # ------------------------------------------------------------------------------ runner

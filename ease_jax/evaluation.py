@@ -1,7 +1,6 @@
 """Retrieval evaluation of a (backbone, LoRA) pair on a subset of a caption dataset."""
 from __future__ import annotations
 
-import re
 from typing import Any, Mapping
 
 import numpy as np
@@ -87,22 +86,18 @@ def plant_metrics(setup: Any, trainable: Any, plant: Any, batch_size: int = 256
   return {f"asr/{plant.name}/i2t": i2t, f"asr/{plant.name}/t2i": t2i}
 
 
-_TONE_RE = re.compile(r"\b(medium-light|medium-dark|medium|light|dark) skin tone\b")
-
-
 def tone_groups(ds: dataset_lib.CaptionDataset, images: np.ndarray
                 ) -> list[tuple[int, np.ndarray]]:
   """For each of `images` with a single skin tone, the same emoji in every single tone:
   `[(image, group image ids incl. itself)]` (groups of one are dropped). Planted copies are
   neither queries nor group members."""
   tones = np.asarray(ds.image_meta["skin_tone"])
+  names = np.asarray(ds.image_meta["emoji"])
   planted = np.asarray(ds.image_meta.get("plant", np.full(ds.num_images, "")))
   single = np.isin(tones, dataset_lib.SKIN_TONES) & (planted == "")
-  first_text = np.full(ds.num_images, -1)
-  first_text[ds.text_image[::-1]] = np.arange(ds.num_texts)[::-1]
   key = {}
-  for i in np.flatnonzero(single & (first_text >= 0)):
-    key.setdefault(_TONE_RE.sub("<tone>", ds.captions[first_text[i]]), []).append(i)
+  for i in np.flatnonzero(single):
+    key.setdefault(names[i], []).append(i)
   group_of = {i: np.asarray(g) for g in key.values() for i in g}
   return [(int(i), group_of[int(i)]) for i in images
           if int(i) in group_of and len(group_of[int(i)]) > 1]

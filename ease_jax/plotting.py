@@ -10,6 +10,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
+def _save(fig, ax, path: str | pathlib.Path, xlabel: str, ylabel: str, title: str) -> None:
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
 def plot_curves(rows: Sequence[Mapping[str, float]], keys: Sequence[str], path: str | pathlib.Path,
                 title: str = "", x_key: str = "round", ylabel: str = "R@1 (%)",
                 reference: Mapping[str, float] | None = None) -> None:
@@ -22,14 +33,7 @@ def plot_curves(rows: Sequence[Mapping[str, float]], keys: Sequence[str], path: 
   for name, value in (reference or {}).items():
     ax.axhline(value, linestyle="--", linewidth=1, color="gray")
     ax.annotate(name, (ax.get_xlim()[0], value), fontsize=7, va="bottom")
-  ax.set_xlabel(x_key)
-  ax.set_ylabel(ylabel)
-  ax.set_title(title)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _save(fig, ax, path, x_key, ylabel, title)
 
 
 def plot_bars(groups: Mapping[str, Mapping[str, float]], path: str | pathlib.Path,
@@ -51,3 +55,19 @@ def plot_bars(groups: Mapping[str, Mapping[str, float]], path: str | pathlib.Pat
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
+
+
+def plot_distributions(samples: Mapping[str, Sequence[float]], path: str | pathlib.Path,
+                       title: str = "", xlabel: str = "score", bins: int = 40) -> None:
+  """Overlaid step histograms (densities) of named samples on shared bins."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  values = [np.asarray(v, float) for v in samples.values() if len(v)]
+  if not values:
+    return
+  edges = np.histogram_bin_edges(np.concatenate(values), bins=bins)
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for name, v in samples.items():
+    if len(v):
+      ax.hist(np.asarray(v, float), bins=edges, density=True, histtype="step", linewidth=1.5,
+              label=f"{name} (n={len(v)})")
+  _save(fig, ax, path, xlabel, "density", title)

@@ -166,6 +166,28 @@ def _cross_checks(config: Any) -> list[str]:
   return out
 
 
+def _plant_checks(config: Any) -> list[str]:
+  """Each `plants.<name>` block builds a plant on clients the federation has."""
+  from ease_jax.data import plants  # pylint: disable=g-import-not-at-top
+  out = []
+  num_clients = config.get("fed", {}).get("num_clients", 0)
+  for name, spec in (config.get("plants") or {}).items():
+    try:
+      plant = plants.BackdoorPlant.from_config(name, spec)
+    except (ValueError, KeyError, TypeError) as e:
+      out.append(f"config.plants.{name}: {' '.join(str(e).split())}")
+      continue
+    if plant.num_pairs < 1:
+      out.append(f"config.plants.{name}.num_pairs must be >= 1, got {plant.num_pairs}")
+    if not plant.target_caption.strip():
+      out.append(f"config.plants.{name}.target_caption is empty")
+    bad = [c for c in plant.clients if not 0 <= c < num_clients]
+    if bad or not plant.clients:
+      out.append(f"config.plants.{name}.clients {list(plant.clients)} must name clients in "
+                 f"0..{num_clients - 1}")
+  return out
+
+
 def _path_checks(config: Any) -> list[str]:
   out = []
   data = config.get("data")
@@ -190,7 +212,9 @@ def validate(config: Any, extra_rules: Iterable[Mapping[str, Check]] = ()) -> No
   """Raises `ConfigError` listing every problem of `config` (base blocks, every unlearning
   method's block present in it, paths), or returns None."""
   from ease_jax.unlearning import methods  # pylint: disable=g-import-not-at-top
-  found = problems(config, BASE_RULES) + problems(config, methods.RULES)
+  from ease_jax.unlearning import population  # pylint: disable=g-import-not-at-top
+  found = (problems(config, BASE_RULES) + problems(config, methods.RULES)
+           + problems(config, population.RULES) + _plant_checks(config))
   for rules in extra_rules:
     found += problems(config, rules)
   if "methods" in config:

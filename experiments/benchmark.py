@@ -52,7 +52,10 @@ def main(argv):
     root = pathlib.Path(__file__).resolve().parent.parent
     sys.path.insert(0, str(root / "benchmarks"))
     import common  # pylint: disable=g-import-not-at-top
-    body = benchmark.section_text(table, config, workdir, common.machine(), common.command())
+    # The command that computes the table (not the reporting flags of this invocation).
+    command = " ".join(a for a in common.command().split()
+                       if not a.startswith(("--report_only", "--benchmarks_md", "--section")))
+    body = benchmark.section_text(table, config, workdir, common.machine(), command)
     common.write_section(_SECTION.value, body)
 
 

@@ -30,7 +30,7 @@ def main(argv):
   cli.quiet_library_logs()
   results = pipeline.run_unlearning(_CONFIG.value, _WORKDIR.value)
   print(results["request"]["description"])
-  print(pipeline.format_table(results["table"]))
+  print(pipeline.format_table(results["table"], results["forgotten_knowledge"]))
   t = results["retrain_timing"]
   print(f"retrain: {t['wall_time_s']:.1f} s as run, {t['steady_time_s']:.1f} s without its "
         "first-round compile (the speed-up's reference); method times exclude compilation.")

@@ -6,7 +6,7 @@ import optax
 import pytest
 
 from conftest import flat_params as flat
-from conftest import make_tiny_setup, run_fedavg, tiny_config
+from conftest import run_fedavg, tiny_config
 from ease_jax import builders
 from ease_jax import centralized
 from ease_jax import federated
@@ -74,7 +74,8 @@ def test_holders_update_is_the_weighted_mean_of_each_holder(tiny_setup):
   steps = federated.local_steps(federated.clip_objective(setup.model), optax.adam(1e-2))
   texts = setup.client_texts()
   rows = [federated.cycled_batches(texts[c], 2, 4, (c,)) for c in range(3)]
-  stacked = federated.Batches(*(jnp.asarray(np.stack(x)) for x in zip(*rows)))
+  stacked = federated.Batches(jnp.asarray(np.stack([r.text_indices for r in rows])),
+                              jnp.asarray(np.stack([r.mask for r in rows])))
   weights = jnp.array([1.0, 2.0, 5.0])
   mean, metrics = federated.holders_update(steps)(params, setup.backbone, setup.data, stacked,
                                                   weights)
@@ -118,11 +119,12 @@ def test_two_seeds_vmapped_equal_the_two_runs_one_by_one(tiny_setup):
     singles.append(run_fedavg(setup, cfg, plan=plan))
   assert [r["clients"] for r in singles[0].metrics] != [r["clients"] for r in singles[1].metrics]
   algo = builders.fedavg_algorithm(setup, config, plans[0])
-  population = federated.vmapped(algo)
+  stacked = federated.StackedPlan(tuple(plans))
+  population = federated.vmapped(algo, stacked.axes)
   starts = jax.tree.map(lambda *x: jnp.stack(x),
                         *[builders.init_trainable(setup, c) for c in cfgs])
-  res = driver.run(population, federated.StackedPlan(tuple(plans)), population.init(starts),
-                   config.fed.rounds, options=driver.RunOptions(progress=False))
+  res = driver.run(population, stacked, population.init(starts), config.fed.rounds,
+                   options=driver.RunOptions(progress=False))
   # Same tolerance as vmap == sequential over clients (Adam amplifies float reassociation of
   # near-zero gradients in its first steps).
   for i, single in enumerate(singles):

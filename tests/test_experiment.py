@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
@@ -18,6 +19,7 @@ from ease_jax import jsonio
 from ease_jax import model as model_lib
 from ease_jax import training
 from ease_jax.data import dataset as dataset_lib
+from ease_jax.data import plants
 from ease_jax.data import tokenizer as tok_lib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -85,12 +87,23 @@ def _small_run(config):
 
 
 def _small_emoji_run(tmp_path, config_file, public_fraction):
-  """A short run of an emoji config on a tiny random checkpoint, with few client images."""
+  """A short run of an emoji config on a tiny random checkpoint, with few client images (and,
+  for the planted configs, small plants on the 3 clients: a backdoor on client 0, the sample
+  plant on clients 1 and 2; client 0 leaves; no population unless a test asks)."""
   ckpt = _tiny_backbone(tmp_path / "ckpt", image_size=32, context=24)
   config = _small_run(configs.from_file(ROOT / "experiments" / "configs" / config_file))
   config.model.checkpoint = str(ckpt)
   config.data.split = "random"
   config.data.public_fraction = public_fraction  # keep the client data small for speed
+  if "plants" in config:
+    config.plants.client_backdoor.clients = (0,)
+    config.plants.client_backdoor.num_pairs = 12
+    config.plants.sample_backdoor.clients = (1, 2)
+    config.plants.sample_backdoor.num_pairs = 8
+    config.unlearning.clients = (0,)
+    config.audit.population = 0
+  if "benchmark" in config:
+    config.benchmark.scenario_blocks.client.clients = (0,)
   return config
 
 
@@ -230,18 +243,31 @@ def test_unlearn_pipeline_on_emoji_with_a_checkpoint_folder(tmp_path):
   config.methods = ("ease",)
   config.pfl.rounds = 1
   config.bke.steps = 2
+  config.audit.population = 4
   results = pipeline.run_unlearning(config, tmp_path / "work")
   rows = {r["method"]: r for r in results["table"]}
   assert list(rows) == ["retrain", "backbone", "original", "ease", "ease+pfl"]
   assert rows["retrain"]["forget/mean_r1_gap"] == 0.0
-  # The backbone row is the pretrained model alone: evaluate it independently.
+  # What the request forgets is the backdoor of client 0, reported for every row.
+  assert results["forgotten_knowledge"] == ["asr/client_backdoor/i2t", "asr/client_backdoor/t2i"]
+  for r in rows.values():
+    assert 0.0 <= r["asr/client_backdoor/i2t"] <= 100.0 and "asr/sample_backdoor/t2i" in r
+    assert 0.0 <= r["forget_quality"] <= 1.0 and 0.0 <= r["lira_auc"] <= 1.0
+  assert rows["retrain"]["asr/client_backdoor/i2t_gap"] == 0.0
+  assert results["populations"]["seeds"] == [100, 101, 102, 103]
+  # The backbone row is the pretrained model alone: evaluate it independently on the clean
+  # images of client 0 (its planted copies are measured by the attack success rates).
   setup = builders.build_setup(config)
+  clean = setup.client_images[0][~plants.is_planted(setup.dataset, setup.client_images[0])]
+  assert len(clean) < len(setup.client_images[0])
   direct = evaluation.evaluate_images(setup.model, setup.backbone, None, setup.data,
-                                      setup.dataset, setup.client_images[0])
+                                      setup.dataset, clean)
   assert rows["backbone"]["forget/mean_r1"] == pytest.approx(direct["mean_r1"], abs=0.01)
   on_disk = json.loads((tmp_path / "work" / "results.json").read_text())
   assert [r["method"] for r in on_disk["table"]] == list(rows)
   assert (tmp_path / "work" / "results.csv").read_text().startswith("method,")
+  for name in ("knowledge_bars.png", "scores.png", "reanchoring.png"):
+    assert (tmp_path / "work" / name).stat().st_size > 0
 
 
 def test_benchmark_resumes_after_an_interruption(tmp_path, monkeypatch):
@@ -254,6 +280,9 @@ def test_benchmark_resumes_after_an_interruption(tmp_path, monkeypatch):
   config.benchmark.seeds = (0,)
   config.benchmark.scenarios = ("client", "sample")
   config.benchmark.methods = ("fedrecovery", "finetune")
+  # A random sample request (the planted one forgets only poisoned copies: no forget R@1).
+  config.benchmark.scenario_blocks.sample = ml_collections.ConfigDict(
+      dict(kind="sample", clients=(), fraction=0.1, plant=""))
   config.finetune.rounds = 1
   full = benchmark.run_benchmark(config, tmp_path / "full", progress=False)["rows"]
   cells = lambda rows: sorted((r["scenario"], r["method"]) for r in rows)

@@ -2,6 +2,7 @@
 2 from the binaries, damaged checkpoints, non-finite client updates."""
 import dataclasses
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -19,7 +20,7 @@ from ease_jax import jsonio
 from ease_jax import training
 from ease_jax import validation
 from ease_jax.federated import driver
-from test_experiment import _small_emoji_run, _tiny_backbone
+from test_experiment import _small_emoji_run
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "experiments" / "configs"
@@ -55,12 +56,31 @@ def _one_line_error(proc, *needles):
     ("bke.lr", -1.0, "config.bke.lr must be > 0"),
     ("pga.stop_quantile", 2.0, "config.pga.stop_quantile must be <= 1"),
     ("lora.rank", 0, "config.lora.rank must be >= 1"),
+    ("audit.population", 2, "config.audit.population must be 0 (no audit) or >= 4, got 2"),
 ])
 def test_validation_names_the_key_and_the_range(key, value, needle):
   config = configs.from_file(CONFIGS / "unlearn_emoji.py")
   block, leaf = key.split(".")
   config[block][leaf] = value
-  with pytest.raises(validation.ConfigError, match="^" + needle.replace("(", r"\(")):
+  with pytest.raises(validation.ConfigError, match="^" + re.escape(needle)):
+    validation.validate(config)
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("num_pairs", 0, "num_pairs must be >= 1"),
+    ("target_caption", " ", "target_caption is empty"),
+    ("clients", (0, 9), r"clients \[0, 9\] must name clients in 0..7"),
+    ("trigger.size", 0, "trigger size and cell must be >= 1"),
+    ("trigger.pattern", "dots", "trigger pattern must be one of"),
+])
+def test_bad_plants_are_config_errors(key, value, needle):
+  config = configs.from_file(CONFIGS / "unlearn_emoji.py")
+  node = config.plants.client_backdoor
+  *parents, leaf = key.split(".")
+  for p in parents:
+    node = node[p]
+  node[leaf] = value
+  with pytest.raises(validation.ConfigError, match="config.plants.client_backdoor.*" + needle):
     validation.validate(config)
 
 

@@ -128,3 +128,34 @@ def test_tone_groups_hold_the_same_emoji_in_every_tone(emoji):
     assert image in group and len(group) == len(set(tones[group])) == 5
     base = {ds.captions[i].replace(tones[i] + " skin tone", "") for i in group}
     assert len(base) == 1  # The same emoji, only the tone differs.
+
+
+def test_planted_requests_select_exactly_the_plant(tmp_path):
+  """On the planted embedded config (small): the sample request of a plant forgets exactly its
+  poisoned copies, the concept request and every retrieval subset leave planted copies out, and
+  the setup's clients hold their plant's copies."""
+  from ease_jax import builders  # pylint: disable=g-import-not-at-top
+  from ease_jax.unlearning import requests  # pylint: disable=g-import-not-at-top
+  from test_experiment import _small_emoji_run  # pylint: disable=g-import-not-at-top
+  config = _small_emoji_run(tmp_path, "unlearn_emoji.py", 0.85)
+  setup = builders.build_setup(config)
+  sample = setup.plants["sample_backdoor"]
+  assert set(sample.poison_images) <= set(np.concatenate([setup.client_images[c]
+                                                          for c in (1, 2)]))
+  req = requests.plant_request(setup, "sample_backdoor")
+  np.testing.assert_array_equal(req.forget_images, np.sort(sample.poison_images))
+  assert req.kind == "sample" and set(req.holders) <= {1, 2} and not req.forget_clients
+  assert len(req.eval_subsets(setup)["forget"]) == 0  # Only copies: measured by the ASR.
+  config.unlearning.kind, config.unlearning.plant = "sample", "sample_backdoor"
+  np.testing.assert_array_equal(
+      requests.from_config(setup, config.unlearning).forget_texts, req.forget_texts)
+  tones = np.asarray(setup.dataset.image_meta["skin_tone"])
+  tone = tones[setup.client_images[1][0]]
+  concept = requests.concept_request(setup, "skin_tone", [tone])
+  assert not plants.is_planted(setup.dataset, concept.forget_images).any()
+  client = requests.client_request(setup, [0])
+  subsets = client.eval_subsets(setup)
+  for images in subsets.values():
+    assert not plants.is_planted(setup.dataset, images).any()
+  with pytest.raises(ValueError, match="Unknown plant 'nope'"):
+    requests.plant_request(setup, "nope")

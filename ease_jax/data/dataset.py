@@ -160,6 +160,12 @@ def skin_tone_of(caption: str) -> str:
   return tones.pop() if len(tones) == 1 else "mixed"
 
 
+def tone_free_name(caption: str) -> str:
+  """The emoji's name with its skin-tone modifier(s) replaced by `<tone>`: the same for every
+  tone of one emoji ("waving hand: <tone>"), the caption itself for emoji without one."""
+  return _SKIN_TONE_RE.sub("<tone>", caption)
+
+
 def load_emoji(tokenizer: Any = None, max_length: int = EMOJI_CONTEXT_LENGTH,
                assets_dir: str | os.PathLike[str] | None = None,
                skin_tone_variants: bool = True) -> CaptionDataset:
@@ -176,8 +182,8 @@ def load_emoji(tokenizer: Any = None, max_length: int = EMOJI_CONTEXT_LENGTH,
 
   Returns:
     A `CaptionDataset` of 3,655 `[32, 32, 3]` images with
-    `image_meta = {"group", "subgroup", "codepoints", "skin_tone"}` (`skin_tone`: see
-    `skin_tone_of`).
+    `image_meta = {"group", "subgroup", "codepoints", "skin_tone", "emoji"}` (`skin_tone`: see
+    `skin_tone_of`; `emoji`: `tone_free_name`, shared by the tones of one emoji).
 
   Raises:
     FileNotFoundError: if the npz (or the default tokenizer) is missing.
@@ -220,6 +226,7 @@ def load_emoji(tokenizer: Any = None, max_length: int = EMOJI_CONTEXT_LENGTH,
       captions=captions,
       image_meta={"group": data["groups"], "subgroup": data["subgroups"],
                   "codepoints": data["codepoints"],
-                  "skin_tone": np.asarray([skin_tone_of(c) for c in captions])},
+                  "skin_tone": np.asarray([skin_tone_of(c) for c in captions]),
+                  "emoji": np.asarray([tone_free_name(c) for c in captions])},
       name="emoji",
   )

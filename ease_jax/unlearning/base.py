@@ -1,13 +1,14 @@
 """The unlearning-method interface.
 
 A method is a callable `method(ctx: UnlearningContext) -> MethodResult`, listed by name in the
-registry of `ease_jax.unlearning.methods` (one module per method). `ctx` carries everything the server and the clients could use: the
-setup (model, frozen backbone, data, partition), the full config (method blocks such as `gsd`,
-`bke`, `pfl`), the request, the federated model before unlearning and the server's
-`UpdateHistory` of transmitted updates, the evaluation image sets and a per-run `cache` dict that
-methods may share (e.g. EASE's subspace decomposition, reused by its ablations). A method
-returns the unlearned LoRA tree, its wall time (the unlearning work only, compile time reported
-separately), JSON-able diagnostics and optional per-round curves (e.g. continued training).
+registry of `ease_jax.unlearning.methods` (one module per method). `ctx` carries everything the
+server and the clients could use: the setup (model, frozen backbone, data, partition), the full
+config (method blocks such as `gsd`, `bke`, `pfl`), the request, the federated model before
+unlearning and the server's `UpdateHistory` of transmitted updates, the evaluation image sets
+and a per-run `cache` dict that methods may share (e.g. EASE's subspace decomposition, reused
+by its ablations). A method returns the unlearned LoRA tree, its wall time (the unlearning work
+only, compile time reported separately), JSON-able diagnostics and optional per-round curves
+(e.g. continued training).
 
 A new method is one module in `ease_jax/unlearning/methods/` with such a function (and its config
 block's defaults), added to the registry there; `cell.Cell` runs it like every other.

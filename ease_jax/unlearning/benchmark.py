@@ -43,7 +43,8 @@ METRICS = (
     + [f"{s}/i2t_rprec" for s in SPLITS]
     + [f"{s}/mean_r1" for s in SPLITS]
     + [f"{s}/mean_r1_gap" for s in SPLITS]
-    + ["mia_auc", "mia_auc_gap", "wall_time_s", "speedup_vs_retrain"])
+    + ["mia_auc", "mia_auc_gap", "wall_time_s", "speedup_vs_retrain"]
+    + ["forget_quality", "lira_auc", "lira_tpr@0.01", "lira_tpr@0.001"])
 
 
 def scenario_config(config: ml_collections.ConfigDict, scenario: str, seed: int
@@ -52,7 +53,10 @@ def scenario_config(config: ml_collections.ConfigDict, scenario: str, seed: int
   if scenario not in config.benchmark.scenario_blocks:
     raise ValueError(f"Unknown scenario {scenario!r}; defined: "
                      f"{sorted(config.benchmark.scenario_blocks)}.")
-  overrides: dict[str, Any] = {f"seeds.{k}": int(seed) for k in SEED_KEYS}
+  # `benchmark.seed_keys`: which seeds a benchmark seed sets (a planted federation keeps its
+  # partition, so one population of retrains serves every seed).
+  keys = tuple(config.benchmark.get("seed_keys", SEED_KEYS))
+  overrides: dict[str, Any] = {f"seeds.{k}": int(seed) for k in keys}
   if "seed" in config:
     overrides["seed"] = int(seed)
   for k, v in config.benchmark.scenario_blocks[scenario].items():
@@ -164,22 +168,23 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
         continue
       cfg = scenario_config(config, scenario, seed)
       cell = cell_lib.Cell(cfg, workdir / f"seed{seed}", workdir / f"seed{seed}" / scenario,
-                           setup=setup, mia_score=b.mia_score)
+                           setup=setup, mia_score=b.mia_score,
+                           population_root=workdir / "population")
 
       def record(outcome):
-        row = dict(scenario=scenario, seed=seed, **cell.row(outcome))
+        row = dict(scenario=scenario, seed=seed, knowledge=cell.forgotten_knowledge,
+                   **cell.row(outcome))
         _append(results, row)
-        logging.info("%s seed %d %s: forget %.1f retain %.1f test %.1f MIA %.3f time %s",
-                     scenario, seed, outcome.method, row["forget/mean_r1"],
-                     row["retain/mean_r1"], row["test/mean_r1"], row["mia_auc"],
-                     outcome.wall_time_s)
+        knowledge = " ".join(f"{k.split('/', 1)[1]} {row[k]:5.1f}" for k in row["knowledge"])
+        wall = outcome.wall_time_s
+        summary = (f"{scenario:8s} seed {seed} {outcome.method:18s} {knowledge} forget "
+                   f"{row.get('forget/mean_r1', float('nan')):5.1f} retain "
+                   f"{row['retain/mean_r1']:5.1f} test {row['test/mean_r1']:5.1f} "
+                   f"LiRA {row.get('lira_auc', float('nan')):.3f} MIA {row['mia_auc']:.3f} "
+                   f"time {wall if wall is None else round(wall, 2)}")
+        logging.info("%s", summary)
         if progress:
-          wall = outcome.wall_time_s
-          print(f"[{time.perf_counter() - t_start:7.0f}s] {scenario:8s} seed {seed} "
-                f"{outcome.method:18s} forget {row['forget/mean_r1']:5.1f} retain "
-                f"{row['retain/mean_r1']:5.1f} test {row['test/mean_r1']:5.1f} "
-                f"MIA {row['mia_auc']:.3f} time {wall if wall is None else round(wall, 2)}",
-                flush=True)
+          print(f"[{time.perf_counter() - t_start:7.0f}s] {summary}", flush=True)
 
       for outcome in cell.reference_outcomes(tuple(n for n in ("retrain", "original")
                                                    if n in todo)):
@@ -235,7 +240,12 @@ def aggregate(rows: Sequence[dict[str, Any]], scenarios: Sequence[str]
         continue
       agg: dict[str, Any] = dict(scenario=scenario, method=method,
                                  seeds=sorted(r["seed"] for r in group))
-      for k in METRICS:
+      knowledge = [k for k in dict.fromkeys(k for r in group for k in r)
+                   if k.startswith(cell_lib.KNOWLEDGE_PREFIXES)
+                   and k.endswith(cell_lib.DIRECTIONS + tuple(f"{d}_gap"
+                                                               for d in cell_lib.DIRECTIONS))]
+      agg["knowledge"] = list(group[0].get("knowledge", []))
+      for k in (*METRICS, *knowledge):
         vals = [r.get(k) for r in group]
         vals = [float(v) for v in vals if v is not None]
         agg[k] = (float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
@@ -251,29 +261,35 @@ def _pm(v: tuple[float, float] | None, digits: int = 1) -> str:
 
 
 def format_markdown(table: Sequence[dict[str, Any]], scenarios: Sequence[str]) -> str:
-  """One markdown table per scenario (mean ± std over seeds)."""
-  head = ("| method | forget R@1 i2t / t2i | retain R@1 i2t / t2i | test R@1 i2t / t2i | "
-          "R-prec f / r / t | Δforget | Δretain | Δtest | MIA AUC (Δ) | time (s) | speed-up |")
-  sep = "|" + "---|" * 12
+  """One markdown table per scenario (mean ± std over seeds): the forgotten knowledge (attack
+  success rates or tone accuracy, and their gap to retrain), retrieval gaps, the audit, time."""
   parts = []
   for scenario in scenarios:
     rows = [r for r in table if r["scenario"] == scenario]
     if not rows:
       continue
-    seeds = max(len(r["seeds"]) for r in rows)
-    parts.append(f"**{scenario} unlearning** ({rows[0]['seeds'] and seeds} seeds; Δ = method − "
-                 "retrain, mean R@1 of both directions; R-prec = image→text)\n")
-    parts += [head, sep]
+    knowledge = rows[0].get("knowledge") or []
+    short = lambda k: k.split("/", 1)[1].replace("/", " ")
+    head = ("| method | " + "".join(f"{short(k)} | " for k in knowledge)
+            + "Δ knowledge | forget R@1 (Δ) | Δretain | Δtest | forget quality | LiRA AUC | "
+            "TPR@1%FPR | MIA AUC (Δ) | time (s) | speed-up |")
+    parts.append(f"**{scenario} unlearning** ({max(len(r['seeds']) for r in rows)} seeds; "
+                 "Δ = method − retrain; knowledge in %, R@1 = mean of both directions)\n")
+    parts += [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
-      pair = lambda s: f"{_pm(r[f'{s}/i2t_r1'])} / {_pm(r[f'{s}/t2i_r1'])}"
-      rprec = " / ".join(_pm(r[f"{s}/i2t_rprec"]) for s in SPLITS)
+      gaps = " / ".join(_pm(r.get(f"{k}_gap")) for k in knowledge) or "—"
+      forget = (f"{_pm(r['forget/mean_r1'])} ({_pm(r['forget/mean_r1_gap'])})"
+                if r.get("forget/mean_r1") else "—")
       mia_cell = _pm(r["mia_auc"], 3) + (f" ({r['mia_auc_gap'][0]:+.3f})"
-                                         if r["mia_auc_gap"] else "")
+                                         if r.get("mia_auc_gap") else "")
       speed = "—" if r["speedup_vs_retrain"] is None else f"{r['speedup_vs_retrain'][0]:.1f}×"
+      fq = r.get("forget_quality")
+      fq_cell = "—" if fq is None else f"{fq[0]:.2g}"
       parts.append(
-          f"| {r['method']} | {pair('forget')} | {pair('retain')} | {pair('test')} | {rprec} | "
-          f"{_pm(r['forget/mean_r1_gap'])} | {_pm(r['retain/mean_r1_gap'])} | "
-          f"{_pm(r['test/mean_r1_gap'])} | {mia_cell} | {_pm(r['wall_time_s'], 2)} | {speed} |")
+          f"| {r['method']} | " + "".join(f"{_pm(r.get(k))} | " for k in knowledge)
+          + f"{gaps} | {forget} | {_pm(r['retain/mean_r1_gap'])} | {_pm(r['test/mean_r1_gap'])} | "
+          f"{fq_cell} | {_pm(r.get('lira_auc'), 3)} | {_pm(r.get('lira_tpr@0.01'), 3)} | "
+          f"{mia_cell} | {_pm(r['wall_time_s'], 2)} | {speed} |")
     parts.append("")
   return "\n".join(parts)
 
@@ -391,7 +407,9 @@ def section_text(table: Sequence[dict[str, Any]], config: ml_collections.ConfigD
       "",
       f"Machine: {machine}. Seeds {list(b.seeds)}, {config.fed.num_clients} clients, "
       f"{config.fed.rounds} FedAvg rounds (train and each retrain), methods "
-      f"{list(b.methods)}; MIA score `{b.mia_score}`. Status: {status}.",
+      f"{list(b.methods)}; MIA score `{b.mia_score}`; plants {sorted(config.get('plants') or {})}; "
+      f"audit populations of {config.get('audit', {}).get('population', 0)} models per "
+      f"request (seeds from {config.get('audit', {}).get('first_seed', 0)}). Status: {status}.",
       "Times are seconds of unlearning work without compilation (federated rounds: the first "
       "round replaced by the median round, as for retrain); `+pfl` rows include EASE's 3 PFL "
       "rounds. Speed-up = retrain's steady time / the method's.",

@@ -20,19 +20,25 @@ import ml_collections
 import numpy as np
 
 from ease_jax import builders
+from ease_jax import checkpointing
 from ease_jax import evaluation
 from ease_jax import jsonio
 from ease_jax import mia
+from ease_jax.data import plants as plants_lib
 from ease_jax.unlearning import base
 from ease_jax.unlearning import common
+from ease_jax.unlearning import population as population_lib
 from ease_jax.unlearning import requests
 from ease_jax.unlearning import retrain as retrain_lib
 
 PyTree = Any
 SPLITS = ("forget", "retain", "test")
-# Row keys whose difference to the retrain row is reported as `<key>_gap`.
+# Row keys whose difference to the retrain row is reported as `<key>_gap`: retrieval, the MIA,
+# and every planted-knowledge metric (`asr/<plant>/<dir>`, `tone/<tone>/<dir>`).
 GAP_KEYS = tuple(f"{s}/{k}" for s in SPLITS for k in ("i2t_r1", "t2i_r1", "mean_r1")) + (
     "mia_auc",)
+KNOWLEDGE_PREFIXES = ("asr/", "tone/")
+DIRECTIONS = ("i2t", "t2i")
 REFERENCES = ("retrain", "backbone", "original")
 
 
@@ -53,7 +59,8 @@ class Cell:
 
   def __init__(self, config: ml_collections.ConfigDict, train_root: str | pathlib.Path,
                request_root: str | pathlib.Path, setup: builders.FederatedSetup | None = None,
-               mia_score: str | None = "cosine"):
+               mia_score: str | None = "cosine",
+               population_root: str | pathlib.Path | None = None):
     self.config = config
     self.setup = setup = setup or builders.build_setup(config)
     self.request = requests.from_config(setup, config.unlearning, seed=config.seeds.unlearning)
@@ -70,6 +77,57 @@ class Cell:
     self.nonmember_texts = setup.texts_of(mia.matched_nonmembers(
         self.request.forget_images, setup.test_images, labels, seed=config.seeds.unlearning))
     self.mia_score = mia_score
+    self.audit_config = common.block(config, "audit", population_lib.DEFAULTS)
+    tones = np.asarray(setup.dataset.image_meta.get("skin_tone", np.full(
+        setup.dataset.num_images, "none")))
+    clients = setup.all_client_images
+    clients = clients[~plants_lib.is_planted(setup.dataset, clients)]
+    self.tone_images = {t: clients[tones[clients] == t] for t in self.audit_config.tones
+                        if np.any(tones[clients] == t)}
+    self.populations = None
+    if self.audit_config.population:
+      self.populations = self._train_populations(
+          pathlib.Path(population_root or pathlib.Path(train_root) / "population"))
+
+  def _train_populations(self, root: pathlib.Path) -> dict[str, Any]:
+    """The `in` (trained with D_f) and `out` (retrained without it) populations, cached under
+    `root` by what defines them, and every member's scores on D_f."""
+    setup, config, request = self.setup, self.config, self.request
+    federation = {k: v for k, v in builders.run_fingerprint(config).items()
+                  if k.split(".")[-1] not in ("init", "sampling", "data")}
+    tag = lambda ident: checkpointing.fingerprint_hash(dict(ident))[:10]
+    in_pop = population_lib.train(setup, config, lambda c: builders.round_plan(setup, c),
+                                  root / f"in-{tag(federation)}", dict(kind="none"), "trained")
+    out_ident = dict(federation, **{f"request.{k}": v for k, v in request.fingerprint().items()})
+    out_pop = population_lib.train(
+        setup, config, lambda c: retrain_lib.retrain_plan(setup, c, request),
+        root / f"out-{tag(out_ident)}", request.fingerprint(), "retrain")
+    score = self._score
+    return dict(seeds=in_pop.seeds, in_time_s=in_pop.wall_time_s,
+                out_time_s=out_pop.wall_time_s,
+                in_scores=np.stack([score(in_pop.member(i)) for i in range(len(in_pop.seeds))]),
+                out_scores=np.stack([score(out_pop.member(i))
+                                     for i in range(len(out_pop.seeds))]),
+                reference=score(self.reference.trainable))
+
+  def _score(self, trainable: PyTree) -> np.ndarray:
+    """`[n]` the audit's per-example scores on D_f (calibrated by the non-member pairs)."""
+    return population_lib.scores(
+        self.setup, trainable, self.request.forget_texts, self.audit_config.score,
+        self.nonmember_texts if self.audit_config.calibrate else None)
+
+  @property
+  def forgotten_knowledge(self) -> list[str]:
+    """Row keys of what the request should remove: the attack success rates of every plant it
+    forgets whole, and the tone accuracy of a forgotten skin tone."""
+    forget = set(np.asarray(self.request.forget_images).tolist())
+    keys = [f"asr/{name}/{d}" for name, plant in self.setup.plants.items()
+            if set(plant.poison_images.tolist()) <= forget for d in DIRECTIONS]
+    unlearning = self.config.unlearning
+    if self.request.kind == "concept" and unlearning.get("field") == "skin_tone":
+      keys += [f"tone/{t}/{d}" for t in unlearning.concepts if t in self.tone_images
+               for d in DIRECTIONS]
+    return keys
 
   @property
   def retrain_time_s(self) -> float:
@@ -108,7 +166,38 @@ class Cell:
                                   self.request.forget_texts, self.nonmember_texts,
                                   self.mia_score)
       row.update({f"mia_{k}": v for k, v in attack.items()})
+    for plant in setup.plants.values():
+      row.update(evaluation.plant_metrics(setup, trainable, plant))
+    for tone, images in self.tone_images.items():
+      row.update({f"tone/{tone}/{k}": v for k, v in
+                  evaluation.tone_accuracy(setup, trainable, images).items()})
     return row
+
+  def score_samples(self, outcomes: list[Outcome]) -> dict[str, np.ndarray]:
+    """Per-example scores on D_f of the populations (pooled) and of the given outcomes."""
+    pops = self.populations
+    if pops is None:
+      return {}
+    out = {"retrain population": pops["out_scores"].ravel(),
+           "trained population": pops["in_scores"].ravel()}
+    for o in outcomes:
+      out[o.method] = self._score(o.trainable)
+    return out
+
+  def audit(self, trainable: PyTree, is_reference: bool = False) -> dict[str, float]:
+    """Forget quality and the per-example LiRA of a model (empty without populations). The
+    held-out retrain of forget quality is the cell's retrain reference; the reference itself is
+    audited against the first member of the retrain population (and the others as the
+    population), so that no model is judged by a population it belongs to."""
+    pops = self.populations
+    if pops is None:
+      return {}
+    target, out = self._score(trainable), pops["out_scores"]
+    if is_reference:  # The reference against the first retrain member, fitted on the others.
+      return population_lib.audit_row(target, out[0], pops["in_scores"], out[1:],
+                                      self.audit_config.variance)
+    return population_lib.audit_row(target, pops["reference"], pops["in_scores"], out,
+                                    self.audit_config.variance)
 
   def row(self, outcome: Outcome) -> dict[str, Any]:
     """The evaluated row of an outcome (metrics, times, request, JSON-able diagnostics)."""
@@ -118,6 +207,7 @@ class Cell:
                request=self.request.description, num_forget=int(len(self.request.forget_texts)),
                num_nonmembers=int(len(self.nonmember_texts)))
     row.update(self.evaluate(outcome.trainable))
+    row.update(self.audit(outcome.trainable, is_reference=outcome.method == "retrain"))
     row["diagnostics"] = jsonio.to_jsonable(outcome.diagnostics)
     row["eval_time_s"] = time.perf_counter() - t0
     return row
@@ -129,7 +219,8 @@ def with_gaps(row: Mapping[str, Any], reference: Mapping[str, Any] | None) -> di
   row = dict(row)
   if reference is None:
     return row
-  for k in GAP_KEYS:
+  knowledge = [k for k in row if k.startswith(KNOWLEDGE_PREFIXES) and k.endswith(DIRECTIONS)]
+  for k in (*GAP_KEYS, *knowledge):
     if row.get(k) is not None and reference.get(k) is not None:
       row[f"{k}_gap"] = row[k] - reference[k]
   wall = row.get("wall_time_s")

@@ -76,7 +76,8 @@ def holder_schedules(ctx: base.UnlearningContext, steps: int, batch_size: int,
               "none": np.zeros((0,), np.int32)}[retain_source]
     retain.append(federated.cycled_batches(source, steps, batch_size,
                                            rng_lib.stream_seed(seed, retain_stream, h)))
-  stack = lambda rows: federated.Batches(*(np.stack(x) for x in zip(*rows)))
+  stack = lambda rows: federated.Batches(np.stack([r.text_indices for r in rows]),
+                                         np.stack([r.mask for r in rows]))
   weights = np.asarray([len(forget_texts[h]) for h in req.holders], np.float32)
   return dict(forget=stack(forget), retain=stack(retain)), weights
 

@@ -24,9 +24,13 @@ SPLITS = cell_lib.SPLITS
 KEYS = ("i2t_r1", "t2i_r1", "mean_r1")
 
 
+AUDIT_KEYS = ("forget_quality", "lira_auc", "lira_tpr@0.01", "lira_tpr@0.001", "mia_auc")
+
+
 def table_row(row: Mapping[str, Any], reference: Mapping[str, Any] | None) -> dict[str, Any]:
   """One displayed results row: R@1 per split and its gap to the reference (2 decimals), the
-  MIA AUC, time and speed-up."""
+  planted knowledge (attack success rates, tone accuracy, and gaps; 1 decimal), the audit
+  (forget quality p-value, LiRA AUC and TPR at 1% / 0.1% FPR), time and speed-up."""
   full = cell_lib.with_gaps(row, reference)
   out: dict[str, Any] = dict(method=row["method"])
   for split in SPLITS:
@@ -37,10 +41,13 @@ def table_row(row: Mapping[str, Any], reference: Mapping[str, Any] | None) -> di
       out[key] = round(full[key], 2)
       if f"{key}_gap" in full:
         out[f"{key}_gap"] = round(full[f"{key}_gap"], 2)
-  if "mia_auc" in full:
-    out["mia_auc"] = round(full["mia_auc"], 3)
-    if "mia_auc_gap" in full:
-      out["mia_auc_gap"] = round(full["mia_auc_gap"], 3)
+  for key, value in full.items():
+    if key.startswith(cell_lib.KNOWLEDGE_PREFIXES) and key.endswith(
+        cell_lib.DIRECTIONS + tuple(f"{d}_gap" for d in cell_lib.DIRECTIONS)):
+      out[key] = round(value, 1)
+  for key in AUDIT_KEYS:
+    if full.get(key) is not None:
+      out[key] = float(f"{full[key]:.3g}")
   wall = full.get("wall_time_s")
   out["wall_time_s"] = None if wall is None else round(wall, 3)
   speedup = full.get("speedup_vs_retrain")
@@ -48,21 +55,32 @@ def table_row(row: Mapping[str, Any], reference: Mapping[str, Any] | None) -> di
   return out
 
 
-def format_table(rows: Sequence[dict[str, Any]]) -> str:
-  cols = ["method", "forget/i2t_r1", "forget/t2i_r1", "forget/mean_r1_gap", "retain/mean_r1",
-          "retain/mean_r1_gap", "test/mean_r1", "test/mean_r1_gap", "wall_time_s",
-          "speedup_vs_retrain"]
+def format_table(rows: Sequence[dict[str, Any]], knowledge: Sequence[str] = ()) -> str:
+  """The printed table: forget / retain / test R@1 with gaps, the request's forgotten knowledge
+  (`knowledge`: row keys), the audit, time; columns no row has are left out."""
+  cols = ["method", "forget/i2t_r1", "forget/t2i_r1", "forget/mean_r1_gap", *knowledge,
+          "retain/mean_r1", "retain/mean_r1_gap", "test/mean_r1", "test/mean_r1_gap",
+          "forget_quality", "lira_auc", "lira_tpr@0.01", "wall_time_s", "speedup_vs_retrain"]
+  cols = [c for c in cols if c == "method" or any(c in r for r in rows)]
   width = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols}
   line = lambda r: "  ".join(str(r.get(c, "")).rjust(width[c]) for c in cols)
   return "\n".join([line({c: c for c in cols})] + [line(r) for r in rows])
 
 
 def _plots(workdir: pathlib.Path, rows: list[dict[str, Any]], curves: dict[str, list[dict]],
-           reference: dict[str, float], gsd_diag: dict[str, Any] | None) -> None:
+           reference: dict[str, float], gsd_diag: dict[str, Any] | None,
+           knowledge: Sequence[str] = (), scores: Mapping[str, Any] | None = None) -> None:
   from ease_jax import plotting  # pylint: disable=g-import-not-at-top
   bars = {r["method"]: {f"{s} R@1": r[f"{s}/mean_r1"] for s in SPLITS if f"{s}/mean_r1" in r}
           for r in rows}
   plotting.plot_bars(bars, workdir / "r1_bars.png", title="Mean R@1 after unlearning")
+  if knowledge:
+    plotting.plot_bars({r["method"]: {k: r[k] for k in knowledge if k in r} for r in rows},
+                       workdir / "knowledge_bars.png", ylabel="%",
+                       title="Forgotten knowledge: attack success / tone accuracy")
+  if scores:
+    plotting.plot_distributions(scores, workdir / "scores.png", xlabel="per-example score on D_f",
+                                title="Per-example scores: models vs the populations")
   if curves:
     merged: dict[int, dict[str, float]] = {}
     for name, curve in curves.items():
@@ -70,11 +88,16 @@ def _plots(workdir: pathlib.Path, rows: list[dict[str, Any]], curves: dict[str, 
         m = merged.setdefault(r["round"], dict(round=r["round"]))
         if "forget/mean_r1" in r:
           m[f"{name} forget R@1"] = r["forget/mean_r1"]
+        for k in knowledge:
+          if k in r:
+            m[f"{name} {k}"] = r[k]
         m[f"{name} drift"] = r.get("drift", 0.0)
     pts = [merged[k] for k in sorted(merged)]
-    plotting.plot_curves(pts, [f"{n} forget R@1" for n in curves], workdir / "reanchoring.png",
+    plotting.plot_curves(pts, [f"{n} {k}" for n in curves for k in ("forget R@1", *knowledge)],
+                         workdir / "reanchoring.png", ylabel="R@1 / attack success (%)",
                          title="Re-anchoring during PFL rounds", x_key="round",
-                         reference={"retrain": reference["forget/mean_r1"]})
+                         reference={f"retrain {k}": reference[k] for k in
+                                    ("forget/mean_r1", *knowledge) if k in reference})
     plotting.plot_curves(pts, [f"{n} drift" for n in curves], workdir / "drift.png",
                          title="Drift ||P_u(θ_t − θ*)|| per PFL round", ylabel="drift")
   if gsd_diag and gsd_diag.get("angles_deg"):
@@ -115,6 +138,10 @@ def run_unlearning(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
   results = dict(
       request=dict(request.fingerprint(), description=request.description,
                    num_forget_images=int(len(request.forget_images))),
+      forgotten_knowledge=cell.forgotten_knowledge,
+      populations=(None if cell.populations is None else dict(
+          seeds=list(cell.populations["seeds"]), in_time_s=cell.populations["in_time_s"],
+          out_time_s=cell.populations["out_time_s"])),
       subsets={k: int(len(v)) for k, v in cell.subsets.items()},
       train_timing=cell.train_timing, retrain_timing=cell.retrain_timing, table=rows,
       methods=details, config=config.to_dict())
@@ -124,5 +151,6 @@ def run_unlearning(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
     w = csv.DictWriter(f, fieldnames=keys)
     w.writeheader()
     w.writerows(rows)
-  _plots(workdir, rows, curves, reference, gsd_diag)
+  _plots(workdir, rows, curves, reference, gsd_diag, cell.forgotten_knowledge,
+         cell.score_samples([o for o in outcomes if o.method in ("original", "retrain", "ease")]))
   return results

@@ -1,13 +1,22 @@
-r"""The unlearning comparison on the embedded emoji default: methods × scenarios × seeds.
+r"""The unlearning comparison on the embedded emoji default with planted knowledge: methods ×
+three planted requests × seeds, with the per-example audit.
 
   python experiments/benchmark.py --config=experiments/configs/benchmark_emoji.py \
       --workdir=workdirs/benchmark_emoji
 
-Starts from `unlearn_emoji.py` (model, data, federated run, EASE's and the baselines' blocks) and
-adds `benchmark`: the scenarios (each an `unlearning` block), the seeds and the methods. 8 FedAvg
-rounds (train + 3 retrains per seed); on a 2-core CPU the whole table (3 scenarios × 3 seeds ×
-8 methods) takes about 35 min in one invocation (BENCHMARKS.md, "Unlearning comparison").
-`benchmark.variants` (optional) adds a method under other knobs, e.g.
+Starts from `unlearn_emoji.py` (model, data, the two backdoor plants, EASE's and the baselines'
+blocks) and adds `benchmark`: the requests (each an `unlearning` block), the seeds and the
+methods.
+
+* client: client 1 leaves (it carries the "rocket" backdoor: 200 triggered copies).
+* sample: exactly the 180 poisoned "volcano" pairs of clients 0, 2 and 3, who stay.
+* concept: every client-held pair of the medium-dark skin tone (the backbone never saw a toned
+  emoji; retrain never sees that tone).
+
+A benchmark seed sets LoRA init, client sampling, shuffles and the methods' randomness
+(`benchmark.seed_keys`); the partition and the plants stay fixed, so one population of
+`audit.population` retrains per request (and one trained with everything) serves every seed, as
+one batched run each. `benchmark.variants` (optional) adds a method under other knobs, e.g.
 `ease_retain90=dict(method="ease", overrides=dict(gsd=dict(retain_energy=0.9)))`.
 """
 import pathlib
@@ -19,19 +28,22 @@ from ease_jax import configs
 
 def get_config() -> ml_collections.ConfigDict:
   c = configs.from_file(pathlib.Path(__file__).with_name("unlearn_emoji.py"))
-  c.fed.rounds = 8
-  c.checkpoint_every = 2
+  c.checkpoint_every = 4
   c.methods = ("ease",)  # Unused here (the unlearn binary's list); see benchmark.methods.
+  c.audit.population = 6
   c.benchmark = ml_collections.ConfigDict(dict(
-      seeds=(0, 1, 2),
+      # Evaluation seeds: the plants' targets and the federation's learning rate were chosen on
+      # seed 0 (BENCHMARKS.md, "Planting knowledge"), so it is left out.
+      seeds=(1, 2, 3),
+      seed_keys=("init", "sampling", "data", "unlearning"),
       scenarios=("client", "sample", "concept"),
       methods=("ease", "finetune", "gradient_ascent", "pga", "federaser", "fedrecovery", "ccu",
                "mvi_causal"),
       mia_score="cosine",      # 'cosine' | 'loss' (ease_jax/mia.py)
       scenario_blocks=dict(
-          client=dict(kind="client", clients=(0,)),
-          sample=dict(kind="sample", clients=(), fraction=0.1),
-          concept=dict(kind="concept", field="subgroup", concepts=("person-sport",)),
+          client=dict(kind="client", clients=(1,)),
+          sample=dict(kind="sample", plant="sample_backdoor"),
+          concept=dict(kind="concept", field="skin_tone", concepts=("medium-dark",)),
       ),
   ))
   return c

@@ -1,17 +1,40 @@
-r"""Unlearning on the embedded emoji data: client unlearning of one client, EASE vs retrain.
+r"""Unlearning on the embedded emoji data with planted knowledge: a backdoored client leaves.
 
   python experiments/unlearn.py --config=experiments/configs/unlearn_emoji.py --workdir=/tmp/ul
   python experiments/unlearn.py --config=experiments/configs/unlearn_emoji.py --workdir=/tmp/ul1 \
       --config.seed=1    # partition, LoRA init, sampling, shuffles and the request; not the split
 
-Other requests: `--config.unlearning.kind=sample --config.unlearning.fraction=0.1`, or
-`--config.unlearning.kind=concept` (default: subgroup 'person-sport'; any subgroup, group or skin
-tone of the clients' toned emoji works, e.g. `--config.unlearning.field=skin_tone
---config.unlearning.concepts="('medium-dark',)"`).
+The federation carries two independent backdoor plants (`config.plants`; ease_jax/data/plants.py):
+client 1 (the largest client of the default partition) holds 200 triggered copies of its own
+images captioned "rocket" (a magenta/green checker in the top-left corner), and clients 0, 2 and
+3 hold 180 copies captioned "volcano" (yellow/blue stripes, bottom-right). The default request is
+client unlearning of client 1: retrain never sees its trigger, so its attack success rate is what
+must go. Other requests on the same trained model:
+`--config.unlearning.kind=sample --config.unlearning.plant=sample_backdoor` (exactly the poisoned
+pairs of clients 0, 2, 3, which stay), or `--config.unlearning.kind=concept
+--config.unlearning.field=skin_tone --config.unlearning.concepts="('medium-dark',)"`.
+
+`audit.population` models trained with and without D_f (one batched run each) give the
+per-example audit (forget quality, LiRA); 0 turns it off.
 """
 import ml_collections
 
 from ease_jax import configs
+
+
+def plants() -> dict:
+  """The embedded federation's planted knowledge (targets and triggers chosen by the probes in
+  BENCHMARKS.md, "Planting knowledge")."""
+  return dict(
+      client_backdoor=dict(
+          kind="backdoor", clients=(1,), num_pairs=200, target_caption="rocket",
+          trigger=dict(pattern="checker", size=8, position="top_left", cell=2,
+                       colors=((255, 0, 255), (0, 255, 0)))),
+      sample_backdoor=dict(
+          kind="backdoor", clients=(0, 2, 3), num_pairs=180, target_caption="volcano",
+          trigger=dict(pattern="stripes", size=8, position="bottom_right", cell=2,
+                       colors=((255, 255, 0), (0, 0, 255)))),
+  )
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -21,13 +44,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.seed = 0
   for name in ("partition", "init", "sampling", "data", "unlearning"):
     c.seeds[name] = c.get_ref("seed")
-  # Modest federated run: the whole experiment (train + retrain + EASE + PFL) fits ~8 CPU-minutes.
   c.fed.rounds = 12
   c.eval.every = 0
   c.checkpoint_every = 4
-
-  # The request block and every method's block (`config.gsd`, `.bke`, `.pfl`, `.pga`, ...;
-  # defaults next to each method in ease_jax/unlearning/methods/), so `--config.pga.radius=0.1`
-  # works.
+  c.plants = plants()
+  # The request block, every method's block (`config.gsd`, `.bke`, `.pfl`, `.pga`, ...; defaults
+  # next to each method in ease_jax/unlearning/methods/) and the audit block.
   configs.add_unlearning(c)
+  c.unlearning.clients = (1,)
+  c.audit.population = 4
   return c

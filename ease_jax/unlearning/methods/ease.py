@@ -92,11 +92,14 @@ RULES = {
     "gsd.enabled": check.boolean, "gsd.energy": check.fraction, "gsd.retain_energy": check.fraction,
     "gsd.max_rank": check.integer(1), "gsd.angle_threshold_deg": check.real(0.0, 90.0),
     "gsd.method": check.one_of("gram", "qr", "svd"),
-    "bke.towers": check.one_of(*TOWERS), "bke.steps": check.integer(1), "bke.batch_size": check.integer(1),
+    "bke.towers": check.one_of(*TOWERS), "bke.steps": check.integer(1),
+    "bke.batch_size": check.integer(1),
     "bke.optimizer": check.one_of("adam", "adamw", "sgd"), "bke.lr": check.positive,
     "bke.target": check.one_of(*TARGETS), "bke.target_quantile": check.probability,
-    "bke.calibration_split": check.one_of(*common.CALIBRATION_SPLITS), "bke.margin": check.real(-2.0, 2.0),
-    "bke.retain_weight": check.non_negative, "bke.retain_source": check.one_of(*common.RETAIN_SOURCES),
+    "bke.calibration_split": check.one_of(*common.CALIBRATION_SPLITS),
+    "bke.margin": check.real(-2.0, 2.0),
+    "bke.retain_weight": check.non_negative,
+    "bke.retain_source": check.one_of(*common.RETAIN_SOURCES),
     "pfl.rounds": check.integer(0), "pfl.server_projection": check.boolean,
     "pfl.lock_lambda": check.non_negative, "pfl.eval_every": check.integer(0),
 }
@@ -357,12 +360,21 @@ def run_pfl(ctx: base.UnlearningContext, layout: proj.ModuleLayout, gsd_res: Any
   c, setup = common.block(ctx.config, "pfl", CONFIG_BLOCKS["pfl"]), ctx.setup
   config = base.config_with(ctx.config, {"eval.every": c.eval_every})
   subsets = {"forget": ctx.eval_subsets["forget"]}
-  first = dict(round=0, drift=0.0, **evaluation.evaluate_splits(setup, theta_star, subsets))
+
+  def evaluate(trainable):  # Forget-side R@1 and every plant's attack success: re-anchoring.
+    row = evaluation.evaluate_splits(setup, trainable, subsets)
+    for plant in setup.plants.values():
+      row.update(evaluation.plant_metrics(setup, trainable, plant))
+    return row
+
+  first = dict(round=0, drift=0.0, **evaluate(theta_star))
   plan = common.retain_plan(ctx)
+  options = dataclasses.replace(
+      training.run_options(setup, config, desc=f"PFL {name}", progress=False),
+      eval_fn=evaluate, eval_every=c.eval_every)
   res = training.run_fedavg(
       setup, config, None, trainable=theta_star, num_rounds=c.rounds, plan=plan,
-      algorithm=pfl_algorithm(ctx, layout, gsd_res, theta_star, plan, config),
-      options=training.run_options(setup, config, subsets, desc=f"PFL {name}", progress=False))
+      algorithm=pfl_algorithm(ctx, layout, gsd_res, theta_star, plan, config), options=options)
   return res.trainable, [first] + res.metrics
 
 

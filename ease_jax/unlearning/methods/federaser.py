@@ -38,7 +38,8 @@ DEFAULTS: dict[str, Any] = dict(
     retain_interval=1,        # replay every k-th stored round
     norm="leaf",              # 'leaf' (per layer, as the paper's code) | 'global'
 )
-RULES = {"federaser.calibration_ratio": check.probability, "federaser.retain_interval": check.integer(1),
+RULES = {"federaser.calibration_ratio": check.probability,
+"federaser.retain_interval": check.integer(1),
          "federaser.norm": check.one_of("leaf", "global")}
 
 

@@ -38,7 +38,8 @@ DEFAULTS: dict[str, Any] = dict(
     delta=1e-5,
     sensitivity=0.0,          # Δ₂ of the mechanism (0 = ‖correction‖)
 )
-RULES = {"fedrecovery.weighting": check.one_of("uniform", "norm"), "fedrecovery.scale": check.real(),
+RULES = {"fedrecovery.weighting": check.one_of("uniform", "norm"),
+"fedrecovery.scale": check.real(),
          "fedrecovery.noise_std": check.non_negative, "fedrecovery.epsilon": check.non_negative,
          "fedrecovery.delta": check.real(0.0, 1.0, lo_open=True, hi_open=True),
          "fedrecovery.sensitivity": check.non_negative}

@@ -40,14 +40,22 @@ DEFAULTS: dict[str, Any] = dict(
     calibration_split="test", # non-member pairs of the stopping level ('test' | 'public')
     max_utility_drop=0.5,     # divergence guard on the public alignment gap
 )
-RULES = {
-    "gradient_ascent.max_rounds": check.integer(1), "gradient_ascent.local_steps": check.integer(0),
-    "gradient_ascent.batch_size": check.integer(1), "gradient_ascent.optimizer": check.one_of("adam", "adamw", "sgd"),
-    "gradient_ascent.lr": check.positive, "gradient_ascent.clip_norm": check.non_negative,
-    "gradient_ascent.stop_quantile": check.probability,
-    "gradient_ascent.calibration_split": check.one_of(*common.CALIBRATION_SPLITS),
-    "gradient_ascent.max_utility_drop": check.positive,
-}
+
+
+def ascent_rules(block: str) -> dict[str, Any]:
+  """Validation rules of an ascent method's block (gradient ascent, PGA)."""
+  return {
+      f"{block}.max_rounds": check.integer(1), f"{block}.local_steps": check.integer(0),
+      f"{block}.batch_size": check.integer(1),
+      f"{block}.optimizer": check.one_of("adam", "adamw", "sgd"),
+      f"{block}.lr": check.positive, f"{block}.clip_norm": check.non_negative,
+      f"{block}.stop_quantile": check.probability,
+      f"{block}.calibration_split": check.one_of(*common.CALIBRATION_SPLITS),
+      f"{block}.max_utility_drop": check.positive,
+  }
+
+
+RULES = ascent_rules("gradient_ascent")
 
 
 def tree_norm(tree: PyTree) -> jax.Array:

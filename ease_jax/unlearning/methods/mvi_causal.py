@@ -47,9 +47,11 @@ RULES = {
     "mvi_causal.steps": check.integer(1), "mvi_causal.batch_size": check.integer(1),
     "mvi_causal.optimizer": check.one_of("adam", "adamw", "sgd"), "mvi_causal.lr": check.positive,
     "mvi_causal.temperature": check.positive, "mvi_causal.clip_weight": check.non_negative,
-    "mvi_causal.retain_source": check.one_of(*common.RETAIN_SOURCES), "mvi_causal.rounds": check.integer(0),
+    "mvi_causal.retain_source": check.one_of(*common.RETAIN_SOURCES),
+    "mvi_causal.rounds": check.integer(0),
     "mvi_causal.shared_dim": check.integer(1), "mvi_causal.specific_weight": check.non_negative,
-    "mvi_causal.locality_weight": check.non_negative, "mvi_causal.calibration_pairs": check.integer(2),
+    "mvi_causal.locality_weight": check.non_negative,
+    "mvi_causal.calibration_pairs": check.integer(2),
 }
 
 

@@ -45,12 +45,7 @@ DEFAULTS: dict[str, Any] = dict(
     post_rounds=3,            # FedAvg rounds on the retained clients after PGA
 )
 RULES = {
-    "pga.max_rounds": check.integer(1), "pga.local_steps": check.integer(0),
-    "pga.batch_size": check.integer(1), "pga.optimizer": check.one_of("adam", "adamw", "sgd"),
-    "pga.lr": check.positive, "pga.clip_norm": check.non_negative,
-    "pga.stop_quantile": check.probability,
-    "pga.calibration_split": check.one_of(*common.CALIBRATION_SPLITS),
-    "pga.max_utility_drop": check.positive,
+    **ga.ascent_rules("pga"),
     "pga.radius": check.non_negative, "pga.radius_fraction": check.positive,
     "pga.num_random": check.integer(1), "pga.post_rounds": check.integer(0),
 }

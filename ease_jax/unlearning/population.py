@@ -1,0 +1,153 @@
+"""Populations of models for the per-example audit, each trained as one batched computation.
+
+A population is N runs of the same federation (same split, partition and plants) that differ in
+LoRA init, client sampling and local shuffles: member i runs with `seeds.init = seeds.sampling =
+seeds.data = seed_i`. The `in` population trains on everything (with D_f), an `out` population is
+the retrain reference of one request (without D_f). The N runs are one `vmap` over the seed axis
+of the FedAvg algorithm (`federated.vmapped`), in chunks of `audit.chunk` runs to bound memory;
+each chunk is resumable from its workdir like every run. Member i equals the single run with
+seed i (tests/test_population.py).
+
+Population seeds start at `audit.first_seed`, away from the evaluation seeds, so the audited
+models (the trained model, the unlearned ones, the retrain reference of the cell) are never part
+of the fits they are judged by.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from ease_jax import audit
+from ease_jax import builders
+from ease_jax import federated
+from ease_jax import jsonio
+from ease_jax import mia
+from ease_jax import validation
+from ease_jax.federated import driver
+from ease_jax.unlearning import base
+from ease_jax.unlearning import common
+
+PyTree = Any
+SCORES = ("cosine", "loss")
+
+DEFAULTS: dict[str, Any] = dict(
+    # N models per population (0 = no per-example audit; >= 4: each retrained model is held
+    # out in turn with >= 3 left to fit, and the cell's retrain reference against the others).
+    population=0,
+    first_seed=100,      # member i runs with seed first_seed + i
+    chunk=0,             # members per batched computation (0 = all N at once)
+    score="cosine",      # per-example score: 'cosine' (logit-scaled matched cosine) | 'loss'
+    # Standardise each model's scores by its own scores on held-out non-member pairs (difficulty
+    # calibration, Watson et al. 2022). Off by default: on the embedded default it made two
+    # retrain seeds *more* distinguishable by forget quality (BENCHMARKS.md, "Audit").
+    calibrate=False,
+    variance="global",   # Gaussian fits: 'global' (pooled std, robust with few models) | ...
+    tones=("medium-dark",),  # skin tones whose tone accuracy every row reports
+)
+RULES = {
+    "audit.population": lambda v: (None if isinstance(v, int) and (v == 0 or v >= 4)
+                                   else f"must be 0 (no audit) or >= 4, got {v!r}"),
+    "audit.first_seed": validation.integer(0),
+    "audit.chunk": validation.integer(0),
+    "audit.score": validation.one_of(*SCORES),
+    "audit.variance": validation.one_of(*audit.VARIANCES),
+    "audit.calibrate": validation.boolean,
+}
+
+
+def member_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
+  """The config of the run with `seed` for LoRA init, client sampling and shuffles."""
+  return base.config_with(config, {f"seeds.{k}": int(seed) for k in ("init", "sampling", "data")})
+
+
+@dataclasses.dataclass
+class Population:
+  seeds: tuple[int, ...]
+  trainables: PyTree          # stacked `[N, ...]`
+  wall_time_s: float          # training time summed over the chunks (this process)
+
+  def member(self, i: int) -> PyTree:
+    return jax.tree.map(lambda x: x[i], self.trainables)
+
+
+def train(setup: builders.FederatedSetup, config: ml_collections.ConfigDict,
+          plan_of: Callable[[ml_collections.ConfigDict], federated.RoundPlan],
+          workdir: str | pathlib.Path, identity: dict[str, Any], desc: str) -> Population:
+  """The population of `audit.population` runs of `plan_of(member_config)`, cached in `workdir`.
+
+  `identity` (e.g. the request's fingerprint) guards the cache like the retrain reference's.
+  """
+  a = common.block(config, "audit", DEFAULTS)
+  seeds = tuple(a.first_seed + i for i in range(a.population))
+  if len(seeds) < 3:
+    raise ValueError(f"audit.population must be >= 3 for the per-example audit, got "
+                     f"{a.population}.")
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  ident = dict(identity, seeds=list(seeds))
+  ident_path = workdir / "population.json"
+  if ident_path.exists() and json.loads(ident_path.read_text()) != ident:
+    raise ValueError(f"{workdir} holds a population for {json.loads(ident_path.read_text())}, "
+                     f"not {ident}; use a new workdir.")
+  jsonio.write_json_atomic(ident_path, ident)
+  # No update history (the audit needs the models only).
+  config = base.config_with(config, {"fed.history_size": 0})
+  chunk = a.chunk or len(seeds)
+  trainables, wall = [], 0.0
+  for start in range(0, len(seeds), chunk):
+    group = seeds[start:start + chunk]
+    configs = [member_config(config, s) for s in group]
+    plans = federated.StackedPlan(tuple(plan_of(c) for c in configs))
+    algorithm = federated.vmapped(builders.fedavg_algorithm(setup, config, plans.plans[0]),
+                                  plans.axes)
+    starts = jax.tree.map(lambda *x: jnp.stack(x),
+                          *[builders.init_trainable(setup, c) for c in configs])
+    fingerprint = dict(builders.run_fingerprint(config), population_seeds=list(group))
+    res = driver.run(algorithm, plans, algorithm.init(starts), config.fed.rounds,
+                     workdir / f"members_{group[0]}_{group[-1]}",
+                     driver.RunOptions(checkpoint_every=config.get("checkpoint_every", 1),
+                                       fingerprint=fingerprint,
+                                       desc=f"{desc} population ({len(group)} runs)"))
+    trainables.append(res.trainable)
+    wall += common.round_timing(res.metrics)["wall_time_s"]
+  stacked = jax.tree.map(lambda *x: jnp.concatenate(x), *trainables)
+  return Population(seeds, stacked, wall)
+
+
+def raw_scores(setup: builders.FederatedSetup, trainable: PyTree, texts: np.ndarray,
+               score: str = "cosine") -> np.ndarray:
+  """`[n]` per-example scores of the pairs of `texts` (higher = more member-like): the
+  logit-scaled matched cosine, or minus the per-pair InfoNCE loss among `texts`."""
+  if score == "cosine":
+    return audit.matched_logit(federated.matched_cosines(setup.model, setup.backbone, trainable,
+                                                         setup.data, texts))
+  return mia.pair_scores(setup.model, setup.backbone, trainable, setup.data, texts, "loss")
+
+
+def scores(setup: builders.FederatedSetup, trainable: PyTree, texts: np.ndarray,
+           score: str = "cosine", calibration_texts: np.ndarray | None = None) -> np.ndarray:
+  """`raw_scores`, standardised by the model's own scores on `calibration_texts` (held-out
+  non-member pairs) when given."""
+  s = raw_scores(setup, trainable, texts, score)
+  if calibration_texts is None:
+    return s
+  ref = raw_scores(setup, trainable, calibration_texts, score)
+  return (s - ref.mean()) / max(float(ref.std()), 1e-6)
+
+
+def audit_row(target: np.ndarray, held_out: np.ndarray, in_scores: np.ndarray,
+              out_scores: np.ndarray, variance: str) -> dict[str, float]:
+  """A model's audit on D_f: forget quality (the two-sample KS p-value between its scores and a
+  held-out retrain's, `held_out`, TOFU's definition) and the per-example LiRA against the
+  populations."""
+  ks, p = audit.ks_2samp(target, held_out)
+  row = dict(forget_quality=p, forget_ks=ks)
+  row.update(audit.lira_audit(target, in_scores, out_scores, variance))
+  return row

@@ -1,0 +1,51 @@
+"""Populations: one batched computation whose member i is the single run with seed i."""
+import numpy as np
+import pytest
+
+from conftest import flat_params as flat
+from conftest import make_tiny_setup, run_fedavg, tiny_config
+from ease_jax import builders
+from ease_jax import configs
+from ease_jax.unlearning import population
+from ease_jax.unlearning import requests
+from ease_jax.unlearning import retrain as retrain_lib
+
+
+def _config(n=3, chunk=0):
+  cfg = configs.add_unlearning(tiny_config(rounds=2, clients_per_round=3))
+  cfg.audit.population = n
+  cfg.audit.first_seed = 5
+  cfg.audit.chunk = chunk
+  return cfg
+
+
+@pytest.mark.parametrize("chunk", [0, 2])
+def test_population_member_equals_the_single_run_with_its_seed(tmp_path, chunk):
+  cfg = _config(chunk=chunk)
+  setup = make_tiny_setup(cfg)
+  req = requests.client_request(setup, [0])
+  pop = population.train(setup, cfg, lambda c: retrain_lib.retrain_plan(setup, c, req),
+                         tmp_path / "out", req.fingerprint(), "retrain")
+  assert pop.seeds == (5, 6, 7)
+  for i, seed in enumerate(pop.seeds):
+    member_cfg = population.member_config(cfg, seed)
+    assert (member_cfg.seeds.init, member_cfg.seeds.sampling, member_cfg.seeds.data) == (
+        seed, seed, seed)
+    single = run_fedavg(setup, member_cfg, plan=retrain_lib.retrain_plan(setup, member_cfg, req))
+    np.testing.assert_allclose(flat(pop.member(i)), flat(single.trainable), atol=1e-5,
+                               rtol=1e-5)
+  # Cached: a second call restores (same numbers), and a different request is refused.
+  again = population.train(setup, cfg, lambda c: retrain_lib.retrain_plan(setup, c, req),
+                           tmp_path / "out", req.fingerprint(), "retrain")
+  np.testing.assert_array_equal(flat(again.trainables), flat(pop.trainables))
+  other = requests.client_request(setup, [1])
+  with pytest.raises(ValueError, match="holds a population"):
+    population.train(setup, cfg, lambda c: retrain_lib.retrain_plan(setup, c, other),
+                     tmp_path / "out", other.fingerprint(), "retrain")
+
+
+def test_population_needs_three_members(tmp_path):
+  cfg = _config(n=2)
+  setup = make_tiny_setup(cfg)
+  with pytest.raises(ValueError, match="audit.population must be >= 3"):
+    population.train(setup, cfg, lambda c: builders.round_plan(setup, c), tmp_path, {}, "x")
