@@ -7,6 +7,7 @@ parameters trainable, no frozen tree, and the optimizer state carried across chu
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import time
@@ -77,28 +78,42 @@ def epoch_batches(texts: np.ndarray, steps: int, batch_size: int, seed: int) -> 
   return out
 
 
+@dataclasses.dataclass(frozen=True)
+class PretrainOptions:
+  """Central training knobs: AdamW with warmup-cosine over `steps` batches of `batch_size`;
+  `seed` draws the epoch shuffles; `learn_logit_scale=False` keeps the temperature fixed."""
+  steps: int
+  batch_size: int
+  learning_rate: float
+  weight_decay: float
+  warmup: int
+  seed: int
+  learn_logit_scale: bool = True
+
+
 def pretrain(model: CLIP, params: PyTree, data: federated.DeviceData, texts: np.ndarray,
-             steps: int, batch_size: int, learning_rate: float, weight_decay: float,
-             warmup: int, seed: int, learn_logit_scale: bool = True, progress: bool = True
-             ) -> tuple[PyTree, list[float]]:
-  """Trains all backbone parameters on `texts` with AdamW + warmup-cosine; returns params, losses.
+             options: PretrainOptions, progress: bool = True) -> tuple[PyTree, list[float]]:
+  """Trains all backbone parameters on `texts` (`options`); returns params and the loss curve.
 
   With `learn_logit_scale=False` the temperature stays at its initial value: a tiny CLIP trained
   on a small split otherwise drives it up until it is over-confident on unseen pairs, which
   makes the backbone a poor starting point for LoRA fine-tuning.
   """
+  o = options
+  learn_logit_scale = o.learn_logit_scale
   frozen_scale = jax.tree_util.tree_map_with_path(
       lambda path, _: learn_logit_scale or jax.tree_util.keystr(path) != "['logit_scale']",
       params)
+  schedule = make_schedule(o.learning_rate, o.steps, o.warmup)
   optimizer = optax.chain(optax.clip_by_global_norm(1.0),
-                          optax.masked(optax.adamw(make_schedule(learning_rate, steps, warmup),
-                                                   weight_decay=weight_decay), frozen_scale))
+                          optax.masked(optax.adamw(schedule, weight_decay=o.weight_decay),
+                                       frozen_scale))
   local = federated.local_steps(full_objective(model, learn_logit_scale), optimizer)
   run_chunk = jax.jit(local.resume, donate_argnums=(0, 1))
-  plan = epoch_batches(texts, steps, batch_size, seed)
+  plan = epoch_batches(texts, o.steps, o.batch_size, o.seed)
   opt_state = optimizer.init(params)
   losses_seen = []
-  bar = tqdm.trange(0, steps, LOG_EVERY, desc="pretrain", disable=not progress)
+  bar = tqdm.trange(0, o.steps, LOG_EVERY, desc="pretrain", disable=not progress)
   t0 = time.perf_counter()
   for start in bar:
     idx = jnp.asarray(plan[start:start + LOG_EVERY])
@@ -106,7 +121,7 @@ def pretrain(model: CLIP, params: PyTree, data: federated.DeviceData, texts: np.
                                            federated.Batches(idx, jnp.ones(idx.shape, bool)))
     step_loss = np.asarray(metrics["step_loss"])
     losses_seen.append(float(step_loss[0]))
-    if start + len(step_loss) == steps and len(step_loss) > 1:
+    if start + len(step_loss) == o.steps and len(step_loss) > 1:
       losses_seen.append(float(step_loss[-1]))
     bar.set_postfix(loss=f"{losses_seen[-1]:.3f}", s=f"{time.perf_counter() - t0:.0f}")
   return params, losses_seen
@@ -147,10 +162,11 @@ def pretrain_backbone(config: ml_collections.ConfigDict, out_dir: str | pathlib.
   public_texts = np.flatnonzero(np.isin(ds.text_image, splits.public))
   t0 = time.perf_counter()
   params, loss_curve = pretrain(
-      model, params, data, public_texts, steps=config.pretrain.steps,
-      batch_size=config.pretrain.batch_size, learning_rate=config.pretrain.learning_rate,
-      weight_decay=config.pretrain.weight_decay, warmup=config.pretrain.warmup,
-      seed=config.seeds.data, learn_logit_scale=config.pretrain.learn_logit_scale)
+      model, params, data, public_texts, PretrainOptions(
+          steps=config.pretrain.steps, batch_size=config.pretrain.batch_size,
+          learning_rate=config.pretrain.learning_rate,
+          weight_decay=config.pretrain.weight_decay, warmup=config.pretrain.warmup,
+          seed=config.seeds.data, learn_logit_scale=config.pretrain.learn_logit_scale))
   train_time = time.perf_counter() - t0
   evals = {}
   for name, images in (("public", splits.public), ("test", splits.test),

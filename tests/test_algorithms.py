@@ -159,8 +159,9 @@ def test_pretraining_runs_on_the_local_steps_primitive(tiny_setup):
   init = lambda: setup.model.init(jax.random.key(3))  # pretrain donates its params
   scale0 = np.asarray(init()["logit_scale"])
   texts = np.arange(setup.dataset.num_texts)
-  kw = dict(steps=30, batch_size=16, learning_rate=3e-3, weight_decay=0.0, warmup=2, seed=0,
-            learn_logit_scale=False, progress=False)
+  kw = dict(options=centralized.PretrainOptions(
+      steps=30, batch_size=16, learning_rate=3e-3, weight_decay=0.0, warmup=2, seed=0,
+      learn_logit_scale=False), progress=False)
   trained, curve = centralized.pretrain(setup.model, init(), setup.data, texts, **kw)
   assert len(curve) == 3 and curve[-1] < curve[0]
   np.testing.assert_array_equal(trained["logit_scale"], scale0)  # the fixed temperature
