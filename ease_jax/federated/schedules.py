@@ -33,11 +33,6 @@ class ClientSchedules(NamedTuple):
   def batches(self) -> Batches:
     return Batches(self.text_indices, self.mask, self.mask.any(axis=-1))
 
-  @property
-  def utilization(self) -> float:
-    """The share of planned example slots that hold an example (the rest is padding)."""
-    return float(self.mask.mean()) if self.mask.size else 1.0
-
 
 def num_local_steps(num_examples: int, batch_size: int, local_epochs: int) -> int:
   return local_epochs * -(-num_examples // batch_size)
