@@ -238,6 +238,10 @@ def run_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
   fp = checkpointing.fingerprint(keep)
   for k in ("fed.backend", "fed.chunk_size"):  # Execution strategy, not the maths.
     fp.pop(k, None)
+  # Requests' and methods' randomness: no federated run reads it (a request's effect on a run,
+  # its forget set, is in the request's own fingerprint). Without it, the benchmark's seeds
+  # share one population per request.
+  fp.pop("seeds.unlearning", None)
   fp["state_format"] = STATE_FORMAT
   return fp
 

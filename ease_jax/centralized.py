@@ -58,7 +58,8 @@ def full_objective(model: CLIP, learn_logit_scale: bool) -> federated.LossFn:
                                        batch["attention_mask"])
     if not learn_logit_scale:
       scale = jax.lax.stop_gradient(scale)
-    return losses.clip_loss(image_emb, text_emb, scale, batch["mask"])
+    return losses.clip_loss(image_emb, text_emb, scale, batch["mask"],
+                            text_tokens=batch["input_ids"])
 
   return loss_fn
 

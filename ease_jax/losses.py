@@ -66,16 +66,26 @@ def contrastive_logits(image_emb: jax.Array,
   return scale * jnp.matmul(image_emb, text_emb.T, precision=_HIGHEST)
 
 
+def false_negatives(text_tokens: jax.Array) -> jax.Array:
+  """`[B, B]` bool: off-diagonal pairs whose captions are identical (`text_tokens [B, L]`)."""
+  same = jnp.all(text_tokens[:, None, :] == text_tokens[None, :, :], axis=-1)
+  return same & ~jnp.eye(text_tokens.shape[0], dtype=bool)
+
+
 def clip_loss(image_emb: jax.Array,
               text_emb: jax.Array,
               logit_scale: jax.Array | float,
               mask: jax.Array | None = None,
-              max_scale: float = DEFAULT_MAX_SCALE) -> jax.Array:
+              max_scale: float = DEFAULT_MAX_SCALE,
+              text_tokens: jax.Array | None = None) -> jax.Array:
   """Symmetric InfoNCE (CLIP) loss, with optional padding mask.
 
   loss = 1/2 (CE(image -> text) + CE(text -> image)), each a mean over valid rows. Padded rows
   are excluded as queries and their columns as negatives. An all-padded batch gives 0 loss and
-  zero (finite) gradients.
+  zero (finite) gradients. With `text_tokens`, a pair whose caption is identical to the query's
+  own is not a negative either: a batch holding several copies of one caption (a backdoor's
+  target, captions truncated to the same tokens) would otherwise push each image away from its
+  own caption.
 
   Args:
     image_emb: `[B, D]` image embeddings.
@@ -83,6 +93,7 @@ def clip_loss(image_emb: jax.Array,
     logit_scale: scalar log temperature.
     mask: `[B]` bool/float, True (or > 0) for valid rows; None means all valid.
     max_scale: clamp for `exp(logit_scale)`.
+    text_tokens: `[B, L]` the captions' token ids; None treats every caption as distinct.
 
   Returns:
     Scalar float32 loss.
@@ -91,6 +102,8 @@ def clip_loss(image_emb: jax.Array,
   batch = logits.shape[0]
   valid = _valid_rows(mask, batch)
   pair_valid = valid[:, None] & valid[None, :]
+  if text_tokens is not None:
+    pair_valid = pair_valid & ~false_negatives(text_tokens)
   # Invalid entries get a finite large negative logit: masked out as negatives, and rows that are
   # entirely invalid still have a finite logsumexp (their loss is weighted by 0 below).
   logits = jnp.where(pair_valid, logits, _NEG_LARGE)

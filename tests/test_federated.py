@@ -244,3 +244,25 @@ def test_frozen_a_trains_b_only_and_makes_fedavg_exact(tiny_setup):
   assert any(np.abs(np.asarray(x)).max() > 0
              for p, x in jax.tree_util.tree_flatten_with_path(free_deltas)[0]
              if jax.tree_util.keystr(p).endswith("['a']"))
+
+
+def test_clip_objective_and_a_forget_set_of_one_caption(tiny_setup):
+  """Training leaves identical captions out of the negatives; a batch of one repeated caption
+  (a backdoor's poisoned pairs) then has no negatives, so forget-side objectives ask for plain
+  InfoNCE, which still has a gradient there."""
+  setup = tiny_setup
+  trainable = builders.init_trainable(setup, tiny_config())
+  batch = setup.data.batch(jnp.arange(8))
+  same = dict(batch, input_ids=jnp.tile(batch["input_ids"][:1], (8, 1)),
+              attention_mask=jnp.tile(batch["attention_mask"][:1], (8, 1)),
+              mask=jnp.ones(8, bool))
+  norm = lambda g: float(optax.global_norm(g))
+  training = federated.clip_objective(setup.model)
+  plain = federated.clip_objective(setup.model, identical_captions_as_negatives=True)
+  assert float(training(trainable, setup.backbone, same)) == 0.0
+  assert norm(jax.grad(training)(trainable, setup.backbone, same)) == 0.0
+  assert norm(jax.grad(plain)(trainable, setup.backbone, same)) > 0.0
+  # Distinct captions: both objectives are the same loss.
+  distinct = dict(batch, mask=jnp.ones(8, bool))
+  np.testing.assert_allclose(training(trainable, setup.backbone, distinct),
+                             plain(trainable, setup.backbone, distinct), rtol=1e-6)

@@ -44,6 +44,26 @@ def test_clip_loss_matches_numpy(scale):
   np.testing.assert_allclose(got, _np_clip_loss(img, txt, scale), rtol=1e-5, atol=1e-5)
 
 
+def test_clip_loss_identical_captions_are_not_negatives():
+  img, txt = _rand(3, b=6)
+  tokens = np.array([[5, 6], [7, 8], [5, 6], [9, 9], [5, 6], [1, 2]], np.int32)
+  got = jax.jit(losses.clip_loss)(img, txt, 1.5, text_tokens=tokens)
+  ni = img / np.linalg.norm(img, axis=1, keepdims=True)
+  nt = txt / np.linalg.norm(txt, axis=1, keepdims=True)
+  logits = np.exp(1.5) * ni @ nt.T
+  same = (tokens[:, None, :] == tokens[None, :, :]).all(-1) & ~np.eye(6, dtype=bool)
+  rows, cols = [], []
+  for i in range(6):
+    keep = ~same[i]  # i's own pair stays; the other copies of its caption are dropped
+    rows.append(np.log(np.exp(logits[i, keep]).sum()) - logits[i, i])
+    cols.append(np.log(np.exp(logits[keep, i]).sum()) - logits[i, i])
+  np.testing.assert_allclose(got, 0.5 * (np.mean(rows) + np.mean(cols)), rtol=1e-5)
+  # Distinct captions: the same loss as without tokens.
+  unique = np.arange(12, dtype=np.int32).reshape(6, 2)
+  np.testing.assert_allclose(losses.clip_loss(img, txt, 1.5, text_tokens=unique),
+                             losses.clip_loss(img, txt, 1.5), rtol=1e-6)
+
+
 def test_clip_loss_mask_equals_removed_rows():
   img, txt = _rand(2, b=10)
   mask = np.array([1, 1, 0, 1, 0, 1, 1, 1, 0, 1], bool)

@@ -49,3 +49,22 @@ def test_population_needs_three_members(tmp_path):
   setup = make_tiny_setup(cfg)
   with pytest.raises(ValueError, match="audit.population must be >= 3"):
     population.train(setup, cfg, lambda c: builders.round_plan(setup, c), tmp_path, {}, "x")
+
+
+def test_the_run_fingerprint_leaves_out_the_methods_seed():
+  """A federated run never reads `seeds.unlearning`, so benchmark seeds share one population
+  per request (the cache key is the run's fingerprint without its member seeds)."""
+  cfg = _config()
+  other = population.member_config(cfg, 5)
+  other.seeds.unlearning = 17
+  assert builders.run_fingerprint(other) == builders.run_fingerprint(
+      population.member_config(cfg, 5))
+  assert builders.run_fingerprint(population.member_config(cfg, 6)) != builders.run_fingerprint(
+      population.member_config(cfg, 5))
+  # Two benchmark seeds (all four seeds differ) share the population's checkpoints; another
+  # federation does not.
+  seed_2 = population.member_config(cfg, 2)
+  seed_2.seeds.unlearning = 2
+  assert population.federation_fingerprint(seed_2) == population.federation_fingerprint(cfg)
+  seed_2.fed.rounds += 1
+  assert population.federation_fingerprint(seed_2) != population.federation_fingerprint(cfg)

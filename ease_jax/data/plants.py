@@ -10,9 +10,9 @@ copies of the held-out test images that measure the attack, `plant_source`: the 
 so requests select them by name and evaluation leaves them out of retrieval metrics.
 
 One federation may carry several independent plants (distinct triggers and targets): the
-default embedded federation backdoors client 0 (the client request) and a spread of pairs on
-clients 1-3 (the sample request); the concept request forgets a skin tone, which only the
-clients' data teaches.
+default embedded federation (`experiments/configs/unlearn_emoji.py`) backdoors client 1 (the
+client request) and a spread of pairs on clients 0, 2 and 3 (the sample request); the concept
+request forgets a skin tone, which only the clients' data teaches.
 """
 from __future__ import annotations
 

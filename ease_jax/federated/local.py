@@ -55,14 +55,22 @@ def weighted_mean(deltas: PyTree, weights: jax.Array) -> PyTree:
   return jax.tree.map(lambda d: jnp.tensordot(weights, d, axes=1), deltas)
 
 
-def clip_objective(model: CLIP) -> LossFn:
-  """Symmetric InfoNCE of a CLIP batch; `params` is the LoRA tree (may hold `logit_scale`)."""
+def clip_objective(model: CLIP, identical_captions_as_negatives: bool = False) -> LossFn:
+  """Symmetric InfoNCE of a CLIP batch; `params` is the LoRA tree (may hold `logit_scale`).
+
+  By default a pair whose caption is identical to the query's own is not a negative (the
+  training objective: see `losses.clip_loss`). `identical_captions_as_negatives=True` is plain
+  InfoNCE, for objectives on a forget set that may hold a single caption (a backdoor's poisoned
+  pairs), which would otherwise have no negatives, a zero loss and zero gradients.
+  """
 
   def loss_fn(params, backbone, batch, context=None):
     del context
     image_emb, text_emb, logit_scale = model(backbone, params, batch["pixels"],
                                              batch["input_ids"], batch["attention_mask"])
-    return losses.clip_loss(image_emb, text_emb, logit_scale, batch["mask"])
+    tokens = None if identical_captions_as_negatives else batch["input_ids"]
+    return losses.clip_loss(image_emb, text_emb, logit_scale, batch["mask"],
+                            text_tokens=tokens)
 
   return loss_fn
 

@@ -93,8 +93,7 @@ class Cell:
     """The `in` (trained with D_f) and `out` (retrained without it) populations, cached under
     `root` by what defines them, and every member's scores on D_f."""
     setup, config, request = self.setup, self.config, self.request
-    federation = {k: v for k, v in builders.run_fingerprint(config).items()
-                  if k.split(".")[-1] not in ("init", "sampling", "data")}
+    federation = population_lib.federation_fingerprint(config)
     tag = lambda ident: checkpointing.fingerprint_hash(dict(ident))[:10]
     in_pop = population_lib.train(setup, config, lambda c: builders.round_plan(setup, c),
                                   root / f"in-{tag(federation)}", dict(kind="none"), "trained")

@@ -184,7 +184,7 @@ def clip_term(model: CLIP, params: PyTree, backbone: PyTree, retain_batch: Mappi
     return jnp.zeros(())
   rb = retain_batch
   ie, te, ls = model(backbone, params, rb["pixels"], rb["input_ids"], rb["attention_mask"])
-  return weight * losses.clip_loss(ie, te, ls, rb["mask"])
+  return weight * losses.clip_loss(ie, te, ls, rb["mask"], text_tokens=rb["input_ids"])
 
 
 def run_embedding_holders(ctx: base.UnlearningContext, c: ml_collections.ConfigDict,

@@ -62,9 +62,18 @@ RULES = {
 }
 
 
+MEMBER_SEEDS = ("init", "sampling", "data")
+
+
 def member_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
   """The config of the run with `seed` for LoRA init, client sampling and shuffles."""
-  return base.config_with(config, {f"seeds.{k}": int(seed) for k in ("init", "sampling", "data")})
+  return base.config_with(config, {f"seeds.{k}": int(seed) for k in MEMBER_SEEDS})
+
+
+def federation_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """What a population's runs share: the run fingerprint without the seeds its members set."""
+  return {k: v for k, v in builders.run_fingerprint(config).items()
+          if k not in {f"seeds.{s}" for s in MEMBER_SEEDS}}
 
 
 @dataclasses.dataclass
@@ -109,7 +118,7 @@ def train(setup: builders.FederatedSetup, config: ml_collections.ConfigDict,
                                   plans.axes)
     starts = jax.tree.map(lambda *x: jnp.stack(x),
                           *[builders.init_trainable(setup, c) for c in configs])
-    fingerprint = dict(builders.run_fingerprint(config), population_seeds=list(group))
+    fingerprint = dict(federation_fingerprint(config), population_seeds=list(group))
     res = driver.run(algorithm, plans, algorithm.init(starts), config.fed.rounds,
                      workdir / f"members_{group[0]}_{group[-1]}",
                      driver.RunOptions(checkpoint_every=config.get("checkpoint_every", 1),

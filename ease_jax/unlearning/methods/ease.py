@@ -159,7 +159,10 @@ def gsd_inputs(ctx: base.UnlearningContext, layout: proj.ModuleLayout, m: int
     info["forget_side"] = "transmitted updates"
   else:
     batch_size, seed = ctx.config.fed.batch_size, ctx.config.seeds.unlearning
-    grads = minibatch_gradients(federated.clip_objective(setup.model))
+    # Plain InfoNCE: a forget set of one caption (a backdoor's poisoned pairs) would give zero
+    # gradients if its copies were not each other's negatives.
+    grads = minibatch_gradients(federated.clip_objective(setup.model,
+                                                         identical_captions_as_negatives=True))
     forget_texts = req.forget_client_texts(setup)
     retain_texts = req.retain_client_texts(setup)
     gradients = lambda texts, stream, c, n: np.asarray(grads(
@@ -233,7 +236,7 @@ def bke_objective(model: CLIP, retain_weight: float, target_mode: str, margin: f
     if use_retain:
       ie_r, te_r, ls = model(backbone, params, rb["pixels"], rb["input_ids"],
                              rb["attention_mask"])
-      l_r = losses.clip_loss(ie_r, te_r, ls, rb["mask"])
+      l_r = losses.clip_loss(ie_r, te_r, ls, rb["mask"], text_tokens=rb["input_ids"])
     return l_f + retain_weight * l_r, dict(forget=l_f, retain=l_r)
 
   return loss_fn

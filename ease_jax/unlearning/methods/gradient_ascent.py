@@ -96,7 +96,8 @@ def make_ascent_round(model: CLIP, optimizer: Any) -> Any:
   server takes the |D_f ∩ D_h|-weighted mean of the holders' updates (inside the ball too, by
   convexity).
   """
-  clip = federated.clip_objective(model)
+  # Plain InfoNCE: a forget set of one caption (a backdoor's poisoned pairs) keeps its negatives.
+  clip = federated.clip_objective(model, identical_captions_as_negatives=True)
   neg = lambda p, b, batch, context: -clip(p, b, batch)
   steps = federated.local_steps(neg, optimizer,
                                 constrain=lambda p, ball: project_to_ball(p, *ball))
