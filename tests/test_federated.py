@@ -256,7 +256,7 @@ def test_clip_objective_and_a_forget_set_of_one_caption(tiny_setup):
   same = dict(batch, input_ids=jnp.tile(batch["input_ids"][:1], (8, 1)),
               attention_mask=jnp.tile(batch["attention_mask"][:1], (8, 1)),
               mask=jnp.ones(8, bool))
-  norm = lambda g: float(optax.global_norm(g))
+  norm = lambda g: float(optax.tree.norm(g))
   training = federated.clip_objective(setup.model)
   plain = federated.clip_objective(setup.model, identical_captions_as_negatives=True)
   assert float(training(trainable, setup.backbone, same)) == 0.0
