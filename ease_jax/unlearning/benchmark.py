@@ -343,8 +343,10 @@ def write_csv(path: pathlib.Path, table: Sequence[dict[str, Any]]) -> None:
 
 
 def plot(path: pathlib.Path, table: Sequence[dict[str, Any]], scenarios: Sequence[str]) -> None:
-  """Per scenario: forget vs retain R@1 gap to retrain (signed: a negative forget gap is
-  over-forgetting), error bars = std over seeds; retrain sits at the origin."""
+  """Per scenario: the forgotten knowledge's gap to retrain (the first knowledge metric: a
+  planted backdoor's i2t attack success, a tone's accuracy; else forget R@1, where a negative gap
+  is over-forgetting) against the retain R@1 gap, error bars = std over seeds; retrain sits at
+  the origin."""
   from ease_jax import plotting  # noqa: F401  pylint: disable=g-import-not-at-top (sets Agg)
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   scenarios = [s for s in scenarios if any(r["scenario"] == s for r in table)]
@@ -353,14 +355,18 @@ def plot(path: pathlib.Path, table: Sequence[dict[str, Any]], scenarios: Sequenc
   for ax, scenario in zip(axes[0], scenarios):
     ax.axhline(0.0, color="0.6", lw=0.8)
     ax.axvline(0.0, color="0.6", lw=0.8)
-    for r in table:
-      if r["scenario"] != scenario or r["method"] == "retrain" or r["forget/mean_r1_gap"] is None:
+    rows = [r for r in table if r["scenario"] == scenario]
+    knowledge = rows[0].get("knowledge") or []
+    x_key = f"{knowledge[0]}_gap" if knowledge else "forget/mean_r1_gap"
+    for r in rows:
+      if r["method"] == "retrain" or r.get(x_key) is None:
         continue
-      fx, fs = r["forget/mean_r1_gap"]
+      fx, fs = r[x_key]
       rx, rs = r["retain/mean_r1_gap"]
       ax.errorbar(fx, rx, xerr=fs, yerr=rs, fmt="o", capsize=2)
       ax.annotate(r["method"], (fx, rx), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel("forget R@1 − retrain (points; < 0: over-forgets)")
+    ax.set_xlabel(f"{knowledge[0].split('/', 1)[1]} − retrain (points)" if knowledge else
+                  "forget R@1 − retrain (points; < 0: over-forgets)")
     ax.set_ylabel("retain R@1 − retrain (points)")
     ax.set_title(f"{scenario} unlearning (retrain at the origin)")
     ax.grid(alpha=0.3)
