@@ -63,6 +63,7 @@ RULES = {
 
 
 MEMBER_SEEDS = ("init", "sampling", "data")
+_MEMBER_SEED_KEYS = frozenset(f"seeds.{s}" for s in MEMBER_SEEDS)
 
 
 def member_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
@@ -73,7 +74,7 @@ def member_config(config: ml_collections.ConfigDict, seed: int) -> ml_collection
 def federation_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """What a population's runs share: the run fingerprint without the seeds its members set."""
   return {k: v for k, v in builders.run_fingerprint(config).items()
-          if k not in {f"seeds.{s}" for s in MEMBER_SEEDS}}
+          if k not in _MEMBER_SEED_KEYS}
 
 
 @dataclasses.dataclass
