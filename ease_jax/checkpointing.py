@@ -228,8 +228,27 @@ def _is_orphaned_callback(unraisable) -> bool:
   return False
 
 
+class _DropOrphanedReadErrors(py_logging.Filter):
+  """The other channel of the same orphans: a read that failed after orbax gave up leaves a
+  future (or task) nobody awaits, and asyncio logs "Future/Task exception was never retrieved"
+  (ERROR) when it is collected. Drops exactly those whose exception is a tensorstore read error."""
+
+  def filter(self, record):
+    exc = record.exc_info[1] if record.exc_info else None
+    if (record.getMessage().startswith(("Future exception was never retrieved",
+                                        "Task exception was never retrieved"))
+        and isinstance(exc, ValueError) and "Error reading" in str(exc)):
+      _ORPHANS.note()
+      return False
+    return True
+
+
 def _install_orphan_filter() -> None:
-  """Wraps the current `sys.unraisablehook` (once) to drop orphaned tensorstore callbacks."""
+  """Wraps the current `sys.unraisablehook` (once) to drop orphaned tensorstore callbacks, and
+  filters asyncio's records of their never-retrieved failed reads (once)."""
+  asyncio_logger = py_logging.getLogger("asyncio")
+  if not any(isinstance(f, _DropOrphanedReadErrors) for f in asyncio_logger.filters):
+    asyncio_logger.addFilter(_DropOrphanedReadErrors())
   previous = sys.unraisablehook
   if getattr(previous, "_ease_drops_orphaned_callbacks", False):
     return
