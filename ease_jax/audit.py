@@ -17,6 +17,19 @@ not used in the fits (held-out retrain seeds, the negatives).
   retrain models' Λ).
 * `ks_2samp`: the two-sample Kolmogorov–Smirnov statistic with its exact two-sided p-value;
   forget quality (TOFU) = that p-value between the model's and a held-out retrain's scores.
+* `calibrated_ks`: the same statistic judged against the retrain population. The exact p-value
+  assumes each model's n scores are independent draws, but a model's scores move together in
+  groups (a seed that aligns hands better aligns every hand), so two retrains of one request
+  differ by far more than n independent draws would (on the embedded default 68% of the pairs
+  of retrain seeds had p < 0.05, BENCHMARKS.md, "Forget quality against the population"). The
+  population's own pairs measure how far two retrains typically are: the effective sample size
+  n_eff = 2 (K_½ / median D_pairs)², K_½ the median of the Kolmogorov distribution, makes the
+  median pair sit at p = ½, and the p-value is the asymptotic Kolmogorov tail at that size.
+  n_eff never exceeds the real sizes, so the calibration can only make the test more
+  conservative than the exact one. It matches the null's median, not its tail: where a few
+  large groups carry the shifts, the pairs' statistics have a heavier tail than Kolmogorov's
+  and the test flags more than its level (synthetic scores of 12 groups: 22-28% of null pairs
+  at p < 0.05; 20 groups: 6%; the embedded default's retrain seeds: 4%, BENCHMARKS.md).
 """
 from __future__ import annotations
 
@@ -29,6 +42,7 @@ from ease_jax import mia
 
 VARIANCES = ("global", "per_example")
 _MIN_STD = 1e-4
+KOLMOGOROV_MEDIAN = 0.8275735551899059  # median of K = lim sqrt(n) D_n (scipy's kstwobign)
 
 
 def matched_logit(cosines: np.ndarray) -> np.ndarray:
@@ -115,17 +129,73 @@ def _ks_exact_sf(d: float, n: int, m: int) -> float:
   return float(min(1.0, max(0.0, 1.0 - math.exp(math.log(row[m]) + log_scale - log_total))))
 
 
-def ks_2samp(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
-  """(D, exact two-sided p-value) of the two-sample KS test (scipy's `method='exact'`)."""
+def ks_statistic(a: Sequence[float], b: Sequence[float]) -> float:
+  """The two-sample KS statistic D = sup |F_a − F_b| of two non-empty samples."""
   a = np.sort(np.asarray(a, np.float64).ravel())
   b = np.sort(np.asarray(b, np.float64).ravel())
   if a.size == 0 or b.size == 0:
-    raise ValueError("ks_2samp needs two non-empty samples.")
+    raise ValueError("The KS test needs two non-empty samples.")
   grid = np.concatenate([a, b])
   cdf_a = np.searchsorted(a, grid, side="right") / a.size
   cdf_b = np.searchsorted(b, grid, side="right") / b.size
-  d = float(np.max(np.abs(cdf_a - cdf_b)))
-  return d, _ks_exact_sf(d, a.size, b.size)
+  return float(np.max(np.abs(cdf_a - cdf_b)))
+
+
+def ks_2samp(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+  """(D, exact two-sided p-value) of the two-sample KS test (scipy's `method='exact'`)."""
+  d = ks_statistic(a, b)
+  return d, _ks_exact_sf(d, np.size(a), np.size(b))
+
+
+def kolmogorov_sf(x: np.ndarray | float) -> np.ndarray:
+  """P(K > x) of the Kolmogorov distribution (the limit of sqrt(n) D_n; scipy's kstwobign)."""
+  x = np.atleast_1d(np.asarray(x, np.float64))
+  k = np.arange(1, 101, dtype=np.float64)[:, None]
+  # Two series, each fast where the other is slow: the theta-function form below x = 1.
+  small = np.maximum(x, 1e-3)
+  cdf_small = (math.sqrt(2 * math.pi) / small
+               * np.exp(-np.square(2 * k - 1) * math.pi ** 2 / (8 * small ** 2)).sum(0))
+  sf_large = 2 * ((-1) ** (k - 1) * np.exp(-2 * k ** 2 * x ** 2)).sum(0)
+  sf = np.where(x < 1, 1 - cdf_small, sf_large)
+  return np.clip(np.where(x <= 0, 1.0, sf), 0.0, 1.0)
+
+
+def pairwise_ks_statistics(scores: np.ndarray) -> np.ndarray:
+  """`[M (M − 1) / 2]` KS statistics of every pair of rows of `scores [M, n]` (M >= 2)."""
+  scores = np.asarray(scores, np.float64)
+  if scores.ndim != 2 or scores.shape[0] < 2:
+    raise ValueError(f"Pairwise KS statistics need scores of >= 2 models [models, examples], "
+                     f"got shape {scores.shape}.")
+  m = scores.shape[0]
+  return np.array([ks_statistic(scores[i], scores[j])
+                   for i in range(m) for j in range(i + 1, m)])
+
+
+def effective_size(null_statistics: np.ndarray, n: int, m: int) -> float:
+  """n_eff = 2 (K_½ / median D_null)², at most the harmonic size 2 n m / (n + m) (see the
+  module docstring)."""
+  null = np.asarray(null_statistics, np.float64).ravel()
+  if null.size == 0:
+    raise ValueError("The calibrated KS test needs the statistics of >= 1 pair of reference "
+                     "models.")
+  harmonic = 2.0 * n * m / (n + m)
+  median = float(np.median(null))
+  return harmonic if median <= 0 else min(harmonic, 2.0 * (KOLMOGOROV_MEDIAN / median) ** 2)
+
+
+def calibrated_ks(a: Sequence[float], b: Sequence[float], null_statistics: np.ndarray
+                  ) -> dict[str, float]:
+  """The KS test of `a` against `b`, at the effective size of `null_statistics` (the KS
+  statistics of pairs of models that share the null hypothesis, e.g. `pairwise_ks_statistics`
+  of a retrain population that holds neither `a`'s nor `b`'s model).
+
+  Returns `ks` (D), `p` (calibrated), `p_iid` (the exact p-value, independent draws) and
+  `n_eff`.
+  """
+  d, p_iid = ks_2samp(a, b)
+  n_eff = effective_size(null_statistics, np.size(a), np.size(b))
+  p = float(kolmogorov_sf(math.sqrt(n_eff / 2.0) * d)[0])
+  return dict(ks=d, p=p, p_iid=p_iid, n_eff=n_eff)
 
 
 def lira_audit(target: np.ndarray, in_scores: np.ndarray, out_scores: np.ndarray,

@@ -84,3 +84,58 @@ def test_matched_logit_is_monotone_and_finite_at_the_ends():
   z = audit.matched_logit(c)
   assert np.all(np.isfinite(z)) and np.all(np.diff(z) > 0) and z[2] == 0.0
   np.testing.assert_allclose(z[3], np.log(1.5 / 0.5))
+
+
+def test_kolmogorov_sf_equals_scipy():
+  x = np.array([0.0, 0.05, 0.3, 0.6, audit.KOLMOGOROV_MEDIAN, 0.999, 1.0, 1.3, 2.0, 4.0])
+  np.testing.assert_allclose(audit.kolmogorov_sf(x), scipy.stats.kstwobign.sf(x), atol=1e-13)
+  assert audit.KOLMOGOROV_MEDIAN == pytest.approx(scipy.stats.kstwobign.median(), rel=1e-12)
+
+
+def _grouped_models(rng, models, mu, groups, spread):
+  """Scores that move together in groups: example k of model m is mu_k + b_{m, g(k)} + noise."""
+  n = mu.size
+  group_of = np.arange(n) % groups
+  shifts = spread * rng.normal(size=(models, groups))
+  return mu + shifts[:, group_of] + 0.1 * rng.normal(size=(models, n))
+
+
+def test_calibrated_ks_clears_retrains_that_the_exact_test_flags():
+  """Two models of one null differ in grouped shifts: the exact KS flags most pairs, the test
+  at the population's effective size flags about its level, and still flags a member."""
+  rng = np.random.default_rng(3)
+  n, models = 600, 40
+  mu = rng.normal(size=n)
+  # 20 groups: enough that the pairs' statistics have the Kolmogorov shape (with fewer, e.g. 12,
+  # the null's tail is heavier than the median match assumes; see `audit.calibrated_ks`).
+  outs = _grouped_models(rng, models, mu, groups=20, spread=0.8)
+  reference, population = outs[:20], outs[20:]
+  null = audit.pairwise_ks_statistics(population)
+  assert null.shape == (20 * 19 // 2,)
+  assert null[0] == pytest.approx(scipy.stats.ks_2samp(population[0], population[1]).statistic)
+  results = [audit.calibrated_ks(reference[i], reference[i + 1], null) for i in range(0, 20, 2)]
+  results += [audit.calibrated_ks(reference[i], reference[i + 3], null) for i in range(0, 16, 2)]
+  p_iid = np.array([r["p_iid"] for r in results])
+  p = np.array([r["p"] for r in results])
+  assert np.mean(p_iid < 0.05) >= 0.3          # independent draws: many retrain pairs flagged
+  assert np.mean(p < 0.05) <= 0.15 and np.median(p) > 0.3
+  assert all(r["n_eff"] < n for r in results)
+  member = _grouped_models(rng, 1, mu + 1.0, groups=20, spread=0.8)[0]
+  flagged = audit.calibrated_ks(member, reference[0], null)
+  assert flagged["p"] < 0.01 and flagged["p"] >= flagged["p_iid"]
+
+
+def test_calibrated_ks_of_independent_draws_is_the_asymptotic_test():
+  """Without grouped shifts the pairs look like independent draws, n_eff is capped at the real
+  size and the p-value is the asymptotic Kolmogorov one of the exact statistic."""
+  rng = np.random.default_rng(4)
+  a, b = rng.normal(size=300), rng.normal(0.3, 1.0, size=300)
+  null = np.zeros(3)   # identical reference models
+  r = audit.calibrated_ks(a, b, null)
+  ref = scipy.stats.ks_2samp(a, b, method="asymp")
+  assert r["n_eff"] == 300 and r["ks"] == pytest.approx(ref.statistic)
+  assert r["p"] == pytest.approx(scipy.stats.kstwobign.sf(np.sqrt(150) * ref.statistic))
+  with pytest.raises(ValueError, match="reference"):
+    audit.calibrated_ks(a, b, [])
+  with pytest.raises(ValueError, match=">= 2 models"):
+    audit.pairwise_ks_statistics(a[None])

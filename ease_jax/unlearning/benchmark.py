@@ -44,7 +44,7 @@ METRICS = (
     + [f"{s}/mean_r1" for s in SPLITS]
     + [f"{s}/mean_r1_gap" for s in SPLITS]
     + ["mia_auc", "mia_auc_gap", "wall_time_s", "speedup_vs_retrain"]
-    + ["forget_quality", "lira_auc", "lira_tpr@0.01", "lira_tpr@0.001"])
+    + ["forget_quality", "forget_quality_iid", "lira_auc", "lira_tpr@0.01", "lira_tpr@0.001"])
 
 
 def scenario_config(config: ml_collections.ConfigDict, scenario: str, seed: int
@@ -271,7 +271,7 @@ def format_markdown(table: Sequence[dict[str, Any]], scenarios: Sequence[str]) -
     knowledge = rows[0].get("knowledge") or []
     short = lambda k: k.split("/", 1)[1].replace("/", " ")
     head = ("| method | " + "".join(f"{short(k)} | " for k in knowledge)
-            + "Δ knowledge | forget R@1 (Δ) | Δretain | Δtest | forget quality | LiRA AUC | "
+            + "Δ knowledge | forget R@1 (Δ) | Δretain | Δtest | forget quality (iid) | LiRA AUC | "
             "TPR@1%FPR | MIA AUC (Δ) | time (s) | speed-up |")
     parts.append(f"**{scenario} unlearning** ({max(len(r['seeds']) for r in rows)} seeds; "
                  "Δ = method − retrain; knowledge in %, R@1 = mean of both directions)\n")
@@ -284,7 +284,9 @@ def format_markdown(table: Sequence[dict[str, Any]], scenarios: Sequence[str]) -
                                          if r.get("mia_auc_gap") else "")
       speed = "—" if r["speedup_vs_retrain"] is None else f"{r['speedup_vs_retrain'][0]:.1f}×"
       fq = r.get("forget_quality")
-      fq_cell = "—" if fq is None else f"{fq[0]:.2g}"
+      fq_iid = r.get("forget_quality_iid")
+      fq_cell = "—" if fq is None else f"{fq[0]:.2g}" + (
+          "" if fq_iid is None else f" ({fq_iid[0]:.2g})")
       parts.append(
           f"| {r['method']} | " + "".join(f"{_pm(r.get(k))} | " for k in knowledge)
           + f"{gaps} | {forget} | {_pm(r['retain/mean_r1_gap'])} | {_pm(r['test/mean_r1_gap'])} | "

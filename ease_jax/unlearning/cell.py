@@ -20,7 +20,6 @@ import ml_collections
 import numpy as np
 
 from ease_jax import builders
-from ease_jax import checkpointing
 from ease_jax import evaluation
 from ease_jax import jsonio
 from ease_jax import mia
@@ -90,17 +89,9 @@ class Cell:
           pathlib.Path(population_root or pathlib.Path(train_root) / "population"))
 
   def _train_populations(self, root: pathlib.Path) -> dict[str, Any]:
-    """The `in` (trained with D_f) and `out` (retrained without it) populations, cached under
-    `root` by what defines them, and every member's scores on D_f."""
-    setup, config, request = self.setup, self.config, self.request
-    federation = population_lib.federation_fingerprint(config)
-    tag = lambda ident: checkpointing.fingerprint_hash(dict(ident))[:10]
-    in_pop = population_lib.train(setup, config, lambda c: builders.round_plan(setup, c),
-                                  root / f"in-{tag(federation)}", dict(kind="none"), "trained")
-    out_ident = dict(federation, **{f"request.{k}": v for k, v in request.fingerprint().items()})
-    out_pop = population_lib.train(
-        setup, config, lambda c: retrain_lib.retrain_plan(setup, c, request),
-        root / f"out-{tag(out_ident)}", request.fingerprint(), "retrain")
+    """The `in` and `out` populations (`population.train_pair`, cached under `root`) and every
+    member's scores on D_f."""
+    in_pop, out_pop = population_lib.train_pair(self.setup, self.config, self.request, root)
     score = self._score
     return dict(seeds=in_pop.seeds, in_time_s=in_pop.wall_time_s,
                 out_time_s=out_pop.wall_time_s,
