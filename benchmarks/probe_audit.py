@@ -1,6 +1,6 @@
 """Which forget-quality score tells a trained model from a retrain, and clears retrains? The
 null and the signal of the KS forget quality on one seed's populations (BENCHMARKS.md, "Forget
-quality: the score").
+quality against the population").
 
   python benchmarks/probe_audit.py --population 8 seed=0      # the tuning seed
 
@@ -12,7 +12,8 @@ every score variant prints, as JSON lines:
     p < 0.01);
   * both again for the calibrated test (`audit.calibrated_ks`), its effective size taken from the
     pairs of the other retrain members.
-With `--rescore` it reads the scores saved by an earlier run instead of training and scoring.
+Every variant's scores are saved as `<workdir>/scores_<request>_<score>_<variant>.npz`
+(`trained`, `retrain`: `[models, n]`) for analyses that need no retraining.
 Overrides are `dotted.key=value` of `experiments/configs/unlearn_emoji.py`.
 """
 from __future__ import annotations
