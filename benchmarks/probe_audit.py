@@ -11,7 +11,8 @@ every score variant prints, as JSON lines:
   * signal: the KS p-values of every trained member against every retrain member (must flag,
     p < 0.01);
   * both again for the calibrated test (`audit.calibrated_ks`), its effective size taken from the
-    pairs of the other retrain members.
+    pairs of the other retrain members, and for its median p over every retrain member in turn
+    (each retrain member audited against the others: the null; each trained member: the signal).
 Every variant's scores are saved as `<workdir>/scores_<request>_<score>_<variant>.npz`
 (`trained`, `retrain`: `[models, n]`) for analyses that need no retraining.
 Overrides are `dotted.key=value` of `experiments/configs/unlearn_emoji.py`.
@@ -40,7 +41,8 @@ from ease_jax.unlearning import requests  # noqa: E402
 import probe_plants  # noqa: E402  (same folder: the config and the override parser)
 
 REQUESTS = dict(client=dict(kind="client", clients=(1,)),
-                sample=dict(kind="sample", plant="sample_backdoor"))
+                sample=dict(kind="sample", plant="sample_backdoor"),
+                concept=dict(kind="concept", field="skin_tone", concepts=("medium-dark",)))
 
 
 def _summary(ps: list[float]) -> dict[str, float]:
@@ -66,13 +68,21 @@ def ks_table(in_scores: np.ndarray, out_scores: np.ndarray) -> dict[str, dict[st
   null_cal = [calibrated(out_scores[i], j, (i, j))
               for i, j in itertools.combinations(range(n_out), 2)]
   signal_cal = [calibrated(a, j, (j,)) for a in in_scores for j in range(n_out)]
+  # The candidate that does not hang on one comparison member: the median p over every
+  # retrain member in turn (each member i held out as the audited model in the null).
+  median_of = lambda a, skip: float(np.median([calibrated(a, j, (*skip, j))["p"]
+                                               for j in range(n_out) if j not in skip]))
+  null_median = [median_of(out_scores[i], (i,)) for i in range(n_out)]
+  signal_median = [median_of(a, ()) for a in in_scores]
   return dict(null_pairs=_summary(pairs), null_pooled=_summary(pooled),
               signal_pairs=_summary(signal), signal_pooled=_summary(signal_pooled),
               null_calibrated=_summary([c["p"] for c in null_cal]),
               signal_calibrated=_summary([c["p"] for c in signal_cal]),
               n_eff=_summary([c["n_eff"] for c in null_cal]),
               d_null=_summary([c["ks"] for c in null_cal]),
-              d_signal=_summary([c["ks"] for c in signal_cal]))
+              d_signal=_summary([c["ks"] for c in signal_cal]),
+              null_median_over_members=_summary(null_median),
+              signal_median_over_members=_summary(signal_median))
 
 
 def main():
