@@ -69,11 +69,13 @@ def ks_table(in_scores: np.ndarray, out_scores: np.ndarray) -> dict[str, dict[st
               for i, j in itertools.combinations(range(n_out), 2)]
   signal_cal = [calibrated(a, j, (j,)) for a in in_scores for j in range(n_out)]
   # The candidate that does not hang on one comparison member: the median p over every
-  # retrain member in turn (each member i held out as the audited model in the null).
-  median_of = lambda a, skip: float(np.median([calibrated(a, j, (*skip, j))["p"]
-                                               for j in range(n_out) if j not in skip]))
-  null_median = [median_of(out_scores[i], (i,)) for i in range(n_out)]
-  signal_median = [median_of(a, ()) for a in in_scores]
+  # retrain member in turn. The tests are the ones above (the pair (i, j) is symmetric), so
+  # member i's null median is over the pairs that hold i, a trained model's over its row.
+  null_p = np.full((n_out, n_out), np.nan)
+  for (i, j), c in zip(itertools.combinations(range(n_out), 2), null_cal):
+    null_p[i, j] = null_p[j, i] = c["p"]
+  null_median = np.nanmedian(null_p, axis=1)
+  signal_median = np.median(np.reshape([c["p"] for c in signal_cal], (-1, n_out)), axis=1)
   return dict(null_pairs=_summary(pairs), null_pooled=_summary(pooled),
               signal_pairs=_summary(signal), signal_pooled=_summary(signal_pooled),
               null_calibrated=_summary([c["p"] for c in null_cal]),
@@ -114,8 +116,7 @@ def main():
       variants = dict(
           raw=raw,
           centered={k: raw[k] - ref[k].mean(1, keepdims=True) for k in raw},
-          standardized={k: (raw[k] - ref[k].mean(1, keepdims=True))
-                        / ref[k].std(1, keepdims=True) for k in raw})
+          standardized={k: population_lib.standardize(raw[k], ref[k]) for k in raw})
       for variant, s in variants.items():
         np.savez(pathlib.Path(args.workdir) / f"scores_{name}_{score}_{variant}.npz", **s)
         print(json.dumps(dict(request=name, score=score, variant=variant,

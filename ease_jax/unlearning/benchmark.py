@@ -271,8 +271,8 @@ def format_markdown(table: Sequence[dict[str, Any]], scenarios: Sequence[str]) -
     knowledge = rows[0].get("knowledge") or []
     short = lambda k: k.split("/", 1)[1].replace("/", " ")
     head = ("| method | " + "".join(f"{short(k)} | " for k in knowledge)
-            + "Δ knowledge | forget R@1 (Δ) | Δretain | Δtest | forget quality (iid) | LiRA AUC | "
-            "TPR@1%FPR | MIA AUC (Δ) | time (s) | speed-up |")
+            + "Δ knowledge | forget R@1 (Δ) | Δretain | Δtest | forget quality (iid) | "
+            "LiRA AUC | TPR@1%FPR | MIA AUC (Δ) | time (s) | speed-up |")
     parts.append(f"**{scenario} unlearning** ({max(len(r['seeds']) for r in rows)} seeds; "
                  "Δ = method − retrain; knowledge in %, R@1 = mean of both directions)\n")
     parts += [head, "|" + "---|" * (head.count("|") - 1)]

@@ -168,8 +168,14 @@ def scores(setup: builders.FederatedSetup, trainable: PyTree, texts: np.ndarray,
   s = raw_scores(setup, trainable, texts, score)
   if calibration_texts is None:
     return s
-  ref = raw_scores(setup, trainable, calibration_texts, score)
-  return (s - ref.mean()) / max(float(ref.std()), 1e-6)
+  return standardize(s, raw_scores(setup, trainable, calibration_texts, score))
+
+
+def standardize(scores_: np.ndarray, reference: np.ndarray) -> np.ndarray:
+  """`scores_ [..., n]` standardised by the mean and std of one model's `reference [..., m]`
+  scores (its held-out non-member pairs; leading axes: models)."""
+  mean = reference.mean(-1, keepdims=True)
+  return (scores_ - mean) / np.maximum(reference.std(-1, keepdims=True), 1e-6)
 
 
 def audit_row(target: np.ndarray, held_out: np.ndarray, in_scores: np.ndarray,
