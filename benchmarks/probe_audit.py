@@ -11,8 +11,9 @@ every score variant prints, as JSON lines:
   * signal: the KS p-values of every trained member against every retrain member (must flag,
     p < 0.01);
   * both again for the calibrated test (`audit.calibrated_ks`), its effective size taken from the
-    pairs of the other retrain members, and for its median p over every retrain member in turn
-    (each retrain member audited against the others: the null; each trained member: the signal).
+    pairs of the other retrain members, and for the audit's forget quality, its median p over
+    every retrain member in turn (`audit.forget_quality`; each retrain member audited against
+    the others: the null; each trained member: the signal).
 Every variant's scores are saved as `<workdir>/scores_<request>_<score>_<variant>.npz`
 (`trained`, `retrain`: `[models, n]`) for analyses that need no retraining.
 Overrides are `dotted.key=value` of `experiments/configs/unlearn_emoji.py`.
@@ -68,14 +69,11 @@ def ks_table(in_scores: np.ndarray, out_scores: np.ndarray) -> dict[str, dict[st
   null_cal = [calibrated(out_scores[i], j, (i, j))
               for i, j in itertools.combinations(range(n_out), 2)]
   signal_cal = [calibrated(a, j, (j,)) for a in in_scores for j in range(n_out)]
-  # The candidate that does not hang on one comparison member: the median p over every
-  # retrain member in turn. The tests are the ones above (the pair (i, j) is symmetric), so
-  # member i's null median is over the pairs that hold i, a trained model's over its row.
-  null_p = np.full((n_out, n_out), np.nan)
-  for (i, j), c in zip(itertools.combinations(range(n_out), 2), null_cal):
-    null_p[i, j] = null_p[j, i] = c["p"]
-  null_median = np.nanmedian(null_p, axis=1)
-  signal_median = np.median(np.reshape([c["p"] for c in signal_cal], (-1, n_out)), axis=1)
+  # The audit's forget quality (`audit.forget_quality`): the median p over every retrain member
+  # in turn; each retrain member judged against the others is the null.
+  null_median = [audit.forget_quality(out_scores[i], np.delete(out_scores, i, 0))["p"]
+                 for i in range(n_out)]
+  signal_median = [audit.forget_quality(a, out_scores)["p"] for a in in_scores]
   return dict(null_pairs=_summary(pairs), null_pooled=_summary(pooled),
               signal_pairs=_summary(signal), signal_pooled=_summary(signal_pooled),
               null_calibrated=_summary([c["p"] for c in null_cal]),

@@ -25,6 +25,8 @@ not used in the fits (held-out retrain seeds, the negatives).
   population's own pairs measure how far two retrains typically are: the effective sample size
   n_eff = 2 (K_½ / median D_pairs)², K_½ the median of the Kolmogorov distribution, makes the
   median pair sit at p = ½, and the p-value is the asymptotic Kolmogorov tail at that size.
+  `forget_quality` takes the median of that test over every member of the retrain population in
+  turn, so that no single (possibly outlying) retrain seed decides it.
   n_eff never exceeds the real sizes, so the calibration can only make the test more
   conservative than the exact one. It matches the null's median, not its tail: where a few
   large groups carry the shifts, the pairs' statistics have a heavier tail than Kolmogorov's
@@ -196,6 +198,37 @@ def calibrated_ks(a: Sequence[float], b: Sequence[float], null_statistics: np.nd
   n_eff = effective_size(null_statistics, np.size(a), np.size(b))
   p = float(kolmogorov_sf(math.sqrt(n_eff / 2.0) * d)[0])
   return dict(ks=d, p=p, p_iid=p_iid, n_eff=n_eff)
+
+
+def forget_quality(target: Sequence[float], retrain_scores: np.ndarray) -> dict[str, float]:
+  """Forget quality of a model against a retrain population: the median over its members.
+
+  Args:
+    target: `[n]` the audited model's scores on D_f (the model is not in the population).
+    retrain_scores: `[M, n]` retrained models (M >= 3).
+
+  Returns:
+    The medians over the members j of `calibrated_ks(target, retrain_scores[j], pairs of the
+    other members)`: `p` (forget quality), `p_iid` (the exact p-value), `ks` (D) and `n_eff`,
+    plus `p_min` (the member the target is furthest from) and `members` (M).
+
+  One held-out retrain is one draw of the null, and a population has outliers: on the concept
+  request of the embedded default the single-member test flagged 21% of the pairs of retrain
+  members at p < 0.05 (4-7% on the backdoor requests), and every benchmark seed's retrain
+  reference was compared with the same outlier member. The median over the members is the
+  comparison with the typical retrain (BENCHMARKS.md, "Forget quality against the population").
+  """
+  scores = np.asarray(retrain_scores, np.float64)
+  if scores.ndim != 2 or scores.shape[0] < 3:
+    raise ValueError(f"forget_quality needs a retrain population of >= 3 models [models, "
+                     f"examples] (one compared, a pair to calibrate), got shape {scores.shape}.")
+  m = scores.shape[0]
+  pairs = [(i, k) for i in range(m) for k in range(i + 1, m)]  # pairwise_ks_statistics' order
+  null = pairwise_ks_statistics(scores)
+  tests = [calibrated_ks(target, scores[j], null[np.array([j not in pair for pair in pairs])])
+           for j in range(m)]
+  out = {key: float(np.median([t[key] for t in tests])) for key in ("p", "p_iid", "ks", "n_eff")}
+  return dict(out, p_min=float(min(t["p"] for t in tests)), members=m)
 
 
 def lira_audit(target: np.ndarray, in_scores: np.ndarray, out_scores: np.ndarray,

@@ -139,3 +139,32 @@ def test_calibrated_ks_of_independent_draws_is_the_asymptotic_test():
     audit.calibrated_ks(a, b, [])
   with pytest.raises(ValueError, match=">= 2 models"):
     audit.pairwise_ks_statistics(a[None])
+
+
+def test_forget_quality_is_the_median_over_members_and_not_one_outlier():
+  """Each retrain member in turn, calibrated on the pairs of the others (the pair statistics
+  from scipy), median p: a held-out retrain is cleared even where one member is an outlier that
+  the single-member test flags it against, and a shifted (trained) model is flagged."""
+  rng = np.random.default_rng(5)
+  n = 400
+  mu = rng.normal(size=n)
+  population = _grouped_models(rng, 6, mu, groups=20, spread=0.5)
+  population[0] += 0.6                                 # one outlying retrain seed
+  held_out = _grouped_models(rng, 1, mu, groups=20, spread=0.5)[0]
+  fq = audit.forget_quality(held_out, population)
+  expected = []
+  for j in range(6):
+    rest = np.delete(population, j, 0)
+    null = [scipy.stats.ks_2samp(rest[i], rest[k]).statistic
+            for i in range(5) for k in range(i + 1, 5)]
+    expected.append(audit.calibrated_ks(held_out, population[j], np.array(null)))
+  assert fq["p"] == pytest.approx(np.median([e["p"] for e in expected]))
+  assert fq["p_iid"] == pytest.approx(np.median([e["p_iid"] for e in expected]))
+  assert fq["p_min"] == pytest.approx(min(e["p"] for e in expected))
+  assert fq["members"] == 6
+  assert expected[0]["p"] < 0.01                       # against the outlier alone: flagged
+  assert fq["p"] >= 0.05                               # against the population: cleared
+  trained = _grouped_models(rng, 1, mu + 1.0, groups=20, spread=0.5)[0]
+  assert audit.forget_quality(trained, population)["p"] < 0.01
+  with pytest.raises(ValueError, match=">= 3 models"):
+    audit.forget_quality(held_out, population[:2])

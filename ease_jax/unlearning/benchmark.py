@@ -44,7 +44,8 @@ METRICS = (
     + [f"{s}/mean_r1" for s in SPLITS]
     + [f"{s}/mean_r1_gap" for s in SPLITS]
     + ["mia_auc", "mia_auc_gap", "wall_time_s", "speedup_vs_retrain"]
-    + ["forget_quality", "forget_quality_iid", "lira_auc", "lira_tpr@0.01", "lira_tpr@0.001"])
+    + ["forget_quality", "forget_quality_iid", "forget_quality_min", "lira_auc", "lira_tpr@0.01",
+       "lira_tpr@0.001"])
 
 
 def scenario_config(config: ml_collections.ConfigDict, scenario: str, seed: int

@@ -97,8 +97,7 @@ class Cell:
                 out_time_s=out_pop.wall_time_s,
                 in_scores=np.stack([score(in_pop.member(i)) for i in range(len(in_pop.seeds))]),
                 out_scores=np.stack([score(out_pop.member(i))
-                                     for i in range(len(out_pop.seeds))]),
-                reference=score(self.reference.trainable))
+                                     for i in range(len(out_pop.seeds))]))
 
   def _score(self, trainable: PyTree) -> np.ndarray:
     """`[n]` the audit's per-example scores on D_f (calibrated by the non-member pairs)."""
@@ -174,20 +173,16 @@ class Cell:
       out[o.method] = self._score(o.trainable)
     return out
 
-  def audit(self, trainable: PyTree, is_reference: bool = False) -> dict[str, float]:
-    """Forget quality and the per-example LiRA of a model (empty without populations). The
-    held-out retrain of forget quality is the cell's retrain reference; the reference itself is
-    audited against the first member of the retrain population (and the others as the
-    population), so that no model is judged by a population it belongs to."""
+  def audit(self, trainable: PyTree) -> dict[str, float]:
+    """Forget quality and the per-example LiRA of a model against the populations (empty
+    without them). Population members have seeds from `audit.first_seed` on, so none of the
+    audited models (the trained model, the retrain reference, the unlearned ones) is judged by a
+    population it belongs to."""
     pops = self.populations
     if pops is None:
       return {}
-    target, out = self._score(trainable), pops["out_scores"]
-    if is_reference:  # The reference against the first retrain member, fitted on the others.
-      return population_lib.audit_row(target, out[0], pops["in_scores"], out[1:],
-                                      self.audit_config.variance)
-    return population_lib.audit_row(target, pops["reference"], pops["in_scores"], out,
-                                    self.audit_config.variance)
+    return population_lib.audit_row(self._score(trainable), pops["in_scores"],
+                                    pops["out_scores"], self.audit_config.variance)
 
   def row(self, outcome: Outcome) -> dict[str, Any]:
     """The evaluated row of an outcome (metrics, times, request, JSON-able diagnostics)."""
@@ -197,7 +192,7 @@ class Cell:
                request=self.request.description, num_forget=int(len(self.request.forget_texts)),
                num_nonmembers=int(len(self.nonmember_texts)))
     row.update(self.evaluate(outcome.trainable))
-    row.update(self.audit(outcome.trainable, is_reference=outcome.method == "retrain"))
+    row.update(self.audit(outcome.trainable))
     row["diagnostics"] = jsonio.to_jsonable(outcome.diagnostics)
     row["eval_time_s"] = time.perf_counter() - t0
     return row
