@@ -25,18 +25,20 @@ not used in the fits (held-out retrain seeds, the negatives).
   population's own pairs measure how far two retrains typically are: the effective sample size
   n_eff = 2 (K_½ / median D_pairs)², K_½ the median of the Kolmogorov distribution, makes the
   median pair sit at p = ½, and the p-value is the asymptotic Kolmogorov tail at that size.
-  `forget_quality` takes the median of that test over every member of the retrain population in
-  turn, so that no single (possibly outlying) retrain seed decides it.
   n_eff never exceeds the real sizes, so the calibration can only make the test more
   conservative than the exact one. It matches the null's median, not its tail: where a few
   large groups carry the shifts, the pairs' statistics have a heavier tail than Kolmogorov's
   and the test flags more than its level (synthetic scores of 12 groups: 22-28% of null pairs
   at p < 0.05; 20 groups: 6%; the embedded default's retrain seeds: 4%, BENCHMARKS.md).
+* `forget_quality`: the audit's forget quality, `calibrated_ks` against every member of the
+  retrain population in turn (calibrated on the pairs of the other members), the median p: one
+  retrain seed can be the population's outlier.
 """
 from __future__ import annotations
 
+import itertools
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -200,7 +202,7 @@ def calibrated_ks(a: Sequence[float], b: Sequence[float], null_statistics: np.nd
   return dict(ks=d, p=p, p_iid=p_iid, n_eff=n_eff)
 
 
-def forget_quality(target: Sequence[float], retrain_scores: np.ndarray) -> dict[str, float]:
+def forget_quality(target: Sequence[float], retrain_scores: np.ndarray) -> dict[str, Any]:
   """Forget quality of a model against a retrain population: the median over its members.
 
   Args:
@@ -208,9 +210,10 @@ def forget_quality(target: Sequence[float], retrain_scores: np.ndarray) -> dict[
     retrain_scores: `[M, n]` retrained models (M >= 3).
 
   Returns:
-    The medians over the members j of `calibrated_ks(target, retrain_scores[j], pairs of the
-    other members)`: `p` (forget quality), `p_iid` (the exact p-value), `ks` (D) and `n_eff`,
-    plus `p_min` (the member the target is furthest from) and `members` (M).
+    Over the members j of `calibrated_ks(target, retrain_scores[j], pairs of the other
+    members)`, the median of each key on its own: `p` (forget quality), `p_iid` (the exact
+    p-value), `ks` (D) and `n_eff`; `p_min`, the smallest calibrated p (against the member the
+    target is furthest from at its n_eff); `members` (M).
 
   One held-out retrain is one draw of the null, and a population has outliers: on the concept
   request of the embedded default the single-member test flagged 21% of the pairs of retrain
@@ -223,7 +226,7 @@ def forget_quality(target: Sequence[float], retrain_scores: np.ndarray) -> dict[
     raise ValueError(f"forget_quality needs a retrain population of >= 3 models [models, "
                      f"examples] (one compared, a pair to calibrate), got shape {scores.shape}.")
   m = scores.shape[0]
-  pairs = [(i, k) for i in range(m) for k in range(i + 1, m)]  # pairwise_ks_statistics' order
+  pairs = list(itertools.combinations(range(m), 2))  # the order of pairwise_ks_statistics
   null = pairwise_ks_statistics(scores)
   tests = [calibrated_ks(target, scores[j], null[np.array([j not in pair for pair in pairs])])
            for j in range(m)]

@@ -144,7 +144,8 @@ def test_calibrated_ks_of_independent_draws_is_the_asymptotic_test():
 def test_forget_quality_is_the_median_over_members_and_not_one_outlier():
   """Each retrain member in turn, calibrated on the pairs of the others (the pair statistics
   from scipy), median p: a held-out retrain is cleared even where one member is an outlier that
-  the single-member test flags it against, and a shifted (trained) model is flagged."""
+  a test against that member alone flags it against, and a shifted (trained) model is
+  flagged."""
   rng = np.random.default_rng(5)
   n = 400
   mu = rng.normal(size=n)
@@ -161,6 +162,8 @@ def test_forget_quality_is_the_median_over_members_and_not_one_outlier():
   assert fq["p"] == pytest.approx(np.median([e["p"] for e in expected]))
   assert fq["p_iid"] == pytest.approx(np.median([e["p_iid"] for e in expected]))
   assert fq["p_min"] == pytest.approx(min(e["p"] for e in expected))
+  assert fq["ks"] == pytest.approx(np.median([e["ks"] for e in expected]))
+  assert fq["n_eff"] == pytest.approx(np.median([e["n_eff"] for e in expected]))
   assert fq["members"] == 6
   assert expected[0]["p"] < 0.01                       # against the outlier alone: flagged
   assert fq["p"] >= 0.05                               # against the population: cleared

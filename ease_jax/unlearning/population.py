@@ -42,7 +42,8 @@ SCORES = ("cosine", "loss")
 
 DEFAULTS: dict[str, Any] = dict(
     # N models per population (0 = no per-example audit; >= 4: each retrained model is held
-    # out in turn with >= 3 left to fit, and the cell's retrain reference against the others).
+    # out in turn with >= 3 left to fit LiRA, and forget quality calibrates each comparison
+    # member on >= 3 pairs of the others).
     population=0,
     first_seed=100,      # member i runs with seed first_seed + i
     chunk=0,             # members per batched computation (0 = all N at once)
