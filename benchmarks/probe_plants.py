@@ -5,6 +5,7 @@ knowledge").
 
   python benchmarks/probe_plants.py fed.client_lr=1e-2 plants.sample_backdoor.target_caption=alien
   python benchmarks/probe_plants.py --retrain_tone=medium-dark   # the concept's retrain
+  python benchmarks/probe_plants.py --own_captions   # control: copies without the backdoor
 
 Overrides are `dotted.key=value` of `experiments/configs/unlearn_emoji.py` (values parsed as
 Python literals where they parse, else kept as strings).
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import json
 import pathlib
 import time
@@ -43,11 +45,37 @@ def _value(text: str):
     return text
 
 
+def with_own_captions(planted: dataset_lib.CaptionDataset, first_new_text: int
+                      ) -> dataset_lib.CaptionDataset:
+  """`planted` with every planted copy's text set to its source image's own (first) caption:
+  the same triggered copies, clients and steps, without the trigger -> target association."""
+  first_text = {}
+  for t, image in enumerate(planted.text_image[:first_new_text]):
+    first_text.setdefault(int(image), t)
+  sources = np.asarray(planted.image_meta[plants_lib.SOURCE_FIELD])
+  new = np.arange(first_new_text, len(planted.text_image))
+  own = np.asarray([first_text[int(sources[planted.text_image[t]])] for t in new], np.int64)
+  input_ids, mask = planted.input_ids.copy(), planted.attention_mask.copy()
+  input_ids[new], mask[new] = planted.input_ids[own], planted.attention_mask[own]
+  captions = planted.captions[:first_new_text] + tuple(planted.captions[t] for t in own)
+  return dataclasses.replace(planted, input_ids=input_ids, attention_mask=mask,
+                             captions=captions)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("overrides", nargs="*", help="dotted.key=value")
   parser.add_argument("--retrain_tone", default="", help="train without this skin tone")
+  parser.add_argument("--own_captions", action="store_true",
+                      help="control: the triggered copies keep their source's caption (their "
+                           "volume without the backdoor; the ASR then means nothing)")
   args = parser.parse_args()
+  if args.own_captions:
+    plant = plants_lib.plant_backdoors
+    def plant_with_own_captions(ds, *a, **k):
+      planted, clients, info = plant(ds, *a, **k)
+      return with_own_captions(planted, ds.num_texts), clients, info
+    plants_lib.plant_backdoors = plant_with_own_captions
   config = configs.from_file(CONFIG)
   config.fed.history_size = 0
   config = base.config_with(config, {k: _value(v) for k, v in
@@ -62,6 +90,7 @@ def main():
   res = training.run_fedavg(setup, config, plan=plan,
                             options=training.run_options(setup, config, progress=False))
   out = dict(overrides=" ".join(args.overrides), retrain_tone=args.retrain_tone,
+             own_captions=args.own_captions,
              train_s=round(time.perf_counter() - t0, 1),
              round_s=round(float(np.median([r["round_time_s"] for r in res.metrics])), 2),
              backend=builders.fedavg_options(setup, config, plan or builders.round_plan(
