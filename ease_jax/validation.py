@@ -163,6 +163,17 @@ def _cross_checks(config: Any) -> list[str]:
   if fed is not None and fed.get("clients_per_round", 0) > fed.get("num_clients", 1):
     out.append(f"config.fed.clients_per_round ({fed.clients_per_round}) must be <= "
                f"fed.num_clients ({fed.num_clients}) (0 = all clients every round)")
+  audit, seeds = config.get("audit"), config.get("seeds")
+  if audit is not None and seeds is not None and audit.get("population", 0) > 0:
+    # A member runs with seeds.init = .sampling = .data = its seed: an audited run sharing one
+    # of them would be judged by a population that (nearly) holds it.
+    first, n = audit.get("first_seed", 0), audit.population
+    shared = [f"seeds.{k}={seeds.get(k)}" for k in ("init", "sampling", "data")
+              if first <= seeds.get(k, -1) < first + n]
+    if shared:
+      out.append(f"config.{', '.join(shared)} falls in the audit populations' seeds "
+                 f"{first}..{first + n - 1} (audit.first_seed, audit.population); move "
+                 f"audit.first_seed away from the run's seeds")
   return out
 
 

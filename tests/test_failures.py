@@ -66,6 +66,18 @@ def test_validation_names_the_key_and_the_range(key, value, needle):
     validation.validate(config)
 
 
+def test_a_run_seed_inside_the_population_seeds_is_a_config_error():
+  """The audited models must not be members of the populations that judge them."""
+  config = configs.from_file(CONFIGS / "unlearn_emoji.py")
+  config.seed = config.audit.first_seed + 1
+  with pytest.raises(validation.ConfigError, match=re.escape(
+      "config.seeds.init=101, seeds.sampling=101, seeds.data=101 falls in the audit "
+      "populations' seeds 100..103")):
+    validation.validate(config)
+  config.audit.first_seed = 200
+  validation.validate(config)
+
+
 @pytest.mark.parametrize("key,value,needle", [
     ("num_pairs", 0, "num_pairs must be >= 1"),
     ("target_caption", " ", "target_caption is empty"),
