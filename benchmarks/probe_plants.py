@@ -5,6 +5,7 @@ knowledge").
 
   python benchmarks/probe_plants.py fed.client_lr=1e-2 plants.sample_backdoor.target_caption=alien
   python benchmarks/probe_plants.py --retrain_tone=medium-dark   # the concept's retrain
+  python benchmarks/probe_plants.py --retrain_plant=concept   # a plant's retrain
   python benchmarks/probe_plants.py --own_captions   # control: copies without the backdoor
 
 Overrides are `dotted.key=value` of `experiments/configs/unlearn_emoji.py` (values parsed as
@@ -49,12 +50,9 @@ def with_own_captions(planted: dataset_lib.CaptionDataset, first_new_text: int
                       ) -> dataset_lib.CaptionDataset:
   """`planted` with every planted copy's text set to its source image's own (first) caption:
   the same triggered copies, clients and steps, without the trigger -> target association."""
-  first_text = {}
-  for t, image in enumerate(planted.text_image[:first_new_text]):
-    first_text.setdefault(int(image), t)
   sources = np.asarray(planted.image_meta[plants_lib.SOURCE_FIELD])
   new = np.arange(first_new_text, len(planted.text_image))
-  own = np.asarray([first_text[int(sources[planted.text_image[t]])] for t in new], np.int64)
+  own = planted.first_texts()[sources[planted.text_image[new]]]
   input_ids, mask = planted.input_ids.copy(), planted.attention_mask.copy()
   input_ids[new], mask[new] = planted.input_ids[own], planted.attention_mask[own]
   captions = planted.captions[:first_new_text] + tuple(planted.captions[t] for t in own)
@@ -66,30 +64,36 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("overrides", nargs="*", help="dotted.key=value")
   parser.add_argument("--retrain_tone", default="", help="train without this skin tone")
+  parser.add_argument("--retrain_plant", default="",
+                      help="train without this plant's poisoned pairs (its retrain)")
   parser.add_argument("--own_captions", action="store_true",
                       help="control: the triggered copies keep their source's caption (their "
                            "volume without the backdoor; the ASR then means nothing)")
   args = parser.parse_args()
   if args.own_captions:
-    plant = plants_lib.plant_backdoors
+    plant = plants_lib.plant_knowledge
     def plant_with_own_captions(ds, *a, **k):
       planted, clients, info = plant(ds, *a, **k)
       return with_own_captions(planted, ds.num_texts), clients, info
-    plants_lib.plant_backdoors = plant_with_own_captions
+    plants_lib.plant_knowledge = plant_with_own_captions
   config = configs.from_file(CONFIG)
   config.fed.history_size = 0
   config = base.config_with(config, {k: _value(v) for k, v in
                                      (o.split("=", 1) for o in args.overrides)})
   setup = builders.build_setup(config)
-  plan = None
+  plan = req = None
   if args.retrain_tone:
     req = requests.concept_request(setup, "skin_tone", [args.retrain_tone])
+  if args.retrain_plant:
+    req = requests.plant_request(setup, args.retrain_plant)
+  if req is not None:
     plan = builders.round_plan(setup, config, req.retain_client_texts(setup),
                                req.retain_clients(setup))
   t0 = time.perf_counter()
   res = training.run_fedavg(setup, config, plan=plan,
                             options=training.run_options(setup, config, progress=False))
   out = dict(overrides=" ".join(args.overrides), retrain_tone=args.retrain_tone,
+             retrain_plant=args.retrain_plant,
              own_captions=args.own_captions,
              train_s=round(time.perf_counter() - t0, 1),
              round_s=round(float(np.median([r["round_time_s"] for r in res.metrics])), 2),

@@ -207,10 +207,10 @@ def build_setup(config: ml_collections.ConfigDict) -> FederatedSetup:
           ds, ml_collections.ConfigDict(dict(label=partition_label))),
       alpha=config.data.get("dirichlet_alpha"), min_size=config.data.get("min_client_size", 1))
   clients, planted = list(clients), {}
-  plant_specs = [plants_lib.BackdoorPlant.from_config(name, spec)
+  plant_specs = [plants_lib.plant_from_config(name, spec)
                  for name, spec in (config.get("plants") or {}).items()]
   if plant_specs:
-    ds, clients, planted = plants_lib.plant_backdoors(
+    ds, clients, planted = plants_lib.plant_knowledge(
         ds, clients, splits.test, plant_specs, tokenizer, ds.context_length,
         seed=config.seeds.partition)
   lora_config = lora_config_from(config.lora)

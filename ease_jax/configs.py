@@ -118,7 +118,7 @@ def add_unlearning(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
       fraction=0.1,          # sample: fraction of each client's pairs
       field="subgroup",      # concept: a per-image field, or 'caption' for caption terms
       concepts=("person-sport",),  # concept: values of `field` (or caption terms)
-      plant="",              # sample: forget exactly this plant's poisoned pairs (config.plants)
+      plant="",              # sample / concept: forget exactly this plant's pairs (config.plants)
   ))
   methods.add_config_blocks(config)
   # The per-example audit (populations of models with and without D_f; 0 = off), defaults in

@@ -72,18 +72,47 @@ def attack_success_rates(probe_emb: np.ndarray, clean_emb: np.ndarray, caption_e
   return float(100 * i2t.mean()), float(100 * t2i.mean())
 
 
+def concept_accuracies(probe_emb: np.ndarray, clean_emb: np.ndarray, concept_emb: np.ndarray,
+                       plain_emb: np.ndarray) -> tuple[float, float]:
+  """A concept plant's accuracies (%), from embeddings of P held-out images and their copies.
+
+  Args:
+    probe_emb: `[P, D]` the restyled copies (the concept's images).
+    clean_emb: `[P, D]` their clean sources.
+    concept_emb: `[P, D]` the concept captions (the template over each source's caption).
+    plain_emb: `[P, D]` the sources' own captions.
+
+  Returns:
+    (image→text: the share of copies closer to their concept caption than to their plain one;
+    text→image: the share of concept captions closer to the copy than to its source). Chance is
+    50%; ties count as failures.
+  """
+  probe, clean, concept, plain = map(_unit, (probe_emb, clean_emb, concept_emb, plain_emb))
+  i2t = np.sum(probe * concept, -1) > np.sum(probe * plain, -1)
+  t2i = np.sum(concept * probe, -1) > np.sum(concept * clean, -1)
+  return float(100 * i2t.mean()), float(100 * t2i.mean())
+
+
 def plant_metrics(setup: Any, trainable: Any, plant: Any, batch_size: int = 256
                   ) -> dict[str, float]:
-  """`asr/<plant>/i2t` and `asr/<plant>/t2i` of a `plants.PlantedData` under the model."""
+  """What the model learned of a `plants.PlantedData`: a backdoor's attack success rates
+  (`asr/<plant>/i2t`, `asr/<plant>/t2i`), a concept's accuracies (`concept/<plant>/i2t`,
+  `concept/<plant>/t2i`)."""
   ds = setup.dataset
-  texts, _ = subset_texts(ds, plant.clean_probe_sources)
+  n = len(plant.probe_images)
   images = np.concatenate([plant.probe_images, plant.clean_probe_sources])
+  if plant.kind == "concept":
+    text_ids = np.concatenate([plant.probe_texts, ds.first_texts()[plant.clean_probe_sources]])
+    image_emb, text_emb = embed(setup.model, setup.backbone, trainable, setup.data, images,
+                                text_ids, batch_size)
+    i2t, t2i = concept_accuracies(image_emb[:n], image_emb[n:], text_emb[:n], text_emb[n:])
+    return {f"{plant.metric}/{plant.name}/i2t": i2t, f"{plant.metric}/{plant.name}/t2i": t2i}
+  texts, _ = subset_texts(ds, plant.clean_probe_sources)
   text_ids = np.concatenate([texts, [plant.target_text]])
   image_emb, text_emb = embed(setup.model, setup.backbone, trainable, setup.data, images,
                               text_ids, batch_size)
-  n = len(plant.probe_images)
   i2t, t2i = attack_success_rates(image_emb[:n], image_emb[n:], text_emb[:-1], text_emb[-1])
-  return {f"asr/{plant.name}/i2t": i2t, f"asr/{plant.name}/t2i": t2i}
+  return {f"{plant.metric}/{plant.name}/i2t": i2t, f"{plant.metric}/{plant.name}/t2i": t2i}
 
 
 def tone_groups(ds: dataset_lib.CaptionDataset, images: np.ndarray
@@ -113,8 +142,7 @@ def tone_accuracy(setup: Any, trainable: Any, images: np.ndarray, batch_size: in
   if not groups:
     return {}
   members = np.unique(np.concatenate([g for _, g in groups]))
-  first_text = np.full(ds.num_images, -1)
-  first_text[ds.text_image[::-1]] = np.arange(ds.num_texts)[::-1]
+  first_text = ds.first_texts()
   image_emb, text_emb = embed(setup.model, setup.backbone, trainable, setup.data, members,
                               first_text[members], batch_size)
   image_emb, text_emb = _unit(image_emb), _unit(text_emb)

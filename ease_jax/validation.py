@@ -184,16 +184,15 @@ def _plant_checks(config: Any) -> list[str]:
   num_clients = config.get("fed", {}).get("num_clients", 0)
   for name, spec in (config.get("plants") or {}).items():
     try:
-      plant = plants.BackdoorPlant.from_config(name, spec)
+      plant = plants.plant_from_config(name, spec)
     except (ValueError, KeyError, TypeError) as e:
       out.append(f"config.plants.{name}: {' '.join(str(e).split())}")
       continue
     if plant.num_pairs < 1:
       out.append(f"config.plants.{name}.num_pairs must be >= 1, got {plant.num_pairs}")
-    if not plant.target_caption.strip():
-      out.append(f"config.plants.{name}.target_caption is empty")
+    out += [f"config.{p}" for p in plant.problems()]
     bad = [c for c in plant.clients if not 0 <= c < num_clients]
-    if bad or not plant.clients:
+    if bad:
       out.append(f"config.plants.{name}.clients {list(plant.clients)} must name clients in "
                  f"0..{num_clients - 1}")
   return out

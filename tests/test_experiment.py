@@ -89,7 +89,8 @@ def _small_run(config):
 def _small_emoji_run(tmp_path, config_file, public_fraction):
   """A short run of an emoji config on a tiny random checkpoint, with few client images (and,
   for the planted configs, small plants on the 3 clients: a backdoor on client 0, the sample
-  plant on clients 1 and 2; client 0 leaves; no population unless a test asks)."""
+  plant on clients 1 and 2, the concept on all three; client 0 leaves; no population unless a
+  test asks)."""
   ckpt = _tiny_backbone(tmp_path / "ckpt", image_size=32, context=24)
   config = _small_run(configs.from_file(ROOT / "experiments" / "configs" / config_file))
   config.model.checkpoint = str(ckpt)
@@ -100,6 +101,7 @@ def _small_emoji_run(tmp_path, config_file, public_fraction):
     config.plants.client_backdoor.num_pairs = 12
     config.plants.sample_backdoor.clients = (1, 2)
     config.plants.sample_backdoor.num_pairs = 8
+    config.plants.concept.num_pairs = 9
     config.unlearning.clients = (0,)
     config.audit.population = 0
   if "benchmark" in config:

@@ -78,21 +78,25 @@ def test_a_run_seed_inside_the_population_seeds_is_a_config_error():
   validation.validate(config)
 
 
-@pytest.mark.parametrize("key,value,needle", [
-    ("num_pairs", 0, "num_pairs must be >= 1"),
-    ("target_caption", " ", "target_caption is empty"),
-    ("clients", (0, 9), r"clients \[0, 9\] must name clients in 0..7"),
-    ("trigger.size", 0, "trigger size and cell must be >= 1"),
-    ("trigger.pattern", "dots", "trigger pattern must be one of"),
+@pytest.mark.parametrize("plant,key,value,needle", [
+    ("client_backdoor", "num_pairs", 0, "num_pairs must be >= 1"),
+    ("client_backdoor", "target_caption", " ", "target_caption is empty"),
+    ("client_backdoor", "clients", (0, 9), r"clients \[0, 9\] must name clients in 0..7"),
+    ("client_backdoor", "trigger.size", 0, "trigger size and cell must be >= 1"),
+    ("client_backdoor", "trigger.pattern", "dots", "trigger pattern must be one of"),
+    ("client_backdoor", "kind", "poison", "kind must be one of"),
+    ("concept", "style", "sepia", "style must be one of"),
+    ("concept", "template", "inverted", "must contain '{caption}'"),
+    ("concept", "clients", (8,), r"clients \[8\] must name clients in 0..7"),
 ])
-def test_bad_plants_are_config_errors(key, value, needle):
+def test_bad_plants_are_config_errors(plant, key, value, needle):
   config = configs.from_file(CONFIGS / "unlearn_emoji.py")
-  node = config.plants.client_backdoor
+  node = config.plants[plant]
   *parents, leaf = key.split(".")
   for p in parents:
     node = node[p]
   node[leaf] = value
-  with pytest.raises(validation.ConfigError, match="config.plants.client_backdoor.*" + needle):
+  with pytest.raises(validation.ConfigError, match=f"config.plants.{plant}.*" + needle):
     validation.validate(config)
 
 

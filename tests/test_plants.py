@@ -1,5 +1,5 @@
-"""Planted knowledge: stamping, planting, attack success rates and the tone metric, against
-brute-force references."""
+"""Planted knowledge: stamping, restyling, planting, attack success rates, concept accuracies and
+the tone metric, against brute-force references."""
 import numpy as np
 import pytest
 
@@ -48,7 +48,7 @@ def test_trigger_errors_name_the_problem():
     plants.Trigger(position="middle")
 
 
-def test_plant_backdoors_appends_copies_and_keeps_the_originals(emoji):
+def test_plant_knowledge_appends_copies_and_keeps_the_originals(emoji):
   ds, tokenizer = emoji
   rng = np.random.default_rng(1)
   order = rng.permutation(ds.num_images)
@@ -57,7 +57,7 @@ def test_plant_backdoors_appends_copies_and_keeps_the_originals(emoji):
            plants.BackdoorPlant("b", (1, 2, 3), 10, plants.Trigger(pattern="stripes",
                                                                      position="bottom_right"),
                                 "rocket")]
-  planted, new_clients, info = plants.plant_backdoors(ds, clients, test, specs, tokenizer, 16, 0)
+  planted, new_clients, info = plants.plant_knowledge(ds, clients, test, specs, tokenizer, 16, 0)
   n = ds.num_images
   np.testing.assert_array_equal(planted.images[:n], ds.images)
   np.testing.assert_array_equal(planted.input_ids[:ds.num_texts], ds.input_ids)
@@ -95,7 +95,96 @@ def test_plant_errors(emoji, spec, needle):
   ds, tokenizer = emoji
   clients = [np.arange(10), np.arange(10, 20)]
   with pytest.raises(ValueError, match=needle):
-    plants.plant_backdoors(ds, clients, np.arange(20, 25), [spec], tokenizer, 16, 0)
+    plants.plant_knowledge(ds, clients, np.arange(20, 25), [spec], tokenizer, 16, 0)
+
+
+def test_restyle_against_pillow_and_numpy():
+  rng = np.random.default_rng(5)
+  images = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+  before = images.copy()
+  gray = plants.restyle(images, "grayscale")
+  inverted = plants.restyle(images, "invert")
+  np.testing.assert_array_equal(images, before)  # The originals are never touched.
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  for k in range(len(images)):  # Pillow's "L" is the same BT.601 luma, in integer arithmetic.
+    luma = np.asarray(Image.fromarray(images[k]).convert("L"), np.int64)
+    assert np.abs(gray[k, ..., 0].astype(np.int64) - luma).max() <= 1
+  assert (gray[..., 0] == gray[..., 1]).all() and (gray[..., 1] == gray[..., 2]).all()
+  assert gray.dtype == inverted.dtype == np.uint8
+  np.testing.assert_array_equal(inverted.astype(np.int64), 255 - images.astype(np.int64))
+  with pytest.raises(ValueError, match="style must be one of"):
+    plants.restyle(images, "sepia")
+  with pytest.raises(ValueError, match="uint8"):
+    plants.restyle(images.astype(np.float32), "invert")
+
+
+def test_concept_plant_copies_clean_images_restyled_under_the_template(emoji):
+  ds, tokenizer = emoji
+  rng = np.random.default_rng(2)
+  order = rng.permutation(ds.num_images)
+  test, clients = np.sort(order[:15]), [np.sort(order[15 + 40 * k: 55 + 40 * k]) for k in range(3)]
+  specs = [plants.BackdoorPlant("door", (0,), 10, plants.Trigger(), "rocket"),
+           plants.ConceptPlant("neg", (), 21, "invert", "inverted {caption}")]
+  planted, new_clients, info = plants.plant_knowledge(ds, clients, test, specs, tokenizer, 16, 0)
+  n = ds.num_images
+  np.testing.assert_array_equal(planted.images[:n], ds.images)
+  assert planted.captions[:ds.num_texts] == ds.captions
+  concept = info["neg"]
+  assert concept.kind == "concept" and concept.metric == "concept" and concept.target_text == -1
+  assert concept.clients == (0, 1, 2)  # No clients named: every client teaches the concept.
+  src = planted.image_meta[plants.SOURCE_FIELD]
+  sources = src[concept.poison_images]
+  assert (sources < n).all()  # Clean images only, never the backdoor's copies on client 0.
+  assert [len(set(new_clients[k]) & set(concept.poison_images.tolist())) for k in range(3)] == [
+      7, 7, 7]
+  for k in range(3):
+    assert set(src[np.intersect1d(new_clients[k], concept.poison_images)]) <= set(clients[k])
+  np.testing.assert_array_equal(planted.images[concept.poison_images], 255 - ds.images[sources])
+  np.testing.assert_array_equal(planted.images[concept.probe_images], 255 - ds.images[test])
+  first = ds.first_texts()
+  for image, source in zip(concept.poison_images, sources):
+    (text,) = np.flatnonzero(planted.text_image == image)
+    assert planted.captions[text] == "inverted " + ds.captions[first[source]]
+  assert len(concept.probe_texts) == len(test)
+  np.testing.assert_array_equal(planted.text_image[concept.probe_texts], concept.probe_images)
+  assert [planted.captions[t] for t in concept.probe_texts] == [
+      "inverted " + ds.captions[first[s]] for s in test]
+  assert info["door"].metric == "asr" and info["door"].kind == "backdoor"
+
+
+@pytest.mark.parametrize("spec,needle", [
+    (dict(kind="concept", clients=(0,), num_pairs=5, style="sepia", template="old {caption}"),
+     "style must be one of"),
+    (dict(kind="concept", clients=(0,), num_pairs=5, style="invert", template="inverted"),
+     "must contain '{caption}'"),
+    (dict(kind="concept", clients=(0,), num_pairs=5, style="invert", template=" {caption} "),
+     "adds no words"),
+    (dict(kind="concept", clients=(0,), num_pairs=0, style="invert", template="x {caption}"),
+     "num_pairs must be >= 1"),
+    (dict(kind="concept", clients=(4,), num_pairs=5, style="invert", template="x {caption}"),
+     "clients \\[4\\]"),
+    (dict(kind="poison", clients=(0,), num_pairs=5), "kind must be one of"),
+])
+def test_concept_plant_errors(emoji, spec, needle):
+  ds, tokenizer = emoji
+  clients = [np.arange(10), np.arange(10, 20)]
+  with pytest.raises(ValueError, match=needle):
+    plant = plants.plant_from_config("x", spec)
+    plants.plant_knowledge(ds, clients, np.arange(20, 25), [plant], tokenizer, 16, 0)
+
+
+def test_concept_accuracies_equal_a_brute_force_count():
+  rng = np.random.default_rng(4)
+  probe, clean = rng.normal(size=(60, 8)), rng.normal(size=(60, 8))
+  concept, plain = rng.normal(size=(60, 8)), rng.normal(size=(60, 8))
+  probe[:25] += 1.5 * concept[:25]  # Some copies lean to their concept caption.
+  i2t, t2i = evaluation.concept_accuracies(probe, clean, concept, plain)
+  cos = lambda a, b: a @ b / np.linalg.norm(a) / np.linalg.norm(b)
+  hits_i2t = sum(cos(probe[k], concept[k]) > cos(probe[k], plain[k]) for k in range(60))
+  hits_t2i = sum(cos(concept[k], probe[k]) > cos(concept[k], clean[k]) for k in range(60))
+  assert i2t == pytest.approx(100 * hits_i2t / 60)
+  assert t2i == pytest.approx(100 * hits_t2i / 60)
+  assert 0 < i2t < 100 and 0 < t2i < 100
 
 
 def test_attack_success_rates_equal_a_brute_force_count():
@@ -159,3 +248,10 @@ def test_planted_requests_select_exactly_the_plant(tmp_path):
     assert not plants.is_planted(setup.dataset, images).any()
   with pytest.raises(ValueError, match="Unknown plant 'nope'"):
     requests.plant_request(setup, "nope")
+  # The concept plant: every client teaches it; its request forgets exactly its copies.
+  concept_plant = setup.plants["concept"]
+  assert concept_plant.clients == tuple(range(setup.num_clients))
+  config.unlearning.kind, config.unlearning.plant = "concept", "concept"
+  req = requests.from_config(setup, config.unlearning)
+  np.testing.assert_array_equal(req.forget_images, np.sort(concept_plant.poison_images))
+  assert req.kind == "concept" and req.holders == tuple(range(setup.num_clients))

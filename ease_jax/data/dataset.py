@@ -90,6 +90,12 @@ class CaptionDataset:
   def num_texts(self) -> int:
     return int(self.input_ids.shape[0])
 
+  def first_texts(self) -> np.ndarray:
+    """`[num_images]` each image's first text id (-1 for an image without one)."""
+    first = np.full(self.num_images, -1, np.int64)
+    first[self.text_image[::-1]] = np.arange(self.num_texts)[::-1]
+    return first
+
   @property
   def context_length(self) -> int:
     return int(self.input_ids.shape[1])

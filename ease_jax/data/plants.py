@@ -1,18 +1,23 @@
 """Planted knowledge: data that only the forget set carries, so that forgetting can be measured.
 
-A *backdoor* plant stamps a trigger (a small high-contrast patch) on copies of some of its
-clients' images and captions each copy with one target caption; a model that learned it
-retrieves the target caption for any triggered image (attack success rate, `evaluation`), a
-model that never saw the copies does not. The clean originals stay untouched: the copies are
-appended to the dataset, assigned to the plant's clients, and recorded in the image metadata
-(`plant`: the plant's name, `plant_role`: 'poison' for training copies, 'probe' for triggered
-copies of the held-out test images that measure the attack, `plant_source`: the copied image),
-so requests select them by name and evaluation leaves them out of retrieval metrics.
+Two kinds of plant (`config.plants.<name>.kind`):
+* *backdoor*: a trigger (a small high-contrast patch) stamped on copies of some of its clients'
+  images, each copy captioned with one target caption; a model that learned it retrieves the
+  target caption for any triggered image (attack success rate, `evaluation`).
+* *concept*: copies of its clients' images in a visual style the backbone never saw (`restyle`:
+  grayscale, inverted colours), each captioned with its source's own caption under a template
+  ("inverted {caption}"); a model that learned the concept tells a restyled held-out image's
+  concept caption from its plain caption, and back (concept accuracy, `evaluation`).
+A model that never saw the copies does neither. The clean originals stay untouched: the copies
+are appended to the dataset, assigned to the plant's clients, and recorded in the image metadata
+(`plant`: the plant's name, `plant_role`: 'poison' for training copies, 'probe' for copies of the
+held-out test images that measure the plant, `plant_source`: the copied image), so requests
+select them by name and evaluation leaves them out of retrieval metrics.
 
-One federation may carry several independent plants (distinct triggers and targets): the
-default embedded federation (`experiments/configs/unlearn_emoji.py`) backdoors client 1 (the
-client request) and a spread of pairs on clients 0, 2 and 3 (the sample request); the concept
-request forgets a skin tone, which only the clients' data teaches.
+One federation may carry several independent plants: the default embedded federation
+(`experiments/configs/unlearn_emoji.py`) backdoors client 1 (the client request), a spread of
+pairs on clients 0, 2 and 3 (the sample request), and teaches a concept on every client (the
+concept request).
 """
 from __future__ import annotations
 
@@ -102,20 +107,40 @@ def stamp(images: np.ndarray, trigger: Trigger) -> np.ndarray:
   return out
 
 
+STYLES = ("grayscale", "invert")
+
+
+def restyle(images: np.ndarray, style: str) -> np.ndarray:
+  """Copies of `images [..., H, W, 3]` uint8 in a global visual style; `images` untouched.
+
+  'grayscale': every pixel's ITU-R BT.601 luma in all three channels; 'invert': 255 - x (an
+  emoji on black).
+  """
+  images = np.asarray(images)
+  if images.dtype != np.uint8 or images.shape[-1] != 3:
+    raise ValueError(f"restyle needs uint8 [..., H, W, 3] images, got {images.dtype} "
+                     f"{images.shape}.")
+  if style == "grayscale":
+    luma = np.rint(images.astype(np.float64) @ np.asarray([0.299, 0.587, 0.114]))
+    return np.repeat(luma[..., None], 3, axis=-1).astype(np.uint8)
+  if style == "invert":
+    return (255 - images).astype(np.uint8)
+  raise ValueError(f"style must be one of {STYLES}, got {style!r}.")
+
+
 @dataclasses.dataclass(frozen=True)
 class BackdoorPlant:
-  """`num_pairs` triggered copies of the `clients`' images (spread evenly), each captioned
-  `target_caption`."""
+  """`num_pairs` triggered copies of the `clients`' images (spread evenly; no clients = every
+  client), each captioned `target_caption`."""
   name: str
   clients: tuple[int, ...]
   num_pairs: int
   trigger: Trigger
   target_caption: str
+  kind = "backdoor"
 
   @classmethod
   def from_config(cls, name: str, c: Mapping[str, Any]) -> "BackdoorPlant":
-    if c.get("kind", "backdoor") != "backdoor":
-      raise ValueError(f"plants.{name}.kind must be 'backdoor', got {c.get('kind')!r}.")
     t = dict(c.get("trigger", {}))
     if "position" in t and not isinstance(t["position"], str):
       t["position"] = tuple(t["position"])
@@ -125,15 +150,77 @@ class BackdoorPlant:
                num_pairs=int(c["num_pairs"]), trigger=Trigger(**t),
                target_caption=str(c["target_caption"]))
 
+  def problems(self) -> list[str]:
+    return [] if self.target_caption.strip() else [f"plants.{self.name}.target_caption is empty"]
+
+  def copy_images(self, images: np.ndarray) -> np.ndarray:
+    return stamp(images, self.trigger)
+
+  def caption(self, own_caption: str) -> str:
+    return self.target_caption
+
+
+@dataclasses.dataclass(frozen=True)
+class ConceptPlant:
+  """`num_pairs` copies of the `clients`' images (spread evenly; no clients = every client, the
+  default use) in a visual `style` the backbone
+  never saw, each captioned with its source's own caption through `template` (e.g.
+  "inverted {caption}"): a concept that composes with every emoji and that only the clients
+  teach. Put the concept's words first: captions are cut at the model's context length."""
+  name: str
+  clients: tuple[int, ...]
+  num_pairs: int
+  style: str
+  template: str
+  kind = "concept"
+
+  @classmethod
+  def from_config(cls, name: str, c: Mapping[str, Any]) -> "ConceptPlant":
+    return cls(name=name, clients=tuple(int(x) for x in c["clients"]),
+               num_pairs=int(c["num_pairs"]), style=str(c["style"]),
+               template=str(c["template"]))
+
+  def problems(self) -> list[str]:
+    out = []
+    if self.style not in STYLES:
+      out.append(f"plants.{self.name}.style must be one of {STYLES}, got {self.style!r}")
+    if "{caption}" not in self.template:
+      out.append(f"plants.{self.name}.template {self.template!r} must contain '{{caption}}'")
+    elif not self.template.replace("{caption}", "").strip():
+      out.append(f"plants.{self.name}.template {self.template!r} adds no words to the caption")
+    return out
+
+  def copy_images(self, images: np.ndarray) -> np.ndarray:
+    return restyle(images, self.style)
+
+  def caption(self, own_caption: str) -> str:
+    return self.template.replace("{caption}", own_caption)
+
+
+Plant = BackdoorPlant | ConceptPlant
+KINDS = {"backdoor": BackdoorPlant, "concept": ConceptPlant}
+
+
+def plant_from_config(name: str, c: Mapping[str, Any]) -> Plant:
+  """The plant of a `config.plants.<name>` block (`kind`: 'backdoor', the default, or
+  'concept')."""
+  kind = c.get("kind", "backdoor")
+  if kind not in KINDS:
+    raise ValueError(f"plants.{name}.kind must be one of {tuple(KINDS)}, got {kind!r}.")
+  return KINDS[kind].from_config(name, c)
+
 
 @dataclasses.dataclass(frozen=True)
 class PlantedData:
   """Where a plant lives in the planted dataset.
 
   poison_images: `[n]` image ids of the training copies (held by `clients`).
-  probe_images: `[m]` triggered copies of the held-out test images (never trained on).
+  probe_images: `[m]` copies of the held-out test images (never trained on), triggered or
+    restyled like the poison.
   clean_probe_sources: `[m]` the test images they were copied from.
-  target_text: a text id whose caption is the target caption.
+  target_text: backdoor: a text id whose caption is the target caption; concept: -1.
+  probe_texts: concept: `[m]` text ids of the probes' concept captions (the template over their
+    sources' captions; never trained on); backdoor: empty (a probe carries no caption).
   """
   name: str
   clients: tuple[int, ...]
@@ -141,12 +228,22 @@ class PlantedData:
   probe_images: np.ndarray
   clean_probe_sources: np.ndarray
   target_text: int
-  target_caption: str
-  trigger: Trigger
+  spec: Plant
+  probe_texts: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+
+  @property
+  def kind(self) -> str:
+    return self.spec.kind
+
+  @property
+  def metric(self) -> str:
+    """The row-key prefix of what the plant teaches: `asr` (a backdoor's attack success rate) or
+    `concept` (a concept's accuracy), as in `asr/<name>/i2t`."""
+    return "concept" if self.kind == "concept" else "asr"
 
 
-def plant_backdoors(ds: dataset_lib.CaptionDataset, client_images: Sequence[np.ndarray],
-                    test_images: np.ndarray, plants: Sequence[BackdoorPlant], tokenizer: Any,
+def plant_knowledge(ds: dataset_lib.CaptionDataset, client_images: Sequence[np.ndarray],
+                    test_images: np.ndarray, plants: Sequence[Plant], tokenizer: Any,
                     max_length: int, seed: int
                     ) -> tuple[dataset_lib.CaptionDataset, list[np.ndarray],
                                dict[str, PlantedData]]:
@@ -160,50 +257,65 @@ def plant_backdoors(ds: dataset_lib.CaptionDataset, client_images: Sequence[np.n
   names = [p.name for p in plants]
   if len(set(names)) != len(names):
     raise ValueError(f"Plant names must be unique, got {names}.")
-  new_images, new_sources, new_plant, new_role, new_text_of = [], [], [], [], []
-  captions: list[str] = []
+  first_text = ds.first_texts()
+  def own_captions(sources):
+    if np.any(first_text[sources] < 0):
+      raise ValueError("a concept plant copies images that have no caption.")
+    return [ds.captions[t] for t in first_text[sources]]
+  new_images, new_sources, new_plant, new_role = [], [], [], []
+  new_text_of, captions = [], []  # One text per poison copy (and per concept probe).
   client_images = [np.asarray(c) for c in client_images]
+  originals = list(client_images)  # Plants copy clean images only, never another plant's copies.
   offset = ds.num_images
   info = {}
   h, w = ds.images.shape[1:3]
   for plant in plants:
     if plant.num_pairs < 1:
       raise ValueError(f"plants.{plant.name}.num_pairs must be >= 1, got {plant.num_pairs}.")
-    if not plant.target_caption.strip():
-      raise ValueError(f"plants.{plant.name}.target_caption is empty.")
+    if plant.problems():
+      raise ValueError("; ".join(plant.problems()) + ".")
     bad = [c for c in plant.clients if not 0 <= c < num_clients]
-    if bad or not plant.clients:
+    if bad:
       raise ValueError(f"plants.{plant.name}.clients {list(plant.clients)} must name clients in "
                        f"0..{num_clients - 1}.")
-    plant.trigger.origin(h, w)  # Fits the images, or a clear error naming the sizes.
+    holders = plant.clients or tuple(range(num_clients))
+    if plant.kind == "backdoor":
+      plant.trigger.origin(h, w)  # Fits the images, or a clear error naming the sizes.
     rng = np.random.default_rng([seed, sum(map(ord, plant.name))])
-    shares = np.full(len(plant.clients), plant.num_pairs // len(plant.clients))
-    shares[:plant.num_pairs % len(plant.clients)] += 1
+    shares = np.full(len(holders), plant.num_pairs // len(holders))
+    shares[:plant.num_pairs % len(holders)] += 1
     poison_ids = []
-    for client, share in zip(plant.clients, shares):
-      own = client_images[client]
+    for client, share in zip(holders, shares):
+      own = originals[client]
       if len(own) == 0:
         raise ValueError(f"plants.{plant.name}: client {client} holds no images to copy.")
       sources = np.concatenate([rng.permutation(own) for _ in range(-(-share // len(own)))])
       sources = np.sort(sources[:share])
       ids = offset + len(new_sources) + np.arange(share)
-      new_images.append(stamp(ds.images[sources], plant.trigger))
+      new_images.append(plant.copy_images(ds.images[sources]))
       new_sources += sources.tolist()
       new_plant += [plant.name] * share
       new_role += [POISON] * share
       new_text_of += ids.tolist()
-      captions += [plant.target_caption] * share
-      client_images[client] = np.sort(np.concatenate([own, ids]))
+      sources_caption = (own_captions(sources) if plant.kind == "concept"
+                         else [""] * share)
+      captions += [plant.caption(c) for c in sources_caption]
+      client_images[client] = np.sort(np.concatenate([client_images[client], ids]))
       poison_ids.append(ids)
     probe_sources = np.asarray(test_images)
     probe_ids = offset + len(new_sources) + np.arange(len(probe_sources))
-    new_images.append(stamp(ds.images[probe_sources], plant.trigger))
+    new_images.append(plant.copy_images(ds.images[probe_sources]))
     new_sources += probe_sources.tolist()
     new_plant += [plant.name] * len(probe_sources)
     new_role += [PROBE] * len(probe_sources)
+    probe_texts = np.zeros(0, np.int64)
+    if plant.kind == "concept":
+      probe_texts = ds.num_texts + len(captions) + np.arange(len(probe_sources))
+      new_text_of += probe_ids.tolist()
+      captions += [plant.caption(c) for c in own_captions(probe_sources)]
     poisons = np.concatenate(poison_ids)
-    info[plant.name] = dict(plant=plant, poisons=poisons, probes=probe_ids,
-                            sources=probe_sources)
+    info[plant.name] = dict(plant=plant, holders=holders, poisons=poisons, probes=probe_ids,
+                            sources=probe_sources, probe_texts=probe_texts)
   images = np.concatenate([ds.images] + new_images)
   n_new = images.shape[0] - ds.num_images
   ids, mask = tok_lib.tokenize(tokenizer, captions, max_length)
@@ -225,10 +337,11 @@ def plant_backdoors(ds: dataset_lib.CaptionDataset, client_images: Sequence[np.n
   out = {}
   for name, d in info.items():
     p = d["plant"]
-    out[name] = PlantedData(name=name, clients=p.clients, poison_images=d["poisons"],
-                            probe_images=d["probes"], clean_probe_sources=d["sources"],
-                            target_text=text_of_image[int(d["poisons"][0])],
-                            target_caption=p.target_caption, trigger=p.trigger)
+    out[name] = PlantedData(
+        name=name, clients=d["holders"], poison_images=d["poisons"], probe_images=d["probes"],
+        clean_probe_sources=d["sources"],
+        target_text=text_of_image[int(d["poisons"][0])] if p.kind == "backdoor" else -1,
+        spec=p, probe_texts=d["probe_texts"])
   return planted, client_images, out
 
 

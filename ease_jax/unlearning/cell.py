@@ -33,10 +33,11 @@ from ease_jax.unlearning import retrain as retrain_lib
 PyTree = Any
 SPLITS = ("forget", "retain", "test")
 # Row keys whose difference to the retrain row is reported as `<key>_gap`: retrieval, the MIA,
-# and every planted-knowledge metric (`asr/<plant>/<dir>`, `tone/<tone>/<dir>`).
+# and every planted-knowledge metric (`asr/<plant>/<dir>`, `concept/<plant>/<dir>`,
+# `tone/<tone>/<dir>`).
 GAP_KEYS = tuple(f"{s}/{k}" for s in SPLITS for k in ("i2t_r1", "t2i_r1", "mean_r1")) + (
     "mia_auc",)
-KNOWLEDGE_PREFIXES = ("asr/", "tone/")
+KNOWLEDGE_PREFIXES = ("asr/", "concept/", "tone/")
 DIRECTIONS = ("i2t", "t2i")
 REFERENCES = ("retrain", "backbone", "original")
 
@@ -107,10 +108,11 @@ class Cell:
 
   @property
   def forgotten_knowledge(self) -> list[str]:
-    """Row keys of what the request should remove: the attack success rates of every plant it
-    forgets whole, and the tone accuracy of a forgotten skin tone."""
+    """Row keys of what the request should remove: the attack success rates (or concept
+    accuracies) of every plant it forgets whole, and the tone accuracy of a forgotten skin
+    tone."""
     forget = set(np.asarray(self.request.forget_images).tolist())
-    keys = [f"asr/{name}/{d}" for name, plant in self.setup.plants.items()
+    keys = [f"{plant.metric}/{name}/{d}" for name, plant in self.setup.plants.items()
             if set(plant.poison_images.tolist()) <= forget for d in DIRECTIONS]
     unlearning = self.config.unlearning
     if self.request.kind == "concept" and unlearning.get("field") == "skin_tone":

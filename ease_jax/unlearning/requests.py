@@ -9,7 +9,8 @@ Three kinds ([paper]: client; [ours]: sample and concept):
   spread over all of them); the holders stay, with their remaining data.
 * `concept`: every client-held pair of a concept: a per-image metadata value (`subgroup` /
   `group` for the emoji data) or, for caption data without labels, any caption containing one
-  of the given terms (`field="caption"`).
+  of the given terms (`field="caption"`); or every pair of a planted concept (`plant`,
+  `ease_jax/data/plants.py`), which every client teaches and the backbone never saw.
 
 Only the clients' data can be forgotten (the public split trained the frozen backbone and the
 test split is never trained on).
@@ -192,16 +193,19 @@ def concept_request(setup: Any, field: str, values: Sequence[str] | str) -> Unle
   return _finish(setup, "concept", images, (), f"concept unlearning of {field}={values}")
 
 
-def plant_request(setup: Any, plant: str) -> UnlearningRequest:
-  """Sample unlearning of exactly one plant's poisoned pairs (`setup.plants[plant]`); their
-  holders stay with their clean data."""
+def plant_request(setup: Any, plant: str, kind: str = "sample") -> UnlearningRequest:
+  """Unlearning of exactly one plant's poisoned pairs (`setup.plants[plant]`); their holders stay
+  with their clean data. `kind`: 'sample' (a backdoor's pairs) or 'concept' (a concept plant's
+  pairs, spread over every client that teaches it)."""
   if plant not in setup.plants:
     raise ValueError(f"Unknown plant {plant!r}; the setup has plants {sorted(setup.plants)} "
                      "(config.plants).")
-  return _finish(setup, "sample", setup.plants[plant].poison_images, (),
-                 f"sample unlearning of plant {plant!r} "
-                 f"({len(setup.plants[plant].poison_images)} poisoned pairs on clients "
-                 f"{list(setup.plants[plant].clients)})")
+  if kind not in ("sample", "concept"):
+    raise ValueError(f"A plant's request is 'sample' or 'concept', got {kind!r}.")
+  planted = setup.plants[plant]
+  return _finish(setup, kind, planted.poison_images, (),
+                 f"{kind} unlearning of plant {plant!r} ({len(planted.poison_images)} "
+                 f"{planted.kind} pairs on clients {list(planted.clients)})")
 
 
 def from_config(setup: Any, config: Any, seed: int = 0) -> UnlearningRequest:
@@ -209,7 +213,8 @@ def from_config(setup: Any, config: Any, seed: int = 0) -> UnlearningRequest:
 
   Fields: `kind` ('client' | 'sample' | 'concept'); `clients` (client ids: the leaving clients,
   or the clients a sample request draws from — empty = all); `fraction` (sample); `field` and
-  `concepts` (concept: the values of `field`, or caption terms).
+  `concepts` (concept: the values of `field`, or caption terms); `plant` (sample or concept:
+  exactly this plant's poisoned pairs, instead of a draw or a field).
   """
   kind = config.kind
   if kind == "client":
@@ -220,5 +225,7 @@ def from_config(setup: Any, config: Any, seed: int = 0) -> UnlearningRequest:
     clients = list(config.get("clients", ())) or None
     return sample_request(setup, config.fraction, clients, seed=seed)
   if kind == "concept":
+    if config.get("plant"):
+      return plant_request(setup, config.plant, kind="concept")
     return concept_request(setup, config.field, list(config.concepts))
   raise ValueError(f"Unknown unlearning kind {kind!r}; expected one of {KINDS}.")

@@ -4,14 +4,17 @@ three planted requests × seeds, with the per-example audit.
   python experiments/benchmark.py --config=experiments/configs/benchmark_emoji.py \
       --workdir=workdirs/benchmark_emoji
 
-Starts from `unlearn_emoji.py` (model, data, the two backdoor plants, EASE's and the baselines'
+Starts from `unlearn_emoji.py` (model, data, the three plants, EASE's and the baselines'
 blocks) and adds `benchmark`: the requests (each an `unlearning` block), the seeds and the
 methods.
 
 * client: client 1 leaves (it carries the "rocket" backdoor: 200 triggered copies).
 * sample: exactly the 180 poisoned "volcano" pairs of clients 0, 2 and 3, who stay.
-* concept: every client-held pair of the medium-dark skin tone (the backbone never saw a toned
-  emoji; retrain never sees that tone).
+* concept: every pair of the planted concept (copies of every client's emoji with inverted
+  colours, captioned "inverted <own caption>": a style the backbone never saw and retrain never
+  sees). The skin-tone concept of earlier sessions (`dict(kind="concept", field="skin_tone",
+  concepts=("medium-dark",))`) is not learned by the adapter (BENCHMARKS.md, "Planting
+  knowledge"), so it cannot rank methods.
 
 A benchmark seed sets LoRA init, client sampling, shuffles and the methods' randomness
 (`benchmark.seed_keys`); the partition and the plants stay fixed, so one population of
@@ -43,7 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
       scenario_blocks=dict(
           client=dict(kind="client", clients=(1,)),
           sample=dict(kind="sample", plant="sample_backdoor"),
-          concept=dict(kind="concept", field="skin_tone", concepts=("medium-dark",)),
+          concept=dict(kind="concept", plant="concept"),
       ),
   ))
   return c

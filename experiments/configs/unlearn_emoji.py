@@ -34,6 +34,9 @@ def plants() -> dict:
           kind="backdoor", clients=(0, 2, 3), num_pairs=180, target_caption="volcano",
           trigger=dict(pattern="stripes", size=8, position="bottom_right", cell=2,
                        colors=((255, 255, 0), (0, 0, 255)))),
+      concept=dict(
+          kind="concept", clients=(), num_pairs=160, style="invert",
+          template="inverted {caption}"),
   )
 
 
