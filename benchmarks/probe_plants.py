@@ -67,8 +67,9 @@ def main():
   parser.add_argument("--retrain_plant", default="",
                       help="train without this plant's poisoned pairs (its retrain)")
   parser.add_argument("--own_captions", action="store_true",
-                      help="control: the triggered copies keep their source's caption (their "
-                           "volume without the backdoor; the ASR then means nothing)")
+                      help="control: every planted copy keeps its source's caption (their "
+                           "volume without the backdoor; the ASR and concept accuracy then mean "
+                           "nothing)")
   args = parser.parse_args()
   if args.own_captions:
     plant = plants_lib.plant_knowledge

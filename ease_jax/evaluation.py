@@ -7,6 +7,7 @@ import numpy as np
 
 from ease_jax import metrics
 from ease_jax.data import dataset as dataset_lib
+from ease_jax.data import plants as plants_lib
 from ease_jax.data.device import DeviceData, embed
 from ease_jax.model import CLIP
 
@@ -93,25 +94,26 @@ def concept_accuracies(probe_emb: np.ndarray, clean_emb: np.ndarray, concept_emb
   return float(100 * i2t.mean()), float(100 * t2i.mean())
 
 
-def plant_metrics(setup: Any, trainable: Any, plant: Any, batch_size: int = 256
-                  ) -> dict[str, float]:
+def plant_metrics(setup: Any, trainable: Any, plant: plants_lib.PlantedData,
+                  batch_size: int = 256) -> dict[str, float]:
   """What the model learned of a `plants.PlantedData`: a backdoor's attack success rates
   (`asr/<plant>/i2t`, `asr/<plant>/t2i`), a concept's accuracies (`concept/<plant>/i2t`,
   `concept/<plant>/t2i`)."""
   ds = setup.dataset
   n = len(plant.probe_images)
   images = np.concatenate([plant.probe_images, plant.clean_probe_sources])
-  if plant.kind == "concept":
+  if plant.kind == "concept":  # Each probe's concept caption, then its source's plain one.
     text_ids = np.concatenate([plant.probe_texts, ds.first_texts()[plant.clean_probe_sources]])
-    image_emb, text_emb = embed(setup.model, setup.backbone, trainable, setup.data, images,
-                                text_ids, batch_size)
-    i2t, t2i = concept_accuracies(image_emb[:n], image_emb[n:], text_emb[:n], text_emb[n:])
-    return {f"{plant.metric}/{plant.name}/i2t": i2t, f"{plant.metric}/{plant.name}/t2i": t2i}
-  texts, _ = subset_texts(ds, plant.clean_probe_sources)
-  text_ids = np.concatenate([texts, [plant.target_text]])
+  else:  # The held-out captions, then the target.
+    text_ids = np.concatenate([subset_texts(ds, plant.clean_probe_sources)[0],
+                               [plant.target_text]])
   image_emb, text_emb = embed(setup.model, setup.backbone, trainable, setup.data, images,
                               text_ids, batch_size)
-  i2t, t2i = attack_success_rates(image_emb[:n], image_emb[n:], text_emb[:-1], text_emb[-1])
+  probe, clean = image_emb[:n], image_emb[n:]
+  if plant.kind == "concept":
+    i2t, t2i = concept_accuracies(probe, clean, text_emb[:n], text_emb[n:])
+  else:
+    i2t, t2i = attack_success_rates(probe, clean, text_emb[:-1], text_emb[-1])
   return {f"{plant.metric}/{plant.name}/i2t": i2t, f"{plant.metric}/{plant.name}/t2i": t2i}
 
 

@@ -178,23 +178,28 @@ def _cross_checks(config: Any) -> list[str]:
 
 
 def _plant_checks(config: Any) -> list[str]:
-  """Each `plants.<name>` block builds a plant on clients the federation has."""
+  """Each `plants.<name>` block builds a plant on clients the federation has, and a request's
+  `unlearning.plant` names one of the right kind (sample: a backdoor; concept: a concept)."""
   from ease_jax.data import plants  # pylint: disable=g-import-not-at-top
-  out = []
+  out, built = [], {}
   num_clients = config.get("fed", {}).get("num_clients", 0)
   for name, spec in (config.get("plants") or {}).items():
     try:
-      plant = plants.plant_from_config(name, spec)
+      built[name] = plants.plant_from_config(name, spec)
     except (ValueError, KeyError, TypeError) as e:
       out.append(f"config.plants.{name}: {' '.join(str(e).split())}")
       continue
-    if plant.num_pairs < 1:
-      out.append(f"config.plants.{name}.num_pairs must be >= 1, got {plant.num_pairs}")
-    out += [f"config.{p}" for p in plant.problems()]
-    bad = [c for c in plant.clients if not 0 <= c < num_clients]
-    if bad:
-      out.append(f"config.plants.{name}.clients {list(plant.clients)} must name clients in "
-                 f"0..{num_clients - 1}")
+    out += [f"config.{p}" for p in built[name].problems(num_clients)]
+  unlearning = config.get("unlearning") or {}
+  name = unlearning.get("plant") or ""
+  if name and name not in (config.get("plants") or {}):
+    out.append(f"config.unlearning.plant={name!r} is not a plant of config.plants "
+               f"{sorted(config.get('plants') or {})}")
+  elif name in built:
+    wanted = dict(sample="backdoor", concept="concept").get(unlearning.get("kind"))
+    if wanted and built[name].kind != wanted:
+      out.append(f"config.unlearning.plant={name!r} is a {built[name].kind} plant; a "
+                 f"{unlearning.get('kind')} request forgets a {wanted} plant")
   return out
 
 

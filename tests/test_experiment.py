@@ -254,6 +254,7 @@ def test_unlearn_pipeline_on_emoji_with_a_checkpoint_folder(tmp_path):
   assert results["forgotten_knowledge"] == ["asr/client_backdoor/i2t", "asr/client_backdoor/t2i"]
   for r in rows.values():
     assert 0.0 <= r["asr/client_backdoor/i2t"] <= 100.0 and "asr/sample_backdoor/t2i" in r
+    assert 0.0 <= r["concept/concept/i2t"] <= 100.0 and "concept/concept/t2i" in r
     assert 0.0 <= r["forget_quality"] <= 1.0 and 0.0 <= r["lira_auc"] <= 1.0
     assert 0.0 <= r["forget_quality_iid"] <= 1.0
     assert 0.0 <= r["forget_quality_min"] <= r["forget_quality"]

@@ -100,6 +100,18 @@ def test_bad_plants_are_config_errors(plant, key, value, needle):
     validation.validate(config)
 
 
+@pytest.mark.parametrize("kind,plant,needle", [
+    ("sample", "nope", "config.unlearning.plant='nope' is not a plant of config.plants"),
+    ("sample", "concept", "'concept' is a concept plant; a sample request forgets a backdoor"),
+    ("concept", "client_backdoor", "is a backdoor plant; a concept request forgets a concept"),
+])
+def test_a_request_naming_a_wrong_plant_is_a_config_error(kind, plant, needle):
+  config = configs.from_file(CONFIGS / "unlearn_emoji.py")
+  config.unlearning.kind, config.unlearning.plant = kind, plant
+  with pytest.raises(validation.ConfigError, match=re.escape(needle)):
+    validation.validate(config)
+
+
 def test_validation_reports_every_problem_at_once_and_accepts_the_shipped_configs():
   for path in sorted(CONFIGS.glob("*.py")):
     if path.stem in ("__init__",) or "flickr" in path.stem or "mscoco" in path.stem:

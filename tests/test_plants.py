@@ -173,6 +173,49 @@ def test_concept_plant_errors(emoji, spec, needle):
     plants.plant_knowledge(ds, clients, np.arange(20, 25), [plant], tokenizer, 16, 0)
 
 
+def test_concept_captions_cut_to_the_plain_caption_are_an_error(emoji):
+  ds, tokenizer = emoji
+  clients = [np.arange(10), np.arange(10, 20)]
+  spec = plants.ConceptPlant("late", (), 6, "invert", "{caption} and then some inverted words")
+  with pytest.raises(ValueError, match="equal their plain captions once cut to 8 tokens"):
+    plants.plant_knowledge(ds, clients, np.arange(20, 25), [spec], tokenizer, 8, 0)
+
+
+def test_more_holders_than_pairs_plants_one_copy_on_the_first_clients(emoji):
+  ds, tokenizer = emoji
+  clients = [np.arange(10 * k, 10 * k + 10) for k in range(5)]
+  spec = plants.ConceptPlant("few", (), 3, "grayscale", "gray {caption}")
+  planted, new_clients, info = plants.plant_knowledge(ds, clients, np.arange(50, 55), [spec],
+                                                      tokenizer, 16, 0)
+  assert [len(new_clients[k]) - 10 for k in range(5)] == [1, 1, 1, 0, 0]
+
+
+def test_first_texts_with_several_captions_per_image():
+  ds = dataset_lib.CaptionDataset(
+      images=np.zeros((4, 2, 2, 3), np.uint8), input_ids=np.zeros((6, 3), np.int32),
+      attention_mask=np.ones((6, 3), np.int32),
+      text_image=np.asarray([2, 0, 2, 0, 1, 2], np.int32), captions=tuple("abcdef"))
+  np.testing.assert_array_equal(ds.first_texts(), [1, 4, 0, -1])
+
+
+def test_concept_metric_pairs_each_probe_with_its_own_captions(emoji, monkeypatch):
+  """With text embeddings equal to their image's embedding, a correct pairing scores 100% both
+  ways; swapping the concept and plain captions, or the probes and their sources, scores 0%."""
+  import types  # pylint: disable=g-import-not-at-top
+  ds, tokenizer = emoji
+  clients = [np.arange(0, 40), np.arange(40, 80)]
+  spec = plants.ConceptPlant("neg", (), 8, "invert", "inverted {caption}")
+  planted, _, info = plants.plant_knowledge(ds, clients, np.arange(80, 92), [spec], tokenizer,
+                                            16, 0)
+  table = np.random.default_rng(0).normal(size=(planted.num_images, 16))
+  def fake_embed(model, backbone, trainable, data, images, texts, batch_size):
+    return table[np.asarray(images)], table[planted.text_image[np.asarray(texts)]]
+  monkeypatch.setattr(evaluation, "embed", fake_embed)
+  setup = types.SimpleNamespace(dataset=planted, model=None, backbone=None, data=None)
+  assert evaluation.plant_metrics(setup, None, info["neg"]) == {
+      "concept/neg/i2t": 100.0, "concept/neg/t2i": 100.0}
+
+
 def test_concept_accuracies_equal_a_brute_force_count():
   rng = np.random.default_rng(4)
   probe, clean = rng.normal(size=(60, 8)), rng.normal(size=(60, 8))
@@ -241,7 +284,12 @@ def test_planted_requests_select_exactly_the_plant(tmp_path):
   tones = np.asarray(setup.dataset.image_meta["skin_tone"])
   tone = tones[setup.client_images[1][0]]
   concept = requests.concept_request(setup, "skin_tone", [tone])
-  assert not plants.is_planted(setup.dataset, concept.forget_images).any()
+  # No backdoor copy; the concept plant's copies of that tone carry its words, so they go too.
+  assert not plants.is_planted(setup.dataset, concept.forget_images, setup.plants,
+                               "backdoor").any()
+  inverted = setup.plants["concept"].poison_images
+  np.testing.assert_array_equal(np.intersect1d(concept.forget_images, inverted),
+                                inverted[tones[inverted] == tone])
   client = requests.client_request(setup, [0])
   subsets = client.eval_subsets(setup)
   for images in subsets.values():
@@ -255,3 +303,13 @@ def test_planted_requests_select_exactly_the_plant(tmp_path):
   req = requests.from_config(setup, config.unlearning)
   np.testing.assert_array_equal(req.forget_images, np.sort(concept_plant.poison_images))
   assert req.kind == "concept" and req.holders == tuple(range(setup.num_clients))
+  with pytest.raises(ValueError, match="is a concept plant: its request is 'concept'"):
+    requests.plant_request(setup, "concept", kind="sample")
+  # What the concept request must remove: the concept accuracy (no tone keys, no backdoor).
+  from ease_jax.unlearning import cell as cell_lib  # pylint: disable=g-import-not-at-top
+  import types  # pylint: disable=g-import-not-at-top
+  config.unlearning.field = "skin_tone"
+  fake_cell = types.SimpleNamespace(request=req, setup=setup, config=config,
+                                    tone_images={tone: np.arange(3)})
+  assert cell_lib.Cell.forgotten_knowledge.fget(fake_cell) == ["concept/concept/i2t",
+                                                                "concept/concept/t2i"]

@@ -93,7 +93,8 @@ class CaptionDataset:
   def first_texts(self) -> np.ndarray:
     """`[num_images]` each image's first text id (-1 for an image without one)."""
     first = np.full(self.num_images, -1, np.int64)
-    first[self.text_image[::-1]] = np.arange(self.num_texts)[::-1]
+    images, first_index = np.unique(self.text_image, return_index=True)
+    first[images] = first_index
     return first
 
   @property

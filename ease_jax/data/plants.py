@@ -128,6 +128,18 @@ def restyle(images: np.ndarray, style: str) -> np.ndarray:
   raise ValueError(f"style must be one of {STYLES}, got {style!r}.")
 
 
+def _shared_problems(plant: "Plant", num_clients: int | None) -> list[str]:
+  """What every plant needs: a pair to plant, on clients the federation has."""
+  out = []
+  if plant.num_pairs < 1:
+    out.append(f"plants.{plant.name}.num_pairs must be >= 1, got {plant.num_pairs}")
+  bad = [c for c in plant.clients if num_clients is not None and not 0 <= c < num_clients]
+  if bad:
+    out.append(f"plants.{plant.name}.clients {list(plant.clients)} must name clients in "
+               f"0..{num_clients - 1}")
+  return out
+
+
 @dataclasses.dataclass(frozen=True)
 class BackdoorPlant:
   """`num_pairs` triggered copies of the `clients`' images (spread evenly; no clients = every
@@ -138,6 +150,8 @@ class BackdoorPlant:
   trigger: Trigger
   target_caption: str
   kind = "backdoor"
+  metric = "asr"           # Row keys `asr/<name>/<dir>`: the attack success rate.
+  probes_have_texts = False
 
   @classmethod
   def from_config(cls, name: str, c: Mapping[str, Any]) -> "BackdoorPlant":
@@ -150,8 +164,15 @@ class BackdoorPlant:
                num_pairs=int(c["num_pairs"]), trigger=Trigger(**t),
                target_caption=str(c["target_caption"]))
 
-  def problems(self) -> list[str]:
-    return [] if self.target_caption.strip() else [f"plants.{self.name}.target_caption is empty"]
+  def problems(self, num_clients: int | None = None) -> list[str]:
+    """Every problem of the spec (clients checked against `num_clients` when given)."""
+    out = _shared_problems(self, num_clients)
+    if not self.target_caption.strip():
+      out.append(f"plants.{self.name}.target_caption is empty")
+    return out
+
+  def check_fits(self, height: int, width: int) -> None:
+    self.trigger.origin(height, width)  # A clear error naming the sizes.
 
   def copy_images(self, images: np.ndarray) -> np.ndarray:
     return stamp(images, self.trigger)
@@ -163,16 +184,18 @@ class BackdoorPlant:
 @dataclasses.dataclass(frozen=True)
 class ConceptPlant:
   """`num_pairs` copies of the `clients`' images (spread evenly; no clients = every client, the
-  default use) in a visual `style` the backbone
-  never saw, each captioned with its source's own caption through `template` (e.g.
-  "inverted {caption}"): a concept that composes with every emoji and that only the clients
-  teach. Put the concept's words first: captions are cut at the model's context length."""
+  default use) in a visual `style` the backbone never saw, each captioned with its source's own
+  caption through `template` (e.g. "inverted {caption}"): a concept that composes with every
+  emoji and that only the clients teach. Put the concept's words first: captions are cut at the
+  model's context length (a template whose words are cut off is an error)."""
   name: str
   clients: tuple[int, ...]
   num_pairs: int
   style: str
   template: str
   kind = "concept"
+  metric = "concept"       # Row keys `concept/<name>/<dir>`: the concept accuracy.
+  probes_have_texts = True  # Each probe carries its concept caption, for the metric.
 
   @classmethod
   def from_config(cls, name: str, c: Mapping[str, Any]) -> "ConceptPlant":
@@ -180,8 +203,9 @@ class ConceptPlant:
                num_pairs=int(c["num_pairs"]), style=str(c["style"]),
                template=str(c["template"]))
 
-  def problems(self) -> list[str]:
-    out = []
+  def problems(self, num_clients: int | None = None) -> list[str]:
+    """Every problem of the spec (clients checked against `num_clients` when given)."""
+    out = _shared_problems(self, num_clients)
     if self.style not in STYLES:
       out.append(f"plants.{self.name}.style must be one of {STYLES}, got {self.style!r}")
     if "{caption}" not in self.template:
@@ -189,6 +213,9 @@ class ConceptPlant:
     elif not self.template.replace("{caption}", "").strip():
       out.append(f"plants.{self.name}.template {self.template!r} adds no words to the caption")
     return out
+
+  def check_fits(self, height: int, width: int) -> None:
+    del height, width  # A style applies to any image size.
 
   def copy_images(self, images: np.ndarray) -> np.ndarray:
     return restyle(images, self.style)
@@ -199,6 +226,9 @@ class ConceptPlant:
 
 Plant = BackdoorPlant | ConceptPlant
 KINDS = {"backdoor": BackdoorPlant, "concept": ConceptPlant}
+# The request that forgets exactly a plant's pairs: a backdoor's are samples of their holders, a
+# concept's are the concept, spread over every client.
+REQUEST_KIND = {"backdoor": "sample", "concept": "concept"}
 
 
 def plant_from_config(name: str, c: Mapping[str, Any]) -> Plant:
@@ -237,9 +267,8 @@ class PlantedData:
 
   @property
   def metric(self) -> str:
-    """The row-key prefix of what the plant teaches: `asr` (a backdoor's attack success rate) or
-    `concept` (a concept's accuracy), as in `asr/<name>/i2t`."""
-    return "concept" if self.kind == "concept" else "asr"
+    """The row-key prefix of what the plant teaches, as in `asr/<name>/i2t`."""
+    return self.spec.metric
 
 
 def plant_knowledge(ds: dataset_lib.CaptionDataset, client_images: Sequence[np.ndarray],
@@ -258,29 +287,24 @@ def plant_knowledge(ds: dataset_lib.CaptionDataset, client_images: Sequence[np.n
   if len(set(names)) != len(names):
     raise ValueError(f"Plant names must be unique, got {names}.")
   first_text = ds.first_texts()
-  def own_captions(sources):
+  def own_texts(sources: np.ndarray) -> np.ndarray:
+    """`[k]` each source image's first text id (a copy inherits that caption's words)."""
     if np.any(first_text[sources] < 0):
-      raise ValueError("a concept plant copies images that have no caption.")
-    return [ds.captions[t] for t in first_text[sources]]
+      raise ValueError("a plant copies images that have no caption.")
+    return first_text[sources]
   new_images, new_sources, new_plant, new_role = [], [], [], []
-  new_text_of, captions = [], []  # One text per poison copy (and per concept probe).
+  # One text per poison copy and per probe that carries one, and the text it was made from.
+  new_text_of, captions, made_from = [], [], []
   client_images = [np.asarray(c) for c in client_images]
   originals = list(client_images)  # Plants copy clean images only, never another plant's copies.
   offset = ds.num_images
   info = {}
   h, w = ds.images.shape[1:3]
   for plant in plants:
-    if plant.num_pairs < 1:
-      raise ValueError(f"plants.{plant.name}.num_pairs must be >= 1, got {plant.num_pairs}.")
-    if plant.problems():
-      raise ValueError("; ".join(plant.problems()) + ".")
-    bad = [c for c in plant.clients if not 0 <= c < num_clients]
-    if bad:
-      raise ValueError(f"plants.{plant.name}.clients {list(plant.clients)} must name clients in "
-                       f"0..{num_clients - 1}.")
+    if plant.problems(num_clients):
+      raise ValueError("; ".join(plant.problems(num_clients)) + ".")
+    plant.check_fits(h, w)
     holders = plant.clients or tuple(range(num_clients))
-    if plant.kind == "backdoor":
-      plant.trigger.origin(h, w)  # Fits the images, or a clear error naming the sizes.
     rng = np.random.default_rng([seed, sum(map(ord, plant.name))])
     shares = np.full(len(holders), plant.num_pairs // len(holders))
     shares[:plant.num_pairs % len(holders)] += 1
@@ -289,6 +313,8 @@ def plant_knowledge(ds: dataset_lib.CaptionDataset, client_images: Sequence[np.n
       own = originals[client]
       if len(own) == 0:
         raise ValueError(f"plants.{plant.name}: client {client} holds no images to copy.")
+      if share == 0:  # More holders than pairs.
+        continue
       sources = np.concatenate([rng.permutation(own) for _ in range(-(-share // len(own)))])
       sources = np.sort(sources[:share])
       ids = offset + len(new_sources) + np.arange(share)
@@ -297,9 +323,8 @@ def plant_knowledge(ds: dataset_lib.CaptionDataset, client_images: Sequence[np.n
       new_plant += [plant.name] * share
       new_role += [POISON] * share
       new_text_of += ids.tolist()
-      sources_caption = (own_captions(sources) if plant.kind == "concept"
-                         else [""] * share)
-      captions += [plant.caption(c) for c in sources_caption]
+      made_from += own_texts(sources).tolist()
+      captions += [plant.caption(ds.captions[t]) for t in own_texts(sources)]
       client_images[client] = np.sort(np.concatenate([client_images[client], ids]))
       poison_ids.append(ids)
     probe_sources = np.asarray(test_images)
@@ -309,16 +334,30 @@ def plant_knowledge(ds: dataset_lib.CaptionDataset, client_images: Sequence[np.n
     new_plant += [plant.name] * len(probe_sources)
     new_role += [PROBE] * len(probe_sources)
     probe_texts = np.zeros(0, np.int64)
-    if plant.kind == "concept":
+    if plant.probes_have_texts:
       probe_texts = ds.num_texts + len(captions) + np.arange(len(probe_sources))
       new_text_of += probe_ids.tolist()
-      captions += [plant.caption(c) for c in own_captions(probe_sources)]
+      made_from += own_texts(probe_sources).tolist()
+      captions += [plant.caption(ds.captions[t]) for t in own_texts(probe_sources)]
     poisons = np.concatenate(poison_ids)
     info[plant.name] = dict(plant=plant, holders=holders, poisons=poisons, probes=probe_ids,
                             sources=probe_sources, probe_texts=probe_texts)
   images = np.concatenate([ds.images] + new_images)
   n_new = images.shape[0] - ds.num_images
   ids, mask = tok_lib.tokenize(tokenizer, captions, max_length)
+  plant_of_text = np.asarray(new_plant)[np.asarray(new_text_of, np.int64) - offset]
+  for name, d in info.items():
+    # A concept caption must still say the concept after the cut at the context length.
+    if d["plant"].kind != "concept":
+      continue
+    rows = np.flatnonzero(plant_of_text == name)
+    plain, plain_mask = tok_lib.tokenize(
+        tokenizer, [ds.captions[made_from[r]] for r in rows], max_length)
+    same = np.all((ids[rows] == plain) & (mask[rows] == plain_mask), axis=1)
+    if same.any():
+      raise ValueError(f"plants.{name}.template {d['plant'].template!r}: {int(same.sum())} "
+                       f"concept captions equal their plain captions once cut to {max_length} "
+                       "tokens; put the concept's words before '{caption}'.")
   first_new_text = ds.num_texts
   meta = {}
   for key, values in ds.image_meta.items():
@@ -345,10 +384,16 @@ def plant_knowledge(ds: dataset_lib.CaptionDataset, client_images: Sequence[np.n
   return planted, client_images, out
 
 
-def is_planted(ds: dataset_lib.CaptionDataset, images: np.ndarray) -> np.ndarray:
-  """`[n]` bool: which of `images` are planted copies (poison or probe)."""
+def is_planted(ds: dataset_lib.CaptionDataset, images: np.ndarray,
+               plants: Mapping[str, PlantedData] | None = None, kind: str | None = None
+               ) -> np.ndarray:
+  """`[n]` bool: which of `images` are planted copies (poison or probe); with `plants` and
+  `kind`, only the copies of plants of that kind."""
   field = ds.image_meta.get(PLANT_FIELD)
   images = np.asarray(images, np.int64)
   if field is None:
     return np.zeros(len(images), bool)
-  return np.asarray(field)[images] != ""
+  names = np.asarray(field)[images]
+  if kind is None:
+    return names != ""
+  return np.isin(names, [n for n, p in (plants or {}).items() if p.kind == kind])

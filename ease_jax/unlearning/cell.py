@@ -115,7 +115,8 @@ class Cell:
     keys = [f"{plant.metric}/{name}/{d}" for name, plant in self.setup.plants.items()
             if set(plant.poison_images.tolist()) <= forget for d in DIRECTIONS]
     unlearning = self.config.unlearning
-    if self.request.kind == "concept" and unlearning.get("field") == "skin_tone":
+    if (self.request.kind == "concept" and not unlearning.get("plant")
+        and unlearning.get("field") == "skin_tone"):
       keys += [f"tone/{t}/{d}" for t in unlearning.concepts if t in self.tone_images
                for d in DIRECTIONS]
     return keys

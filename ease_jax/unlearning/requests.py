@@ -79,8 +79,9 @@ class UnlearningRequest:
 
   def eval_subsets(self, setup: Any) -> dict[str, np.ndarray]:
     """Image sets for retrieval evaluation: forget, retain and the held-out test split, without
-    planted copies (their one shared target caption makes retrieval among them meaningless;
-    attack success rates measure them)."""
+    planted copies (a backdoor's share one target caption, which makes retrieval among them
+    meaningless; a concept's are restyled duplicates of clean images; each plant's own metric,
+    `evaluation.plant_metrics`, measures them)."""
     clean = lambda images: images[~plants_lib.is_planted(setup.dataset, images)]
     return dict(forget=clean(self.forget_images), retain=clean(self.retain_images(setup)),
                 test=np.asarray(setup.test_images))
@@ -170,8 +171,9 @@ def concept_request(setup: Any, field: str, values: Sequence[str] | str) -> Unle
     raise ValueError("concept_request needs at least one value.")
   ds = setup.dataset
   client_imgs = setup.all_client_images
-  # Planted copies belong to their plant (what they teach is the trigger), not to a concept.
-  client_imgs = client_imgs[~plants_lib.is_planted(ds, client_imgs)]
+  # A backdoor's copies belong to their plant (what they teach is the trigger); a concept
+  # plant's copies keep their source's words and metadata, so they carry its concepts too.
+  client_imgs = client_imgs[~plants_lib.is_planted(ds, client_imgs, setup.plants, "backdoor")]
   if field == CAPTION_FIELD:
     pattern = re.compile(r"\b(" + "|".join(re.escape(v.lower()) for v in values) + r")\b")
     hit_texts = [i for i, cap in enumerate(ds.captions) if pattern.search(cap.lower())]
@@ -193,18 +195,20 @@ def concept_request(setup: Any, field: str, values: Sequence[str] | str) -> Unle
   return _finish(setup, "concept", images, (), f"concept unlearning of {field}={values}")
 
 
-def plant_request(setup: Any, plant: str, kind: str = "sample") -> UnlearningRequest:
+def plant_request(setup: Any, plant: str, kind: str | None = None) -> UnlearningRequest:
   """Unlearning of exactly one plant's poisoned pairs (`setup.plants[plant]`); their holders stay
-  with their clean data. `kind`: 'sample' (a backdoor's pairs) or 'concept' (a concept plant's
-  pairs, spread over every client that teaches it)."""
+  with their clean data. `kind` (default: the plant's, `plants.REQUEST_KIND`): 'sample' for a
+  backdoor's pairs, 'concept' for a concept plant's, spread over every client that teaches it."""
   if plant not in setup.plants:
     raise ValueError(f"Unknown plant {plant!r}; the setup has plants {sorted(setup.plants)} "
                      "(config.plants).")
-  if kind not in ("sample", "concept"):
-    raise ValueError(f"A plant's request is 'sample' or 'concept', got {kind!r}.")
   planted = setup.plants[plant]
-  return _finish(setup, kind, planted.poison_images, (),
-                 f"{kind} unlearning of plant {plant!r} ({len(planted.poison_images)} "
+  wanted = plants_lib.REQUEST_KIND[planted.kind]
+  if kind not in (None, wanted):
+    raise ValueError(f"Plant {plant!r} is a {planted.kind} plant: its request is {wanted!r}, "
+                     f"not {kind!r}.")
+  return _finish(setup, wanted, planted.poison_images, (),
+                 f"{wanted} unlearning of plant {plant!r} ({len(planted.poison_images)} "
                  f"{planted.kind} pairs on clients {list(planted.clients)})")
 
 
@@ -221,7 +225,7 @@ def from_config(setup: Any, config: Any, seed: int = 0) -> UnlearningRequest:
     return client_request(setup, list(config.clients))
   if kind == "sample":
     if config.get("plant"):
-      return plant_request(setup, config.plant)
+      return plant_request(setup, config.plant, kind="sample")
     clients = list(config.get("clients", ())) or None
     return sample_request(setup, config.fraction, clients, seed=seed)
   if kind == "concept":

@@ -4,15 +4,16 @@ r"""Unlearning on the embedded emoji data with planted knowledge: a backdoored c
   python experiments/unlearn.py --config=experiments/configs/unlearn_emoji.py --workdir=/tmp/ul1 \
       --config.seed=1    # partition, LoRA init, sampling, shuffles and the request; not the split
 
-The federation carries two independent backdoor plants (`config.plants`; ease_jax/data/plants.py):
+The federation carries three independent plants (`config.plants`; ease_jax/data/plants.py):
 client 1 (the largest client of the default partition) holds 200 triggered copies of its own
-images captioned "rocket" (a magenta/green checker in the top-left corner), and clients 0, 2 and
-3 hold 180 copies captioned "volcano" (yellow/blue stripes, bottom-right). The default request is
-client unlearning of client 1: retrain never sees its trigger, so its attack success rate is what
-must go. Other requests on the same trained model:
-`--config.unlearning.kind=sample --config.unlearning.plant=sample_backdoor` (exactly the poisoned
-pairs of clients 0, 2, 3, which stay), or `--config.unlearning.kind=concept
---config.unlearning.field=skin_tone --config.unlearning.concepts="('medium-dark',)"`.
+images captioned "rocket" (a magenta/green checker in the top-left corner); clients 0, 2 and
+3 hold 180 copies captioned "volcano" (yellow/blue stripes, bottom-right); and every client holds
+20 copies of its emoji with inverted colours, captioned "inverted <own caption>" (a concept the
+backbone never saw). The default request is client unlearning of client 1: retrain never sees
+its trigger, so its attack success rate is what must go. Other requests on the same trained
+model: `--config.unlearning.kind=sample --config.unlearning.plant=sample_backdoor` (exactly the
+poisoned pairs of clients 0, 2, 3, which stay), or `--config.unlearning.kind=concept
+--config.unlearning.plant=concept` (every inverted copy; its concept accuracy is what must go).
 
 `audit.population` models trained with and without D_f (one batched run each) give the
 per-example audit (forget quality, LiRA); 0 turns it off.
@@ -23,8 +24,9 @@ from ease_jax import configs
 
 
 def plants() -> dict:
-  """The embedded federation's planted knowledge (targets and triggers chosen by the probes in
-  BENCHMARKS.md, "Planting knowledge")."""
+  """The embedded federation's planted knowledge (targets, triggers and the concept's style and
+  size chosen by the probes in BENCHMARKS.md, "Planting knowledge", on the tuning seeds 0 and
+  4)."""
   return dict(
       client_backdoor=dict(
           kind="backdoor", clients=(1,), num_pairs=200, target_caption="rocket",
