@@ -48,11 +48,17 @@ def test_trigger_errors_name_the_problem():
     plants.Trigger(position="middle")
 
 
+def _random_split(ds, seed, num_test, client_size, num_clients):
+  """`(test [num_test], [client images [client_size]] * num_clients)`, disjoint, sorted."""
+  order = np.random.default_rng(seed).permutation(ds.num_images)
+  clients = [order[num_test + client_size * k: num_test + client_size * (k + 1)]
+             for k in range(num_clients)]
+  return np.sort(order[:num_test]), [np.sort(c) for c in clients]
+
+
 def test_plant_knowledge_appends_copies_and_keeps_the_originals(emoji):
   ds, tokenizer = emoji
-  rng = np.random.default_rng(1)
-  order = rng.permutation(ds.num_images)
-  test, clients = np.sort(order[:20]), [np.sort(order[20 + 50 * k: 70 + 50 * k]) for k in range(4)]
+  test, clients = _random_split(ds, 1, 20, 50, 4)
   specs = [plants.BackdoorPlant("a", (0,), 30, plants.Trigger(), "grinning face"),
            plants.BackdoorPlant("b", (1, 2, 3), 10, plants.Trigger(pattern="stripes",
                                                                      position="bottom_right"),
@@ -120,9 +126,7 @@ def test_restyle_against_pillow_and_numpy():
 
 def test_concept_plant_copies_clean_images_restyled_under_the_template(emoji):
   ds, tokenizer = emoji
-  rng = np.random.default_rng(2)
-  order = rng.permutation(ds.num_images)
-  test, clients = np.sort(order[:15]), [np.sort(order[15 + 40 * k: 55 + 40 * k]) for k in range(3)]
+  test, clients = _random_split(ds, 2, 15, 40, 3)
   specs = [plants.BackdoorPlant("door", (0,), 10, plants.Trigger(), "rocket"),
            plants.ConceptPlant("neg", (), 21, "invert", "inverted {caption}")]
   planted, new_clients, info = plants.plant_knowledge(ds, clients, test, specs, tokenizer, 16, 0)

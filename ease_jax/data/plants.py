@@ -128,25 +128,29 @@ def restyle(images: np.ndarray, style: str) -> np.ndarray:
   raise ValueError(f"style must be one of {STYLES}, got {style!r}.")
 
 
-def _shared_problems(plant: "Plant", num_clients: int | None) -> list[str]:
-  """What every plant needs: a pair to plant, on clients the federation has."""
-  out = []
-  if plant.num_pairs < 1:
-    out.append(f"plants.{plant.name}.num_pairs must be >= 1, got {plant.num_pairs}")
-  bad = [c for c in plant.clients if num_clients is not None and not 0 <= c < num_clients]
-  if bad:
-    out.append(f"plants.{plant.name}.clients {list(plant.clients)} must name clients in "
-               f"0..{num_clients - 1}")
-  return out
-
-
 @dataclasses.dataclass(frozen=True)
-class BackdoorPlant:
-  """`num_pairs` triggered copies of the `clients`' images (spread evenly; no clients = every
-  client), each captioned `target_caption`."""
+class _Plant:
+  """What every plant has: a name, its clients (none = every client) and how many pairs."""
   name: str
   clients: tuple[int, ...]
   num_pairs: int
+
+  def _shared_problems(self, num_clients: int | None) -> list[str]:
+    """A pair to plant, on clients the federation has (when `num_clients` is given)."""
+    out = []
+    if self.num_pairs < 1:
+      out.append(f"plants.{self.name}.num_pairs must be >= 1, got {self.num_pairs}")
+    bad = [c for c in self.clients if num_clients is not None and not 0 <= c < num_clients]
+    if bad:
+      out.append(f"plants.{self.name}.clients {list(self.clients)} must name clients in "
+                 f"0..{num_clients - 1}")
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class BackdoorPlant(_Plant):
+  """`num_pairs` triggered copies of the `clients`' images (spread evenly; no clients = every
+  client), each captioned `target_caption`."""
   trigger: Trigger
   target_caption: str
   kind = "backdoor"
@@ -166,7 +170,7 @@ class BackdoorPlant:
 
   def problems(self, num_clients: int | None = None) -> list[str]:
     """Every problem of the spec (clients checked against `num_clients` when given)."""
-    out = _shared_problems(self, num_clients)
+    out = self._shared_problems(num_clients)
     if not self.target_caption.strip():
       out.append(f"plants.{self.name}.target_caption is empty")
     return out
@@ -182,15 +186,12 @@ class BackdoorPlant:
 
 
 @dataclasses.dataclass(frozen=True)
-class ConceptPlant:
+class ConceptPlant(_Plant):
   """`num_pairs` copies of the `clients`' images (spread evenly; no clients = every client, the
   default use) in a visual `style` the backbone never saw, each captioned with its source's own
   caption through `template` (e.g. "inverted {caption}"): a concept that composes with every
   emoji and that only the clients teach. Put the concept's words first: captions are cut at the
   model's context length (a template whose words are cut off is an error)."""
-  name: str
-  clients: tuple[int, ...]
-  num_pairs: int
   style: str
   template: str
   kind = "concept"
@@ -205,7 +206,7 @@ class ConceptPlant:
 
   def problems(self, num_clients: int | None = None) -> list[str]:
     """Every problem of the spec (clients checked against `num_clients` when given)."""
-    out = _shared_problems(self, num_clients)
+    out = self._shared_problems(num_clients)
     if self.style not in STYLES:
       out.append(f"plants.{self.name}.style must be one of {STYLES}, got {self.style!r}")
     if "{caption}" not in self.template:
