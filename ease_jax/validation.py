@@ -196,7 +196,8 @@ def _plant_checks(config: Any) -> list[str]:
     out.append(f"config.unlearning.plant={name!r} is not a plant of config.plants "
                f"{sorted(config.get('plants') or {})}")
   elif name in built:
-    wanted = dict(sample="backdoor", concept="concept").get(unlearning.get("kind"))
+    # The plant kind each plant request forgets (the inverse of `plants.REQUEST_KIND`).
+    wanted = {r: k for k, r in plants.REQUEST_KIND.items()}.get(unlearning.get("kind"))
     if wanted and built[name].kind != wanted:
       out.append(f"config.unlearning.plant={name!r} is a {built[name].kind} plant; a "
                  f"{unlearning.get('kind')} request forgets a {wanted} plant")

@@ -324,8 +324,9 @@ def plant_knowledge(ds: dataset_lib.CaptionDataset, client_images: Sequence[np.n
       new_plant += [plant.name] * share
       new_role += [POISON] * share
       new_text_of += ids.tolist()
-      made_from += own_texts(sources).tolist()
-      captions += [plant.caption(ds.captions[t]) for t in own_texts(sources)]
+      texts = own_texts(sources)
+      made_from += texts.tolist()
+      captions += [plant.caption(ds.captions[t]) for t in texts]
       client_images[client] = np.sort(np.concatenate([client_images[client], ids]))
       poison_ids.append(ids)
     probe_sources = np.asarray(test_images)
@@ -338,8 +339,9 @@ def plant_knowledge(ds: dataset_lib.CaptionDataset, client_images: Sequence[np.n
     if plant.probes_have_texts:
       probe_texts = ds.num_texts + len(captions) + np.arange(len(probe_sources))
       new_text_of += probe_ids.tolist()
-      made_from += own_texts(probe_sources).tolist()
-      captions += [plant.caption(ds.captions[t]) for t in own_texts(probe_sources)]
+      texts = own_texts(probe_sources)
+      made_from += texts.tolist()
+      captions += [plant.caption(ds.captions[t]) for t in texts]
     poisons = np.concatenate(poison_ids)
     info[plant.name] = dict(plant=plant, holders=holders, poisons=poisons, probes=probe_ids,
                             sources=probe_sources, probe_texts=probe_texts)
