@@ -1,88 +1,124 @@
 """A population of N FedAvg runs (seeds) as one batched computation vs the same N runs one
 after another, on the embedded default federation (the audit's retrain population).
 
-Both sides use the engine `fed.backend='auto'` picks for one run (on a CPU with the default
-non-IID clients: the sequential loop that skips padded steps; the population vmaps it over the
-seed axis with the step activity shared, so the skipping survives). Measured side by side in one
-process, the one-by-one runs first; the first round of each side (compilation) is reported
-apart. Member equality with the single runs is a test (tests/test_population.py), not timed here.
+The batched side is the library's own `population.train` (chunks of `--chunk` members, each
+chunk's seed axis split over the CPU devices, one per core, as the binaries set them up:
+`runtime.one_cpu_device_per_core`). The other side runs the same N member configs one after
+another with `driver.run`, each on the default device with the engine `fed.backend='auto'`
+picks for one run (on a CPU with the default non-IID clients: the sequential loop that skips
+padded steps; the population vmaps it with the step activity shared, so the skipping survives).
+Both sides write checkpoints to a scratch workdir at the config's `checkpoint_every`. Measured
+side by side in one process, the one-by-one runs first; the compiling first round of each side
+is reported apart, and 'cores busy' is CPU time over wall time. Member equality with the single
+runs is a test (tests/test_population.py), not timed here.
 
-  python benchmarks/bench_population.py --runs 16 --rounds 3
+  python benchmarks/bench_population.py --runs 16 --rounds 12 --chunk 8
 """
 from __future__ import annotations
 
+import argparse
 import os
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+PARSER = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+PARSER.add_argument("--runs", type=int, default=16)
+PARSER.add_argument("--rounds", type=int, default=12, help="the default config's 12")
+PARSER.add_argument("--chunk", type=int, default=8, help="members per batched computation")
+PARSER.add_argument("--devices", type=int, default=0,
+                    help="CPU devices the population splits over (0 = one per core)")
+PARSER.add_argument("--no_write", action="store_true")
+ARGS = PARSER.parse_args()
 
-import argparse  # noqa: E402
-import pathlib  # noqa: E402
-import time  # noqa: E402
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from ease_jax import runtime  # noqa: E402
 
 runtime.avoid_cpu_hang()
+runtime.one_cpu_device_per_core(ARGS.devices or None)
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
+import json  # noqa: E402
+import pathlib  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
 import numpy as np  # noqa: E402
 
 import common  # noqa: E402
 from ease_jax import builders  # noqa: E402
 from ease_jax import configs  # noqa: E402
-from ease_jax import federated  # noqa: E402
 from ease_jax.federated import driver  # noqa: E402
 from ease_jax.unlearning import population  # noqa: E402
 
 CONFIG = pathlib.Path(__file__).resolve().parent.parent / "experiments" / "configs" / (
     "unlearn_emoji.py")
+FIRST_SEED = 100
+
+
+class CpuClock:
+  """Wall time and this process's CPU time (all threads) since construction."""
+
+  def __init__(self):
+    self.wall, self.cpu = time.perf_counter(), self._cpu()
+
+  @staticmethod
+  def _cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+  def stop(self) -> tuple[float, float]:
+    """`(wall s, cores busy)`."""
+    wall = time.perf_counter() - self.wall
+    return wall, (self._cpu() - self.cpu) / wall
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--runs", type=int, default=16)
-  parser.add_argument("--rounds", type=int, default=3)
-  parser.add_argument("--no_write", action="store_true")
-  args = parser.parse_args()
   config = configs.from_file(CONFIG)
-  config.fed.history_size = 0
+  config.fed.rounds = ARGS.rounds
+  config.fed.history_size = 0  # as population.train runs its members
+  config.audit.population, config.audit.chunk = ARGS.runs, ARGS.chunk
+  config.audit.first_seed = FIRST_SEED
   setup = builders.build_setup(config)
-  configs_ = [population.member_config(config, 100 + i) for i in range(args.runs)]
-  plans = [builders.round_plan(setup, c) for c in configs_]
-  starts = [builders.init_trainable(setup, c) for c in configs_]
-  algorithm = builders.fedavg_algorithm(setup, config, plans[0])
-  options = driver.RunOptions(progress=False)
-  t0 = time.perf_counter()
-  single_rounds = []
-  for plan, start in zip(plans, starts):
-    res = driver.run(algorithm, plan, algorithm.init(start), args.rounds, options=options)
+  member_configs = [population.member_config(config, FIRST_SEED + i) for i in range(ARGS.runs)]
+  scratch = pathlib.Path(tempfile.mkdtemp(prefix="bench_population_"))
+
+  clock, single_rounds = CpuClock(), []
+  algorithm = None
+  for i, member in enumerate(member_configs):
+    plan = builders.round_plan(setup, member)
+    algorithm = algorithm or builders.fedavg_algorithm(setup, config, plan)
+    res = driver.run(algorithm, plan, algorithm.init(builders.init_trainable(setup, member)),
+                     ARGS.rounds, scratch / f"single_{i}",
+                     driver.RunOptions(checkpoint_every=config.checkpoint_every, progress=False))
     single_rounds.append([r["round_time_s"] for r in res.metrics])
-  sequential_s = time.perf_counter() - t0
-  stacked = federated.StackedPlan(tuple(plans))
-  batched = federated.vmapped(algorithm, stacked.axes)
-  t0 = time.perf_counter()
-  res = driver.run(batched, stacked, batched.init(jax.tree.map(lambda *x: jnp.stack(x), *starts)),
-                   args.rounds, options=options)
-  batched_s = time.perf_counter() - t0
-  batched_rounds = [r["round_time_s"] for r in res.metrics]
-  # Steady state: rounds after the first (which compiles) of every run / of the batched run.
-  seq_steady = float(np.sum([r[1:] for r in single_rounds]))
-  bat_steady = float(np.sum(batched_rounds[1:]))
-  backend = builders.fedavg_options(setup, config, plans[0]).backend
-  header = ["N runs", "rounds", "engine", "one after another s", "batched s", "ratio",
-            "steady ratio (rounds 2+)", "first round s (one run / batched)", "peak RSS MiB"]
-  row = [args.runs, args.rounds, backend, round(sequential_s, 1), round(batched_s, 1),
-         round(batched_s / sequential_s, 3), round(bat_steady / seq_steady, 3),
-         f"{single_rounds[0][0]:.1f} / {batched_rounds[0]:.1f}", round(common.peak_rss_mib())]
+  sequential_s, sequential_cores = clock.stop()
+
+  clock = CpuClock()
+  pop = population.train(setup, config, lambda c: builders.round_plan(setup, c),
+                         scratch / "batched", {}, "bench")
+  batched_s, batched_cores = clock.stop()
+  chunk_rounds = [[json.loads(line)["round_time_s"] for line in path.read_text().splitlines()]
+                  for path in sorted((scratch / "batched").glob("members_*/metrics.jsonl"))]
+  # Steady state: every round but the first of the first single run and of the first chunk
+  # (the two compilations; later runs and chunks of the same shapes reuse them).
+  seq_steady = float(np.sum(single_rounds) - single_rounds[0][0])
+  bat_steady = float(np.sum([np.sum(r) for r in chunk_rounds]) - chunk_rounds[0][0])
+  backend = builders.fedavg_options(setup, config, builders.round_plan(setup, config)).backend
+  header = ["N runs", "rounds", "chunk", "devices per chunk", "engine", "one after another s",
+            "batched s", "ratio", "steady ratio", "first round s (one run / batched)",
+            "cores busy (one after another / batched)", "peak RSS MiB"]
+  row = [ARGS.runs, ARGS.rounds, ARGS.chunk or ARGS.runs, pop.devices, backend,
+         round(sequential_s, 1), round(batched_s, 1), round(batched_s / sequential_s, 3),
+         round(bat_steady / seq_steady, 3),
+         f"{single_rounds[0][0]:.1f} / {chunk_rounds[0][0]:.1f}",
+         f"{sequential_cores:.2f} / {batched_cores:.2f}", round(common.peak_rss_mib())]
   table = common.markdown_table(header, [row])
   print(table)
-  if not args.no_write:
+  if not ARGS.no_write:
     body = "\n".join([
         "```bash", common.command(), "```", "",
         f"Machine: {common.machine()}. The embedded default federation (8 clients, the default "
         f"non-IID partition with its plants, batch 32, 1 local epoch); members differ in LoRA "
-        f"init, sampling and shuffles (seeds 100..{99 + args.runs}). 'steady' leaves out each "
-        "side's first, compiling round.", "", table, ""])
+        f"init, sampling and shuffles (seeds {FIRST_SEED}..{FIRST_SEED + ARGS.runs - 1}). "
+        "'steady' leaves out each side's first, compiling round.", "", table, ""])
     common.write_section("Population", body)
 
 

@@ -28,6 +28,7 @@ import pathlib
 from ease_jax import runtime
 
 runtime.avoid_cpu_hang()
+runtime.one_cpu_device_per_core()
 
 import numpy as np  # noqa: E402
 

@@ -1,14 +1,18 @@
-"""Client-axis sharding of a federated round over a device mesh (one host or many).
+"""Sharding over a device mesh (one host or many): a round's clients, or a population's members.
 
-The clients of a round are independent until aggregation, so the round is embarrassingly parallel
-along the client axis: `make_sharded_round_fn` pads the `[clients, steps, batch]` schedules to a
-multiple of the device count with all-masked "ghost" clients (their update is exactly zero, see
-`federated.local_steps`), splits them over the mesh axis with `jax.shard_map`
-(`P("clients")`), and runs the vmapped (or chunked) client update on each device's block. The
-frozen backbone, the trainable start point, the dataset and the context are replicated (`P()`),
-so no collective runs inside the round; aggregation (`federated.fedavg`) reduces over the
-sharded client axis afterwards, which XLA turns into one all-reduce. Results equal the single-device `vmap`
-backend up to float reassociation (tests/test_sharding.py).
+Members (`split_leading_axis`): a population of runs (`federated.vmapped` over the seed axis) is
+independent along that axis, so placing the stacked start points split over the devices is
+enough; jit partitions every round along it (`unlearning/population.py`).
+
+Clients: the clients of a round are independent until aggregation, so the round is embarrassingly
+parallel along the client axis: `make_sharded_round_fn` pads the `[clients, steps, batch]` schedules
+to a multiple of the device count with all-masked "ghost" clients (their update is exactly zero, see
+`federated.local_steps`), splits them over the mesh axis with `jax.shard_map` (`P("clients")`), and
+runs the vmapped (or chunked) client update on each device's block. The frozen backbone, the
+trainable start point, the dataset and the context are replicated (`P()`), so no collective runs
+inside the round; aggregation (`federated.fedavg`) reduces over the sharded client axis afterwards,
+which XLA turns into one all-reduce. Results equal the single-device `vmap` backend up to float
+reassociation (tests/test_sharding.py).
 
 Selected with `fed.backend="sharded"` (`fed.chunk_size > 0` chunks each device's block).
 
@@ -119,3 +123,22 @@ def make_sharded_round_fn(client_update: Callable, mesh: Mesh | None = None,
 
   run.mesh = mesh
   return run
+
+
+def split_leading_axis(tree: PyTree, devices: Sequence[jax.Device] | None = None,
+                       axis_name: str = "members") -> PyTree:
+  """`tree` (leaves `[N, ...]`) with its leading axis split over as many of `devices` (default:
+  this process's) as divide N, so a computation vmapped over that axis (a population's seed
+  axis) runs each device's block at once; on one device, or for N prime to the count, `tree`
+  as it is.
+
+  Nothing else needs placing: jit partitions the vmapped computation along the split axis (the
+  shared backbone and data are replicated) and its outputs stay split the same way.
+  """
+  devices = list(jax.local_devices() if devices is None else devices)
+  size = jax.tree.leaves(tree)[0].shape[0]
+  count = max(d for d in range(1, len(devices) + 1) if size % d == 0)
+  if count == 1:
+    return tree
+  mesh = Mesh(np.asarray(devices[:count]), (axis_name,))
+  return jax.device_put(tree, NamedSharding(mesh, P(axis_name)))

@@ -12,10 +12,11 @@ writes the table, command and machine to the BENCHMARKS.md section named by `--s
 import pathlib
 import sys
 
-# Before JAX starts: see ease_jax/runtime.py (an XLA:CPU hang).
+# Before JAX starts: see ease_jax/runtime.py (an XLA:CPU hang; populations on every core).
 from ease_jax import runtime  # pylint: disable=g-bad-import-order
 
 runtime.avoid_cpu_hang()
+runtime.one_cpu_device_per_core()
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags

@@ -6,10 +6,11 @@ r"""Federated unlearning: FedAvg, an unlearning request, the retrain reference, 
 Writes to the workdir: `train/` and `retrain/` (cached, resumable runs), `results.json`,
 `results.csv`, `r1_bars.png`, `reanchoring.png`, `drift.png` and `angles.png`; prints the table.
 """
-# Before JAX starts: see ease_jax/runtime.py (an XLA:CPU hang).
+# Before JAX starts: see ease_jax/runtime.py (an XLA:CPU hang; populations on every core).
 from ease_jax import runtime  # pylint: disable=g-bad-import-order
 
 runtime.avoid_cpu_hang()
+runtime.one_cpu_device_per_core()
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags

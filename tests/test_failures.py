@@ -310,3 +310,22 @@ def test_every_client_nonfinite_fails_the_round_in_drop_mode_too(nan_setup):
   np.testing.assert_array_equal(flat(state.trainable), flat(start))  # Left where it was.
   with pytest.raises(driver.RoundFailedError, match="learning rate"):
     run_fedavg(setup, config, plan=plan, algorithm=algo)
+
+
+def test_driver_refuses_to_checkpoint_a_nonfinite_state(tmp_path):
+  """The driver's own guard, for an algorithm that does not flag its round: a state with one NaN
+  entry (checked on the host, also when split over devices) stops the run before the checkpoint
+  of that round; the rounds before it stay checkpointed."""
+  def apply(state, inputs):
+    x = state["x"] + 1.0
+    return dict(x=jnp.where(inputs >= 2, x.at[3].set(jnp.nan), x)), {}
+
+  algo = federated.FederatedAlgorithm(lambda start: start, apply)
+
+  class Plan:
+    inputs = staticmethod(lambda r: jnp.asarray(r))
+
+  with pytest.raises(driver.RoundFailedError, match="state after round 3 is not finite"):
+    driver.run(algo, Plan(), dict(x=jnp.zeros(5)), 4, tmp_path)
+  assert (tmp_path / "checkpoints" / "2").exists()
+  assert not (tmp_path / "checkpoints" / "3").exists()

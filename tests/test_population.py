@@ -1,4 +1,10 @@
 """Populations: one batched computation whose member i is the single run with seed i."""
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 
@@ -42,6 +48,48 @@ def test_population_member_equals_the_single_run_with_its_seed(tmp_path, chunk):
   with pytest.raises(ValueError, match="holds a population"):
     population.train(setup, cfg, lambda c: retrain_lib.retrain_plan(setup, c, other),
                      tmp_path / "out", other.fingerprint(), "retrain")
+
+
+_SPLIT_SCRIPT = textwrap.dedent("""
+    import sys, jax, numpy as np
+    assert jax.device_count() == 2, jax.devices()
+    from conftest import flat_params as flat, make_tiny_setup, run_fedavg, tiny_config
+    from ease_jax import builders, configs
+    from ease_jax.unlearning import population
+    for chunk in (0, 2):
+      cfg = configs.add_unlearning(tiny_config(rounds=2, clients_per_round=3))
+      cfg.audit.population, cfg.audit.first_seed, cfg.audit.chunk = 4, 5, chunk
+      setup = make_tiny_setup(cfg)
+      workdir = f"{sys.argv[1]}/chunk{chunk}"
+      pop = population.train(setup, cfg, lambda c: builders.round_plan(setup, c), workdir, {},
+                             "trained")
+      # Each chunk ran split over both devices.
+      assert pop.devices == 2
+      for i, seed in enumerate(pop.seeds):
+        single = run_fedavg(setup, population.member_config(cfg, seed))
+        # Each device's batched matmuls block differently (float reassociation), and Adam
+        # amplifies it where a gradient is near zero: one of 2048 entries once differed by
+        # 2.7e-5. A member mixed up with another would differ everywhere.
+        diff = np.abs(flat(pop.member(i)) - flat(single.trainable))
+        assert diff.max() < 1e-4 and np.mean(diff < 1e-6) > 0.99, (chunk, i, diff.max())
+      again = population.train(setup, cfg, lambda c: builders.round_plan(setup, c), workdir,
+                               {}, "trained")
+      np.testing.assert_array_equal(flat(again.trainables), flat(pop.trainables))
+    print("OK")
+""")
+
+
+def test_population_split_over_devices_equals_the_single_runs(tmp_path):
+  """With two (simulated) CPU devices each chunk's members are split over both, as the binaries
+  run them (`runtime.one_cpu_device_per_core`); members still equal their single runs and the
+  cache restores them. The device count only takes effect in a fresh process."""
+  tests = pathlib.Path(__file__).resolve().parent
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") +
+                        " --xla_force_host_platform_device_count=2").strip())
+  proc = subprocess.run([sys.executable, "-c", _SPLIT_SCRIPT, str(tmp_path)], cwd=tests,
+                        env=env, capture_output=True, text=True, timeout=600, check=False)
+  assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout + proc.stderr[-4000:]
 
 
 def test_population_needs_three_members(tmp_path):

@@ -22,7 +22,7 @@ from tqdm import auto as tqdm
 
 from ease_jax import checkpointing
 from ease_jax import jsonio
-from ease_jax.federated.algorithms import FederatedAlgorithm, all_finite
+from ease_jax.federated.algorithms import FederatedAlgorithm
 
 PyTree = Any
 FAILURE_KEY = "round_failed"
@@ -73,6 +73,14 @@ def _host_row(metrics: Mapping[str, Any]) -> dict[str, Any]:
   return row
 
 
+def _all_finite_on_host(tree: PyTree) -> bool:
+  """Whether every entry is finite, checked on the host (the checkpoint copies it there anyway):
+  a reduction in XLA over a state split across devices (a population's members) would be a
+  cross-device all-reduce, and XLA:CPU's in-process rendezvous for it timed out on a 2-core CPU
+  with two devices (one device's thread never arrived within 40 s)."""
+  return all(bool(np.isfinite(np.asarray(x)).all()) for x in jax.tree.leaves(tree))
+
+
 def run(algorithm: FederatedAlgorithm, plan: Any, state: PyTree, num_rounds: int,
         workdir: str | pathlib.Path | None = None, options: RunOptions = RunOptions()
         ) -> RunResult:
@@ -85,7 +93,10 @@ def run(algorithm: FederatedAlgorithm, plan: Any, state: PyTree, num_rounds: int
     ckpt = checkpointing.Checkpointer(workdir / "checkpoints", options.fingerprint)
     restored = ckpt.restore_latest(state)
     if restored is not None:
-      state = jax.tree.map(jnp.asarray, restored.state)
+      # Placed like the fresh state (a population's members stay split over the devices).
+      state = jax.tree.map(
+          lambda r, like: (jax.device_put(r, like.sharding) if isinstance(like, jax.Array)
+                           else jnp.asarray(r)), restored.state, state)
       start = int(np.max(np.asarray(state.round)))
       logging.info("Resumed %s from round %d in %s", options.desc, start, workdir)
     writer = jsonio.JsonlWriter(workdir / "metrics.jsonl",
@@ -119,7 +130,7 @@ def run(algorithm: FederatedAlgorithm, plan: Any, state: PyTree, num_rounds: int
       if writer is not None:
         writer.write(row)
         if (r + 1) % options.checkpoint_every == 0 or r + 1 == num_rounds:
-          if not bool(all_finite(state)):
+          if not _all_finite_on_host(state):
             raise RoundFailedError(f"{options.desc}: the state after round {r + 1} is not "
                                    "finite; refusing to checkpoint it.")
           ckpt.save(r + 1, state)

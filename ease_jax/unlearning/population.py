@@ -4,8 +4,10 @@ A population is N runs of the same federation (same split, partition and plants)
 LoRA init, client sampling and local shuffles: member i runs with `seeds.init = seeds.sampling =
 seeds.data = seed_i`. The `in` population trains on everything (with D_f), an `out` population is
 the retrain reference of one request (without D_f). The N runs are one `vmap` over the seed axis
-of the FedAvg algorithm (`federated.vmapped`), in chunks of `audit.chunk` runs to bound memory;
-each chunk is resumable from its workdir like every run. Member i equals the single run with
+of the FedAvg algorithm (`federated.vmapped`), in chunks of `audit.chunk` runs to bound memory,
+each chunk's members split over the local devices (`sharding.split_leading_axis`; on a CPU the
+binaries make one device per core, `runtime.one_cpu_device_per_core`); each chunk is resumable
+from its workdir like every run. Member i equals the single run with
 seed i (tests/test_population.py).
 
 Population seeds start at `audit.first_seed`, away from the evaluation seeds, so the audited
@@ -30,6 +32,7 @@ from ease_jax import checkpointing
 from ease_jax import federated
 from ease_jax import jsonio
 from ease_jax import mia
+from ease_jax import sharding
 from ease_jax import validation
 from ease_jax.federated import driver
 from ease_jax.unlearning import base
@@ -86,6 +89,7 @@ class Population:
   seeds: tuple[int, ...]
   trainables: PyTree          # stacked `[N, ...]`
   wall_time_s: float          # training time summed over the chunks (this process)
+  devices: int = 1            # devices each chunk's members were split over
 
   def member(self, i: int) -> PyTree:
     return jax.tree.map(lambda x: x[i], self.trainables)
@@ -114,25 +118,30 @@ def train(setup: builders.FederatedSetup, config: ml_collections.ConfigDict,
   # No update history (the audit needs the models only).
   config = base.config_with(config, {"fed.history_size": 0})
   chunk = a.chunk or len(seeds)
-  trainables, wall = [], 0.0
+  trainables, wall, algorithm, devices = [], 0.0, None, 1
   for start in range(0, len(seeds), chunk):
     group = seeds[start:start + chunk]
     configs = [member_config(config, s) for s in group]
     plans = federated.StackedPlan(tuple(plan_of(c) for c in configs))
-    algorithm = federated.vmapped(builders.fedavg_algorithm(setup, config, plans.plans[0]),
-                                  plans.axes)
-    starts = jax.tree.map(lambda *x: jnp.stack(x),
-                          *[builders.init_trainable(setup, c) for c in configs])
+    if algorithm is None:  # One algorithm (one compilation) for every chunk of the same shape.
+      algorithm = federated.vmapped(builders.fedavg_algorithm(setup, config, plans.plans[0]),
+                                    plans.axes)
+    # Members split over the local devices: each runs its block at once (a no-op on one).
+    starts = sharding.split_leading_axis(jax.tree.map(
+        lambda *x: jnp.stack(x), *[builders.init_trainable(setup, c) for c in configs]))
+    devices = max(devices, len(jax.tree.leaves(starts)[0].sharding.device_set))
     fingerprint = dict(federation_fingerprint(config), population_seeds=list(group))
     res = driver.run(algorithm, plans, algorithm.init(starts), config.fed.rounds,
                      workdir / f"members_{group[0]}_{group[-1]}",
                      driver.RunOptions(checkpoint_every=config.get("checkpoint_every", 1),
                                        fingerprint=fingerprint,
                                        desc=f"{desc} population ({len(group)} runs)"))
-    trainables.append(res.trainable)
+    # Gathered on the host, then one device: what follows (concatenation, member slicing, the
+    # scores) then runs no cross-device collective (see `driver._all_finite_on_host`).
+    trainables.append(jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), res.trainable))
     wall += common.round_timing(res.metrics)["wall_time_s"]
   stacked = jax.tree.map(lambda *x: jnp.concatenate(x), *trainables)
-  return Population(seeds, stacked, wall)
+  return Population(seeds, stacked, wall, devices)
 
 
 def train_pair(setup: builders.FederatedSetup, config: ml_collections.ConfigDict,
