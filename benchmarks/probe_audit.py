@@ -44,7 +44,8 @@ import probe_plants  # noqa: E402  (same folder: the config and the override par
 
 REQUESTS = dict(client=dict(kind="client", clients=(1,)),
                 sample=dict(kind="sample", plant="sample_backdoor"),
-                concept=dict(kind="concept", field="skin_tone", concepts=("medium-dark",)))
+                concept=dict(kind="concept", plant="concept"),
+                tone=dict(kind="concept", field="skin_tone", concepts=("medium-dark",)))
 
 
 def _summary(ps: list[float]) -> dict[str, float]:
