@@ -1,6 +1,8 @@
 """Shared test set-up: persistent compilation cache and deterministic CPU settings."""
 import os
 import pathlib
+import subprocess
+import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -117,3 +119,16 @@ def run_fedavg(setup, config, workdir=None, eval_subsets=None, **kwargs):
   from ease_jax import training  # pylint: disable=g-import-not-at-top
   options = training.run_options(setup, config, eval_subsets, progress=False)
   return training.run_fedavg(setup, config, workdir, options=options, **kwargs)
+
+
+def run_with_cpu_devices(script: str, count: int, *args: str, timeout: int = 600
+                         ) -> subprocess.CompletedProcess:
+  """Runs `script` (Python source, in the tests folder so it can import conftest) in a fresh
+  process with `count` simulated CPU devices: the device count only takes effect before JAX
+  initialises."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") +
+                        f" --xla_force_host_platform_device_count={count}").strip())
+  return subprocess.run([sys.executable, "-c", script, *args],
+                        cwd=pathlib.Path(__file__).resolve().parent, env=env,
+                        capture_output=True, text=True, timeout=timeout, check=False)

@@ -1,15 +1,11 @@
 """Populations: one batched computation whose member i is the single run with seed i."""
-import os
-import pathlib
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
 
 from conftest import flat_params as flat
-from conftest import make_tiny_setup, run_fedavg, tiny_config
+from conftest import make_tiny_setup, run_fedavg, run_with_cpu_devices, tiny_config
 from ease_jax import builders
 from ease_jax import configs
 from ease_jax.unlearning import population
@@ -83,12 +79,7 @@ def test_population_split_over_devices_equals_the_single_runs(tmp_path):
   """With two (simulated) CPU devices each chunk's members are split over both, as the binaries
   run them (`runtime.one_cpu_device_per_core`); members still equal their single runs and the
   cache restores them. The device count only takes effect in a fresh process."""
-  tests = pathlib.Path(__file__).resolve().parent
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") +
-                        " --xla_force_host_platform_device_count=2").strip())
-  proc = subprocess.run([sys.executable, "-c", _SPLIT_SCRIPT, str(tmp_path)], cwd=tests,
-                        env=env, capture_output=True, text=True, timeout=600, check=False)
+  proc = run_with_cpu_devices(_SPLIT_SCRIPT, 2, str(tmp_path))
   assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout + proc.stderr[-4000:]
 
 

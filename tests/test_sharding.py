@@ -3,10 +3,6 @@
 `--xla_force_host_platform_device_count` only takes effect before JAX initialises, so the check
 runs in a fresh subprocess.
 """
-import os
-import pathlib
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -15,12 +11,10 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import tiny_config
+from conftest import run_with_cpu_devices, tiny_config
 from ease_jax import builders
 from ease_jax import federated
 from ease_jax import sharding
-
-TESTS = pathlib.Path(__file__).resolve().parent
 
 _SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np, optax
@@ -75,11 +69,7 @@ _SCRIPT = textwrap.dedent("""
 
 
 def test_sharded_equals_single_device_vmap():
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") +
-                        " --xla_force_host_platform_device_count=8").strip())
-  proc = subprocess.run([sys.executable, "-c", _SCRIPT], cwd=TESTS, env=env,
-                        capture_output=True, text=True, timeout=300, check=False)
+  proc = run_with_cpu_devices(_SCRIPT, 8, timeout=300)
   assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout + proc.stderr[-4000:]
 
 
