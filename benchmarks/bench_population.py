@@ -97,15 +97,20 @@ def main():
   batched_s, batched_cores = clock.stop()
   chunk_rounds = [[json.loads(line)["round_time_s"] for line in path.read_text().splitlines()]
                   for path in sorted((scratch / "batched").glob("members_*/metrics.jsonl"))]
-  # Steady state: every round but the first of the first single run and of the first chunk
-  # (the two compilations; later runs and chunks of the same shapes reuse them).
-  seq_steady = float(np.sum(single_rounds) - single_rounds[0][0])
-  bat_steady = float(np.sum([np.sum(r) for r in chunk_rounds]) - chunk_rounds[0][0])
+  # Steady state: seconds per member-round, leaving out the first round of the first single run
+  # and of the first chunk (the two compilations; later runs and chunks of the same shapes reuse
+  # them). Per member-round, because a chunk's round trains `chunk` members at once: leaving out
+  # one chunk round drops `chunk` member-rounds, one single round drops one.
+  chunk_size = ARGS.chunk or ARGS.runs
+  members = [min(chunk_size, ARGS.runs - start) for start in range(0, ARGS.runs, chunk_size)]
+  seq_steady = float(np.sum(single_rounds) - single_rounds[0][0]) / (np.size(single_rounds) - 1)
+  bat_steady = float(np.sum([np.sum(r) for r in chunk_rounds]) - chunk_rounds[0][0]) / (
+      sum(m * len(r) for m, r in zip(members, chunk_rounds)) - members[0])
   backend = builders.fedavg_options(setup, config, builders.round_plan(setup, config)).backend
   header = ["N runs", "rounds", "chunk", "devices per chunk", "engine", "one after another s",
             "batched s", "ratio", "steady ratio", "first round s (one run / batched)",
             "cores busy (one after another / batched)", "peak RSS MiB"]
-  row = [ARGS.runs, ARGS.rounds, ARGS.chunk or ARGS.runs, pop.devices, backend,
+  row = [ARGS.runs, ARGS.rounds, chunk_size, pop.devices, backend,
          round(sequential_s, 1), round(batched_s, 1), round(batched_s / sequential_s, 3),
          round(bat_steady / seq_steady, 3),
          f"{single_rounds[0][0]:.1f} / {chunk_rounds[0][0]:.1f}",
@@ -118,7 +123,8 @@ def main():
         f"Machine: {common.machine()}. The embedded default federation (8 clients, the default "
         f"non-IID partition with its plants, batch 32, 1 local epoch); members differ in LoRA "
         f"init, sampling and shuffles (seeds {FIRST_SEED}..{FIRST_SEED + ARGS.runs - 1}). "
-        "'steady' leaves out each side's first, compiling round.", "", table, ""])
+        "'steady ratio' compares seconds per member-round without each side's first, "
+        "compiling round.", "", table, ""])
     common.write_section("Population", body)
 
 
