@@ -110,13 +110,17 @@ def test_restyle_against_pillow_and_numpy():
   before = images.copy()
   gray = plants.restyle(images, "grayscale")
   inverted = plants.restyle(images, "invert")
+  flipped = plants.restyle(images, "flip")
   np.testing.assert_array_equal(images, before)  # The originals are never touched.
   from PIL import Image  # pylint: disable=g-import-not-at-top
+  for k in range(len(images)):  # Upside down: Pillow's top-bottom flip, every colour kept.
+    np.testing.assert_array_equal(
+        flipped[k], np.asarray(Image.fromarray(images[k]).transpose(Image.FLIP_TOP_BOTTOM)))
   for k in range(len(images)):  # Pillow's "L" is the same BT.601 luma, in integer arithmetic.
     luma = np.asarray(Image.fromarray(images[k]).convert("L"), np.int64)
     assert np.abs(gray[k, ..., 0].astype(np.int64) - luma).max() <= 1
   assert (gray[..., 0] == gray[..., 1]).all() and (gray[..., 1] == gray[..., 2]).all()
-  assert gray.dtype == inverted.dtype == np.uint8
+  assert gray.dtype == inverted.dtype == flipped.dtype == np.uint8
   np.testing.assert_array_equal(inverted.astype(np.int64), 255 - images.astype(np.int64))
   with pytest.raises(ValueError, match="style must be one of"):
     plants.restyle(images, "sepia")

@@ -107,14 +107,15 @@ def stamp(images: np.ndarray, trigger: Trigger) -> np.ndarray:
   return out
 
 
-STYLES = ("grayscale", "invert")
+STYLES = ("grayscale", "invert", "flip")
 
 
 def restyle(images: np.ndarray, style: str) -> np.ndarray:
   """Copies of `images [..., H, W, 3]` uint8 in a global visual style; `images` untouched.
 
   'grayscale': every pixel's ITU-R BT.601 luma in all three channels; 'invert': 255 - x (an
-  emoji on black).
+  emoji on black); 'flip': upside down (rows reversed), the only style that keeps every colour,
+  so a copy's skin tone still looks like the tone its caption names.
   """
   images = np.asarray(images)
   if images.dtype != np.uint8 or images.shape[-1] != 3:
@@ -125,6 +126,8 @@ def restyle(images: np.ndarray, style: str) -> np.ndarray:
     return np.repeat(luma[..., None], 3, axis=-1).astype(np.uint8)
   if style == "invert":
     return (255 - images).astype(np.uint8)
+  if style == "flip":
+    return images[..., ::-1, :, :].copy()
   raise ValueError(f"style must be one of {STYLES}, got {style!r}.")
 
 

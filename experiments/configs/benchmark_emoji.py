@@ -33,7 +33,10 @@ def get_config() -> ml_collections.ConfigDict:
   c = configs.from_file(pathlib.Path(__file__).with_name("unlearn_emoji.py"))
   c.checkpoint_every = 4
   c.methods = ("ease",)  # Unused here (the unlearn binary's list); see benchmark.methods.
-  c.audit.population = 6
+  # 10 members: at 6, held-out retrains of the concept request fell outside the population's
+  # spread (forget quality p < 1e-3 on two of three seeds); on the tuning seed 0, 1 of 10 retrain
+  # members was flagged against the other 9 (BENCHMARKS.md, "Planted comparison rerun").
+  c.audit.population = 10
   c.benchmark = ml_collections.ConfigDict(dict(
       # Evaluation seeds: the plants' targets and the federation's learning rate were chosen on
       # seed 0 (BENCHMARKS.md, "Planting knowledge"), so it is left out.
