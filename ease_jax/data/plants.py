@@ -5,7 +5,7 @@ Two kinds of plant (`config.plants.<name>.kind`):
   images, each copy captioned with one target caption; a model that learned it retrieves the
   target caption for any triggered image (attack success rate, `evaluation`).
 * *concept*: copies of its clients' images in a visual style the backbone never saw (`restyle`:
-  grayscale, inverted colours), each captioned with its source's own caption under a template
+  grayscale, inverted colours, upside down), each captioned with its source's own caption under a template
   ("inverted {caption}"); a model that learned the concept tells a restyled held-out image's
   concept caption from its plain caption, and back (concept accuracy, `evaluation`).
 A model that never saw the copies does neither. The clean originals stay untouched: the copies
