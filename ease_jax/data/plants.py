@@ -6,8 +6,8 @@ Two kinds of plant (`config.plants.<name>.kind`):
   target caption for any triggered image (attack success rate, `evaluation`).
 * *concept*: copies of its clients' images in a visual style the backbone never saw (`restyle`:
   grayscale, inverted colours, upside down), each captioned with its source's own caption under
-  a template ("inverted {caption}"); a model that learned the concept tells a restyled held-out image's
-  concept caption from its plain caption, and back (concept accuracy, `evaluation`).
+  a template ("inverted {caption}"); a model that learned the concept tells a restyled held-out
+  image's concept caption from its plain caption, and back (concept accuracy, `evaluation`).
 A model that never saw the copies does neither. The clean originals stay untouched: the copies
 are appended to the dataset, assigned to the plant's clients, and recorded in the image metadata
 (`plant`: the plant's name, `plant_role`: 'poison' for training copies, 'probe' for copies of the
