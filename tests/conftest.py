@@ -128,7 +128,7 @@ def run_with_cpu_devices(script: str, count: int, *args: str, timeout: int = 600
   initialises."""
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") +
-                        f" --xla_force_host_platform_device_count={count}").strip())
+                        f" --{runtime.HOST_DEVICE_COUNT}={count}").strip())
   return subprocess.run([sys.executable, "-c", script, *args],
                         cwd=pathlib.Path(__file__).resolve().parent, env=env,
                         capture_output=True, text=True, timeout=timeout, check=False)

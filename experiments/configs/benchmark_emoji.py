@@ -35,7 +35,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.methods = ("ease",)  # Unused here (the unlearn binary's list); see benchmark.methods.
   # 10 members: at 6, held-out retrains of the concept request fell outside the population's
   # spread (forget quality p < 1e-3 on two of three seeds); on the tuning seed 0, 1 of 10 retrain
-  # members was flagged against the other 9 (BENCHMARKS.md, "Planted comparison rerun").
+  # members was flagged against the other 9 (BENCHMARKS.md, "Planted comparison rerun: populations
+  # of 10").
   c.audit.population = 10
   c.benchmark = ml_collections.ConfigDict(dict(
       # Evaluation seeds: the plants' targets and the federation's learning rate were chosen on
