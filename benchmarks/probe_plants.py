@@ -46,6 +46,15 @@ def _value(text: str):
     return text
 
 
+def config_overrides(pairs: list[str]) -> dict:
+  """`dotted.key=value` strings as `{key: value}` (values parsed as Python literals where they
+  parse, else kept as strings): the overrides of the probe scripts."""
+  bad = [p for p in pairs if "=" not in p]
+  if bad:
+    raise SystemExit(f"Overrides must be dotted.key=value, got {bad}.")
+  return {k: _value(v) for k, v in (p.split("=", 1) for p in pairs)}
+
+
 def with_own_captions(planted: dataset_lib.CaptionDataset, first_new_text: int
                       ) -> dataset_lib.CaptionDataset:
   """`planted` with every planted copy's text set to its source image's own (first) caption:
@@ -79,8 +88,7 @@ def main():
     plants_lib.plant_knowledge = plant_with_own_captions
   config = configs.from_file(CONFIG)
   config.fed.history_size = 0
-  config = base.config_with(config, {k: _value(v) for k, v in
-                                     (o.split("=", 1) for o in args.overrides)})
+  config = base.config_with(config, config_overrides(args.overrides))
   setup = builders.build_setup(config)
   plan = req = None
   if args.retrain_tone:

@@ -13,7 +13,9 @@ not used in the fits (held-out retrain seeds, the negatives).
 * `fit_gaussians` / `lira_statistic`: per-example means, a pooled ('global', LiRA's fixed
   variance, robust with few models) or per-example standard deviation; Λ_k = log N(s_k; in) −
   log N(s_k; out).
-* `roc_auc`, `tpr_at_fpr`: of positives (the audited model's Λ) against negatives (held-out
+* `lira_folds`: the leave-one-out statistics `lira_audit` pools (per fold and example, to split
+  by example groups).
+* `roc_auc`, `tpr_at_fpr` (`fpr_threshold`): of positives (the audited model's Λ) against negatives (held-out
   retrain models' Λ).
 * `ks_2samp`: the two-sample Kolmogorov–Smirnov statistic with its exact two-sided p-value;
   forget quality (TOFU) = that p-value between the model's and a held-out retrain's scores.
@@ -94,16 +96,22 @@ def roc_auc(positives: np.ndarray, negatives: np.ndarray) -> float:
   return mia.auc(positives, negatives)
 
 
-def tpr_at_fpr(positives: np.ndarray, negatives: np.ndarray, fpr: float) -> float:
-  """The share of positives strictly above the threshold that at most `fpr` of the negatives
-  exceed (the (1 − fpr) empirical quantile of the negatives, higher method)."""
+def fpr_threshold(negatives: np.ndarray, fpr: float) -> float:
+  """The (⌊fpr·M⌋ + 1)-th largest of the M negatives: at most `fpr` of them lie strictly above
+  it, and it is the lowest negative for which that holds."""
   neg = np.sort(np.asarray(negatives, np.float64).ravel())
-  pos = np.asarray(positives, np.float64).ravel()
-  if neg.size == 0 or pos.size == 0:
-    raise ValueError("tpr_at_fpr needs positives and negatives.")
+  if neg.size == 0:
+    raise ValueError("fpr_threshold needs negatives.")
   allowed = int(math.floor(fpr * neg.size))  # negatives that may lie above the threshold
-  threshold = neg[neg.size - 1 - allowed] if allowed < neg.size else -np.inf
-  return float(np.mean(pos > threshold))
+  return float(neg[neg.size - 1 - allowed]) if allowed < neg.size else -np.inf
+
+
+def tpr_at_fpr(positives: np.ndarray, negatives: np.ndarray, fpr: float) -> float:
+  """The share of positives strictly above `fpr_threshold(negatives, fpr)`."""
+  pos = np.asarray(positives, np.float64).ravel()
+  if np.size(negatives) == 0 or pos.size == 0:
+    raise ValueError("tpr_at_fpr needs positives and negatives.")
+  return float(np.mean(pos > fpr_threshold(negatives, fpr)))
 
 
 def _ks_exact_sf(d: float, n: int, m: int) -> float:
@@ -234,6 +242,23 @@ def forget_quality(target: Sequence[float], retrain_scores: np.ndarray) -> dict[
   return dict(out, p_min=float(min(t["p"] for t in tests)), members=m)
 
 
+def lira_folds(target: np.ndarray, in_scores: np.ndarray, out_scores: np.ndarray,
+               variance: str = "global") -> tuple[np.ndarray, np.ndarray]:
+  """The leave-one-out LiRA statistics of `lira_audit`: `(positives, negatives)`, each
+  `[N_out, n]`. Row j: the Gaussians fitted on `in_scores` and every retrained model but j;
+  the target's Λ (positives) and model j's Λ (negatives) under that fit."""
+  out_scores = np.asarray(out_scores, np.float64)
+  if out_scores.shape[0] < 3:
+    raise ValueError(f"lira_audit needs >= 3 retrained models (one held out, two to fit), got "
+                     f"{out_scores.shape[0]}.")
+  pos, neg = [], []
+  for j in range(out_scores.shape[0]):
+    rest = np.delete(out_scores, j, axis=0)
+    pos.append(lira_statistic(target, in_scores, rest, variance))
+    neg.append(lira_statistic(out_scores[j], in_scores, rest, variance))
+  return np.stack(pos), np.stack(neg)
+
+
 def lira_audit(target: np.ndarray, in_scores: np.ndarray, out_scores: np.ndarray,
                variance: str = "global", fprs: Sequence[float] = (0.01, 0.001)
                ) -> dict[str, float]:
@@ -251,16 +276,8 @@ def lira_audit(target: np.ndarray, in_scores: np.ndarray, out_scores: np.ndarray
     positives and model j's Λ negatives (leave one out: no model is judged by a fit it is part
     of, and positives and negatives face the same fits). All j are pooled.
   """
-  out_scores = np.asarray(out_scores, np.float64)
-  if out_scores.shape[0] < 3:
-    raise ValueError(f"lira_audit needs >= 3 retrained models (one held out, two to fit), got "
-                     f"{out_scores.shape[0]}.")
-  pos, neg = [], []
-  for j in range(out_scores.shape[0]):
-    rest = np.delete(out_scores, j, axis=0)
-    pos.append(lira_statistic(target, in_scores, rest, variance))
-    neg.append(lira_statistic(out_scores[j], in_scores, rest, variance))
-  pos, neg = np.concatenate(pos), np.concatenate(neg)
+  pos, neg = lira_folds(target, in_scores, out_scores, variance)
+  pos, neg = pos.ravel(), neg.ravel()
   out = dict(lira_auc=roc_auc(pos, neg), lira_negatives=int(neg.size))
   for f in fprs:
     out[f"lira_tpr@{f:g}"] = tpr_at_fpr(pos, neg, f)

@@ -57,6 +57,7 @@ def test_auc_and_tpr_at_fpr_equal_brute_force():
     # The threshold lets at most fpr of the negatives through, and is the lowest that does.
     thr = np.sort(neg)[len(neg) - 1 - int(np.floor(fpr * len(neg)))]
     assert np.mean(neg > thr) <= fpr
+    assert audit.fpr_threshold(neg, fpr) == thr
     assert tpr == pytest.approx(np.mean(pos > thr))
   assert audit.tpr_at_fpr([5.0], [0.0, 1.0], 0.0) == 1.0
   assert audit.tpr_at_fpr([0.5], [0.0, 1.0], 0.0) == 0.0
@@ -77,6 +78,16 @@ def test_lira_audit_flags_a_member_and_not_a_held_out_retrain():
   assert 0.4 < retrain_audit["lira_auc"] < 0.6 and retrain_audit["lira_tpr@0.01"] < 0.03
   with pytest.raises(ValueError, match=">= 3 retrained"):
     audit.lira_audit(member, ins, outs[:2])
+  # A model that carries the membership of the first half of the examples only: the per-fold,
+  # per-example statistics tell the halves apart, and pooled they are lira_audit's.
+  half = np.arange(n) < n // 2
+  partial = np.where(half, member, mu + 0.3 * rng.normal(size=n))
+  pos, neg = audit.lira_folds(partial, ins, outs)
+  assert pos.shape == neg.shape == (models, n)
+  thr = audit.fpr_threshold(neg, 0.01)
+  assert np.mean(pos[:, half] > thr) > 0.8 and np.mean(pos[:, ~half] > thr) < 0.03
+  assert audit.lira_audit(partial, ins, outs)["lira_tpr@0.01"] == pytest.approx(
+      np.mean(pos > thr))
 
 
 def test_matched_logit_is_monotone_and_finite_at_the_ends():
