@@ -8,13 +8,20 @@ this machine's matmul rate, against the per-member-round times of `bench_populat
 `--single_s` / `--batched_s`: seconds per member-round of the two sides (the one-by-one runs
 and the batched population), from a `bench_population.py` run. The matmul rate is the median of
 `--repeats` float32 `[n, n] @ [n, n]` products on every core (one jit, all threads), the
-practical peak for the dense math a step is made of.
+practical peak for the dense math a step is made of. `--profile_dir` also traces 10 jitted
+steps with the JAX profiler and prints where XLA's operation time goes (matrix products, which
+XLA:CPU runs as `ynn_fusion` or `dot` kernels, transposes and copies, the rest), with the
+products' count and mean duration.
 """
 from __future__ import annotations
 
 import argparse
+import collections
+import glob
+import gzip
 import json
 import pathlib
+import re
 
 from ease_jax import runtime
 
@@ -34,21 +41,52 @@ CONFIG = pathlib.Path(__file__).resolve().parent.parent / "experiments" / "confi
     "unlearn_emoji.py")
 
 
-def step_flops(setup: builders.FederatedSetup, trainable, batch_size: int) -> float:
-  """XLA's FLOP count of one local step on one full batch: the loss and its gradient in the LoRA
-  parameters (the optimizer's update is a few elementwise operations on them, left out)."""
-  loss_fn = local.clip_objective(setup.model)
+def local_step(setup: builders.FederatedSetup, batch_size: int):
+  """One local step on one full batch, jitted: `params -> (loss, grads in the LoRA
+  parameters)` (the optimizer's update is a few elementwise operations on them, left out)."""
   texts = jnp.arange(batch_size, dtype=jnp.int32)
   batch = dict(setup.data.batch(texts), mask=jnp.ones(batch_size, bool))
-  grad_fn = jax.value_and_grad(loss_fn)
+  grad_fn = jax.value_and_grad(local.clip_objective(setup.model))
+  return jax.jit(lambda params: grad_fn(params, jax.lax.stop_gradient(setup.backbone), batch))
 
-  def step(params):
-    loss, grads = grad_fn(params, jax.lax.stop_gradient(setup.backbone), batch)
-    return loss, grads
 
-  cost = jax.jit(step).lower(trainable).compile().cost_analysis()
+def step_flops(step, trainable) -> float:
+  """XLA's FLOP count of `step(trainable)`."""
+  cost = step.lower(trainable).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost["flops"])
+
+
+def op_time_breakdown(step, trainable, trace_dir: str, steps: int = 10) -> dict:
+  """Where XLA's operation time goes over `steps` traced calls of `step` (ms per step, summed
+  over threads; the executor's own wrapper events left out)."""
+  jax.block_until_ready(step(trainable))
+  jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
+  for _ in range(steps):
+    out = step(trainable)
+  jax.block_until_ready(out)
+  jax.profiler.stop_trace()
+  trace = json.load(gzip.open(sorted(glob.glob(
+      f"{trace_dir}/plugins/profile/*/perfetto_trace.json.gz"))[-1]))
+  events = trace["traceEvents"] if isinstance(trace, dict) else trace
+  threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in events
+             if e.get("ph") == "M" and e.get("name") == "thread_name"}
+  time_us, count = collections.Counter(), collections.Counter()
+  for e in events:
+    name = e.get("name", "")
+    if (e.get("ph") != "X" or threads.get((e["pid"], e["tid"]), "").startswith("python")
+        or name.startswith(("ThunkExecutor", "SlinkyThreadPool", "end:"))):
+      continue
+    kind = ("matrix products" if name.startswith("ynn_fusion") or "dot" in name
+            else "transposes and copies" if re.match(r"(transpose|copy)", name)
+            else "other (elementwise, reductions)")
+    time_us[kind] += e.get("dur", 0)
+    count[kind] += 1
+  total = sum(time_us.values())
+  return dict(op_ms_per_step=total / 1e3 / steps,
+              shares={k: v / total for k, v in time_us.items()},
+              products_per_step=count["matrix products"] / steps,
+              product_mean_us=time_us["matrix products"] / max(count["matrix products"], 1))
 
 
 def matmul_gflops(n: int, repeats: int) -> float:
@@ -64,13 +102,15 @@ def main():
   parser.add_argument("--batched_s", type=float, required=True)
   parser.add_argument("--matmul_n", type=int, default=2048)
   parser.add_argument("--repeats", type=int, default=7)
+  parser.add_argument("--profile_dir", default="", help="trace 10 steps here (empty: no trace)")
   args = parser.parse_args()
   config = configs.from_file(CONFIG)
   setup = builders.build_setup(config)
   plan = builders.round_plan(setup, config)
   steps = sum(schedules.num_local_steps(len(plan.client_texts[c]), plan.batch_size,
                                         plan.local_epochs) for c in plan.active_clients)
-  per_step = step_flops(setup, builders.init_trainable(setup, config), plan.batch_size)
+  step, trainable = local_step(setup, plan.batch_size), builders.init_trainable(setup, config)
+  per_step = step_flops(step, trainable)
   round_gflop = steps * per_step / 1e9
   peak = matmul_gflops(args.matmul_n, args.repeats)
   out = dict(machine=common.machine(), steps_per_round=steps, gflop_per_step=per_step / 1e9,
@@ -80,6 +120,8 @@ def main():
     out[f"{side}_share_of_matmul"] = round_gflop / seconds / peak
   # The best a batched side could do is the matmul rate itself.
   out["ratio_at_matmul_rate"] = round_gflop / peak / args.single_s
+  if args.profile_dir:
+    out["profile"] = op_time_breakdown(step, trainable, args.profile_dir)
   print(json.dumps(out, indent=1))
 
 
