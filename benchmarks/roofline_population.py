@@ -8,10 +8,11 @@ this machine's matmul rate, against the per-member-round times of `bench_populat
 `--single_s` / `--batched_s`: seconds per member-round of the two sides (the one-by-one runs
 and the batched population), from a `bench_population.py` run. The matmul rate is the median of
 `--repeats` float32 `[n, n] @ [n, n]` products on every core (one jit, all threads), the
-practical peak for the dense math a step is made of. `--profile_dir` also traces 10 jitted
-steps with the JAX profiler and prints where XLA's operation time goes (matrix products, which
-XLA:CPU runs as `ynn_fusion` or `dot` kernels, transposes and copies, the rest), with the
-products' count and mean duration.
+practical peak for the dense math a step is made of. The step alone is also timed on one
+device, for one member and `--members` vmapped (as each device of a population runs it), and
+`--profile_dir` traces 10 of each with the JAX profiler and prints where XLA's operation time
+goes (matrix products, which XLA:CPU runs as `ynn_fusion` or `dot` kernels, transposes and
+copies, the rest), with the products' count and mean duration.
 """
 from __future__ import annotations
 
@@ -36,18 +37,37 @@ from ease_jax import builders  # noqa: E402
 from ease_jax import configs  # noqa: E402
 from ease_jax.federated import local  # noqa: E402
 from ease_jax.federated import schedules  # noqa: E402
+from ease_jax.unlearning import population  # noqa: E402
 
 CONFIG = pathlib.Path(__file__).resolve().parent.parent / "experiments" / "configs" / (
     "unlearn_emoji.py")
+FIRST_SEED = 100  # as bench_population.py's members
 
 
-def local_step(setup: builders.FederatedSetup, batch_size: int):
-  """One local step on one full batch, jitted: `params -> (loss, grads in the LoRA
-  parameters)` (the optimizer's update is a few elementwise operations on them, left out)."""
-  texts = jnp.arange(batch_size, dtype=jnp.int32)
-  batch = dict(setup.data.batch(texts), mask=jnp.ones(batch_size, bool))
+def local_step(setup: builders.FederatedSetup, batch_size: int, members: int = 1):
+  """One local step on one full batch per member, jitted: `params [members, ...] -> (loss,
+  grads in the LoRA parameters)`, vmapped over the members (each on its own batch) as a
+  population's step is (the optimizer's update is a few elementwise operations, left out)."""
+  texts = jnp.arange(members * batch_size, dtype=jnp.int32).reshape(members, batch_size)
   grad_fn = jax.value_and_grad(local.clip_objective(setup.model))
-  return jax.jit(lambda params: grad_fn(params, jax.lax.stop_gradient(setup.backbone), batch))
+  backbone = jax.lax.stop_gradient(setup.backbone)
+
+  def one(params, member_texts):
+    batch = dict(setup.data.batch(member_texts), mask=jnp.ones(batch_size, bool))
+    return grad_fn(params, backbone, batch)
+
+  return jax.jit(lambda params: jax.vmap(one)(params, texts))
+
+
+def stacked_trainables(setup: builders.FederatedSetup, config, members: int):
+  """`[members, ...]` LoRA inits of a population's first members."""
+  return jax.tree.map(lambda *x: jnp.stack(x), *[
+      builders.init_trainable(setup, population.member_config(config, FIRST_SEED + i))
+      for i in range(members)])
+
+
+def step_seconds(step, trainable, repeats: int) -> float:
+  return common.time_fn(lambda: step(trainable), repeats=repeats)[0]
 
 
 def step_flops(step, trainable) -> float:
@@ -103,13 +123,16 @@ def main():
   parser.add_argument("--matmul_n", type=int, default=2048)
   parser.add_argument("--repeats", type=int, default=7)
   parser.add_argument("--profile_dir", default="", help="trace 10 steps here (empty: no trace)")
+  parser.add_argument("--members", type=int, default=4,
+                      help="also time (and profile) the step vmapped over this many members, "
+                           "as one device of the population runs it (0: not)")
   args = parser.parse_args()
   config = configs.from_file(CONFIG)
   setup = builders.build_setup(config)
   plan = builders.round_plan(setup, config)
   steps = sum(schedules.num_local_steps(len(plan.client_texts[c]), plan.batch_size,
                                         plan.local_epochs) for c in plan.active_clients)
-  step, trainable = local_step(setup, plan.batch_size), builders.init_trainable(setup, config)
+  step, trainable = local_step(setup, plan.batch_size), stacked_trainables(setup, config, 1)
   per_step = step_flops(step, trainable)
   round_gflop = steps * per_step / 1e9
   peak = matmul_gflops(args.matmul_n, args.repeats)
@@ -120,8 +143,15 @@ def main():
     out[f"{side}_share_of_matmul"] = round_gflop / seconds / peak
   # The best a batched side could do is the matmul rate itself.
   out["ratio_at_matmul_rate"] = round_gflop / peak / args.single_s
-  if args.profile_dir:
-    out["profile"] = op_time_breakdown(step, trainable, args.profile_dir)
+  # The step alone, on one device: one member, then `--members` vmapped (per member).
+  for m in sorted({1, args.members} - {0}):
+    s_m, t_m = local_step(setup, plan.batch_size, m), stacked_trainables(setup, config, m)
+    seconds = step_seconds(s_m, t_m, args.repeats) / m
+    out[f"step_{m}_members"] = dict(s_per_member_step=seconds,
+                                    gflops=per_step / 1e9 / seconds)
+    if args.profile_dir:
+      out[f"step_{m}_members"]["profile"] = op_time_breakdown(
+          s_m, t_m, f"{args.profile_dir}/members_{m}")
   print(json.dumps(out, indent=1))
 
 
