@@ -15,8 +15,8 @@ not used in the fits (held-out retrain seeds, the negatives).
   log N(s_k; out).
 * `lira_folds`: the leave-one-out statistics `lira_audit` pools (per fold and example, to split
   by example groups).
-* `roc_auc`, `tpr_at_fpr` (`fpr_threshold`): of positives (the audited model's Λ) against negatives (held-out
-  retrain models' Λ).
+* `roc_auc`, `tpr_at_fpr` (`fpr_threshold`): of positives (the audited model's Λ) against
+  negatives (held-out retrain models' Λ).
 * `ks_2samp`: the two-sample Kolmogorov–Smirnov statistic with its exact two-sided p-value;
   forget quality (TOFU) = that p-value between the model's and a held-out retrain's scores.
 * `calibrated_ks`: the same statistic judged against the retrain population. The exact p-value
@@ -249,7 +249,7 @@ def lira_folds(target: np.ndarray, in_scores: np.ndarray, out_scores: np.ndarray
   the target's Λ (positives) and model j's Λ (negatives) under that fit."""
   out_scores = np.asarray(out_scores, np.float64)
   if out_scores.shape[0] < 3:
-    raise ValueError(f"lira_audit needs >= 3 retrained models (one held out, two to fit), got "
+    raise ValueError(f"The LiRA audit needs >= 3 retrained models (one held out, two to fit), got "
                      f"{out_scores.shape[0]}.")
   pos, neg = [], []
   for j in range(out_scores.shape[0]):
