@@ -67,15 +67,16 @@ def planted_mask(setup, request) -> np.ndarray:
 
 
 def from_benchmark(config, workdir: pathlib.Path, scenario: str) -> None:
+  setups = benchmark.check_cells(config)  # One setup per seed, as the benchmark builds them.
   for seed in config.benchmark.seeds:
     cfg = benchmark.scenario_config(config, scenario, seed)
     cell = cell_lib.Cell(cfg, workdir / f"seed{seed}", workdir / f"seed{seed}" / scenario,
-                         population_root=workdir / "population")
+                         setup=setups[seed], population_root=workdir / "population")
     if cell.populations is None:
       raise SystemExit("The config has no population (audit.population = 0): nothing to split.")
     pops = cell.populations
     print(json.dumps(dict(scenario=scenario, seed=seed, **split_tpr(
-        cell._score(cell.trained.trainable), pops["in_scores"], pops["out_scores"],
+        cell.forget_scores(cell.trained.trainable), pops["in_scores"], pops["out_scores"],
         planted_mask(cell.setup, cell.request), cell.audit_config.variance))), flush=True)
 
 
@@ -97,11 +98,13 @@ def from_probe(config, workdir: pathlib.Path, scenario: str) -> None:
                        f"this config {planted.size}: pass the overrides it was run with.")
     rows = [split_tpr(trained[i], np.delete(trained, i, axis=0), retrain, planted,
                       config.audit.variance) for i in range(trained.shape[0])]
-    print(json.dumps(dict(scenario=scenario, score=score, variant=variant,
-                          members=len(rows), **{k: float(np.mean([r[k] for r in rows]))
-                                                for k in rows[0]},
-                          tpr_clean_range=[min(r["tpr_clean"] for r in rows),
-                                           max(r["tpr_clean"] for r in rows)])), flush=True)
+    # Shares: the mean over members (None where D_f has no such part); counts: the same in all.
+    mean = {k: (v if k.startswith("n_") or v is None else float(np.mean([r[k] for r in rows])))
+            for k, v in rows[0].items()}
+    clean = [r["tpr_clean"] for r in rows if r["tpr_clean"] is not None]
+    print(json.dumps(dict(scenario=scenario, score=score, variant=variant, members=len(rows),
+                          **mean, tpr_clean_range=[min(clean), max(clean)] if clean else None)),
+          flush=True)
 
 
 def main():

@@ -36,7 +36,6 @@ import common  # noqa: E402
 from ease_jax import builders  # noqa: E402
 from ease_jax import configs  # noqa: E402
 from ease_jax.federated import local  # noqa: E402
-from ease_jax.federated import schedules  # noqa: E402
 from ease_jax.unlearning import population  # noqa: E402
 
 CONFIG = pathlib.Path(__file__).resolve().parent.parent / "experiments" / "configs" / (
@@ -61,18 +60,17 @@ def local_step(setup: builders.FederatedSetup, batch_size: int, members: int = 1
 
 def stacked_trainables(setup: builders.FederatedSetup, config, members: int):
   """`[members, ...]` LoRA inits of a population's first members."""
-  return jax.tree.map(lambda *x: jnp.stack(x), *[
-      builders.init_trainable(setup, population.member_config(config, FIRST_SEED + i))
-      for i in range(members)])
+  return population.stacked_inits(
+      setup, [population.member_config(config, FIRST_SEED + i) for i in range(members)])
 
 
 def step_seconds(step, trainable, repeats: int) -> float:
   return common.time_fn(lambda: step(trainable), repeats=repeats)[0]
 
 
-def step_flops(step, trainable) -> float:
-  """XLA's FLOP count of `step(trainable)`."""
-  cost = step.lower(trainable).compile().cost_analysis()
+def step_flops(compiled) -> float:
+  """XLA's FLOP count of a compiled step."""
+  cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost["flops"])
 
@@ -130,10 +128,15 @@ def main():
   config = configs.from_file(CONFIG)
   setup = builders.build_setup(config)
   plan = builders.round_plan(setup, config)
-  steps = sum(schedules.num_local_steps(len(plan.client_texts[c]), plan.batch_size,
-                                        plan.local_epochs) for c in plan.active_clients)
-  step, trainable = local_step(setup, plan.batch_size), stacked_trainables(setup, config, 1)
-  per_step = step_flops(step, trainable)
+  if plan.clients_per_round and plan.clients_per_round < len(plan.active_clients):
+    raise SystemExit("The FLOP count assumes every client trains every round.")
+  steps = sum(plan.client_steps)
+  # The step alone on one device: one member, and `--members` vmapped (compiled once each).
+  variants = {}
+  for m in sorted({1, args.members} - {0}):
+    trainable = stacked_trainables(setup, config, m)
+    variants[m] = (local_step(setup, plan.batch_size, m).lower(trainable).compile(), trainable)
+  per_step = step_flops(variants[1][0])
   round_gflop = steps * per_step / 1e9
   peak = matmul_gflops(args.matmul_n, args.repeats)
   out = dict(machine=common.machine(), steps_per_round=steps, gflop_per_step=per_step / 1e9,
@@ -143,9 +146,7 @@ def main():
     out[f"{side}_share_of_matmul"] = round_gflop / seconds / peak
   # The best a batched side could do is the matmul rate itself.
   out["ratio_at_matmul_rate"] = round_gflop / peak / args.single_s
-  # The step alone, on one device: one member, then `--members` vmapped (per member).
-  for m in sorted({1, args.members} - {0}):
-    s_m, t_m = local_step(setup, plan.batch_size, m), stacked_trainables(setup, config, m)
+  for m, (s_m, t_m) in variants.items():
     seconds = step_seconds(s_m, t_m, args.repeats) / m
     out[f"step_{m}_members"] = dict(s_per_member_step=seconds,
                                     gflops=per_step / 1e9 / seconds)

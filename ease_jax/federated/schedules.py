@@ -133,16 +133,20 @@ class RoundPlan:
       raise ValueError("No client has training data left.")
 
   @property
+  def client_steps(self) -> list[int]:
+    """Real local steps of each active client (in `active_clients` order)."""
+    return [num_local_steps(len(self.client_texts[c]), self.batch_size, self.local_epochs)
+            for c in self.active_clients]
+
+  @property
   def num_steps(self) -> int:
     """Padded local steps of every client (the largest active client's), fixed for the run."""
-    return max(num_local_steps(len(self.client_texts[c]), self.batch_size, self.local_epochs)
-               for c in self.active_clients)
+    return max(self.client_steps)
 
   @property
   def step_utilization(self) -> float:
     """The share of a round's padded client steps that are real (all active clients)."""
-    steps = [num_local_steps(len(self.client_texts[c]), self.batch_size, self.local_epochs)
-             for c in self.active_clients]
+    steps = self.client_steps
     return float(sum(steps) / (len(steps) * max(steps)))
 
   def inputs(self, round_index: int) -> RoundInputs:

@@ -93,14 +93,14 @@ class Cell:
     """The `in` and `out` populations (`population.train_pair`, cached under `root`) and every
     member's scores on D_f."""
     in_pop, out_pop = population_lib.train_pair(self.setup, self.config, self.request, root)
-    score = self._score
+    score = self.forget_scores
     return dict(seeds=in_pop.seeds, in_time_s=in_pop.wall_time_s,
                 out_time_s=out_pop.wall_time_s,
                 in_scores=np.stack([score(in_pop.member(i)) for i in range(len(in_pop.seeds))]),
                 out_scores=np.stack([score(out_pop.member(i))
                                      for i in range(len(out_pop.seeds))]))
 
-  def _score(self, trainable: PyTree) -> np.ndarray:
+  def forget_scores(self, trainable: PyTree) -> np.ndarray:
     """`[n]` the audit's per-example scores on D_f (calibrated by the non-member pairs)."""
     return population_lib.scores(
         self.setup, trainable, self.request.forget_texts, self.audit_config.score,
@@ -173,7 +173,7 @@ class Cell:
     out = {"retrain population": pops["out_scores"].ravel(),
            "trained population": pops["in_scores"].ravel()}
     for o in outcomes:
-      out[o.method] = self._score(o.trainable)
+      out[o.method] = self.forget_scores(o.trainable)
     return out
 
   def audit(self, trainable: PyTree) -> dict[str, float]:
@@ -184,7 +184,7 @@ class Cell:
     pops = self.populations
     if pops is None:
       return {}
-    return population_lib.audit_row(self._score(trainable), pops["in_scores"],
+    return population_lib.audit_row(self.forget_scores(trainable), pops["in_scores"],
                                     pops["out_scores"], self.audit_config.variance)
 
   def row(self, outcome: Outcome) -> dict[str, Any]:

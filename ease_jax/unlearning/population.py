@@ -84,6 +84,13 @@ def federation_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
           if k not in _MEMBER_SEED_KEYS}
 
 
+def stacked_inits(setup: builders.FederatedSetup,
+                  configs: list[ml_collections.ConfigDict]) -> PyTree:
+  """`[N, ...]` the LoRA inits of N member configs, stacked on a leading seed axis."""
+  return jax.tree.map(lambda *x: jnp.stack(x),
+                      *[builders.init_trainable(setup, c) for c in configs])
+
+
 @dataclasses.dataclass
 class Population:
   seeds: tuple[int, ...]
@@ -127,8 +134,7 @@ def train(setup: builders.FederatedSetup, config: ml_collections.ConfigDict,
       algorithm = federated.vmapped(builders.fedavg_algorithm(setup, config, plans.plans[0]),
                                     plans.axes)
     # Members split over the local devices: each runs its block at once (a no-op on one).
-    starts = sharding.split_leading_axis(jax.tree.map(
-        lambda *x: jnp.stack(x), *[builders.init_trainable(setup, c) for c in configs]))
+    starts = sharding.split_leading_axis(stacked_inits(setup, configs))
     devices = max(devices, len(jax.tree.leaves(starts)[0].sharding.device_set))
     fingerprint = dict(federation_fingerprint(config), population_seeds=list(group))
     res = driver.run(algorithm, plans, algorithm.init(starts), config.fed.rounds,
