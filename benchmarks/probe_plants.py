@@ -1,7 +1,7 @@
 """Does a federation learn its plants? One FedAvg run of the embedded default with overrides,
 then the attack success rate of every plant, the skin-tone accuracy of every tone, test and
-client R@1 and the training time, as one JSON line (the probes of BENCHMARKS.md, "Planting
-knowledge").
+client R@1, how concentrated the test embeddings are (`concentration`) and the training time,
+as one JSON line (the probes of BENCHMARKS.md, "Planting knowledge").
 
   python benchmarks/probe_plants.py fed.client_lr=1e-2 plants.sample_backdoor.target_caption=alien
   python benchmarks/probe_plants.py --retrain_tone=medium-dark   # the concept's retrain
@@ -29,8 +29,10 @@ import numpy as np  # noqa: E402
 from ease_jax import builders  # noqa: E402
 from ease_jax import configs  # noqa: E402
 from ease_jax import evaluation  # noqa: E402
+from ease_jax import metrics  # noqa: E402
 from ease_jax import training  # noqa: E402
 from ease_jax.data import dataset as dataset_lib  # noqa: E402
+from ease_jax.data import device as device_lib  # noqa: E402
 from ease_jax.data import plants as plants_lib  # noqa: E402
 from ease_jax.unlearning import base  # noqa: E402
 from ease_jax.unlearning import requests  # noqa: E402
@@ -67,6 +69,23 @@ def with_own_captions(planted: dataset_lib.CaptionDataset, first_new_text: int
   captions = planted.captions[:first_new_text] + tuple(planted.captions[t] for t in own)
   return dataclasses.replace(planted, input_ids=input_ids, attention_mask=mask,
                              captions=captions)
+
+
+def concentration(setup, trainable, images: np.ndarray) -> dict[str, float]:
+  """How far the unit embeddings of `images` and their captions crowd around one direction: the
+  norm of their mean (0 = spread evenly, 1 = all the same), and R@1 after centring each side on
+  its mean (whether the shared direction itself costs retrieval)."""
+  texts, text_image = evaluation.subset_texts(setup.dataset, images)
+  image_emb, text_emb = device_lib.embed(setup.model, setup.backbone, trainable, setup.data,
+                                         images, texts, 256)
+  unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+  image_emb, text_emb = unit(np.asarray(image_emb, np.float64)), unit(np.asarray(text_emb,
+                                                                              np.float64))
+  centred = metrics.retrieval_metrics(unit(image_emb - image_emb.mean(0)),
+                                      unit(text_emb - text_emb.mean(0)), text_image)
+  return {"image_mean_norm": float(np.linalg.norm(image_emb.mean(0))),
+          "text_mean_norm": float(np.linalg.norm(text_emb.mean(0))),
+          "centred_mean_r1": centred["mean_r1"]}
 
 
 def main():
@@ -113,6 +132,8 @@ def main():
   ev = evaluation.evaluate_splits(setup, res.trainable, dict(test=setup.test_images,
                                                              clients=clients))
   out.update({k: round(v, 1) for k, v in ev.items() if k.endswith("mean_r1")})
+  out.update({f"test/{k}": round(v, 3) for k, v in
+              concentration(setup, res.trainable, setup.test_images).items()})
   for plant in setup.plants.values():
     out.update({k: round(v, 1) for k, v in
                 evaluation.plant_metrics(setup, res.trainable, plant).items()})
