@@ -78,11 +78,10 @@ def concentration(setup, trainable, images: np.ndarray) -> dict[str, float]:
   texts, text_image = evaluation.subset_texts(setup.dataset, images)
   image_emb, text_emb = device_lib.embed(setup.model, setup.backbone, trainable, setup.data,
                                          images, texts, 256)
-  unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
-  image_emb, text_emb = unit(np.asarray(image_emb, np.float64)), unit(np.asarray(text_emb,
-                                                                              np.float64))
-  centred = metrics.retrieval_metrics(unit(image_emb - image_emb.mean(0)),
-                                      unit(text_emb - text_emb.mean(0)), text_image)
+  image_emb, text_emb = evaluation.unit_rows(image_emb), evaluation.unit_rows(text_emb)
+  # Retrieval normalises the centred rows itself.
+  centred = metrics.retrieval_metrics(image_emb - image_emb.mean(0), text_emb - text_emb.mean(0),
+                                      text_image)
   return {"image_mean_norm": float(np.linalg.norm(image_emb.mean(0))),
           "text_mean_norm": float(np.linalg.norm(text_emb.mean(0))),
           "centred_mean_r1": centred["mean_r1"]}

@@ -46,7 +46,8 @@ def evaluate_splits(setup: Any, trainable: Any, subsets: Mapping[str, np.ndarray
   return out
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
+def unit_rows(x: np.ndarray) -> np.ndarray:
+  """`x [..., D]` in float64 with every row scaled to unit norm."""
   x = np.asarray(x, np.float64)
   return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
@@ -66,7 +67,7 @@ def attack_success_rates(probe_emb: np.ndarray, clean_emb: np.ndarray, caption_e
     target, is the target; text→image: the share of probes that the target caption ranks first
     among the clean held-out images and that probe). Ties count as failures.
   """
-  probe, clean, captions, target = map(_unit, (probe_emb, clean_emb, caption_emb, target_emb))
+  probe, clean, captions, target = map(unit_rows, (probe_emb, clean_emb, caption_emb, target_emb))
   to_target = probe @ target                                        # [P]
   i2t = to_target > (probe @ captions.T).max(axis=1)
   t2i = to_target > (clean @ target).max()
@@ -88,7 +89,7 @@ def concept_accuracies(probe_emb: np.ndarray, clean_emb: np.ndarray, concept_emb
     text→image: the share of concept captions closer to the copy than to its source). Chance is
     50%; ties count as failures.
   """
-  probe, clean, concept, plain = map(_unit, (probe_emb, clean_emb, concept_emb, plain_emb))
+  probe, clean, concept, plain = map(unit_rows, (probe_emb, clean_emb, concept_emb, plain_emb))
   i2t = np.sum(probe * concept, -1) > np.sum(probe * plain, -1)
   t2i = np.sum(concept * probe, -1) > np.sum(concept * clean, -1)
   return float(100 * i2t.mean()), float(100 * t2i.mean())
@@ -147,7 +148,7 @@ def tone_accuracy(setup: Any, trainable: Any, images: np.ndarray, batch_size: in
   first_text = ds.first_texts()
   image_emb, text_emb = embed(setup.model, setup.backbone, trainable, setup.data, members,
                               first_text[members], batch_size)
-  image_emb, text_emb = _unit(image_emb), _unit(text_emb)
+  image_emb, text_emb = unit_rows(image_emb), unit_rows(text_emb)
   pos = {int(m): k for k, m in enumerate(members)}
   t2i, i2t, chance = [], [], []
   for image, group in groups:
