@@ -7,6 +7,7 @@ as one JSON line (the probes of BENCHMARKS.md, "Planting knowledge").
   python benchmarks/probe_plants.py --retrain_tone=medium-dark   # the concept's retrain
   python benchmarks/probe_plants.py --retrain_plant=concept   # a plant's retrain
   python benchmarks/probe_plants.py --own_captions   # control: copies without the backdoor
+  python benchmarks/probe_plants.py --eval_every=2   # + the learning curve (test, clients R@1)
 
 Overrides are `dotted.key=value` of `experiments/configs/unlearn_emoji.py` (values parsed as
 Python literals where they parse, else kept as strings).
@@ -97,7 +98,11 @@ def main():
                       help="control: every planted copy keeps its source's caption (their "
                            "volume without the backdoor; the ASR and concept accuracy then mean "
                            "nothing)")
-  args = parser.parse_args()
+  parser.add_argument("--eval_every", type=int, default=0,
+                      help="also evaluate test and clean-client R@1 every this many rounds: "
+                           "the JSON line gains `curve`, [round, test, clients] rows (train_s then "
+                           "includes the evaluations)")
+  args = parser.parse_intermixed_args()
   if args.own_captions:
     plant = plants_lib.plant_knowledge
     def plant_with_own_captions(ds, *a, **k):
@@ -116,9 +121,13 @@ def main():
   if req is not None:
     plan = builders.round_plan(setup, config, req.retain_client_texts(setup),
                                req.retain_clients(setup))
+  clients = setup.all_client_images
+  clients = clients[~plants_lib.is_planted(setup.dataset, clients)]
+  config.eval.every = args.eval_every
+  curve_subsets = dict(test=setup.test_images, clients=clients) if args.eval_every else None
   t0 = time.perf_counter()
-  res = training.run_fedavg(setup, config, plan=plan,
-                            options=training.run_options(setup, config, progress=False))
+  res = training.run_fedavg(setup, config, plan=plan, options=training.run_options(
+      setup, config, curve_subsets, progress=False))
   out = dict(overrides=" ".join(args.overrides), retrain_tone=args.retrain_tone,
              retrain_plant=args.retrain_plant,
              own_captions=args.own_captions,
@@ -126,8 +135,9 @@ def main():
              round_s=round(float(np.median([r["round_time_s"] for r in res.metrics])), 2),
              backend=builders.fedavg_options(setup, config, plan or builders.round_plan(
                  setup, config)).backend)
-  clients = setup.all_client_images
-  clients = clients[~plants_lib.is_planted(setup.dataset, clients)]
+  if args.eval_every:
+    out["curve"] = [[r["round"], round(r["test/mean_r1"], 1), round(r["clients/mean_r1"], 1)]
+                    for r in res.metrics if "test/mean_r1" in r]
   ev = evaluation.evaluate_splits(setup, res.trainable, dict(test=setup.test_images,
                                                              clients=clients))
   out.update({k: round(v, 1) for k, v in ev.items() if k.endswith("mean_r1")})

@@ -48,6 +48,21 @@ def test_trigger_errors_name_the_problem():
     plants.Trigger(position="middle")
 
 
+def test_trigger_position_from_a_config_string():
+  """A command-line override can only put a string into the config's position field: "row,col"
+  means the same as [row, col]."""
+  spec = dict(kind="backdoor", clients=(0,), num_pairs=5, target_caption="rocket")
+  for position in ("8,16", " 8 , 16", (8, 16), [8, 16]):
+    plant = plants.plant_from_config("x", dict(spec, trigger=dict(position=position)))
+    assert plant.trigger.position == (8, 16)
+    assert plant.trigger.origin(32, 32) == (8, 16)
+  assert plants.plant_from_config("x", dict(spec, trigger=dict(position="center"))
+                                  ).trigger.position == "center"
+  for bad in ("8,x", "8,16,2", "-1,3"):
+    with pytest.raises(ValueError, match="row,col"):
+      plants.plant_from_config("x", dict(spec, trigger=dict(position=bad)))
+
+
 def _random_split(ds, seed, num_test, client_size, num_clients):
   """`(test [num_test], [client images [client_size]] * num_clients)`, disjoint, sorted."""
   order = np.random.default_rng(seed).permutation(ds.num_images)

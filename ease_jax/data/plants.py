@@ -150,6 +150,19 @@ class _Plant:
     return out
 
 
+def _position(value: Any) -> str | tuple[int, int]:
+  """A trigger position from a config: a corner name, `[row, col]`, or the string `"row,col"`
+  (what a command-line override of the string field can carry)."""
+  if not isinstance(value, str):
+    return tuple(value)
+  if "," not in value:
+    return value
+  parts = value.split(",")
+  if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+    raise ValueError(f"trigger position {value!r} is not 'row,col' (two non-negative integers).")
+  return tuple(int(p) for p in parts)
+
+
 @dataclasses.dataclass(frozen=True)
 class BackdoorPlant(_Plant):
   """`num_pairs` triggered copies of the `clients`' images (spread evenly; no clients = every
@@ -163,8 +176,8 @@ class BackdoorPlant(_Plant):
   @classmethod
   def from_config(cls, name: str, c: Mapping[str, Any]) -> "BackdoorPlant":
     t = dict(c.get("trigger", {}))
-    if "position" in t and not isinstance(t["position"], str):
-      t["position"] = tuple(t["position"])
+    if "position" in t:
+      t["position"] = _position(t["position"])
     if "colors" in t:
       t["colors"] = tuple(tuple(x) for x in t["colors"])
     return cls(name=name, clients=tuple(int(x) for x in c["clients"]),
