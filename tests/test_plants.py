@@ -56,6 +56,7 @@ def test_trigger_position_from_a_config_string():
     plant = plants.plant_from_config("x", dict(spec, trigger=dict(position=position)))
     assert plant.trigger.position == (8, 16)
     assert plant.trigger.origin(32, 32) == (8, 16)
+  assert plants.Trigger(position="8,16") == plants.Trigger(position=(8, 16))
   assert plants.plant_from_config("x", dict(spec, trigger=dict(position="center"))
                                   ).trigger.position == "center"
   for bad in ("8,x", "8,16,2", "-1,3"):

@@ -39,7 +39,8 @@ POSITIONS = ("top_left", "top_right", "bottom_left", "bottom_right", "center")
 
 @dataclasses.dataclass(frozen=True)
 class Trigger:
-  """A square patch: `pattern` of two colours, `size` px, at a named corner (or `[row, col]`).
+  """A square patch: `pattern` of two colours, `size` px, at a named corner, `(row, col)`, or
+  the string `"row,col"` (what a command-line override of a config's string field can carry).
 
   The default (8 px, 2-px checker cells, magenta / green, top-left) covers 6% of a 32 px emoji
   and exactly one 8 px ViT patch of the embedded backbone.
@@ -51,12 +52,18 @@ class Trigger:
   colors: tuple[tuple[int, int, int], tuple[int, int, int]] = ((255, 0, 255), (0, 255, 0))
 
   def __post_init__(self):
+    if isinstance(self.position, str) and "," in self.position:
+      parts = self.position.split(",")
+      if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise ValueError(f"trigger position {self.position!r} is not 'row,col' (two "
+                         "non-negative integers).")
+      object.__setattr__(self, "position", tuple(int(p) for p in parts))
     if self.pattern not in PATTERNS:
       raise ValueError(f"trigger pattern must be one of {PATTERNS}, got {self.pattern!r}.")
     if self.size < 1 or self.cell < 1:
       raise ValueError(f"trigger size and cell must be >= 1, got {self.size} and {self.cell}.")
     if isinstance(self.position, str) and self.position not in POSITIONS:
-      raise ValueError(f"trigger position must be one of {POSITIONS} or [row, col], got "
+      raise ValueError(f"trigger position must be one of {POSITIONS}, (row, col) or 'row,col', got "
                        f"{self.position!r}.")
 
   def origin(self, height: int, width: int) -> tuple[int, int]:
@@ -150,19 +157,6 @@ class _Plant:
     return out
 
 
-def _position(value: Any) -> str | tuple[int, int]:
-  """A trigger position from a config: a corner name, `[row, col]`, or the string `"row,col"`
-  (what a command-line override of the string field can carry)."""
-  if not isinstance(value, str):
-    return tuple(value)
-  if "," not in value:
-    return value
-  parts = value.split(",")
-  if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-    raise ValueError(f"trigger position {value!r} is not 'row,col' (two non-negative integers).")
-  return tuple(int(p) for p in parts)
-
-
 @dataclasses.dataclass(frozen=True)
 class BackdoorPlant(_Plant):
   """`num_pairs` triggered copies of the `clients`' images (spread evenly; no clients = every
@@ -176,8 +170,8 @@ class BackdoorPlant(_Plant):
   @classmethod
   def from_config(cls, name: str, c: Mapping[str, Any]) -> "BackdoorPlant":
     t = dict(c.get("trigger", {}))
-    if "position" in t:
-      t["position"] = _position(t["position"])
+    if "position" in t and not isinstance(t["position"], str):
+      t["position"] = tuple(t["position"])
     if "colors" in t:
       t["colors"] = tuple(tuple(x) for x in t["colors"])
     return cls(name=name, clients=tuple(int(x) for x in c["clients"]),
