@@ -138,8 +138,9 @@ def main():
   if args.eval_every:
     out["curve"] = [[r["round"], round(r["test/mean_r1"], 1), round(r["clients/mean_r1"], 1)]
                     for r in res.metrics if "test/mean_r1" in r]
-  ev = evaluation.evaluate_splits(setup, res.trainable, dict(test=setup.test_images,
-                                                             clients=clients))
+  # With the curve, the driver has evaluated the final model on the same subsets already.
+  ev = res.final_eval or evaluation.evaluate_splits(setup, res.trainable,
+                                                    dict(test=setup.test_images, clients=clients))
   out.update({k: round(v, 1) for k, v in ev.items() if k.endswith("mean_r1")})
   out.update({f"test/{k}": round(v, 3) for k, v in
               concentration(setup, res.trainable, setup.test_images).items()})

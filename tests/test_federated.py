@@ -1,4 +1,6 @@
 """The federated engine: backends agree, padding is inert, FedAvg is a weighted mean, resume works."""
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +12,7 @@ from ease_jax import builders
 from ease_jax import checkpointing
 from ease_jax import federated
 from ease_jax import jsonio
+from ease_jax.federated import driver
 
 
 def _tree_allclose(a, b, atol=1e-5, rtol=1e-5):
@@ -150,6 +153,31 @@ def test_update_history_ring_buffer():
   np.testing.assert_array_equal(rounds, [1, 2])
   np.testing.assert_array_equal(ups[:, 0], [1, 2])
   assert h.client_updates(1)[0].shape == (0, 4)
+
+
+def test_driver_evaluates_the_final_model_once():
+  """The last round's evaluation is the run's final one; a run with no evaluating round (or no
+  rounds) evaluates the final model after the loop."""
+  class State(NamedTuple):
+    trainable: jax.Array
+
+  class Plan:
+    def inputs(self, r):
+      return r
+
+  algorithm = federated.FederatedAlgorithm(
+      init=State, apply=lambda state, r: (State(state.trainable + 1), {}))
+  for num_rounds, every, evaluated_models in ((4, 2, [2, 4]), (4, 0, [4]), (0, 2, [0])):
+    seen = []
+    def eval_fn(trainable, seen=seen):
+      seen.append(int(trainable))
+      return {"value": float(trainable)}
+    res = driver.run(algorithm, Plan(), State(jnp.zeros(())), num_rounds,
+                     options=driver.RunOptions(eval_fn=eval_fn, eval_every=every, progress=False))
+    assert seen == evaluated_models
+    assert res.final_eval == {"value": float(num_rounds)}
+    assert [r.get("value") for r in res.metrics] == [
+        float(r + 1) if every and (r + 1) % every == 0 else None for r in range(num_rounds)]
 
 
 def _run(setup, config, workdir, num_rounds=None):

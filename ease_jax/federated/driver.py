@@ -104,6 +104,7 @@ def run(algorithm: FederatedAlgorithm, plan: Any, state: PyTree, num_rounds: int
     rows = jsonio.read_jsonl(writer.path)
   evaluate = lambda s: options.eval_fn(s.trainable) if options.eval_fn else {}
   train_time = 0.0
+  last_eval = None  # the evaluation of the current state, when the last round made one
   bar = tqdm.trange(start, num_rounds, desc=options.desc, disable=not options.progress,
                     initial=start, total=num_rounds)
   try:
@@ -122,8 +123,10 @@ def run(algorithm: FederatedAlgorithm, plan: Any, state: PyTree, num_rounds: int
             f"{options.desc}: round {r + 1} failed ({row}); the model was left at round {r} and "
             "nothing of this round was checkpointed. Non-finite client updates usually mean a "
             "learning rate too high for this model (fed.client_lr).")
+      last_eval = None
       if options.eval_every and ((r + 1) % options.eval_every == 0 or r + 1 == num_rounds):
-        row.update(evaluate(state))
+        last_eval = evaluate(state)
+        row.update(last_eval)
       rows.append(row)
       bar.set_postfix({k: round(v, 3) for k, v in row.items()
                        if isinstance(v, float) and (k == "train_loss" or k.endswith("mean_r1"))})
@@ -137,5 +140,7 @@ def run(algorithm: FederatedAlgorithm, plan: Any, state: PyTree, num_rounds: int
   finally:
     if ckpt is not None:
       ckpt.close()
-  final_eval = evaluate(state) if options.eval_fn else {}
+  # The last round's evaluation is the final one (the same state): not computed twice.
+  final_eval = dict(last_eval) if last_eval is not None else (
+      evaluate(state) if options.eval_fn else {})
   return RunResult(state, rows, train_time, final_eval)
