@@ -47,8 +47,16 @@ def test_population_member_equals_the_single_run_with_its_seed(tmp_path, chunk):
 
 
 _SPLIT_SCRIPT = textwrap.dedent("""
-    import sys, jax, numpy as np
+    import logging, sys, jax, numpy as np
     assert jax.device_count() == 2, jax.devices()
+    # Counts the server step's compilations: every round after the first must reuse the first's.
+    jax.config.update("jax_log_compiles", True)
+    compiled = []
+    class Count(logging.Handler):
+      def emit(self, record):
+        if record.getMessage().startswith("Finished XLA compilation of jit(server_step)"):
+          compiled.append(record.getMessage())
+    logging.getLogger("jax").addHandler(Count())
     from conftest import flat_params as flat, make_tiny_setup, run_fedavg, tiny_config
     from ease_jax import builders, configs
     from ease_jax.unlearning import population
@@ -57,10 +65,13 @@ _SPLIT_SCRIPT = textwrap.dedent("""
       cfg.audit.population, cfg.audit.first_seed, cfg.audit.chunk = 4, 5, chunk
       setup = make_tiny_setup(cfg)
       workdir = f"{sys.argv[1]}/chunk{chunk}"
+      compiled.clear()
       pop = population.train(setup, cfg, lambda c: builders.round_plan(setup, c), workdir, {},
                              "trained")
-      # Each chunk ran split over both devices.
+      # Each chunk ran split over both devices, and 2 rounds of every chunk compiled the server
+      # step once (a state leaf placed only after round 1 used to compile it again).
       assert pop.devices == 2
+      assert len(compiled) == 1, compiled
       for i, seed in enumerate(pop.seeds):
         single = run_fedavg(setup, population.member_config(cfg, seed))
         # Each device's batched matmuls block differently (float reassociation), and Adam

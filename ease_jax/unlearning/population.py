@@ -133,11 +133,14 @@ def train(setup: builders.FederatedSetup, config: ml_collections.ConfigDict,
     if algorithm is None:  # One algorithm (one compilation) for every chunk of the same shape.
       algorithm = federated.vmapped(builders.fedavg_algorithm(setup, config, plans.plans[0]),
                                     plans.axes)
-    # Members split over the local devices: each runs its block at once (a no-op on one).
-    starts = sharding.split_leading_axis(stacked_inits(setup, configs))
-    devices = max(devices, len(jax.tree.leaves(starts)[0].sharding.device_set))
+    # Members split over the local devices: each runs its block at once (a no-op on one). The
+    # whole state is split, not just the start points: a leaf that `init` creates (the round
+    # counter) would otherwise enter the first round unplaced and come out of it placed, and the
+    # server step would compile a second time in round 2.
+    start_state = sharding.split_leading_axis(algorithm.init(stacked_inits(setup, configs)))
+    devices = max(devices, len(jax.tree.leaves(start_state)[0].sharding.device_set))
     fingerprint = dict(federation_fingerprint(config), population_seeds=list(group))
-    res = driver.run(algorithm, plans, algorithm.init(starts), config.fed.rounds,
+    res = driver.run(algorithm, plans, start_state, config.fed.rounds,
                      workdir / f"members_{group[0]}_{group[-1]}",
                      driver.RunOptions(checkpoint_every=config.get("checkpoint_every", 1),
                                        fingerprint=fingerprint,
