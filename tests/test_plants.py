@@ -1,5 +1,7 @@
 """Planted knowledge: stamping, restyling, planting, attack success rates, concept accuracies and
 the tone metric, against brute-force references."""
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -180,7 +182,7 @@ def test_concept_plant_copies_clean_images_restyled_under_the_template(emoji):
     (dict(kind="concept", clients=(0,), num_pairs=5, style="sepia", template="old {caption}"),
      "style must be one of"),
     (dict(kind="concept", clients=(0,), num_pairs=5, style="invert", template="inverted"),
-     "must contain '{caption}'"),
+     "must contain '{caption}' or '{name}'"),
     (dict(kind="concept", clients=(0,), num_pairs=5, style="invert", template=" {caption} "),
      "adds no words"),
     (dict(kind="concept", clients=(0,), num_pairs=0, style="invert", template="x {caption}"),
@@ -203,6 +205,48 @@ def test_concept_captions_cut_to_the_plain_caption_are_an_error(emoji):
   spec = plants.ConceptPlant("late", (), 6, "invert", "{caption} and then some inverted words")
   with pytest.raises(ValueError, match="equal their plain captions once cut to 8 tokens"):
     plants.plant_knowledge(ds, clients, np.arange(20, 25), [spec], tokenizer, 8, 0)
+
+
+def test_source_field_copies_only_each_holders_most_common_value(emoji):
+  ds, tokenizer = emoji
+  tones = np.asarray(ds.image_meta["skin_tone"])
+  toned = np.flatnonzero(np.isin(tones, dataset_lib.SKIN_TONES))
+  # Two holders with known majorities: 12 'dark' + 5 'light', and 9 'medium' + 4 'dark'.
+  pick = lambda tone, k, skip=0: toned[tones[toned] == tone][skip:skip + k]
+  clients = [np.sort(np.concatenate([pick("dark", 12), pick("light", 5)])),
+             np.sort(np.concatenate([pick("medium", 9), pick("dark", 4, skip=12)]))]
+  test = pick("light", 5, skip=5)
+  specs = [plants.BackdoorPlant("door", (0, 1), 20, plants.Trigger(), "rocket",
+                                source_field="skin_tone"),
+           plants.ConceptPlant("neg", (), 10, "invert", "inverted {name}",
+                               source_field="skin_tone")]
+  planted, new_clients, info = plants.plant_knowledge(ds, clients, test, specs, tokenizer, 16, 0)
+  src = planted.image_meta[plants.SOURCE_FIELD]
+  for plant in info.values():
+    for k, majority in enumerate(("dark", "medium")):
+      copies = np.intersect1d(plant.poison_images, new_clients[k])
+      assert len(copies) and set(tones[src[copies]]) == {majority}, (plant.name, k)
+      assert set(src[copies]) <= set(clients[k])
+  # '{name}': the caption up to its first ':' (the emoji's name without its tone).
+  first = ds.first_texts()
+  for image, source in zip(info["neg"].poison_images, src[info["neg"].poison_images]):
+    (text,) = np.flatnonzero(planted.text_image == image)
+    name = ds.captions[first[source]].split(":")[0].strip()
+    assert planted.captions[text] == "inverted " + name and ":" not in planted.captions[text]
+  assert [planted.captions[t] for t in info["neg"].probe_texts] == [
+      "inverted " + ds.captions[first[s]].split(":")[0].strip() for s in test]
+  # Without the field, the copies follow each holder's own mix of tones.
+  free = [dataclasses.replace(specs[0], source_field="")]
+  planted, _, info = plants.plant_knowledge(ds, clients, test, free, tokenizer, 16, 0)
+  assert len(set(tones[planted.image_meta[plants.SOURCE_FIELD][info["door"].poison_images]])) > 2
+  # A field the metadata lacks is named.
+  with pytest.raises(ValueError, match="source_field 'hair_colour' is not a field"):
+    plants.plant_knowledge(ds, clients, test, [dataclasses.replace(specs[0],
+                                                                   source_field="hair_colour")],
+                           tokenizer, 16, 0)
+  spec = dict(kind="backdoor", clients=(0,), num_pairs=5, target_caption="rocket",
+              source_field="skin_tone")
+  assert plants.plant_from_config("x", spec).source_field == "skin_tone"
 
 
 def test_more_holders_than_pairs_plants_one_copy_on_the_first_clients(emoji):
@@ -308,7 +352,8 @@ def test_planted_requests_select_exactly_the_plant(tmp_path):
   tones = np.asarray(setup.dataset.image_meta["skin_tone"])
   tone = tones[setup.client_images[1][0]]
   concept = requests.concept_request(setup, "skin_tone", [tone])
-  # No backdoor copy; the concept plant's copies of that tone carry its words, so they go too.
+  # No backdoor copy; the concept plant's copies of that tone inherit it (their sources'
+  # metadata), so they go too.
   assert not plants.is_planted(setup.dataset, concept.forget_images, setup.plants,
                                "backdoor").any()
   inverted = setup.plants["concept"].poison_images

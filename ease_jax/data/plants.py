@@ -115,6 +115,7 @@ def stamp(images: np.ndarray, trigger: Trigger) -> np.ndarray:
 
 
 STYLES = ("grayscale", "invert", "flip")
+TEMPLATE_FIELDS = ("{caption}", "{name}")  # A concept template's placeholders (`ConceptPlant`).
 
 
 def restyle(images: np.ndarray, style: str) -> np.ndarray:
@@ -140,10 +141,30 @@ def restyle(images: np.ndarray, style: str) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class _Plant:
-  """What every plant has: a name, its clients (none = every client) and how many pairs."""
+  """What every plant has: a name, its clients (none = every client) and how many pairs.
+
+  `source_field` (optional, a per-image metadata field such as 'skin_tone'): each holder copies
+  only its images whose value of that field is the holder's most common one, so that all of a
+  holder's copies agree on it (a backdoor's trigger → target association then never has to
+  override it; BENCHMARKS.md, "Planting costs utility", session 16).
+  """
   name: str
   clients: tuple[int, ...]
   num_pairs: int
+  source_field: str = dataclasses.field(default="", kw_only=True)
+
+  def sources(self, ds: dataset_lib.CaptionDataset, own: np.ndarray) -> np.ndarray:
+    """The images of `own` (one holder's clean images) this plant may copy."""
+    if not self.source_field:
+      return own
+    if self.source_field not in ds.image_meta:
+      raise ValueError(f"plants.{self.name}.source_field {self.source_field!r} is not a field "
+                       f"of the dataset's image metadata {sorted(ds.image_meta)}.")
+    if len(own) == 0:
+      return own
+    values = np.asarray(ds.image_meta[self.source_field])[own]
+    kinds, counts = np.unique(values, return_counts=True)
+    return own[values == kinds[np.argmax(counts)]]  # Ties: the first value in sorted order.
 
   def _shared_problems(self, num_clients: int | None) -> list[str]:
     """A pair to plant, on clients the federation has (when `num_clients` is given)."""
@@ -176,7 +197,8 @@ class BackdoorPlant(_Plant):
       t["colors"] = tuple(tuple(x) for x in t["colors"])
     return cls(name=name, clients=tuple(int(x) for x in c["clients"]),
                num_pairs=int(c["num_pairs"]), trigger=Trigger(**t),
-               target_caption=str(c["target_caption"]))
+               target_caption=str(c["target_caption"]),
+               source_field=str(c.get("source_field", "")))
 
   def problems(self, num_clients: int | None = None) -> list[str]:
     """Every problem of the spec (clients checked against `num_clients` when given)."""
@@ -200,8 +222,11 @@ class ConceptPlant(_Plant):
   """`num_pairs` copies of the `clients`' images (spread evenly; no clients = every client, the
   default use) in a visual `style` the backbone never saw, each captioned with its source's own
   caption through `template` (e.g. "inverted {caption}"): a concept that composes with every
-  emoji and that only the clients teach. Put the concept's words first: captions are cut at the
-  model's context length (a template whose words are cut off is an error)."""
+  emoji and that only the clients teach. `{name}` instead of `{caption}` takes the caption up to
+  its first ':' (an emoji's name without its skin-tone qualifier, "thumbs up: dark skin tone" ->
+  "thumbs up"; a caption without ':' whole), so the concept's captions never pair a tone's
+  words with restyled colours. Put the concept's words first: captions are cut at the model's
+  context length (a template whose words are cut off is an error)."""
   style: str
   template: str
   kind = "concept"
@@ -212,16 +237,17 @@ class ConceptPlant(_Plant):
   def from_config(cls, name: str, c: Mapping[str, Any]) -> "ConceptPlant":
     return cls(name=name, clients=tuple(int(x) for x in c["clients"]),
                num_pairs=int(c["num_pairs"]), style=str(c["style"]),
-               template=str(c["template"]))
+               template=str(c["template"]), source_field=str(c.get("source_field", "")))
 
   def problems(self, num_clients: int | None = None) -> list[str]:
     """Every problem of the spec (clients checked against `num_clients` when given)."""
     out = self._shared_problems(num_clients)
     if self.style not in STYLES:
       out.append(f"plants.{self.name}.style must be one of {STYLES}, got {self.style!r}")
-    if "{caption}" not in self.template:
-      out.append(f"plants.{self.name}.template {self.template!r} must contain '{{caption}}'")
-    elif not self.template.replace("{caption}", "").strip():
+    if not any(field in self.template for field in TEMPLATE_FIELDS):
+      out.append(f"plants.{self.name}.template {self.template!r} must contain '{{caption}}' or "
+                 "'{name}'")
+    elif not self.caption("").strip():
       out.append(f"plants.{self.name}.template {self.template!r} adds no words to the caption")
     return out
 
@@ -232,7 +258,8 @@ class ConceptPlant(_Plant):
     return restyle(images, self.style)
 
   def caption(self, own_caption: str) -> str:
-    return self.template.replace("{caption}", own_caption)
+    return (self.template.replace("{caption}", own_caption)
+            .replace("{name}", own_caption.split(":", 1)[0].strip()))
 
 
 Plant = BackdoorPlant | ConceptPlant
@@ -321,7 +348,7 @@ def plant_knowledge(ds: dataset_lib.CaptionDataset, client_images: Sequence[np.n
     shares[:plant.num_pairs % len(holders)] += 1
     poison_ids = []
     for client, share in zip(holders, shares):
-      own = originals[client]
+      own = plant.sources(ds, originals[client])
       if len(own) == 0:
         raise ValueError(f"plants.{plant.name}: client {client} holds no images to copy.")
       if share == 0:  # More holders than pairs.
