@@ -132,8 +132,11 @@ def split_leading_axis(tree: PyTree, devices: Sequence[jax.Device] | None = None
   axis) runs each device's block at once; on one device, or for N prime to the count, `tree`
   as it is.
 
-  Nothing else needs placing: jit partitions the vmapped computation along the split axis (the
-  shared backbone and data are replicated) and its outputs stay split the same way.
+  Nothing shared needs placing: jit partitions the vmapped computation along the split axis (the
+  shared backbone and data are replicated) and its outputs stay split the same way. Split the
+  whole state that the computation carries from call to call, though: a leaf left unplaced
+  comes back placed, and the next call compiles again (`population.train` splits the state
+  `init` returns, round counter included).
   """
   devices = list(jax.local_devices() if devices is None else devices)
   size = jax.tree.leaves(tree)[0].shape[0]
