@@ -34,8 +34,10 @@ CPU_CHUNK = 8
 # embedded default), so skipping padded steps one client at a time wins below ~85% real steps
 # (the default Dirichlet(0.5) partition has 39%: sequential 2.3 s a round against vmap's 4.3 s).
 CPU_MIN_UTILIZATION = 0.85
-# No accelerator measurement yet (benchmarks/accelerator.py prepares one): vmap while a round
-# plausibly fits in memory, then chunks.
+# On an H200 (BENCHMARKS.md, Accelerator, session 17) vmap beat chunks of 8 by 2x for the tiny
+# model at K = 512 (15.9 GiB). The limit is not memory-aware: CLIP B/32 at batch 32 takes 1.39
+# GiB per vmapped client, so ~80 clients fill that device; larger models need `chunked` with a
+# `fed.chunk_size` that fits (XLA reports RESOURCE_EXHAUSTED otherwise).
 ACCELERATOR_VMAP_MAX_CLIENTS = 512
 ACCELERATOR_CHUNK = 256
 
