@@ -26,19 +26,20 @@ from ease_jax import configs
 def plants() -> dict:
   """The embedded federation's planted knowledge (targets, triggers and the concept's style and
   size chosen by the probes in BENCHMARKS.md, "Planting knowledge", on the tuning seeds 0 and
-  4)."""
+  4). `source_field` is listed at its default ('': copy any of the holder's images) so that a
+  dotted override reaches it (`--config.plants.client_backdoor.source_field=skin_tone`)."""
   return dict(
       client_backdoor=dict(
           kind="backdoor", clients=(1,), num_pairs=200, target_caption="rocket",
           trigger=dict(pattern="checker", size=8, position="top_left", cell=2,
-                       colors=((255, 0, 255), (0, 255, 0)))),
+                       colors=((255, 0, 255), (0, 255, 0))), source_field=""),
       sample_backdoor=dict(
           kind="backdoor", clients=(0, 2, 3), num_pairs=180, target_caption="volcano",
           trigger=dict(pattern="stripes", size=8, position="bottom_right", cell=2,
-                       colors=((255, 255, 0), (0, 0, 255)))),
+                       colors=((255, 255, 0), (0, 0, 255))), source_field=""),
       concept=dict(
           kind="concept", clients=(), num_pairs=160, style="invert",
-          template="inverted {caption}"),
+          template="inverted {caption}", source_field=""),
   )
 
 
