@@ -385,14 +385,15 @@ def test_planted_requests_select_exactly_the_plant(tmp_path):
 
 
 def test_default_plants_take_dotted_source_field_overrides():
-  """Every optional plant field of the main job's config is listed at its default, so that a
-  dotted override (the binaries' `--config.plants.X.source_field=...`, the probes' and
+  """`source_field` is listed at its default in every plant block of the main job's config, so
+  that a dotted override (the binaries' `--config.plants.X.source_field=...`, the probes' and
   `benchmark.variants`' overrides) reaches it instead of being refused as an unknown key."""
   import pathlib  # pylint: disable=g-import-not-at-top
   from ease_jax import configs  # pylint: disable=g-import-not-at-top
   from ease_jax.unlearning import base  # pylint: disable=g-import-not-at-top
   config = configs.from_file(pathlib.Path(__file__).resolve().parent.parent / "experiments" /
                              "configs" / "unlearn_emoji.py")
+  assert all("source_field" in block for block in config.plants.values())
   built = {n: plants.plant_from_config(n, c) for n, c in config.plants.items()}
   assert {n: p.source_field for n, p in built.items()} == dict.fromkeys(built, "")
   changed = base.config_with(config, {"plants.client_backdoor.source_field": "skin_tone"})
