@@ -46,6 +46,7 @@ def main(argv):
     table = benchmark.aggregate(benchmark.read_rows(workdir / "results.jsonl"), scenarios)
     benchmark.write_outputs(workdir, table, scenarios, config)
   else:
+    cli.cache_compilations(workdir)
     table = benchmark.run_benchmark(config, workdir)["table"]
   md = benchmark.format_markdown(table, scenarios)
   print(md)

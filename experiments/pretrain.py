@@ -30,6 +30,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   del argv
   cli.quiet_library_logs()
+  cli.cache_compilations(_WORKDIR.value)
   out = pathlib.Path(_WORKDIR.value) / "backbone"
   summary = centralized.pretrain_backbone(_CONFIG.value, out)
   print(json.dumps({k: v for k, v in summary.items() if k != "loss_curve"}, indent=1))

@@ -29,6 +29,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   del argv
   cli.quiet_library_logs()
+  cli.cache_compilations(_WORKDIR.value)
   summary = training.train_and_summarize(_CONFIG.value, _WORKDIR.value)
   print(json.dumps(summary["table"], indent=1))
 

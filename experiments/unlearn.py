@@ -29,6 +29,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   del argv
   cli.quiet_library_logs()
+  cli.cache_compilations(_WORKDIR.value)
   results = pipeline.run_unlearning(_CONFIG.value, _WORKDIR.value)
   print(results["request"]["description"])
   print(pipeline.format_table(results["table"], results["forgotten_knowledge"]))

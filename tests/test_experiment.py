@@ -344,3 +344,46 @@ def test_avoid_cpu_hang_sets_the_flag_once(monkeypatch):
   monkeypatch.delenv("XLA_FLAGS")
   runtime.avoid_cpu_hang()
   assert os.environ["XLA_FLAGS"] == flag
+
+
+_CACHE_PROBE = """
+import os, pathlib, sys
+from ease_jax import cli
+import jax, jax.numpy as jnp
+work = pathlib.Path(sys.argv[1])
+folder = cli.cache_compilations(work)
+print(folder)
+print(work.exists())  # Nothing written before the first compilation.
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # Keep even a tiny program.
+print(float(jax.jit(lambda x: jnp.sin(x) * 3.0)(jnp.float32(0.5))))
+print(sorted(os.listdir(folder)) != [])
+"""
+
+
+@pytest.mark.parametrize("env_cache", [False, True])
+def test_binaries_cache_compilations_in_the_workdir(tmp_path, env_cache):
+  """`cli.cache_compilations`: the workdir's `jax_cache` (made only at the first compilation),
+  or the folder `JAX_COMPILATION_CACHE_DIR` names; a workdir that is a file is left to the
+  binary's own error."""
+  env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+  expected = tmp_path / "w" / "jax_cache"
+  if env_cache:
+    expected = tmp_path / "user_cache"
+    env["JAX_COMPILATION_CACHE_DIR"] = str(expected)
+  proc = subprocess.run([sys.executable, "-c", _CACHE_PROBE, str(tmp_path / "w")], env=env,
+                        capture_output=True, text=True, timeout=120, cwd=tmp_path)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  folder, existed, value, stored = proc.stdout.split()
+  assert (folder, existed, stored) == (str(expected), "False", "True")
+  assert float(value) == pytest.approx(3.0 * np.sin(0.5), rel=1e-6)
+  assert (tmp_path / "w").exists() != env_cache
+  from ease_jax import cli  # pylint: disable=g-import-not-at-top
+  (tmp_path / "a_file").write_text("x")
+  if not env_cache:  # In this process the conftest's cache is set; clear it only for the call.
+    saved = jax.config.jax_compilation_cache_dir
+    try:
+      jax.config.update("jax_compilation_cache_dir", None)
+      assert cli.cache_compilations(tmp_path / "a_file") == ""
+      assert jax.config.jax_compilation_cache_dir is None
+    finally:
+      jax.config.update("jax_compilation_cache_dir", saved)

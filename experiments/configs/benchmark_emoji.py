@@ -9,7 +9,7 @@ blocks) and adds `benchmark`: the requests (each an `unlearning` block), the see
 methods.
 
 * client: client 1 leaves (it carries the "rocket" backdoor: 200 triggered copies).
-* sample: exactly the 180 poisoned "volcano" pairs of clients 0, 2 and 3, who stay.
+* sample: exactly the 240 poisoned "volcano" pairs of clients 0, 2 and 3, who stay.
 * concept: every pair of the planted concept (copies of every client's emoji with inverted
   colours, captioned "inverted <own caption>": a style the backbone never saw and retrain never
   sees). The skin-tone concept of earlier sessions (`dict(kind="concept", field="skin_tone",

@@ -7,7 +7,7 @@ r"""Unlearning on the embedded emoji data with planted knowledge: a backdoored c
 The federation carries three independent plants (`config.plants`; ease_jax/data/plants.py):
 client 1 (the largest client of the default partition) holds 200 triggered copies of its own
 images captioned "rocket" (a magenta/green checker in the top-left corner); clients 0, 2 and
-3 hold 180 copies captioned "volcano" (yellow/blue stripes, bottom-right); and every client holds
+3 hold 240 copies captioned "volcano" (yellow/blue stripes, bottom-right); and every client holds
 20 copies of its emoji with inverted colours, captioned "inverted <own caption>" (a concept the
 backbone never saw). The default request is client unlearning of client 1: retrain never sees
 its trigger, so its attack success rate is what must go. Other requests on the same trained
@@ -26,15 +26,18 @@ from ease_jax import configs
 def plants() -> dict:
   """The embedded federation's planted knowledge (targets, triggers and the concept's style and
   size chosen by the probes in BENCHMARKS.md, "Planting knowledge", on the tuning seeds 0 and
-  4). `source_field` is listed at its default ('': copy any of the holder's images) so that a
-  dotted override reaches it (`--config.plants.client_backdoor.source_field=skin_tone`)."""
+  4; the sample backdoor's 240 copies, not 180, on the tuning seeds 0, 4, 5 and 6 of an Intel
+  Xeon, where 180 were learned to only 50% on one evaluation seed: "Planting costs utility",
+  sessions 17 and 18). `source_field` is listed at its default ('': copy any of the holder's
+  images) so that a dotted override reaches it
+  (`--config.plants.client_backdoor.source_field=skin_tone`)."""
   return dict(
       client_backdoor=dict(
           kind="backdoor", clients=(1,), num_pairs=200, target_caption="rocket",
           trigger=dict(pattern="checker", size=8, position="top_left", cell=2,
                        colors=((255, 0, 255), (0, 255, 0))), source_field=""),
       sample_backdoor=dict(
-          kind="backdoor", clients=(0, 2, 3), num_pairs=180, target_caption="volcano",
+          kind="backdoor", clients=(0, 2, 3), num_pairs=240, target_caption="volcano",
           trigger=dict(pattern="stripes", size=8, position="bottom_right", cell=2,
                        colors=((255, 255, 0), (0, 0, 255))), source_field=""),
       concept=dict(
