@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import os
+import shutil
 import sys
 from typing import Any, Callable, Sequence
 
@@ -32,31 +33,56 @@ def quiet_library_logs() -> None:
 
 
 COMPILATION_CACHE = "jax_cache"
+# JAX's default (1 s) skips most of the per-method programs worth keeping; tests use it too.
+MIN_CACHED_COMPILE_S = 0.5
+# Workdirs whose only content is the cache this process made: removed if bad input ends it.
+_CACHE_ONLY_WORKDIRS: list[str] = []
+
+
+def _writable_folder_above(path: str) -> bool:
+  """Whether the nearest existing ancestor of `path` (or `path` itself) is a writable folder."""
+  path = os.path.abspath(path)
+  while not os.path.exists(path):
+    path = os.path.dirname(path)
+  return os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK)
 
 
 def cache_compilations(workdir: str | os.PathLike) -> str:
-  """Binaries: JAX's persistent compilation cache in `<workdir>/jax_cache` (unless
-  `JAX_COMPILATION_CACHE_DIR` names one already); returns the folder in use ('' when the
-  workdir is not a folder).
+  """Binaries: JAX's persistent compilation cache in `<workdir>/jax_cache`, unless
+  `JAX_COMPILATION_CACHE_DIR` names a folder already; returns the folder in use ('' when there
+  is none: no env folder and a workdir that cannot be made, which the binary reports itself).
 
   The methods build their jitted programs per call, so every benchmark seed and request compiled
   the same programs again (498 s of the Intel benchmark's 59 min, 8-12 s per method and seed);
   from the cache a program with the same HLO loads instead, and the executable is the same one,
   so the numbers are too. In the workdir, not a user-wide folder: a fresh workdir starts cold, so
   its times are what a fresh machine sees, and a resumed run reuses its own compilations.
+
+  JAX makes the folder at the first computation, which the loading code runs before every input
+  is checked; so when bad input ends the binary (`run`), a workdir that did not exist before and
+  holds nothing but the cache is removed again.
   """
   import jax  # pylint: disable=g-import-not-at-top  (the binaries' XLA flags come first)
   folder = jax.config.jax_compilation_cache_dir
   if not folder:
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-      return ""  # Not a folder: the binary's own check names the problem.
-    # JAX makes the folder at the first compilation, so bad input, refused before any work,
-    # leaves no workdir behind.
-    folder = os.path.join(os.fspath(workdir), COMPILATION_CACHE)
+    workdir = os.fspath(workdir)
+    if not _writable_folder_above(workdir) or (os.path.exists(workdir)
+                                               and not os.path.isdir(workdir)):
+      return ""
+    if not os.path.exists(workdir):
+      _CACHE_ONLY_WORKDIRS.append(workdir)
+    folder = os.path.join(workdir, COMPILATION_CACHE)
     jax.config.update("jax_compilation_cache_dir", folder)
-  # The default (1 s) skips most of the per-method programs worth keeping.
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_CACHED_COMPILE_S)
   return folder
+
+
+def _remove_cache_only_workdirs() -> None:
+  """Bad input: the workdirs `cache_compilations` found absent, if they hold only the cache."""
+  for workdir in _CACHE_ONLY_WORKDIRS:
+    if os.path.isdir(workdir) and set(os.listdir(workdir)) <= {COMPILATION_CACHE}:
+      shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _verbose() -> bool:
@@ -121,6 +147,7 @@ def run(main: Callable[[Sequence[str]], Any]) -> None:
         raise
       _fail(e, FAILED_RUN_EXIT)
     except _bad_input_errors() as e:
+      _remove_cache_only_workdirs()
       if _verbose():
         raise
       _fail(e, BAD_INPUT_EXIT)

@@ -12,9 +12,11 @@ runtime.avoid_cpu_hang()  # The binaries' XLA:CPU setting, so tests run what use
 
 import jax  # noqa: E402
 
+from ease_jax import cli  # noqa: E402  (no JAX computation at import)
+
 _CACHE = pathlib.Path(__file__).resolve().parent.parent / ".jax_cache"
 jax.config.update("jax_compilation_cache_dir", str(_CACHE))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", cli.MIN_CACHED_COMPILE_S)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 import ml_collections  # noqa: E402

@@ -361,10 +361,10 @@ print(sorted(os.listdir(folder)) != [])
 
 
 @pytest.mark.parametrize("env_cache", [False, True])
-def test_binaries_cache_compilations_in_the_workdir(tmp_path, env_cache):
-  """`cli.cache_compilations`: the workdir's `jax_cache` (made only at the first compilation),
-  or the folder `JAX_COMPILATION_CACHE_DIR` names; a workdir that is a file is left to the
-  binary's own error."""
+def test_cache_compilations_in_the_workdir(tmp_path, env_cache):
+  """`cli.cache_compilations`: the workdir's `jax_cache` (made only at the first computation),
+  or the folder `JAX_COMPILATION_CACHE_DIR` names. (That the binaries call it:
+  test_failures.py, `test_every_checkpoint_damaged_stops_with_one_line`.)"""
   env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
   expected = tmp_path / "w" / "jax_cache"
   if env_cache:
@@ -377,13 +377,21 @@ def test_binaries_cache_compilations_in_the_workdir(tmp_path, env_cache):
   assert (folder, existed, stored) == (str(expected), "False", "True")
   assert float(value) == pytest.approx(3.0 * np.sin(0.5), rel=1e-6)
   assert (tmp_path / "w").exists() != env_cache
+
+
+def test_cache_compilations_skips_a_workdir_it_cannot_make(tmp_path):
+  """A workdir that is a file, or lies under one: no cache ('' returned, nothing set), so the
+  binary's own error is the only one."""
   from ease_jax import cli  # pylint: disable=g-import-not-at-top
   (tmp_path / "a_file").write_text("x")
-  if not env_cache:  # In this process the conftest's cache is set; clear it only for the call.
-    saved = jax.config.jax_compilation_cache_dir
-    try:
-      jax.config.update("jax_compilation_cache_dir", None)
-      assert cli.cache_compilations(tmp_path / "a_file") == ""
+  saved = jax.config.jax_compilation_cache_dir  # The conftest's; cleared only for the calls.
+  try:
+    jax.config.update("jax_compilation_cache_dir", None)
+    for workdir in (tmp_path / "a_file", tmp_path / "a_file" / "w"):
+      assert cli.cache_compilations(workdir) == ""
       assert jax.config.jax_compilation_cache_dir is None
-    finally:
-      jax.config.update("jax_compilation_cache_dir", saved)
+    assert cli.cache_compilations(tmp_path / "new" / "w") == str(tmp_path / "new" / "w" /
+                                                                 "jax_cache")
+  finally:
+    jax.config.update("jax_compilation_cache_dir", saved)
+  assert not (tmp_path / "new").exists()
