@@ -66,8 +66,7 @@ def cache_compilations(workdir: str | os.PathLike) -> str:
   folder = jax.config.jax_compilation_cache_dir
   if not folder:
     workdir = os.fspath(workdir)
-    if not _writable_folder_above(workdir) or (os.path.exists(workdir)
-                                               and not os.path.isdir(workdir)):
+    if not _writable_folder_above(workdir):  # Also a workdir that is a file.
       return ""
     if not os.path.exists(workdir):
       _CACHE_ONLY_WORKDIRS.append(workdir)
