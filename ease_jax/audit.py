@@ -117,19 +117,18 @@ def tpr_at_fpr(positives: np.ndarray, negatives: np.ndarray, fpr: float) -> floa
 def _ks_exact_sf(d: float, n: int, m: int) -> float:
   """P(D ≥ d) of the two-sided two-sample KS statistic for sizes n, m (lattice paths)."""
   # Count monotone paths from (0, 0) to (n, m) that stay strictly inside |i/n − j/m| < d, as
-  # probabilities (each path equally likely), row by row with rescaling against overflow.
+  # probabilities (each path equally likely), row by row with rescaling against overflow. Row i's
+  # inside points form one run of j, so its recurrence new[j] = new[j − 1] + row[j] is a
+  # cumulative sum over that run (sequential, as the scalar loop adds).
   tol = 1e-12
-  inside = lambda i, j: abs(i / n - j / m) < d - tol
-  row = np.zeros(m + 1)
-  row[0] = 1.0
-  for j in range(1, m + 1):
-    row[j] = row[j - 1] if inside(0, j) else 0.0
+  j = np.arange(m + 1)
+  row = (np.cumprod(np.abs(0 / n - j / m) < d - tol) | (j == 0)).astype(np.float64)
   log_scale = 0.0
   for i in range(1, n + 1):
+    run = np.flatnonzero(np.abs(i / n - j / m) < d - tol)
     new = np.zeros(m + 1)
-    new[0] = row[0] if inside(i, 0) else 0.0
-    for j in range(1, m + 1):
-      new[j] = (new[j - 1] + row[j]) if inside(i, j) else 0.0
+    if run.size:
+      new[run[0]:run[-1] + 1] = np.cumsum(row[run[0]:run[-1] + 1])
     peak = new.max()
     if peak > 0:
       new /= peak

@@ -1,4 +1,9 @@
-"""Retrieval evaluation of a (backbone, LoRA) pair on a subset of a caption dataset."""
+"""Retrieval evaluation of a (backbone, LoRA) pair on a subset of a caption dataset.
+
+Every function here takes an optional `embedder`: a `device.Embedder` of the same (backbone,
+trainable) shared by the calls that evaluate one model, so each image and caption is embedded
+once (`cell.Cell.row`).
+"""
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -8,7 +13,7 @@ import numpy as np
 from ease_jax import metrics
 from ease_jax.data import dataset as dataset_lib
 from ease_jax.data import plants as plants_lib
-from ease_jax.data.device import DeviceData, embed
+from ease_jax.data.device import DeviceData, Embedder
 from ease_jax.model import CLIP
 
 
@@ -22,26 +27,34 @@ def subset_texts(ds: dataset_lib.CaptionDataset, image_indices: np.ndarray
   return texts.astype(np.int32), position[ds.text_image[texts]].astype(np.int32)
 
 
+def _embedder(setup: Any, trainable: Any, batch_size: int, embedder: Embedder | None
+              ) -> Embedder:
+  return embedder or Embedder(setup.model, setup.backbone, trainable, setup.data, batch_size)
+
+
 def evaluate_images(model: CLIP, backbone: Any, trainable: Any, data: DeviceData,
                     ds: dataset_lib.CaptionDataset, image_indices: np.ndarray,
-                    batch_size: int = 256) -> dict[str, float]:
+                    batch_size: int = 256, embedder: Embedder | None = None
+                    ) -> dict[str, float]:
   """Recall@{1,5,10} both directions and R-precision, retrieving within the subset's own images
   and captions (the usual Flickr30K/COCO protocol), as percentages."""
   texts, text_image = subset_texts(ds, image_indices)
-  image_emb, text_emb = embed(model, backbone, trainable, data, image_indices, texts,
-                              batch_size)
+  embedder = embedder or Embedder(model, backbone, trainable, data, batch_size)
+  image_emb, text_emb = embedder(image_indices, texts)
   return metrics.retrieval_metrics(image_emb, text_emb, text_image)
 
 
 def evaluate_splits(setup: Any, trainable: Any, subsets: Mapping[str, np.ndarray],
-                    batch_size: int = 256) -> dict[str, float]:
+                    batch_size: int = 256, embedder: Embedder | None = None
+                    ) -> dict[str, float]:
   """`{f"{subset}/{metric}": value}` for each named set of image indices of a `FederatedSetup`."""
   out = {}
+  embedder = _embedder(setup, trainable, batch_size, embedder)
   for name, images in subsets.items():
     if len(images) == 0:
       continue
     res = evaluate_images(setup.model, setup.backbone, trainable, setup.data, setup.dataset,
-                          images, batch_size=batch_size)
+                          images, embedder=embedder)
     out.update({f"{name}/{k}": v for k, v in res.items()})
   return out
 
@@ -96,7 +109,8 @@ def concept_accuracies(probe_emb: np.ndarray, clean_emb: np.ndarray, concept_emb
 
 
 def plant_metrics(setup: Any, trainable: Any, plant: plants_lib.PlantedData,
-                  batch_size: int = 256) -> dict[str, float]:
+                  batch_size: int = 256, embedder: Embedder | None = None
+                  ) -> dict[str, float]:
   """What the model learned of a `plants.PlantedData`: a backdoor's attack success rates
   (`asr/<plant>/i2t`, `asr/<plant>/t2i`), a concept's accuracies (`concept/<plant>/i2t`,
   `concept/<plant>/t2i`)."""
@@ -108,8 +122,7 @@ def plant_metrics(setup: Any, trainable: Any, plant: plants_lib.PlantedData,
   else:  # The held-out captions, then the target.
     text_ids = np.concatenate([subset_texts(ds, plant.clean_probe_sources)[0],
                                [plant.target_text]])
-  image_emb, text_emb = embed(setup.model, setup.backbone, trainable, setup.data, images,
-                              text_ids, batch_size)
+  image_emb, text_emb = _embedder(setup, trainable, batch_size, embedder)(images, text_ids)
   probe, clean = image_emb[:n], image_emb[n:]
   if plant.kind == "concept":
     i2t, t2i = concept_accuracies(probe, clean, text_emb[:n], text_emb[n:])
@@ -135,8 +148,8 @@ def tone_groups(ds: dataset_lib.CaptionDataset, images: np.ndarray
           if int(i) in group_of and len(group_of[int(i)]) > 1]
 
 
-def tone_accuracy(setup: Any, trainable: Any, images: np.ndarray, batch_size: int = 256
-                  ) -> dict[str, float]:
+def tone_accuracy(setup: Any, trainable: Any, images: np.ndarray, batch_size: int = 256,
+                  embedder: Embedder | None = None) -> dict[str, float]:
   """Does the model tell the skin tone apart? For each image of `images`, its caption among the
   same emoji's images in every tone (text→image) and its image among their captions
   (image→text): top-1 accuracy (%), and the chance level (mean 1/group size, %)."""
@@ -146,8 +159,8 @@ def tone_accuracy(setup: Any, trainable: Any, images: np.ndarray, batch_size: in
     return {}
   members = np.unique(np.concatenate([g for _, g in groups]))
   first_text = ds.first_texts()
-  image_emb, text_emb = embed(setup.model, setup.backbone, trainable, setup.data, members,
-                              first_text[members], batch_size)
+  image_emb, text_emb = _embedder(setup, trainable, batch_size, embedder)(members,
+                                                                          first_text[members])
   image_emb, text_emb = unit_rows(image_emb), unit_rows(text_emb)
   pos = {int(m): k for k, m in enumerate(members)}
   t2i, i2t, chance = [], [], []

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ease_jax import rng as rng_lib
-from ease_jax.data.device import DeviceData, embed
+from ease_jax.data.device import DeviceData, Embedder
 from ease_jax.model import CLIP
 
 SCORES = ("cosine", "loss")
@@ -87,6 +87,39 @@ def matched_nonmembers(member_images: np.ndarray, candidate_images: np.ndarray,
   return np.sort(chosen)
 
 
+def gallery_scores(model: CLIP, backbone: Any, trainable: Any, data: DeviceData,
+                   gallery_texts: np.ndarray, score: str = "cosine",
+                   embedder: Embedder | None = None) -> np.ndarray:
+  """`[G]` membership scores of every pair (caption `gallery_texts[g]`, its image), the InfoNCE
+  of 'loss' running over the whole gallery (see the module docstring); `embedder`, when given,
+  is a shared `device.Embedder` of (backbone, trainable)."""
+  if score not in SCORES:
+    raise ValueError(f"Unknown MIA score {score!r}; expected one of {SCORES}.")
+  gallery = np.asarray(gallery_texts, np.int32)
+  embedder = embedder or Embedder(model, backbone, trainable, data)
+  ie, te = embedder(np.asarray(data.text_image)[gallery], gallery)
+  ie = ie / np.linalg.norm(ie, axis=1, keepdims=True)
+  te = te / np.linalg.norm(te, axis=1, keepdims=True)
+  matched = np.sum(ie * te, axis=1)
+  if score == "cosine":
+    return matched
+  scale = float(np.minimum(np.exp(np.asarray(
+      (trainable or {}).get("logit_scale", backbone["logit_scale"]))), 100.0))
+  logits = scale * (ie @ te.T)
+  lse_row = _logsumexp(logits, axis=1)
+  lse_col = _logsumexp(logits, axis=0)
+  return -(0.5 * (lse_row + lse_col) - scale * matched)
+
+
+def _positions(gallery: np.ndarray, texts: np.ndarray) -> np.ndarray:
+  """`[n]` where each of `texts` sits in `gallery`; a clear error if one is missing."""
+  order = np.argsort(gallery)
+  pos = order[np.clip(np.searchsorted(gallery[order], texts), 0, len(gallery) - 1)]
+  if not np.array_equal(gallery[pos], texts):
+    raise ValueError("gallery_texts must contain every text of `texts`.")
+  return pos
+
+
 def pair_scores(model: CLIP, backbone: Any, trainable: Any, data: DeviceData,
                 texts: np.ndarray, score: str = "cosine", gallery_texts: np.ndarray | None = None
                 ) -> np.ndarray:
@@ -97,29 +130,10 @@ def pair_scores(model: CLIP, backbone: Any, trainable: Any, data: DeviceData,
     gallery_texts: the pooled pairs the InfoNCE of 'loss' runs over (default: `texts`); must
       contain `texts`.
   """
-  if score not in SCORES:
-    raise ValueError(f"Unknown MIA score {score!r}; expected one of {SCORES}.")
   texts = np.asarray(texts, np.int32)
   gallery = texts if gallery_texts is None else np.asarray(gallery_texts, np.int32)
-  ti = np.asarray(data.text_image)
-  ie, te = embed(model, backbone, trainable, data, ti[gallery], gallery)
-  ie = ie / np.linalg.norm(ie, axis=1, keepdims=True)
-  te = te / np.linalg.norm(te, axis=1, keepdims=True)
-  pos = np.arange(len(texts))
-  if gallery_texts is not None:
-    order = np.argsort(gallery)
-    pos = order[np.searchsorted(gallery[order], texts)]
-    if not np.array_equal(gallery[pos], texts):
-      raise ValueError("gallery_texts must contain every text of `texts`.")
-  matched = np.sum(ie[pos] * te[pos], axis=1)
-  if score == "cosine":
-    return matched
-  scale = float(np.minimum(np.exp(np.asarray(
-      (trainable or {}).get("logit_scale", backbone["logit_scale"]))), 100.0))
-  logits = scale * (ie @ te.T)
-  lse_row = _logsumexp(logits[pos], axis=1)
-  lse_col = _logsumexp(logits[:, pos], axis=0)
-  return -(0.5 * (lse_row + lse_col) - scale * matched)
+  scores = gallery_scores(model, backbone, trainable, data, gallery, score)
+  return scores if gallery_texts is None else scores[_positions(gallery, texts)]
 
 
 def _logsumexp(x: np.ndarray, axis: int) -> np.ndarray:
@@ -129,15 +143,17 @@ def _logsumexp(x: np.ndarray, axis: int) -> np.ndarray:
 
 def membership_auc(model: CLIP, backbone: Any, trainable: Any, data: DeviceData,
                    member_texts: np.ndarray, nonmember_texts: np.ndarray,
-                   score: str = "cosine") -> dict[str, float]:
+                   score: str = "cosine", embedder: Embedder | None = None
+                   ) -> dict[str, float]:
   """The attack's AUC of members vs non-members, with the mean scores of each side."""
   member_texts = np.asarray(member_texts, np.int32)
   nonmember_texts = np.asarray(nonmember_texts, np.int32)
   if np.intersect1d(member_texts, nonmember_texts).size:
     raise ValueError("Members and non-members overlap.")
   gallery = np.sort(np.concatenate([member_texts, nonmember_texts]))
-  s_m = pair_scores(model, backbone, trainable, data, member_texts, score, gallery)
-  s_n = pair_scores(model, backbone, trainable, data, nonmember_texts, score, gallery)
+  scores = gallery_scores(model, backbone, trainable, data, gallery, score, embedder)
+  s_m = scores[_positions(gallery, member_texts)]
+  s_n = scores[_positions(gallery, nonmember_texts)]
   return dict(auc=auc(s_m, s_n), member_score=float(s_m.mean()),
               nonmember_score=float(s_n.mean()), n_members=int(len(s_m)),
               n_nonmembers=int(len(s_n)))

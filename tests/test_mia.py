@@ -1,14 +1,18 @@
 """Membership inference: the Mann–Whitney AUC, matched non-members and the per-pair scores."""
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.stats
 
+from conftest import tiny_config
+from ease_jax import builders
 from ease_jax import federated
 from ease_jax import losses
 from ease_jax import mia
+from ease_jax.data import device as device_lib
 
 
 def brute_force_auc(m, n):
@@ -78,6 +82,42 @@ def test_pair_scores_and_membership_auc(tiny_setup):
     mia.membership_auc(setup.model, setup.backbone, None, setup.data, members, members)
   with pytest.raises(ValueError, match="Unknown MIA score"):
     mia.pair_scores(setup.model, setup.backbone, None, setup.data, members, "entropy")
+  with pytest.raises(ValueError, match="must contain every text"):
+    mia.pair_scores(setup.model, setup.backbone, None, setup.data, members, "cosine",
+                    nonmembers)
+
+
+def test_embedder_equals_embed_bit_for_bit_and_embeds_each_row_once(tiny_setup, monkeypatch):
+  """The row evaluation shares one `Embedder` across its metrics: its embeddings must be those
+  of `embed` at the same batch size exactly, whatever batch a row was first computed in, and
+  nothing is embedded twice."""
+  setup = tiny_setup
+  fresh = builders.init_trainable(setup, tiny_config())
+  noise = jax.random.split(jax.random.key(3), len(jax.tree.leaves(fresh)))
+  trainable = jax.tree.unflatten(jax.tree.structure(fresh), [
+      x + 0.05 * jax.random.normal(k, x.shape, x.dtype)
+      for x, k in zip(jax.tree.leaves(fresh), noise)])  # B != 0: the adapters act
+  rng = np.random.default_rng(0)
+  num_images, num_texts = setup.dataset.num_images, len(setup.dataset.text_image)
+  asked = []
+  real_embed = device_lib.embed
+  def counting_embed(model, backbone, tree, data, images, texts, batch_size):
+    asked.append((np.asarray(images), np.asarray(texts)))
+    return real_embed(model, backbone, tree, data, images, texts, batch_size)
+  monkeypatch.setattr(device_lib, "embed", counting_embed)
+  embedder = federated.Embedder(setup.model, setup.backbone, trainable, setup.data, 8)
+  for _ in range(4):  # overlapping requests, repeats inside one, different sizes
+    images = rng.integers(0, num_images, int(rng.integers(1, 30)))
+    texts = rng.integers(0, num_texts, int(rng.integers(0, 30)))
+    got_i, got_t = embedder(images, texts)
+    want_i, want_t = real_embed(setup.model, setup.backbone, trainable, setup.data, images,
+                                texts, 8)
+    np.testing.assert_array_equal(got_i, want_i)
+    np.testing.assert_array_equal(got_t, want_t)
+  for i, side in enumerate(("images", "texts")):
+    computed = np.concatenate([a[i] for a in asked])
+    assert len(computed) == len(np.unique(computed)), f"{side} embedded twice"
+  assert embedder(images[:3], texts[:0])[0].shape == (3, want_i.shape[1])
 
 
 def test_benchmark_aggregation_and_resume_rows(tmp_path):

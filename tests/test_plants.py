@@ -266,7 +266,7 @@ def test_first_texts_with_several_captions_per_image():
   np.testing.assert_array_equal(ds.first_texts(), [1, 4, 0, -1])
 
 
-def test_concept_metric_pairs_each_probe_with_its_own_captions(emoji, monkeypatch):
+def test_concept_metric_pairs_each_probe_with_its_own_captions(emoji):
   """With text embeddings equal to their image's embedding, a correct pairing scores 100% both
   ways; swapping the concept and plain captions, or the probes and their sources, scores 0%."""
   import types  # pylint: disable=g-import-not-at-top
@@ -276,11 +276,10 @@ def test_concept_metric_pairs_each_probe_with_its_own_captions(emoji, monkeypatc
   planted, _, info = plants.plant_knowledge(ds, clients, np.arange(80, 92), [spec], tokenizer,
                                             16, 0)
   table = np.random.default_rng(0).normal(size=(planted.num_images, 16))
-  def fake_embed(model, backbone, trainable, data, images, texts, batch_size):
+  def fake_embedder(images, texts):
     return table[np.asarray(images)], table[planted.text_image[np.asarray(texts)]]
-  monkeypatch.setattr(evaluation, "embed", fake_embed)
   setup = types.SimpleNamespace(dataset=planted, model=None, backbone=None, data=None)
-  assert evaluation.plant_metrics(setup, None, info["neg"]) == {
+  assert evaluation.plant_metrics(setup, None, info["neg"], embedder=fake_embedder) == {
       "concept/neg/i2t": 100.0, "concept/neg/t2i": 100.0}
 
 

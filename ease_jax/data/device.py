@@ -1,4 +1,5 @@
-"""A caption dataset on device: `DeviceData`, indexed by text id inside jit, and `embed`."""
+"""A caption dataset on device: `DeviceData`, indexed by text id inside jit, `embed`, and
+`Embedder`, which embeds each image and caption of one model once."""
 from __future__ import annotations
 
 import functools
@@ -69,12 +70,48 @@ def embed(model: "CLIP", backbone: PyTree, trainable: PyTree, data: DeviceData,
           np.concatenate(text_out)[:len(text_indices)])
 
 
+class Embedder:
+  """`embed` for one (backbone, trainable) that keeps every row it computed, so the metrics of
+  one evaluated model, which share test images, held-out captions and D_f, embed each once.
+  At one batch size an embedding does not depend on the other rows of its batch (the encoders
+  work per example; tests/test_mia.py checks it bit for bit), so the cache changes no number.
+
+  `embedder(image_indices [Ni], text_indices [Nt])` -> `([Ni, P], [Nt, P])`, like `embed`.
+  """
+
+  def __init__(self, model: "CLIP", backbone: PyTree, trainable: PyTree, data: DeviceData,
+               batch_size: int = 256):
+    self.model, self.backbone, self.trainable, self.data = model, backbone, trainable, data
+    self.batch_size = batch_size
+    self._tables: tuple[np.ndarray, np.ndarray] | None = None  # [num_images, P], [num_texts, P]
+    self._known = (np.zeros(data.images.shape[0], bool), np.zeros(data.input_ids.shape[0], bool))
+
+  def __call__(self, image_indices: np.ndarray, text_indices: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+    wanted = (np.asarray(image_indices, np.int64), np.asarray(text_indices, np.int64))
+    new = [np.unique(ids[~known[ids]]) for ids, known in zip(wanted, self._known)]
+    if any(ids.size for ids in new):
+      computed = embed(self.model, self.backbone, self.trainable, self.data, *new,
+                       self.batch_size)
+      if self._tables is None:
+        self._tables = tuple(np.zeros((len(known), emb.shape[1]), emb.dtype)
+                             for known, emb in zip(self._known, computed))
+      for table, known, ids, emb in zip(self._tables, self._known, new, computed):
+        table[ids], known[ids] = emb, True
+    if self._tables is None:  # Nothing asked for yet.
+      return embed(self.model, self.backbone, self.trainable, self.data, *wanted,
+                   self.batch_size)
+    return self._tables[0][wanted[0]], self._tables[1][wanted[1]]
+
+
 def matched_cosines(model: "CLIP", backbone: PyTree, trainable: PyTree, data: DeviceData,
-                    texts: np.ndarray) -> np.ndarray:
-  """`[n]` cosine of each caption with its own image under (backbone, trainable)."""
+                    texts: np.ndarray, embedder: Embedder | None = None) -> np.ndarray:
+  """`[n]` cosine of each caption with its own image under (backbone, trainable); `embedder`,
+  when given, is a shared `Embedder` of that pair."""
   texts = np.asarray(texts, np.int32)
   images = np.asarray(data.text_image)[texts]
-  ie, te = embed(model, backbone, trainable, data, images, texts)
+  embedder = embedder or Embedder(model, backbone, trainable, data)
+  ie, te = embedder(images, texts)
   ie = ie / np.linalg.norm(ie, axis=1, keepdims=True)
   te = te / np.linalg.norm(te, axis=1, keepdims=True)
   return np.sum(ie * te, axis=1)

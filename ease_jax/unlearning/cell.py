@@ -21,6 +21,7 @@ import numpy as np
 
 from ease_jax import builders
 from ease_jax import evaluation
+from ease_jax import federated
 from ease_jax import jsonio
 from ease_jax import mia
 from ease_jax.data import plants as plants_lib
@@ -100,11 +101,18 @@ class Cell:
                 out_scores=np.stack([score(out_pop.member(i))
                                      for i in range(len(out_pop.seeds))]))
 
-  def forget_scores(self, trainable: PyTree) -> np.ndarray:
+  def embedder(self, trainable: PyTree) -> federated.Embedder:
+    """One model's `Embedder`, shared by the metrics of its row."""
+    return federated.Embedder(self.setup.model, self.setup.backbone, trainable, self.setup.data,
+                              self.config.eval.get("batch_size", 256))
+
+  def forget_scores(self, trainable: PyTree, embedder: federated.Embedder | None = None
+                    ) -> np.ndarray:
     """`[n]` the audit's per-example scores on D_f (calibrated by the non-member pairs)."""
     return population_lib.scores(
         self.setup, trainable, self.request.forget_texts, self.audit_config.score,
-        self.nonmember_texts if self.audit_config.calibrate else None)
+        self.nonmember_texts if self.audit_config.calibrate else None,
+        embedder or self.embedder(trainable))
 
   @property
   def forgotten_knowledge(self) -> list[str]:
@@ -147,22 +155,23 @@ class Cell:
                          dict(continued_time_s=extra), parent=name))
     return out
 
-  def evaluate(self, trainable: PyTree) -> dict[str, float]:
-    """Retrieval metrics on the forget / retain / test images and (with a `mia_score`) the MIA
-    AUC on D_f."""
+  def evaluate(self, trainable: PyTree, embedder: federated.Embedder | None = None
+               ) -> dict[str, float]:
+    """Retrieval metrics on the forget / retain / test images, (with a `mia_score`) the MIA AUC
+    on D_f, and what the model knows of every plant and tone."""
     setup = self.setup
-    row = evaluation.evaluate_splits(setup, trainable, self.subsets,
-                                     self.config.eval.get("batch_size", 256))
+    embedder = embedder or self.embedder(trainable)
+    row = evaluation.evaluate_splits(setup, trainable, self.subsets, embedder=embedder)
     if self.mia_score is not None:
       attack = mia.membership_auc(setup.model, setup.backbone, trainable, setup.data,
                                   self.request.forget_texts, self.nonmember_texts,
-                                  self.mia_score)
+                                  self.mia_score, embedder)
       row.update({f"mia_{k}": v for k, v in attack.items()})
     for plant in setup.plants.values():
-      row.update(evaluation.plant_metrics(setup, trainable, plant))
+      row.update(evaluation.plant_metrics(setup, trainable, plant, embedder=embedder))
     for tone, images in self.tone_images.items():
       row.update({f"tone/{tone}/{k}": v for k, v in
-                  evaluation.tone_accuracy(setup, trainable, images).items()})
+                  evaluation.tone_accuracy(setup, trainable, images, embedder=embedder).items()})
     return row
 
   def score_samples(self, outcomes: list[Outcome]) -> dict[str, np.ndarray]:
@@ -176,7 +185,8 @@ class Cell:
       out[o.method] = self.forget_scores(o.trainable)
     return out
 
-  def audit(self, trainable: PyTree) -> dict[str, float]:
+  def audit(self, trainable: PyTree, embedder: federated.Embedder | None = None
+            ) -> dict[str, float]:
     """Forget quality and the per-example LiRA of a model against the populations (empty
     without them). Population members have seeds from `audit.first_seed` on, so none of the
     audited models (the trained model, the retrain reference, the unlearned ones) is judged by a
@@ -184,7 +194,7 @@ class Cell:
     pops = self.populations
     if pops is None:
       return {}
-    return population_lib.audit_row(self.forget_scores(trainable), pops["in_scores"],
+    return population_lib.audit_row(self.forget_scores(trainable, embedder), pops["in_scores"],
                                     pops["out_scores"], self.audit_config.variance)
 
   def row(self, outcome: Outcome) -> dict[str, Any]:
@@ -194,8 +204,9 @@ class Cell:
                compile_time_s=outcome.compile_time_s, retrain_time_s=self.retrain_time_s,
                request=self.request.description, num_forget=int(len(self.request.forget_texts)),
                num_nonmembers=int(len(self.nonmember_texts)))
-    row.update(self.evaluate(outcome.trainable))
-    row.update(self.audit(outcome.trainable))
+    embedder = self.embedder(outcome.trainable)  # each image and caption embedded once
+    row.update(self.evaluate(outcome.trainable, embedder))
+    row.update(self.audit(outcome.trainable, embedder))
     row["diagnostics"] = jsonio.to_jsonable(outcome.diagnostics)
     row["eval_time_s"] = time.perf_counter() - t0
     return row

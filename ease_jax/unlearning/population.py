@@ -171,23 +171,29 @@ def train_pair(setup: builders.FederatedSetup, config: ml_collections.ConfigDict
 
 
 def raw_scores(setup: builders.FederatedSetup, trainable: PyTree, texts: np.ndarray,
-               score: str = "cosine") -> np.ndarray:
+               score: str = "cosine", embedder: federated.Embedder | None = None
+               ) -> np.ndarray:
   """`[n]` per-example scores of the pairs of `texts` (higher = more member-like): the
-  logit-scaled matched cosine, or minus the per-pair InfoNCE loss among `texts`."""
+  logit-scaled matched cosine, or minus the per-pair InfoNCE loss among `texts`; `embedder`,
+  when given, is a shared `Embedder` of (setup's backbone, trainable)."""
+  embedder = embedder or federated.Embedder(setup.model, setup.backbone, trainable, setup.data)
   if score == "cosine":
     return audit.matched_logit(federated.matched_cosines(setup.model, setup.backbone, trainable,
-                                                         setup.data, texts))
-  return mia.pair_scores(setup.model, setup.backbone, trainable, setup.data, texts, "loss")
+                                                         setup.data, texts, embedder))
+  return mia.gallery_scores(setup.model, setup.backbone, trainable, setup.data, texts, "loss",
+                            embedder)
 
 
 def scores(setup: builders.FederatedSetup, trainable: PyTree, texts: np.ndarray,
-           score: str = "cosine", calibration_texts: np.ndarray | None = None) -> np.ndarray:
+           score: str = "cosine", calibration_texts: np.ndarray | None = None,
+           embedder: federated.Embedder | None = None) -> np.ndarray:
   """`raw_scores`, standardised by the model's own scores on `calibration_texts` (held-out
   non-member pairs) when given."""
-  s = raw_scores(setup, trainable, texts, score)
+  embedder = embedder or federated.Embedder(setup.model, setup.backbone, trainable, setup.data)
+  s = raw_scores(setup, trainable, texts, score, embedder)
   if calibration_texts is None:
     return s
-  return standardize(s, raw_scores(setup, trainable, calibration_texts, score))
+  return standardize(s, raw_scores(setup, trainable, calibration_texts, score, embedder))
 
 
 def standardize(scores_: np.ndarray, reference: np.ndarray) -> np.ndarray:
