@@ -33,8 +33,10 @@ def quiet_library_logs() -> None:
 
 
 COMPILATION_CACHE = "jax_cache"
-# JAX's default (1 s) skips most of the per-method programs worth keeping; tests use it too.
-MIN_CACHED_COMPILE_S = 0.5
+# Every program, whatever its compile time (JAX's default keeps those over 1 s; tests use this
+# too): EASE alone compiles 44 programs of ~0.3 s per benchmark cell, which add up; an entry is
+# ~0.1 MB on the embedded default.
+MIN_CACHED_COMPILE_S = 0.0
 # Workdirs whose only content is the cache this process made: removed if bad input ends it.
 _CACHE_ONLY_WORKDIRS: list[str] = []
 
