@@ -1,8 +1,8 @@
 """Retrieval evaluation of a (backbone, LoRA) pair on a subset of a caption dataset.
 
-Every function here takes an optional `embedder`: a `device.Embedder` of the same (backbone,
-trainable) shared by the calls that evaluate one model, so each image and caption is embedded
-once (`cell.Cell.row`).
+The functions that embed take an optional `embedder`: a `device.Embedder` of the same
+(backbone, trainable) shared by the calls that evaluate one model, so each image and caption is
+embedded once (`cell.Cell.row`).
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 from ease_jax import metrics
 from ease_jax.data import dataset as dataset_lib
 from ease_jax.data import plants as plants_lib
-from ease_jax.data.device import DeviceData, Embedder
+from ease_jax.data.device import DeviceData, Embedder, embedder_for
 from ease_jax.model import CLIP
 
 
@@ -29,7 +29,7 @@ def subset_texts(ds: dataset_lib.CaptionDataset, image_indices: np.ndarray
 
 def _embedder(setup: Any, trainable: Any, batch_size: int, embedder: Embedder | None
               ) -> Embedder:
-  return embedder or Embedder(setup.model, setup.backbone, trainable, setup.data, batch_size)
+  return embedder_for(setup.model, setup.backbone, trainable, setup.data, embedder, batch_size)
 
 
 def evaluate_images(model: CLIP, backbone: Any, trainable: Any, data: DeviceData,
@@ -39,8 +39,8 @@ def evaluate_images(model: CLIP, backbone: Any, trainable: Any, data: DeviceData
   """Recall@{1,5,10} both directions and R-precision, retrieving within the subset's own images
   and captions (the usual Flickr30K/COCO protocol), as percentages."""
   texts, text_image = subset_texts(ds, image_indices)
-  embedder = embedder or Embedder(model, backbone, trainable, data, batch_size)
-  image_emb, text_emb = embedder(image_indices, texts)
+  image_emb, text_emb = embedder_for(model, backbone, trainable, data, embedder,
+                                     batch_size)(image_indices, texts)
   return metrics.retrieval_metrics(image_emb, text_emb, text_image)
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ease_jax import rng as rng_lib
-from ease_jax.data.device import DeviceData, Embedder
+from ease_jax.data.device import DeviceData, Embedder, embedder_for
 from ease_jax.model import CLIP
 
 SCORES = ("cosine", "loss")
@@ -96,8 +96,8 @@ def gallery_scores(model: CLIP, backbone: Any, trainable: Any, data: DeviceData,
   if score not in SCORES:
     raise ValueError(f"Unknown MIA score {score!r}; expected one of {SCORES}.")
   gallery = np.asarray(gallery_texts, np.int32)
-  embedder = embedder or Embedder(model, backbone, trainable, data)
-  ie, te = embedder(np.asarray(data.text_image)[gallery], gallery)
+  ie, te = embedder_for(model, backbone, trainable, data, embedder)(
+      np.asarray(data.text_image)[gallery], gallery)
   ie = ie / np.linalg.norm(ie, axis=1, keepdims=True)
   te = te / np.linalg.norm(te, axis=1, keepdims=True)
   matched = np.sum(ie * te, axis=1)
@@ -113,10 +113,15 @@ def gallery_scores(model: CLIP, backbone: Any, trainable: Any, data: DeviceData,
 
 def _positions(gallery: np.ndarray, texts: np.ndarray) -> np.ndarray:
   """`[n]` where each of `texts` sits in `gallery`; a clear error if one is missing."""
+  missing = ValueError("gallery_texts must contain every text of `texts`.")
+  if len(gallery) == 0:
+    if len(texts):
+      raise missing
+    return np.zeros(0, np.int64)
   order = np.argsort(gallery)
   pos = order[np.clip(np.searchsorted(gallery[order], texts), 0, len(gallery) - 1)]
   if not np.array_equal(gallery[pos], texts):
-    raise ValueError("gallery_texts must contain every text of `texts`.")
+    raise missing
   return pos
 
 

@@ -82,9 +82,10 @@ def test_pair_scores_and_membership_auc(tiny_setup):
     mia.membership_auc(setup.model, setup.backbone, None, setup.data, members, members)
   with pytest.raises(ValueError, match="Unknown MIA score"):
     mia.pair_scores(setup.model, setup.backbone, None, setup.data, members, "entropy")
-  with pytest.raises(ValueError, match="must contain every text"):
-    mia.pair_scores(setup.model, setup.backbone, None, setup.data, members, "cosine",
-                    nonmembers)
+  for gallery_texts in (nonmembers, nonmembers[:0]):
+    with pytest.raises(ValueError, match="must contain every text"):
+      mia.pair_scores(setup.model, setup.backbone, None, setup.data, members, "cosine",
+                      gallery_texts)
 
 
 def test_embedder_equals_embed_bit_for_bit_and_embeds_each_row_once(tiny_setup, monkeypatch):
@@ -118,6 +119,10 @@ def test_embedder_equals_embed_bit_for_bit_and_embeds_each_row_once(tiny_setup, 
     computed = np.concatenate([a[i] for a in asked])
     assert len(computed) == len(np.unique(computed)), f"{side} embedded twice"
   assert embedder(images[:3], texts[:0])[0].shape == (3, want_i.shape[1])
+  assert embedder(images[:0], texts[:0])[1].shape == (0, want_t.shape[1])
+  # A shared embedder of another model is refused, not silently used.
+  with pytest.raises(ValueError, match="another trainable"):
+    mia.gallery_scores(setup.model, setup.backbone, fresh, setup.data, texts, "cosine", embedder)
 
 
 def test_benchmark_aggregation_and_resume_rows(tmp_path):

@@ -75,33 +75,46 @@ class Embedder:
   one evaluated model, which share test images, held-out captions and D_f, embed each once.
   At one batch size an embedding does not depend on the other rows of its batch (the encoders
   work per example; tests/test_mia.py checks it bit for bit), so the cache changes no number.
+  Memory grows with the rows computed, not with the dataset.
 
   `embedder(image_indices [Ni], text_indices [Nt])` -> `([Ni, P], [Nt, P])`, like `embed`.
   """
 
   def __init__(self, model: "CLIP", backbone: PyTree, trainable: PyTree, data: DeviceData,
-               batch_size: int = 256):
+               batch_size: int = 256) -> None:
     self.model, self.backbone, self.trainable, self.data = model, backbone, trainable, data
     self.batch_size = batch_size
-    self._tables: tuple[np.ndarray, np.ndarray] | None = None  # [num_images, P], [num_texts, P]
-    self._known = (np.zeros(data.images.shape[0], bool), np.zeros(data.input_ids.shape[0], bool))
+    # Per side (images, texts): the ids computed so far, sorted, and their embeddings.
+    self._ids = [np.zeros(0, np.int64), np.zeros(0, np.int64)]
+    self._rows: list[np.ndarray | None] = [None, None]
 
   def __call__(self, image_indices: np.ndarray, text_indices: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray]:
-    wanted = (np.asarray(image_indices, np.int64), np.asarray(text_indices, np.int64))
-    new = [np.unique(ids[~known[ids]]) for ids, known in zip(wanted, self._known)]
-    if any(ids.size for ids in new):
+    wanted = [np.asarray(image_indices, np.int64), np.asarray(text_indices, np.int64)]
+    new = [np.setdiff1d(ids, known) for ids, known in zip(wanted, self._ids)]
+    if self._rows[0] is None or any(ids.size for ids in new):  # (the first call sets P)
       computed = embed(self.model, self.backbone, self.trainable, self.data, *new,
                        self.batch_size)
-      if self._tables is None:
-        self._tables = tuple(np.zeros((len(known), emb.shape[1]), emb.dtype)
-                             for known, emb in zip(self._known, computed))
-      for table, known, ids, emb in zip(self._tables, self._known, new, computed):
-        table[ids], known[ids] = emb, True
-    if self._tables is None:  # Nothing asked for yet.
-      return embed(self.model, self.backbone, self.trainable, self.data, *wanted,
-                   self.batch_size)
-    return self._tables[0][wanted[0]], self._tables[1][wanted[1]]
+      for side in (0, 1):
+        ids = np.concatenate([self._ids[side], new[side]])
+        rows = (computed[side] if self._rows[side] is None
+                else np.concatenate([self._rows[side], computed[side]]))
+        order = np.argsort(ids, kind="stable")
+        self._ids[side], self._rows[side] = ids[order], rows[order]
+    return tuple(rows[np.searchsorted(ids, w)]
+                 for ids, rows, w in zip(self._ids, self._rows, wanted))
+
+
+def embedder_for(model: "CLIP", backbone: PyTree, trainable: PyTree, data: DeviceData,
+                 embedder: Embedder | None = None, batch_size: int = 256) -> Embedder:
+  """`embedder` (a shared `Embedder` of this very `trainable`; then `batch_size` is its own), or
+  a fresh one. A shared one of another model is refused: its rows would be that model's."""
+  if embedder is None:
+    return Embedder(model, backbone, trainable, data, batch_size)
+  if getattr(embedder, "trainable", trainable) is not trainable:
+    raise ValueError("The shared embedder belongs to another trainable tree than the one "
+                     "evaluated.")
+  return embedder
 
 
 def matched_cosines(model: "CLIP", backbone: PyTree, trainable: PyTree, data: DeviceData,
@@ -110,8 +123,7 @@ def matched_cosines(model: "CLIP", backbone: PyTree, trainable: PyTree, data: De
   when given, is a shared `Embedder` of that pair."""
   texts = np.asarray(texts, np.int32)
   images = np.asarray(data.text_image)[texts]
-  embedder = embedder or Embedder(model, backbone, trainable, data)
-  ie, te = embedder(images, texts)
+  ie, te = embedder_for(model, backbone, trainable, data, embedder)(images, texts)
   ie = ie / np.linalg.norm(ie, axis=1, keepdims=True)
   te = te / np.linalg.norm(te, axis=1, keepdims=True)
   return np.sum(ie * te, axis=1)

@@ -7,7 +7,7 @@
 * `algorithms`: FedAvg and its variants as `init` / `apply` pairs; `vmapped` populations.
 * `driver`: runs an algorithm for R rounds with checkpoints, metrics and evaluation.
 """
-from ease_jax.data.device import DeviceData, Embedder, embed, matched_cosines
+from ease_jax.data.device import DeviceData, Embedder, embed, embedder_for, matched_cosines
 from ease_jax.federated.algorithms import (FedAvgOptions, FederatedAlgorithm, ServerState,
                                            all_finite, fedavg, fedavg_algorithm, init_server,
                                            server_optimizer, vmapped)

@@ -176,7 +176,7 @@ def raw_scores(setup: builders.FederatedSetup, trainable: PyTree, texts: np.ndar
   """`[n]` per-example scores of the pairs of `texts` (higher = more member-like): the
   logit-scaled matched cosine, or minus the per-pair InfoNCE loss among `texts`; `embedder`,
   when given, is a shared `Embedder` of (setup's backbone, trainable)."""
-  embedder = embedder or federated.Embedder(setup.model, setup.backbone, trainable, setup.data)
+  embedder = federated.embedder_for(setup.model, setup.backbone, trainable, setup.data, embedder)
   if score == "cosine":
     return audit.matched_logit(federated.matched_cosines(setup.model, setup.backbone, trainable,
                                                          setup.data, texts, embedder))
@@ -189,7 +189,7 @@ def scores(setup: builders.FederatedSetup, trainable: PyTree, texts: np.ndarray,
            embedder: federated.Embedder | None = None) -> np.ndarray:
   """`raw_scores`, standardised by the model's own scores on `calibration_texts` (held-out
   non-member pairs) when given."""
-  embedder = embedder or federated.Embedder(setup.model, setup.backbone, trainable, setup.data)
+  embedder = federated.embedder_for(setup.model, setup.backbone, trainable, setup.data, embedder)
   s = raw_scores(setup, trainable, texts, score, embedder)
   if calibration_texts is None:
     return s
