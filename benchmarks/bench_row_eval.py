@@ -1,7 +1,7 @@
 """How long the benchmark takes to evaluate one row: `cell.Cell.row` (retrieval, MIA, plants,
 tones, audit) of the retrain / backbone / original models of a finished benchmark workdir, per
-request, as a median over repeats after a warm-up row. The workdir is copied to a temporary
-folder first, so nothing in it changes.
+model, as the median over repeats after a warm-up row (`common.time_fn`). The workdir is copied
+to a temporary folder first, so nothing in it changes.
 
   python benchmarks/bench_row_eval.py --workdir=workdirs/benchmark_emoji_s19 --seed=1 --repeats=3
 
@@ -15,16 +15,15 @@ import argparse
 import json
 import pathlib
 import shutil
-import statistics
 import sys
 import tempfile
-import time
 
 from ease_jax import runtime
 
 runtime.avoid_cpu_hang()
 runtime.one_cpu_device_per_core()  # As the benchmark binary runs.
 
+import common  # noqa: E402
 from ease_jax import configs  # noqa: E402
 from ease_jax.unlearning import benchmark  # noqa: E402
 from ease_jax.unlearning import cell as cell_lib  # noqa: E402
@@ -54,15 +53,9 @@ def main() -> None:
       cell = cell_lib.Cell(cfg, work / f"seed{args.seed}", work / f"seed{args.seed}" / scenario,
                            mia_score=config.benchmark.mia_score,
                            population_root=work / "population")
-      outcomes = cell.reference_outcomes()
-      cell.row(outcomes[0])  # Warm-up: compilation.
-      times = []
-      for _ in range(args.repeats):
-        for outcome in outcomes:
-          t0 = time.perf_counter()
-          cell.row(outcome)
-          times.append(time.perf_counter() - t0)
-      out[scenario] = dict(median_s=statistics.median(times), times_s=times)
+      out[scenario] = {
+          o.method: common.time_fn(lambda o=o: cell.row(o) and None, repeats=args.repeats)[0]
+          for o in cell.reference_outcomes()}
   print(json.dumps(out))
 
 
