@@ -79,9 +79,13 @@ def make_optimizer(name: str, learning_rate: float, weight_decay: float = 0.0,
                    ) -> optax.GradientTransformation:
   """Optimizer over the trainable tree by name ('adam', 'adamw', 'sgd').
 
+  weight_decay: decoupled decay of 'adamw' (optax's: each step subtracts learning_rate *
+  weight_decay * the parameter); a positive one with another optimizer is an error, not ignored.
   freeze_lora_a: keep every LoRA A factor fixed (FFA-LoRA). clip_norm > 0: clip the gradient's
   global norm first.
   """
+  if weight_decay and name != "adamw":
+    raise ValueError(f"weight_decay={weight_decay} needs the 'adamw' optimizer, got {name!r}.")
   if name == "adam":
     opt = optax.adam(learning_rate)
   elif name == "adamw":
@@ -96,6 +100,15 @@ def make_optimizer(name: str, learning_rate: float, weight_decay: float = 0.0,
   if clip_norm > 0:
     opt = optax.chain(optax.clip_by_global_norm(clip_norm), opt)
   return opt
+
+
+def client_optimizer(setup: "FederatedSetup", config: ml_collections.ConfigDict
+                     ) -> optax.GradientTransformation:
+  """The clients' local optimizer of `config.fed` (FedAvg's, and FedEraser's calibration)."""
+  fed = config.fed
+  return make_optimizer(fed.client_optimizer, fed.client_lr,
+                        weight_decay=fed.get("client_weight_decay", 0.0),
+                        freeze_lora_a=setup.lora_config.freeze_a)
 
 
 def load_backbone(model_config: ml_collections.ConfigDict) -> tuple[Any, PyTree, Any]:
@@ -242,6 +255,9 @@ def run_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
   # its forget set, is in the request's own fingerprint). Without it, the benchmark's seeds
   # share one population per request.
   fp.pop("seeds.unlearning", None)
+  # Left out at zero: checkpoints written before the key existed describe exactly that run.
+  if not fp.get("fed.client_weight_decay"):
+    fp.pop("fed.client_weight_decay", None)
   fp["state_format"] = STATE_FORMAT
   return fp
 
@@ -292,9 +308,8 @@ def fedavg_algorithm(setup: "FederatedSetup", config: ml_collections.ConfigDict,
   `federated.fedavg_algorithm` (EASE's PFL uses all three).
   """
   fed = config.fed
-  client_opt = make_optimizer(fed.client_optimizer, fed.client_lr,
-                              freeze_lora_a=setup.lora_config.freeze_a)
-  steps = federated.local_steps(loss_fn or federated.clip_objective(setup.model), client_opt)
+  steps = federated.local_steps(loss_fn or federated.clip_objective(setup.model),
+                                client_optimizer(setup, config))
   return federated.fedavg_algorithm(
       steps, federated.server_optimizer(fed.server_lr, fed.get("server_momentum", 0.0)),
       setup.backbone, setup.data, fedavg_options(setup, config, plan),

@@ -139,6 +139,7 @@ BASE_RULES: dict[str, Check] = {
     "fed.batch_size": integer(1),
     "fed.client_optimizer": one_of("adam", "adamw", "sgd"),
     "fed.client_lr": positive,
+    "fed.client_weight_decay": non_negative,
     "fed.server_lr": positive,
     "fed.server_momentum": open_fraction,
     "fed.backend": one_of("auto", "vmap", "chunked", "sequential", "sharded"),
@@ -163,6 +164,10 @@ def _cross_checks(config: Any) -> list[str]:
   if fed is not None and fed.get("clients_per_round", 0) > fed.get("num_clients", 1):
     out.append(f"config.fed.clients_per_round ({fed.clients_per_round}) must be <= "
                f"fed.num_clients ({fed.num_clients}) (0 = all clients every round)")
+  if (fed is not None and fed.get("client_weight_decay", 0.0) > 0
+      and fed.get("client_optimizer") != "adamw"):
+    out.append(f"config.fed.client_weight_decay ({fed.client_weight_decay}) needs "
+               f"fed.client_optimizer='adamw', got {fed.get('client_optimizer')!r}")
   audit, seeds = config.get("audit"), config.get("seeds")
   if audit is not None and seeds is not None and audit.get("population", 0) > 0:
     # A member runs with seeds.init = .sampling = .data = its seed: an audited run sharing one

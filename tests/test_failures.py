@@ -57,6 +57,9 @@ def _one_line_error(proc, *needles):
     ("bke.lr", -1.0, "config.bke.lr must be > 0"),
     ("pga.stop_quantile", 2.0, "config.pga.stop_quantile must be <= 1"),
     ("lora.rank", 0, "config.lora.rank must be >= 1"),
+    ("fed.client_weight_decay", -0.1, "config.fed.client_weight_decay must be >= 0"),
+    ("fed.client_weight_decay", 0.1,
+     "config.fed.client_weight_decay (0.1) needs fed.client_optimizer='adamw', got 'adam'"),
     ("audit.population", 2, "config.audit.population must be 0 (no audit) or >= 4, got 2"),
 ])
 def test_validation_names_the_key_and_the_range(key, value, needle):

@@ -294,3 +294,29 @@ def test_clip_objective_and_a_forget_set_of_one_caption(tiny_setup):
   distinct = dict(batch, mask=jnp.ones(8, bool))
   np.testing.assert_allclose(training(trainable, setup.backbone, distinct),
                              plain(trainable, setup.backbone, distinct), rtol=1e-6)
+
+
+def test_client_weight_decay_is_adamw_decoupled_decay(tiny_setup):
+  """`fed.client_weight_decay` reaches the clients' optimizer: one step from the same gradient
+  equals Adam's first step (numpy) minus lr * decay * the parameter; 0 is plain Adam."""
+  config = tiny_config()
+  config.fed.client_optimizer, config.fed.client_weight_decay = "adamw", 0.5
+  params = {"w": jnp.asarray([[0.5, -2.0], [1.0, 0.25]]), "b": jnp.asarray([3.0, -1.0])}
+  grads = {"w": jnp.asarray([[0.1, -0.3], [0.0, 2.0]]), "b": jnp.asarray([-0.5, 0.05])}
+  lr, eps = config.fed.client_lr, 1e-8
+
+  def one_step(cfg):
+    opt = builders.client_optimizer(tiny_setup, cfg)
+    updates, _ = opt.update(grads, opt.init(params), params)
+    return jax.tree.map(np.asarray, updates)
+
+  for key in params:
+    g, p = np.asarray(grads[key], np.float64), np.asarray(params[key], np.float64)
+    adam = -lr * g / (np.abs(g) + eps)  # bias-corrected m / sqrt(v) after one step: g / |g|
+    np.testing.assert_allclose(one_step(config)[key], adam - lr * 0.5 * p, rtol=1e-5, atol=1e-7)
+  config.fed.client_weight_decay = 0.0
+  g = np.asarray(grads["w"], np.float64)
+  np.testing.assert_allclose(one_step(config)["w"], -lr * g / (np.abs(g) + eps), rtol=1e-5,
+                             atol=1e-7)
+  with pytest.raises(ValueError, match="weight_decay=0.5 needs the 'adamw' optimizer"):
+    builders.make_optimizer("adam", lr, weight_decay=0.5)

@@ -180,8 +180,8 @@ def federaser(ctx: base.UnlearningContext) -> base.MethodResult:
                     config=cfg)
   update = None
   if cal_steps:
-    update = federated.local_steps(federated.clip_objective(setup.model), builders.make_optimizer(
-        fed.client_optimizer, fed.client_lr, freeze_lora_a=setup.lora_config.freeze_a))
+    update = federated.local_steps(federated.clip_objective(setup.model),
+                                   builders.client_optimizer(setup, cfg))
   algorithm = replay_algorithm(
       update, federated.server_optimizer(fed.server_lr, fed.get("server_momentum", 0.0)),
       setup.backbone, setup.data, ctx.trained, c.norm)
