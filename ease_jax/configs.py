@@ -90,7 +90,7 @@ def base_config() -> ml_collections.ConfigDict:
       # did not: attack success ~0%) and raised test R@1 (BENCHMARKS.md, "Planting knowledge");
       # 2e-2 diverged.
       client_lr=1e-2,
-      client_weight_decay=0.0,  # decoupled weight decay of 'adamw' (ignored by adam and sgd)
+      client_weight_decay=0.0,  # decoupled weight decay; needs client_optimizer='adamw'
       server_lr=1.0,           # 1.0 with no momentum = plain FedAvg
       server_momentum=0.0,
       # 'auto' (vmap or chunked, by clients per round and platform: federated/backends.py),

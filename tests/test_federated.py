@@ -320,3 +320,17 @@ def test_client_weight_decay_is_adamw_decoupled_decay(tiny_setup):
                              atol=1e-7)
   with pytest.raises(ValueError, match="weight_decay=0.5 needs the 'adamw' optimizer"):
     builders.make_optimizer("adam", lr, weight_decay=0.5)
+
+
+def test_zero_weight_decay_keeps_the_fingerprint_of_runs_written_before_the_key():
+  """Workdirs written before `fed.client_weight_decay` existed hold exactly the zero-decay run,
+  so their fingerprint (which lacks the key) must still match; a positive decay is another run."""
+  config = tiny_config()
+  before = builders.run_fingerprint(config)
+  assert "fed.client_weight_decay" not in before
+  config.fed.client_optimizer, config.fed.client_weight_decay = "adamw", 0.1
+  after = builders.run_fingerprint(config)
+  assert after["fed.client_weight_decay"] == 0.1
+  assert checkpointing.diff_fingerprints(before, after) == [
+      "fed.client_optimizer: checkpoint='adam' vs now='adamw'",
+      "fed.client_weight_decay: checkpoint='<absent>' vs now=0.1"]
