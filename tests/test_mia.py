@@ -1,5 +1,6 @@
 """Membership inference: the Mann–Whitney AUC, matched non-members and the per-pair scores."""
 import json
+import types
 
 import jax
 import jax.numpy as jnp
@@ -123,6 +124,15 @@ def test_embedder_equals_embed_bit_for_bit_and_embeds_each_row_once(tiny_setup, 
   # A shared embedder of another model is refused, not silently used.
   with pytest.raises(ValueError, match="another trainable"):
     mia.gallery_scores(setup.model, setup.backbone, fresh, setup.data, texts, "cosine", embedder)
+  # So does a benchmark cell's row (its evaluation and audit share one), at its eval batch size.
+  from ease_jax.unlearning import cell as cell_lib  # pylint: disable=g-import-not-at-top
+  config = tiny_config()
+  config.eval.batch_size = 16
+  fake_cell = types.SimpleNamespace(setup=setup, config=config)
+  assert cell_lib.Cell.embedder(fake_cell, trainable, embedder) is embedder
+  assert cell_lib.Cell.embedder(fake_cell, trainable).batch_size == 16
+  with pytest.raises(ValueError, match="another trainable"):
+    cell_lib.Cell.embedder(fake_cell, fresh, embedder)
 
 
 def test_benchmark_aggregation_and_resume_rows(tmp_path):

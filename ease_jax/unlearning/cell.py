@@ -101,10 +101,12 @@ class Cell:
                 out_scores=np.stack([score(out_pop.member(i))
                                      for i in range(len(out_pop.seeds))]))
 
-  def embedder(self, trainable: PyTree) -> federated.Embedder:
-    """One model's `Embedder`, shared by the metrics of its row."""
-    return federated.Embedder(self.setup.model, self.setup.backbone, trainable, self.setup.data,
-                              self.config.eval.get("batch_size", 256))
+  def embedder(self, trainable: PyTree, shared: federated.Embedder | None = None
+               ) -> federated.Embedder:
+    """One model's `Embedder`, shared by the metrics of its row: `shared` when given (refused if
+    it belongs to another trainable tree), else a fresh one at the eval batch size."""
+    return federated.embedder_for(self.setup.model, self.setup.backbone, trainable,
+                                  self.setup.data, shared, self.config.eval.get("batch_size", 256))
 
   def forget_scores(self, trainable: PyTree, embedder: federated.Embedder | None = None
                     ) -> np.ndarray:
@@ -112,7 +114,7 @@ class Cell:
     return population_lib.scores(
         self.setup, trainable, self.request.forget_texts, self.audit_config.score,
         self.nonmember_texts if self.audit_config.calibrate else None,
-        embedder or self.embedder(trainable))
+        self.embedder(trainable, embedder))
 
   @property
   def forgotten_knowledge(self) -> list[str]:
@@ -160,7 +162,7 @@ class Cell:
     """Retrieval metrics on the forget / retain / test images, (with a `mia_score`) the MIA AUC
     on D_f, and what the model knows of every plant and tone."""
     setup = self.setup
-    embedder = embedder or self.embedder(trainable)
+    embedder = self.embedder(trainable, embedder)
     row = evaluation.evaluate_splits(setup, trainable, self.subsets, embedder=embedder)
     if self.mia_score is not None:
       attack = mia.membership_auc(setup.model, setup.backbone, trainable, setup.data,
