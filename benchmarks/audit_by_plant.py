@@ -50,10 +50,12 @@ FPR = 0.01
 
 
 def split_tpr(target: np.ndarray, in_scores: np.ndarray, out_scores: np.ndarray,
-              planted: np.ndarray, variance: str = "global") -> dict:
+              planted: np.ndarray, variance: str = "global", in_seeds=None, out_seeds=None
+              ) -> dict:
   """The audit's TPR at `FPR` (in %) over all examples, the planted ones and the clean ones, at
-  one threshold, and the retrain negatives' false flags on each part."""
-  pos, neg = audit.lira_folds(target, in_scores, out_scores, variance)
+  one threshold, and the retrain negatives' false flags on each part (the members' seeds keep
+  each fold's twins out, `audit.lira_folds`)."""
+  pos, neg = audit.lira_folds(target, in_scores, out_scores, variance, in_seeds, out_seeds)
   threshold = audit.fpr_threshold(neg, FPR)
   share = lambda x, part: 100 * float(np.mean(x[:, part] > threshold)) if part.any() else None
   return dict(n_forget=int(planted.size), n_planted=int(planted.sum()),
@@ -77,7 +79,8 @@ def from_benchmark(config, workdir: pathlib.Path, scenario: str) -> None:
     pops = cell.populations
     print(json.dumps(dict(scenario=scenario, seed=seed, **split_tpr(
         cell.forget_scores(cell.trained.trainable), pops["in_scores"], pops["out_scores"],
-        planted_mask(cell.setup, cell.request), cell.audit_config.variance))), flush=True)
+        planted_mask(cell.setup, cell.request), cell.audit_config.variance,
+        pops["seeds"], pops["out_seeds"]))), flush=True)
 
 
 def from_probe(config, workdir: pathlib.Path, scenario: str) -> None:
@@ -96,8 +99,12 @@ def from_probe(config, workdir: pathlib.Path, scenario: str) -> None:
     if trained.shape[1] != planted.size:
       raise SystemExit(f"{path} holds {trained.shape[1]} examples, the {scenario} request of "
                        f"this config {planted.size}: pass the overrides it was run with.")
-    rows = [split_tpr(trained[i], np.delete(trained, i, axis=0), retrain, planted,
-                      config.audit.variance) for i in range(trained.shape[0])]
+    # Member i is the target: the others fit, and its twin (retrain member i, the same seed)
+    # leaves the retrain side, as the audited models have no twin in the populations.
+    seeds = np.arange(trained.shape[0])
+    rows = [split_tpr(trained[i], np.delete(trained, i, axis=0), np.delete(retrain, i, axis=0),
+                      planted, config.audit.variance, np.delete(seeds, i), np.delete(seeds, i))
+            for i in range(trained.shape[0])]
     # Shares: the mean over members (None where D_f has no such part); counts: the same in all.
     mean = {k: (v if k.startswith("n_") or v is None else float(np.mean([r[k] for r in rows])))
             for k, v in rows[0].items()}

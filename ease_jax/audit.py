@@ -27,8 +27,10 @@ not used in the fits (held-out retrain seeds, the negatives).
   population's own pairs measure how far two retrains typically are: the effective sample size
   n_eff = 2 (K_½ / median D_pairs)², K_½ the median of the Kolmogorov distribution, makes the
   median pair sit at p = ½, and the p-value is the asymptotic Kolmogorov tail at that size.
-  n_eff never exceeds the real sizes, so the calibration can only make the test more
-  conservative than the exact one. It matches the null's median, not its tail: where a few
+  n_eff never exceeds the harmonic size 2nm / (n + m); below that cap the calibrated test is
+  more conservative than the exact one, at the cap it is the asymptotic Kolmogorov tail of the
+  same statistic, which can sit slightly below the exact p-value (0.329 against 0.336 for two
+  samples of 20 at D = 0.3). It matches the null's median, not its tail: where a few
   large groups carry the shifts, the pairs' statistics have a heavier tail than Kolmogorov's
   and the test flags more than its level (synthetic scores of 12 groups: 22-28% of null pairs
   at p < 0.05; 20 groups: 6%; the embedded default's retrain seeds: 4%, BENCHMARKS.md).
@@ -51,6 +53,16 @@ _MIN_STD = 1e-4
 KOLMOGOROV_MEDIAN = 0.8275735551899059  # median of K = lim sqrt(n) D_n (scipy's kstwobign)
 
 
+def _finite(name: str, x: Any) -> np.ndarray:
+  """`x` as float64, refused with an error naming it if it holds NaN or inf (a NaN sorts as
+  +inf and compares False, so every statistic here would quietly count it as something)."""
+  x = np.asarray(x, np.float64)
+  if not np.all(np.isfinite(x)):
+    raise ValueError(f"{name} holds {int(np.sum(~np.isfinite(x)))} non-finite value(s) of "
+                     f"{x.size}: a diverged model's scores cannot be audited.")
+  return x
+
+
 def matched_logit(cosines: np.ndarray) -> np.ndarray:
   """log((1 + c) / (1 − c)) of matched-pair cosines, clipped away from ±1."""
   c = np.clip(np.asarray(cosines, np.float64), -1 + 1e-6, 1 - 1e-6)
@@ -61,19 +73,22 @@ def fit_gaussians(scores: np.ndarray, variance: str = "global") -> tuple[np.ndar
   """Per-example Gaussian fits of `scores [models, examples]`: (mean [n], std [n]).
 
   'global' pools the per-example deviations into one std (ddof 1, at least `_MIN_STD`);
-  'per_example' uses each example's own sample std.
+  'per_example' uses each example's own sample std, at least a tenth of the pooled one: with few
+  models an example whose members happen to agree would get a near-zero std, and any score a
+  little off their mean an extreme Λ.
   """
-  scores = np.asarray(scores, np.float64)
+  scores = _finite("scores", scores)
   if scores.ndim != 2 or scores.shape[0] < 2:
     raise ValueError(f"Gaussian fits need scores of >= 2 models [models, examples], got shape "
                      f"{scores.shape}.")
   if variance not in VARIANCES:
     raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}.")
   mean = scores.mean(axis=0)
+  pooled = np.full(scores.shape[1], np.sqrt(np.mean(scores.var(axis=0, ddof=1))))
   if variance == "global":
-    std = np.full(scores.shape[1], np.sqrt(np.mean(scores.var(axis=0, ddof=1))))
+    std = pooled
   else:
-    std = scores.std(axis=0, ddof=1)
+    std = np.maximum(scores.std(axis=0, ddof=1), 0.1 * pooled)
   return mean, np.maximum(std, _MIN_STD)
 
 
@@ -87,7 +102,11 @@ def lira_statistic(scores: np.ndarray, in_scores: np.ndarray, out_scores: np.nda
   `out_scores` `[models, n]`; `scores` `[n]` (or `[m, n]` for several models)."""
   mu_in, sd_in = fit_gaussians(in_scores, variance)
   mu_out, sd_out = fit_gaussians(out_scores, variance)
-  s = np.asarray(scores, np.float64)
+  s = _finite("scores", scores)
+  if not np.shape(in_scores)[1] == np.shape(out_scores)[1] == (s.shape[-1] if s.ndim else -1):
+    raise ValueError(f"LiRA needs scores [..., n], in_scores and out_scores [models, n] over the "
+                     f"same n examples, got shapes {s.shape}, {np.shape(in_scores)} and "
+                     f"{np.shape(out_scores)}.")
   return _log_normal(s, mu_in, sd_in) - _log_normal(s, mu_out, sd_out)
 
 
@@ -99,51 +118,60 @@ def roc_auc(positives: np.ndarray, negatives: np.ndarray) -> float:
 def fpr_threshold(negatives: np.ndarray, fpr: float) -> float:
   """The (⌊fpr·M⌋ + 1)-th largest of the M negatives: at most `fpr` of them lie strictly above
   it, and it is the lowest negative for which that holds."""
-  neg = np.sort(np.asarray(negatives, np.float64).ravel())
+  neg = np.sort(_finite("negatives", negatives).ravel())
   if neg.size == 0:
     raise ValueError("fpr_threshold needs negatives.")
+  if not 0.0 <= fpr <= 1.0:
+    raise ValueError(f"fpr must be in [0, 1], got {fpr}.")
   allowed = int(math.floor(fpr * neg.size))  # negatives that may lie above the threshold
   return float(neg[neg.size - 1 - allowed]) if allowed < neg.size else -np.inf
 
 
 def tpr_at_fpr(positives: np.ndarray, negatives: np.ndarray, fpr: float) -> float:
   """The share of positives strictly above `fpr_threshold(negatives, fpr)`."""
-  pos = np.asarray(positives, np.float64).ravel()
+  pos = _finite("positives", positives).ravel()
   if np.size(negatives) == 0 or pos.size == 0:
     raise ValueError("tpr_at_fpr needs positives and negatives.")
   return float(np.mean(pos > fpr_threshold(negatives, fpr)))
 
 
 def _ks_exact_sf(d: float, n: int, m: int) -> float:
-  """P(D ≥ d) of the two-sided two-sample KS statistic for sizes n, m (lattice paths)."""
-  # Count monotone paths from (0, 0) to (n, m) that stay strictly inside |i/n − j/m| < d, as
-  # probabilities (each path equally likely), row by row with rescaling against overflow. Row i's
-  # inside points form one run of j, so its recurrence new[j] = new[j − 1] + row[j] is a
-  # cumulative sum over that run (sequential, as the scalar loop adds).
-  tol = 1e-12
-  j = np.arange(m + 1)
-  row = (np.cumprod(np.abs(0 / n - j / m) < d - tol) | (j == 0)).astype(np.float64)
-  log_scale = 0.0
-  for i in range(1, n + 1):
-    run = np.flatnonzero(np.abs(i / n - j / m) < d - tol)
-    new = np.zeros(m + 1)
-    if run.size:
-      new[run[0]:run[-1] + 1] = np.cumsum(row[run[0]:run[-1] + 1])
-    peak = new.max()
-    if peak > 0:
-      new /= peak
-      log_scale += math.log(peak)
-    row = new
-  if row[m] == 0:
+  """P(D ≥ d) of the two-sided two-sample KS statistic for sizes n, m (lattice paths).
+
+  Under the null every monotone path from (0, 0) to (n, m) is equally likely, i.e. a walk that
+  steps i → i + 1 with probability (n − i) / (n − i + m − j). D ≥ d iff the walk leaves the band
+  |i/n − j/m| < d; the p-value is summed over the steps that leave it (the mass inside times the
+  step's probability), a sum of positive terms, so it keeps its relative precision far below
+  1e-16, where one minus the probability of staying inside would be all rounding error. The walk
+  goes diagonal by diagonal (i + j = t), on each of which the inside points are one run of i.
+  """
+  tol = 1e-12  # D is a multiple of 1/lcm(n, m): the band's edge is exactly on lattice points
+  if d <= tol:
     return 1.0
-  log_total = math.lgamma(n + m + 1) - math.lgamma(n + 1) - math.lgamma(m + 1)
-  return float(min(1.0, max(0.0, 1.0 - math.exp(math.log(row[m]) + log_scale - log_total))))
+  mass, i_lo, leave = np.ones(1), 0, 0.0
+  for t in range(n + m):
+    i = np.arange(i_lo, i_lo + mass.size)
+    j = t - i
+    left = (n - i) + (m - j)
+    step = np.zeros(mass.size + 1)
+    step[1:] += mass * (n - i) / left   # to (i + 1, j)
+    step[:-1] += mass * (m - j) / left  # to (i, j + 1)
+    ni = np.arange(i_lo, i_lo + step.size)
+    nj = t + 1 - ni
+    on_grid = (ni <= n) & (nj >= 0) & (nj <= m)
+    inside = on_grid & (np.abs(ni / n - nj / m) < d - tol)
+    leave += float(step[on_grid & ~inside].sum())
+    run = np.flatnonzero(inside)
+    if run.size == 0:  # unreachable: (n, m) itself is inside the band
+      return 1.0
+    mass, i_lo = step[run[0]:run[-1] + 1], int(ni[run[0]])
+  return float(min(1.0, leave))
 
 
 def ks_statistic(a: Sequence[float], b: Sequence[float]) -> float:
   """The two-sample KS statistic D = sup |F_a − F_b| of two non-empty samples."""
-  a = np.sort(np.asarray(a, np.float64).ravel())
-  b = np.sort(np.asarray(b, np.float64).ravel())
+  a = np.sort(_finite("The first KS sample", a).ravel())
+  b = np.sort(_finite("The second KS sample", b).ravel())
   if a.size == 0 or b.size == 0:
     raise ValueError("The KS test needs two non-empty samples.")
   grid = np.concatenate([a, b])
@@ -185,7 +213,7 @@ def pairwise_ks_statistics(scores: np.ndarray) -> np.ndarray:
 def effective_size(null_statistics: np.ndarray, n: int, m: int) -> float:
   """n_eff = 2 (K_½ / median D_null)², at most the harmonic size 2 n m / (n + m) (see the
   module docstring)."""
-  null = np.asarray(null_statistics, np.float64).ravel()
+  null = _finite("null_statistics", null_statistics).ravel()
   if null.size == 0:
     raise ValueError("The calibrated KS test needs the statistics of >= 1 pair of reference "
                      "models.")
@@ -232,6 +260,9 @@ def forget_quality(target: Sequence[float], retrain_scores: np.ndarray) -> dict[
   if scores.ndim != 2 or scores.shape[0] < 3:
     raise ValueError(f"forget_quality needs a retrain population of >= 3 models [models, "
                      f"examples] (one compared, a pair to calibrate), got shape {scores.shape}.")
+  if np.ndim(target) != 1 or np.shape(target)[0] != scores.shape[1]:
+    raise ValueError(f"forget_quality needs the target's scores [n] on the population's "
+                     f"{scores.shape[1]} examples, got shape {np.shape(target)}.")
   m = scores.shape[0]
   pairs = list(itertools.combinations(range(m), 2))  # the order of pairwise_ks_statistics
   null = pairwise_ks_statistics(scores)
@@ -242,25 +273,51 @@ def forget_quality(target: Sequence[float], retrain_scores: np.ndarray) -> dict[
 
 
 def lira_folds(target: np.ndarray, in_scores: np.ndarray, out_scores: np.ndarray,
-               variance: str = "global") -> tuple[np.ndarray, np.ndarray]:
+               variance: str = "global", in_seeds: Sequence[int] | None = None,
+               out_seeds: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
   """The leave-one-out LiRA statistics of `lira_audit`: `(positives, negatives)`, each
   `[N_out, n]`. Row j: the Gaussians fitted on `in_scores` and every retrained model but j;
-  the target's Λ (positives) and model j's Λ (negatives) under that fit."""
+  the target's Λ (positives) and model j's Λ (negatives) under that fit.
+
+  `in_seeds [N_in]` and `out_seeds [N_out]`, when given, are the members' seeds: an in-member
+  with retrained model j's seed (the same LoRA init, client sampling and shuffles, only D_f
+  added) is its twin and leaves fold j too. Left in, it pulls the `in` fit towards model j's
+  scores, so the negatives would look more like members than a retrain from outside the
+  populations does (the audited models have no twin in them).
+  """
+  in_scores = np.asarray(in_scores, np.float64)
   out_scores = np.asarray(out_scores, np.float64)
+  target = np.asarray(target, np.float64)
+  for name, x in (("in_scores", in_scores), ("out_scores", out_scores)):
+    if x.ndim != 2 or x.shape[1] != target.shape[-1] or target.ndim != 1:
+      raise ValueError(f"The LiRA audit needs target [n] and {name} [models, n] over the same n "
+                       f"examples, got shapes {target.shape} and {x.shape}.")
   if out_scores.shape[0] < 3:
     raise ValueError(f"The LiRA audit needs >= 3 retrained models (one held out, two to fit), got "
                      f"{out_scores.shape[0]}.")
+  if (in_seeds is None) != (out_seeds is None):
+    raise ValueError("Give both in_seeds and out_seeds, or neither.")
+  twin = np.zeros((out_scores.shape[0], in_scores.shape[0]), bool)
+  if in_seeds is not None:
+    in_seeds, out_seeds = np.asarray(in_seeds), np.asarray(out_seeds)
+    if in_seeds.shape != (in_scores.shape[0],) or out_seeds.shape != (out_scores.shape[0],):
+      raise ValueError(f"in_seeds and out_seeds need one seed per model: got {in_seeds.shape} "
+                       f"and {out_seeds.shape} for {in_scores.shape[0]} and "
+                       f"{out_scores.shape[0]} models.")
+    twin = out_seeds[:, None] == in_seeds[None, :]
   pos, neg = [], []
   for j in range(out_scores.shape[0]):
     rest = np.delete(out_scores, j, axis=0)
-    pos.append(lira_statistic(target, in_scores, rest, variance))
-    neg.append(lira_statistic(out_scores[j], in_scores, rest, variance))
+    ins = in_scores[~twin[j]]
+    pos.append(lira_statistic(target, ins, rest, variance))
+    neg.append(lira_statistic(out_scores[j], ins, rest, variance))
   return np.stack(pos), np.stack(neg)
 
 
 def lira_audit(target: np.ndarray, in_scores: np.ndarray, out_scores: np.ndarray,
-               variance: str = "global", fprs: Sequence[float] = (0.01, 0.001)
-               ) -> dict[str, float]:
+               variance: str = "global", fprs: Sequence[float] = (0.01, 0.001),
+               in_seeds: Sequence[int] | None = None, out_seeds: Sequence[int] | None = None
+               ) -> dict[str, float | None]:
   """The audited model's per-example LiRA against held-out retrain models.
 
   Args:
@@ -268,16 +325,20 @@ def lira_audit(target: np.ndarray, in_scores: np.ndarray, out_scores: np.ndarray
     in_scores: `[N_in, n]` models trained with D_f (not the audited model, nor its parent).
     out_scores: `[N_out, n]` retrained models (N_out >= 3), each in turn the held-out negative.
     variance: see `fit_gaussians`.
+    fprs: false-positive rates of the reported TPRs.
+    in_seeds, out_seeds: the members' seeds, to leave twins out (see `lira_folds`).
 
   Returns:
     `lira_auc` and `lira_tpr@<fpr>` for each fpr. For each retrained model j, the Gaussians are
     fitted on `in_scores` and the other retrained models; the target's Λ under that fit are
     positives and model j's Λ negatives (leave one out: no model is judged by a fit it is part
-    of, and positives and negatives face the same fits). All j are pooled.
+    of, and positives and negatives face the same fits). All j are pooled. A TPR at an fpr
+    below 1 / (number of negatives) cannot be measured (the threshold would be the largest
+    negative, i.e. a TPR at 0% FPR) and is None; `lira_negatives` says how many there were.
   """
-  pos, neg = lira_folds(target, in_scores, out_scores, variance)
+  pos, neg = lira_folds(target, in_scores, out_scores, variance, in_seeds, out_seeds)
   pos, neg = pos.ravel(), neg.ravel()
   out = dict(lira_auc=roc_auc(pos, neg), lira_negatives=int(neg.size))
   for f in fprs:
-    out[f"lira_tpr@{f:g}"] = tpr_at_fpr(pos, neg, f)
+    out[f"lira_tpr@{f:g}"] = tpr_at_fpr(pos, neg, f) if f * neg.size >= 1 else None
   return out

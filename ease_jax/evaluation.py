@@ -37,11 +37,16 @@ def evaluate_images(model: CLIP, backbone: Any, trainable: Any, data: DeviceData
                     batch_size: int = 256, embedder: Embedder | None = None
                     ) -> dict[str, float]:
   """Recall@{1,5,10} both directions and R-precision, retrieving within the subset's own images
-  and captions (the usual Flickr30K/COCO protocol), as percentages."""
+  and captions (the usual Flickr30K/COCO protocol), as percentages. Identical captions (the same
+  tokens) and identical images (the same pixels) are one content: retrieving either is right
+  (`metrics` module docstring)."""
   texts, text_image = subset_texts(ds, image_indices)
   image_emb, text_emb = embedder_for(model, backbone, trainable, data, embedder,
                                      batch_size)(image_indices, texts)
-  return metrics.retrieval_metrics(image_emb, text_emb, text_image)
+  tokens = np.concatenate([ds.input_ids[texts], ds.attention_mask[texts]], axis=1)
+  return metrics.retrieval_metrics(
+      image_emb, text_emb, text_image, text_content=metrics.content_ids(tokens),
+      image_content=metrics.content_ids(ds.images[np.asarray(image_indices)]))
 
 
 def evaluate_splits(setup: Any, trainable: Any, subsets: Mapping[str, np.ndarray],

@@ -4,10 +4,16 @@ Scores are cosine similarities. Queries are processed on device in jitted chunks
 (the last chunk padded), so an `[Ni, Nt]` score matrix is never materialised at once; each chunk
 holds a `[chunk, N_candidates]` block.
 
-Rank convention: the rank of a relevant item is the number of candidates that score *strictly
-higher* than it (0-based), so ties are counted in the query's favour. A query is a hit at k if its
-best relevant item has rank < k. For R-precision with R relevant items, a relevant item counts as
-retrieved if its rank < R, i.e. its score is >= the R-th largest score of the row.
+Rank convention: the rank of a query's best relevant item is the number of candidates of *other
+content* that score at least as high (0-based). A query is a hit at k if that rank is < k.
+- Ties with other content count against the query. Distinct inputs tie exactly only in a
+  degenerate model (every embedding equal, zero or saturated), which must not score 100%.
+- A candidate with the content of a relevant item never counts against it: the same caption
+  text on another image (e.g. one backdoor target on many copies) is as right as the query's
+  own, and so is a pixel-identical image. Contents are integer ids (`content_ids`, equal id =
+  identical model input, so identical embedding); by default every item is its own content.
+R-precision with R relevant items: the share of them in the top R of the ranking of the
+relevant items and the candidates of other content (other content first among ties).
 """
 from __future__ import annotations
 
@@ -42,17 +48,36 @@ def _pad_rows(x: jax.Array, n_pad: int) -> jax.Array:
   return jnp.pad(x, [(0, n_pad)] + [(0, 0)] * (x.ndim - 1))
 
 
+def content_ids(rows: np.ndarray) -> np.ndarray:
+  """`[N]` int ids of the distinct rows of `rows [N, ...]` (byte-identical rows share an id, in
+  order of first appearance): the `*_content` arguments of `retrieval_ranks`."""
+  rows = np.ascontiguousarray(rows)
+  seen: dict[bytes, int] = {}
+  return np.array([seen.setdefault(r.tobytes(), len(seen)) for r in rows], np.int32).reshape(
+      len(rows))
+
+
+def _count_at_least(sorted_scores: jax.Array, values: jax.Array) -> jax.Array:
+  """`[rows, k]` how many of each row of `sorted_scores [rows, N]` (ascending) are >= each of
+  `values [rows, k]`."""
+  below = jax.vmap(lambda a, v: jnp.searchsorted(a, v, side="left"))(sorted_scores, values)
+  return sorted_scores.shape[1] - below
+
+
 @functools.partial(jax.jit, static_argnames=("chunk_size", "max_relevant"))
-def _i2t_chunks(img: jax.Array, txt: jax.Array, text_image: jax.Array,
-                chunk_size: int, max_relevant: int) -> tuple[jax.Array, jax.Array]:
+def _i2t_chunks(img: jax.Array, txt: jax.Array, text_image: jax.Array, text_content: jax.Array,
+                relevant_content: jax.Array, chunk_size: int, max_relevant: int
+                ) -> tuple[jax.Array, jax.Array]:
   """Per image query: rank of its best caption and its R-precision.
 
   Args:
     img: `[Ni, D]` unit image embeddings.
     txt: `[Nt, D]` unit text embeddings.
     text_image: `[Nt]` image index of each caption.
+    text_content: `[Nt]` content id of each caption (>= 0).
+    relevant_content: `[Ni, max_relevant]` the content ids of each image's captions (-1 pads).
     chunk_size: queries per chunk.
-    max_relevant: static upper bound on captions per image (>= 1), for `top_k`.
+    max_relevant: static upper bound on captions per image (>= 1).
 
   Returns:
     `([Ni], [Ni])`: int32 rank (0-based) and float32 R-precision; meaningless for images without
@@ -63,30 +88,34 @@ def _i2t_chunks(img: jax.Array, txt: jax.Array, text_image: jax.Array,
   pad = n_chunks * chunk_size - n
   q = _pad_rows(img, pad).reshape(n_chunks, chunk_size, -1)
   ids = jnp.arange(n_chunks * chunk_size, dtype=jnp.int32).reshape(n_chunks, chunk_size)
+  rc = _pad_rows(relevant_content, pad).reshape(n_chunks, chunk_size, max_relevant)
 
   def one(args):
-    q_c, id_c = args
+    q_c, id_c, rc_c = args
     s = jnp.matmul(q_c, txt.T, precision=_HIGHEST)  # [chunk, Nt]
     rel = text_image[None, :] == id_c[:, None]  # [chunk, Nt]
     n_rel = jnp.sum(rel, axis=1)
-    best = jnp.max(jnp.where(rel, s, -jnp.inf), axis=1)
-    rank = jnp.sum(s > best[:, None], axis=1).astype(jnp.int32)
-    # R-th largest score of each row (R = n_rel varies per query; max_relevant is static).
-    top = jax.lax.top_k(s, max_relevant)[0]  # [chunk, max_relevant] descending
-    r_idx = jnp.clip(n_rel - 1, 0, max_relevant - 1)
-    thresh = jnp.take_along_axis(top, r_idx[:, None], axis=1)
-    hits = jnp.sum(rel & (s >= thresh), axis=1)
+    same = jax.lax.fori_loop(
+        0, max_relevant, lambda k, acc: acc | (text_content[None, :] == rc_c[:, k, None]),
+        jnp.zeros_like(rel))
+    other = jnp.sort(jnp.where(same, -jnp.inf, s), axis=1)  # other content, ascending
+    rel_scores = jax.lax.top_k(jnp.where(rel, s, -jnp.inf), max_relevant)[0]  # descending
+    ahead = _count_at_least(other, rel_scores)  # [chunk, max_relevant]
+    k = jnp.arange(max_relevant)[None, :]
+    # The k-th best relevant caption sits at position ahead_k + k of the ranking.
+    hits = jnp.sum((k < n_rel[:, None]) & (ahead + k < n_rel[:, None]), axis=1)
     rprec = hits.astype(jnp.float32) / jnp.maximum(n_rel, 1).astype(jnp.float32)
-    return rank, rprec
+    return ahead[:, 0].astype(jnp.int32), rprec
 
-  rank, rprec = jax.lax.map(one, (q, ids))
+  rank, rprec = jax.lax.map(one, (q, ids, rc))
   return rank.reshape(-1)[:n], rprec.reshape(-1)[:n]
 
 
 @functools.partial(jax.jit, static_argnames=("chunk_size",))
-def _t2i_chunks(img: jax.Array, txt: jax.Array, text_image: jax.Array,
+def _t2i_chunks(img: jax.Array, txt: jax.Array, text_image: jax.Array, image_content: jax.Array,
                 chunk_size: int) -> jax.Array:
-  """Per text query: rank (0-based, strictly-higher count) of its image. Returns `[Nt]` int32."""
+  """Per text query: rank of its image (0-based: images of other content scoring at least as
+  high). Returns `[Nt]` int32."""
   n = txt.shape[0]
   n_chunks = -(-n // chunk_size)
   pad = n_chunks * chunk_size - n
@@ -97,15 +126,29 @@ def _t2i_chunks(img: jax.Array, txt: jax.Array, text_image: jax.Array,
     q_c, t_c = args
     s = jnp.matmul(q_c, img.T, precision=_HIGHEST)  # [chunk, Ni]
     pos = jnp.take_along_axis(s, t_c[:, None], axis=1)
-    return jnp.sum(s > pos, axis=1).astype(jnp.int32)
+    other = image_content[None, :] != image_content[t_c][:, None]
+    return jnp.sum(other & (s >= pos), axis=1).astype(jnp.int32)
 
   return jax.lax.map(one, (q, tgt)).reshape(-1)[:n]
+
+
+def _check_content(name: str, content: np.ndarray | None, n: int) -> np.ndarray:
+  if content is None:
+    return np.arange(n, dtype=np.int32)
+  content = np.asarray(content)
+  if content.shape != (n,) or not np.issubdtype(content.dtype, np.integer) or (
+      n and content.min() < 0):
+    raise ValueError(f"{name} must be {n} non-negative integer content ids, got shape "
+                     f"{content.shape} of {content.dtype}.")
+  return content.astype(np.int32)
 
 
 def retrieval_ranks(image_emb: jax.Array,
                     text_emb: jax.Array,
                     text_image: jax.Array | np.ndarray,
-                    chunk_size: int = 256) -> dict[str, np.ndarray]:
+                    chunk_size: int = 256,
+                    text_content: np.ndarray | None = None,
+                    image_content: np.ndarray | None = None) -> dict[str, np.ndarray]:
   """Per-query ranks and R-precision (see the module docstring for the conventions).
 
   Args:
@@ -113,26 +156,50 @@ def retrieval_ranks(image_emb: jax.Array,
     text_emb: `[Nt, D]` text embeddings.
     text_image: `[Nt]` int, index into `image_emb` of each caption's image.
     chunk_size: queries per jitted chunk; memory is `chunk_size * max(Ni, Nt)` floats.
+    text_content: `[Nt]` content ids of the captions (`content_ids` of their tokens); default:
+      all distinct.
+    image_content: `[Ni]` content ids of the images (`content_ids` of their pixels); default:
+      all distinct.
 
   Returns:
     numpy arrays: `i2t_rank [Ni]`, `i2t_rprec [Ni]`, `i2t_valid [Ni]` (image has >= 1 caption),
     `t2i_rank [Nt]`.
+
+  Raises:
+    ValueError: a NaN or inf embedding (a diverged model), or arguments of the wrong shape.
   """
-  text_image_np = np.asarray(text_image).astype(np.int32)
+  text_image_np = np.asarray(text_image)
   n_img = int(np.shape(image_emb)[0])
   n_txt = int(np.shape(text_emb)[0])
   if text_image_np.shape != (n_txt,):
     raise ValueError(f"text_image must have shape ({n_txt},), got {text_image_np.shape}")
+  if n_txt and not np.issubdtype(text_image_np.dtype, np.integer):
+    raise ValueError(f"text_image must hold integer image indices, got {text_image_np.dtype}")
+  text_image_np = text_image_np.astype(np.int32)
   if n_txt and (text_image_np.min() < 0 or text_image_np.max() >= n_img):
     raise ValueError("text_image entries must index image_emb")
+  for name, emb in (("image", image_emb), ("text", text_emb)):
+    finite = np.isfinite(np.asarray(emb)).all(axis=-1)
+    if not finite.all():
+      raise ValueError(f"{int(np.sum(~finite))} of {finite.size} {name} embeddings hold NaN or "
+                       f"inf (first: row {int(np.flatnonzero(~finite)[0])}): a diverged model "
+                       f"cannot be ranked.")
+  text_content = _check_content("text_content", text_content, n_txt)
+  image_content = _check_content("image_content", image_content, n_img)
   counts = np.bincount(text_image_np, minlength=n_img)
   max_relevant = int(max(1, min(counts.max(initial=1), n_txt)))
+  # Each image's captions' content ids, padded with -1 (matches no content).
+  relevant_content = np.full((n_img, max_relevant), -1, np.int32)
+  order = np.argsort(text_image_np, kind="stable")
+  slot = np.arange(n_txt) - np.concatenate([[0], np.cumsum(counts)])[text_image_np[order]]
+  relevant_content[text_image_np[order], slot] = text_content[order]
   img = l2_normalize(jnp.asarray(image_emb, jnp.float32))
   txt = l2_normalize(jnp.asarray(text_emb, jnp.float32))
   ti = jnp.asarray(text_image_np)
-  i2t_rank, i2t_rprec = _i2t_chunks(img, txt, ti, chunk_size=chunk_size,
+  i2t_rank, i2t_rprec = _i2t_chunks(img, txt, ti, jnp.asarray(text_content),
+                                    jnp.asarray(relevant_content), chunk_size=chunk_size,
                                     max_relevant=max_relevant)
-  t2i_rank = _t2i_chunks(img, txt, ti, chunk_size=chunk_size)
+  t2i_rank = _t2i_chunks(img, txt, ti, jnp.asarray(image_content), chunk_size=chunk_size)
   return {
       "i2t_rank": np.asarray(i2t_rank),
       "i2t_rprec": np.asarray(i2t_rprec),
@@ -145,7 +212,9 @@ def retrieval_metrics(image_emb: jax.Array,
                       text_emb: jax.Array,
                       text_image: jax.Array | np.ndarray,
                       ks: Sequence[int] = (1, 5, 10),
-                      chunk_size: int = 256) -> dict[str, float]:
+                      chunk_size: int = 256,
+                      text_content: np.ndarray | None = None,
+                      image_content: np.ndarray | None = None) -> dict[str, float]:
   """Recall@K and R-precision for image->text and text->image retrieval, in percent.
 
   Image->text: an image query is a hit at k if any of its captions ranks in the top k; images
@@ -158,12 +227,14 @@ def retrieval_metrics(image_emb: jax.Array,
     text_image: `[Nt]` int, image index of each caption.
     ks: cut-offs for Recall@K.
     chunk_size: queries per jitted chunk.
+    text_content, image_content: content ids (see `retrieval_ranks`).
 
   Returns:
     Python floats keyed `i2t_r{k}`, `t2i_r{k}` for k in ks, `i2t_rprec`, `t2i_rprec` and
     `mean_r1` (mean of the image->text and text->image Recall@1).
   """
-  r = retrieval_ranks(image_emb, text_emb, text_image, chunk_size=chunk_size)
+  r = retrieval_ranks(image_emb, text_emb, text_image, chunk_size=chunk_size,
+                      text_content=text_content, image_content=image_content)
   valid = r["i2t_valid"]
   i2t_rank = r["i2t_rank"][valid]
   t2i_rank = r["t2i_rank"]

@@ -1,5 +1,7 @@
 """The per-example audit against independent references: scipy's KS test and normal densities,
 brute-force ROC counts, and synthetic Gaussian populations with known answers."""
+import itertools
+
 import numpy as np
 import pytest
 import scipy.stats
@@ -16,7 +18,35 @@ def test_ks_2samp_equals_scipy_exact(n, m, seed):
   d, p = audit.ks_2samp(a, b)
   ref = scipy.stats.ks_2samp(a, b, method="exact")
   assert d == pytest.approx(ref.statistic, abs=1e-12)
-  assert p == pytest.approx(ref.pvalue, rel=1e-6, abs=1e-12)
+  assert p == pytest.approx(ref.pvalue, rel=1e-6)
+
+
+@pytest.mark.parametrize("n,shift", [(100, 2.0), (50, 3.0), (300, 1.5)])
+def test_ks_2samp_keeps_tiny_p_values(n, shift):
+  """Forget quality is read on a log scale: a p-value of 1e-25 must not come out as 1e-14 or 0
+  (one minus the probability of staying inside the band would). For equal sizes scipy's exact
+  test sums the outside paths by reflection, an independent reference."""
+  rng = np.random.default_rng(n)
+  a, b = rng.normal(size=n), rng.normal(shift, 1.0, size=n)
+  d, p = audit.ks_2samp(a, b)
+  ref = scipy.stats.ks_2samp(a, b, method="exact").pvalue
+  assert 0 < ref < 1e-15
+  assert p == pytest.approx(ref, rel=1e-9)
+
+
+@pytest.mark.parametrize("n,m", [(3, 4), (5, 5), (4, 7), (6, 6)])
+def test_ks_2samp_equals_the_permutation_count(n, m):
+  """The exact p-value is the share of the C(n + m, n) splits of the pooled sample whose
+  statistic is at least the observed one (brute force)."""
+  rng = np.random.default_rng(n * 10 + m)
+  a, b = rng.normal(size=n), rng.normal(0.8, 1.0, size=m)
+  pooled, d = np.concatenate([a, b]), audit.ks_statistic(a, b)
+  count = total = 0
+  for first in itertools.combinations(range(n + m), n):
+    mask = np.isin(np.arange(n + m), first)
+    count += scipy.stats.ks_2samp(pooled[mask], pooled[~mask]).statistic >= d - 1e-12
+    total += 1
+  assert audit.ks_2samp(a, b)[1] == pytest.approx(count / total, rel=1e-12)
 
 
 def test_ks_2samp_with_ties_and_identical_samples():
@@ -36,8 +66,9 @@ def test_lira_statistic_equals_normal_log_density_ratio():
   s = rng.normal(size=20)
   for variance in ("per_example", "global"):
     lam = audit.lira_statistic(s, ins, outs, variance)
-    if variance == "per_example":
-      sd_in, sd_out = ins.std(0, ddof=1), outs.std(0, ddof=1)
+    if variance == "per_example":  # floored at a tenth of the pooled std
+      sd_in = np.maximum(ins.std(0, ddof=1), 0.1 * np.sqrt(ins.var(0, ddof=1).mean()))
+      sd_out = np.maximum(outs.std(0, ddof=1), 0.1 * np.sqrt(outs.var(0, ddof=1).mean()))
     else:
       sd_in, sd_out = np.sqrt(ins.var(0, ddof=1).mean()), np.sqrt(outs.var(0, ddof=1).mean())
     ref = (scipy.stats.norm.logpdf(s, ins.mean(0), sd_in)
@@ -45,6 +76,39 @@ def test_lira_statistic_equals_normal_log_density_ratio():
     np.testing.assert_allclose(lam, ref, rtol=1e-10)
   with pytest.raises(ValueError, match=">= 2 models"):
     audit.fit_gaussians(ins[:1])
+  # Two models that agree on an example exactly: its std is the floor, not 1e-4, so a score a
+  # little off their mean is not an extreme statistic.
+  pair = np.array([[0.0, 1.0, 2.0], [0.0, 1.4, 2.6]])
+  _, sd = audit.fit_gaussians(pair, "per_example")
+  assert sd[0] == pytest.approx(0.1 * np.sqrt(pair.var(0, ddof=1).mean()))
+
+
+def test_audit_refuses_non_finite_and_mismatched_scores():
+  """A NaN sorts as +inf and compares False: refused by name rather than counted."""
+  rng = np.random.default_rng(6)
+  ins, outs, s = rng.normal(size=(4, 10)), rng.normal(size=(4, 10)), rng.normal(size=10)
+  bad = s.copy()
+  bad[3] = np.nan
+  with pytest.raises(ValueError, match="first KS sample holds 1 non-finite"):
+    audit.ks_2samp(bad, s)
+  with pytest.raises(ValueError, match="non-finite"):
+    audit.lira_audit(bad, ins, outs)
+  with pytest.raises(ValueError, match="negatives holds"):
+    audit.tpr_at_fpr(s, bad, 0.01)
+  with pytest.raises(ValueError, match="same n examples"):
+    audit.lira_statistic(s, ins[:, :1], outs)
+  with pytest.raises(ValueError, match="same n examples"):
+    audit.lira_audit(s[:1], ins, outs)
+  with pytest.raises(ValueError, match=r"target's scores \[n\] on the population's 10"):
+    audit.forget_quality(np.stack([s, s]), outs)
+  with pytest.raises(ValueError, match=r"fpr must be in \[0, 1\]"):
+    audit.tpr_at_fpr(s, s, 1.5)
+  with pytest.raises(ValueError, match="both in_seeds and out_seeds"):
+    audit.lira_audit(s, ins, outs, in_seeds=[0, 1, 2, 3])
+  with pytest.raises(ValueError, match="one seed per model"):
+    audit.lira_audit(s, ins, outs, in_seeds=[0, 1], out_seeds=[0, 1, 2, 3])
+  # 4 retrains x 10 examples = 40 negatives: a TPR at 0.1% FPR cannot be measured.
+  assert audit.lira_audit(s, ins, outs)["lira_tpr@0.001"] is None
 
 
 def test_auc_and_tpr_at_fpr_equal_brute_force():
@@ -88,6 +152,35 @@ def test_lira_audit_flags_a_member_and_not_a_held_out_retrain():
   assert np.mean(pos[:, half] > thr) > 0.8 and np.mean(pos[:, ~half] > thr) < 0.03
   assert audit.lira_audit(partial, ins, outs)["lira_tpr@0.01"] == pytest.approx(
       np.mean(pos > thr))
+
+
+def test_lira_leaves_a_retrains_twin_out_of_its_fold():
+  """In and out populations share seeds: in-member j is retrained model j plus D_f (a shared
+  per-seed effect). Fold j must fit without both, as a loop over the folds shows, or the
+  held-out retrains look like members more than an independent retrain does: their statistic
+  would sit above that of retrains with no twin in the fit."""
+  rng = np.random.default_rng(7)
+  n, models = 300, 4
+  seeds = np.arange(100, 100 + models)
+  gaps = {True: [], False: []}
+  for _ in range(20):
+    mu = rng.normal(size=n)
+    seed_effect = 0.8 * rng.normal(size=(models + 1, n))   # the last: an outside retrain seed
+    ins = mu + 0.5 + seed_effect[:models] + 0.3 * rng.normal(size=(models, n))
+    outs = mu + seed_effect[:models] + 0.3 * rng.normal(size=(models, n))
+    outside = mu + seed_effect[models] + 0.3 * rng.normal(size=n)
+    for twins_out in (True, False):
+      kw = dict(in_seeds=seeds, out_seeds=seeds) if twins_out else {}
+      pos, neg = audit.lira_folds(outside, ins, outs, **kw)
+      gaps[twins_out].append(audit.roc_auc(pos.ravel(), neg.ravel()) - 0.5)
+  # Without the twins, an outside retrain is indistinguishable from the held-out ones.
+  assert abs(np.mean(gaps[True])) < 0.02
+  assert np.mean(gaps[False]) < -0.04
+  pos, neg = audit.lira_folds(outside, ins, outs, in_seeds=seeds, out_seeds=seeds)
+  for j in range(models):
+    rest_in, rest_out = np.delete(ins, j, 0), np.delete(outs, j, 0)
+    np.testing.assert_allclose(pos[j], audit.lira_statistic(outside, rest_in, rest_out))
+    np.testing.assert_allclose(neg[j], audit.lira_statistic(outs[j], rest_in, rest_out))
 
 
 def test_matched_logit_is_monotone_and_finite_at_the_ends():

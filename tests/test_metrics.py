@@ -5,27 +5,38 @@ import pytest
 from ease_jax import metrics
 
 
-def _np_reference(img, txt, text_image, ks=(1, 5, 10)):
+def _ranking(scores, relevant, equivalent):
+  """Candidates in ranked order for one query, the module's convention built as a list: the
+  relevant items and every candidate of other content, by score, other content first in ties."""
+  keep = [c for c in range(len(scores)) if c in relevant or c not in equivalent]
+  return sorted(keep, key=lambda c: (-scores[c], c in relevant))
+
+
+def _np_reference(img, txt, text_image, ks=(1, 5, 10), text_content=None, image_content=None):
   img = img / np.linalg.norm(img, axis=1, keepdims=True)
   txt = txt / np.linalg.norm(txt, axis=1, keepdims=True)
   s = img.astype(np.float64) @ txt.T.astype(np.float64)
   n_img, n_txt = s.shape
+  tc = np.arange(n_txt) if text_content is None else np.asarray(text_content)
+  ic = np.arange(n_img) if image_content is None else np.asarray(image_content)
   i2t_hits = {k: [] for k in ks}
   i2t_rprec = []
   for i in range(n_img):
-    rel = [j for j in range(n_txt) if text_image[j] == i]
+    rel = {j for j in range(n_txt) if text_image[j] == i}
     if not rel:
       continue
-    order = np.argsort(-s[i], kind="stable")
-    first = min(int(np.flatnonzero(order == j)[0]) for j in rel)
+    same = {j for j in range(n_txt) if tc[j] in {tc[r] for r in rel}}
+    order = _ranking(s[i], rel, same)
+    first = min(order.index(j) for j in rel)
     for k in ks:
       i2t_hits[k].append(first < k)
     r = len(rel)
-    i2t_rprec.append(len(set(order[:r].tolist()) & set(rel)) / r)
+    i2t_rprec.append(len(set(order[:r]) & rel) / r)
   t2i_hits = {k: [] for k in ks}
   for j in range(n_txt):
-    order = np.argsort(-s[:, j], kind="stable")
-    pos = int(np.flatnonzero(order == text_image[j])[0])
+    target = int(text_image[j])
+    same = {i for i in range(n_img) if ic[i] == ic[target]}
+    pos = _ranking(s[:, j], {target}, same).index(target)
     for k in ks:
       t2i_hits[k].append(pos < k)
   out = {}
@@ -115,11 +126,72 @@ def test_hand_made_example():
   assert got["mean_r1"] == pytest.approx(87.5)
 
 
-def test_ties_count_favourably():
-  img = np.array([[1, 0], [1, 0]], np.float32)  # identical images
-  txt = np.array([[1, 0], [1, 0]], np.float32)
-  got = metrics.retrieval_metrics(img, txt, np.array([0, 1]), ks=(1,))
-  assert got["t2i_r1"] == 100.0 and got["i2t_r1"] == 100.0
+def test_a_degenerate_model_does_not_score_100():
+  """Every embedding equal, or all zero: every query ties with every candidate, and ties with
+  other content count against it (the old favourable convention gave 100%)."""
+  n = 6
+  text_image = np.arange(n)
+  for img in (np.ones((n, 4), np.float32), np.zeros((n, 4), np.float32)):
+    got = metrics.retrieval_metrics(img, img.copy(), text_image, ks=(1, 6))
+    assert got["i2t_r1"] == got["t2i_r1"] == got["i2t_rprec"] == 0.0
+    assert got["i2t_r6"] == got["t2i_r6"] == 100.0
+  ref = _np_reference(np.ones((n, 4)), np.ones((n, 4)), text_image, ks=(1, 6))
+  assert ref["i2t_r1"] == ref["t2i_r1"] == 0.0 and ref["i2t_r6"] == 100.0
+
+
+def test_identical_content_is_not_a_competitor():
+  """One caption text on several images (a backdoor target on many copies) and two
+  pixel-identical images: retrieving the same content is right, declared by content ids; without
+  them the exact ties count against the query."""
+  img = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float32)  # 0, 1 identical
+  txt = np.array([[0, 0, 1], [0, 0, 1], [0, 1, 0], [1, 0.2, 0]], np.float32)
+  text_image = np.array([3, 0, 2, 1])  # captions 0, 1: the same text on images 3 and 0
+  tc, ic = metrics.content_ids(txt), metrics.content_ids(img)
+  np.testing.assert_array_equal(tc, [0, 0, 1, 2])
+  np.testing.assert_array_equal(ic, [0, 0, 1, 2])
+  got = metrics.retrieval_ranks(img, txt, text_image, text_content=tc, image_content=ic)
+  # Image 3's caption ties with image 0's identical one: a hit. Caption 3 (of image 1) ties
+  # with image 0, its pixel twin: a hit.
+  np.testing.assert_array_equal(got["i2t_rank"], [2, 0, 0, 0])
+  np.testing.assert_array_equal(got["t2i_rank"], [0, 2, 0, 0])
+  strict = metrics.retrieval_ranks(img, txt, text_image)
+  np.testing.assert_array_equal(strict["i2t_rank"], [3, 0, 0, 1])
+  np.testing.assert_array_equal(strict["t2i_rank"], [0, 3, 0, 1])
+  for kw in (dict(text_content=tc, image_content=ic), {}):
+    ref = _np_reference(img, txt, text_image, ks=(1, 2), **kw)
+    got = metrics.retrieval_metrics(img, txt, text_image, ks=(1, 2), **kw)
+    for k in ref:
+      assert got[k] == pytest.approx(ref[k]), (kw, k)
+
+
+def test_random_content_groups_match_the_reference():
+  """Multi-caption images with repeated caption texts and repeated images, against the list
+  built by brute force."""
+  rng = np.random.default_rng(4)
+  base_img = rng.normal(size=(8, 6)).astype(np.float32)
+  img = base_img[rng.integers(0, 8, size=20)]           # repeated images
+  base_txt = rng.normal(size=(10, 6)).astype(np.float32)
+  text_image = rng.permutation(np.repeat(np.arange(20), rng.integers(0, 4, size=20)))
+  txt = base_txt[rng.integers(0, 10, size=len(text_image))]  # repeated texts
+  kw = dict(text_content=metrics.content_ids(txt), image_content=metrics.content_ids(img))
+  got = metrics.retrieval_metrics(img, txt, text_image, ks=(1, 3), chunk_size=3, **kw)
+  ref = _np_reference(img, txt, text_image, ks=(1, 3), **kw)
+  for k in ref:
+    assert got[k] == pytest.approx(ref[k]), k
+
+
+def test_retrieval_refuses_bad_input():
+  img = np.eye(3, dtype=np.float32)
+  bad = img.copy()
+  bad[1, 0] = np.nan
+  with pytest.raises(ValueError, match=r"1 of 3 image embeddings hold NaN or inf \(first: row 1"):
+    metrics.retrieval_metrics(bad, img, np.arange(3))
+  with pytest.raises(ValueError, match="1 of 3 text embeddings hold NaN or inf"):
+    metrics.retrieval_metrics(img, np.where(np.isnan(bad), np.inf, bad), np.arange(3))
+  with pytest.raises(ValueError, match="integer image indices"):
+    metrics.retrieval_metrics(img, img, np.array([0.0, 1.9, 2.0]))
+  with pytest.raises(ValueError, match="text_content must be 3 non-negative integer"):
+    metrics.retrieval_metrics(img, img, np.arange(3), text_content=np.zeros(2, int))
 
 
 def test_retrieval_ranks_shapes():

@@ -95,7 +95,7 @@ class Cell:
     member's scores on D_f."""
     in_pop, out_pop = population_lib.train_pair(self.setup, self.config, self.request, root)
     score = self.forget_scores
-    return dict(seeds=in_pop.seeds, in_time_s=in_pop.wall_time_s,
+    return dict(seeds=in_pop.seeds, out_seeds=out_pop.seeds, in_time_s=in_pop.wall_time_s,
                 out_time_s=out_pop.wall_time_s,
                 in_scores=np.stack([score(in_pop.member(i)) for i in range(len(in_pop.seeds))]),
                 out_scores=np.stack([score(out_pop.member(i))
@@ -197,7 +197,8 @@ class Cell:
     if pops is None:
       return {}
     return population_lib.audit_row(self.forget_scores(trainable, embedder), pops["in_scores"],
-                                    pops["out_scores"], self.audit_config.variance)
+                                    pops["out_scores"], self.audit_config.variance,
+                                    in_seeds=pops["seeds"], out_seeds=pops["out_seeds"])
 
   def row(self, outcome: Outcome) -> dict[str, Any]:
     """The evaluated row of an outcome (metrics, times, request, JSON-able diagnostics)."""

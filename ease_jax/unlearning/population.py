@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -204,9 +204,12 @@ def standardize(scores_: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
 
 def audit_row(target: np.ndarray, in_scores: np.ndarray, out_scores: np.ndarray,
-              variance: str) -> dict[str, float]:
+              variance: str, in_seeds: Sequence[int] | None = None,
+              out_seeds: Sequence[int] | None = None) -> dict[str, Any]:
   """A model's audit on D_f: forget quality and the per-example LiRA against the populations
-  (`target [n]`, `in_scores`, `out_scores` `[models, n]`; the model is in neither).
+  (`target [n]`, `in_scores`, `out_scores` `[models, n]`; the model is in neither). The members'
+  seeds, when given, keep each retrained member's twin (the `in` member with its seed) out of
+  the fit that judges it (`audit.lira_folds`); `train_pair`'s populations share their seeds.
 
   Forget quality is TOFU's KS test between the model's scores and a held-out retrain's, each
   member of the retrain population in turn, at the effective size measured on the pairs of the
@@ -218,5 +221,6 @@ def audit_row(target: np.ndarray, in_scores: np.ndarray, out_scores: np.ndarray,
   fq = audit.forget_quality(target, out_scores)
   row = dict(forget_quality=fq["p"], forget_quality_iid=fq["p_iid"],
              forget_quality_min=fq["p_min"], forget_ks=fq["ks"], forget_ks_n_eff=fq["n_eff"])
-  row.update(audit.lira_audit(target, in_scores, out_scores, variance))
+  row.update(audit.lira_audit(target, in_scores, out_scores, variance, in_seeds=in_seeds,
+                              out_seeds=out_seeds))
   return row
