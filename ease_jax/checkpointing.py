@@ -372,6 +372,11 @@ class Checkpointer:
   def __init__(self, directory: str | pathlib.Path, config_fingerprint: Mapping[str, Any],
                max_to_keep: int = 2):
     self.directory = pathlib.Path(directory).absolute()
+    for folder in (self.directory, self.directory / DAMAGED_DIR):
+      if folder.exists() and not folder.is_dir():
+        # Found now, not at the first save after a round's work.
+        raise NotADirectoryError(f"Checkpoint folder {str(folder)!r} is a file; move it away "
+                                 f"or choose another --workdir.")
     self.fingerprint = dict(config_fingerprint)
     self._manager = ocp.CheckpointManager(
         self.directory,
@@ -491,6 +496,8 @@ class Checkpointer:
     if records is not None:
       try:
         saved_layout = {k: (r["dtype"], r["shape"]) for k, r in records.items()}
+        if not all(isinstance(r["sha256"], str) for r in records.values()):
+          raise TypeError("a sha256 that is not a string")
       except (KeyError, TypeError):
         raise _Damage(DamagedCheckpoint(step, str(meta_file),
                                         "unreadable integrity record")) from None

@@ -96,15 +96,15 @@ def load_clip(path_or_repo_id: str | os.PathLike[str], dtype: Any = jnp.float32,
 
   Raises:
     FileNotFoundError: no folder, no `config.json`, or no weight file.
-    ValueError: an unreadable weight file, or weights that do not fit the config (missing or
+    ValueError: a `config.json` that is not JSON, not a CLIP model's or has sizes of the wrong
+      type; an unreadable weight file, or weights that do not fit the config (missing or
       unexpected keys, shape mismatches).
   """
   ckpt = resolve_checkpoint(path_or_repo_id, cache_dir)
   config_file = ckpt / CONFIG_NAME
   if not config_file.is_file():
     raise FileNotFoundError(f"{str(ckpt)!r} has no {CONFIG_NAME}; not a Hugging Face checkpoint.")
-  import transformers  # pylint: disable=g-import-not-at-top
-  config = CLIPConfig.from_hf(transformers.CLIPConfig.from_pretrained(ckpt))
+  config = _read_config(config_file)
   flat, weights_file = _read_weights(ckpt)
   # PyTorch checkpoints store the scalar `logit_scale` as shape [1] (safetensors has no 0-d).
   if np.shape(flat.get("logit_scale", 0.0)) == (1,):
@@ -171,19 +171,57 @@ def load_tokenizer_and_processor(path_or_repo_id: str | os.PathLike[str], *,
   if not ((ckpt / "tokenizer.json").is_file() or (ckpt / "vocab.json").is_file()):
     raise FileNotFoundError(f"{str(ckpt)!r} has no tokenizer files (tokenizer.json or "
                             "vocab.json + merges.txt).")
+  # No fallback to the slow tokenizer: where the fast one cannot read the files (a malformed
+  # merges.txt), the slow one reads them differently and would silently give other token ids.
+  files = [f for f in ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json")
+           if (ckpt / f).is_file()]
   try:
     tokenizer = transformers.CLIPTokenizerFast.from_pretrained(ckpt)
-  except Exception:  # pylint: disable=broad-except
-    # The fast tokenizer needs `tokenizers` and a convertible vocabulary; the slow one does not.
-    tokenizer = transformers.CLIPTokenizer.from_pretrained(ckpt)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f"Cannot build the CLIP tokenizer from {str(ckpt)!r} ({', '.join(files)}): "
+                     f"{type(e).__name__}: {e}") from e
   processor = None
   if (ckpt / PREPROCESSOR_NAME).is_file():
-    processor = transformers.CLIPImageProcessor.from_pretrained(ckpt)
+    try:
+      processor = transformers.CLIPImageProcessor.from_pretrained(ckpt)
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(f"Cannot read {str(ckpt / PREPROCESSOR_NAME)!r}: {type(e).__name__}: "
+                       f"{e}") from e
   return tokenizer, processor
 
 
 # ---------------------------------------------------------------------------------------------
 # Internals.
+
+
+_INT_SIZES = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+
+
+def _read_config(config_file: pathlib.Path) -> CLIPConfig:
+  """A CLIP model's `config.json`, refused by name if it is not JSON, another model type's, or
+  has sizes that are not integers."""
+  import transformers  # pylint: disable=g-import-not-at-top
+  try:
+    raw = json.loads(config_file.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"{str(config_file)!r} is not valid JSON: {e}.") from e
+  if not isinstance(raw, dict):
+    raise ValueError(f"{str(config_file)!r} must hold a JSON object, got {type(raw).__name__}.")
+  model_type = raw.get("model_type", "clip")
+  if model_type != "clip":
+    raise ValueError(f"{str(config_file)!r}: model_type={model_type!r}, expected 'clip' (a "
+                     f"CLIPModel checkpoint with both towers).")
+  for tower in ("vision_config", "text_config"):
+    for key in _INT_SIZES:
+      value = (raw.get(tower) or {}).get(key)
+      if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+        raise ValueError(f"{str(config_file)!r}: {tower}.{key} must be an integer, got "
+                         f"{value!r}.")
+  try:
+    return CLIPConfig.from_hf(transformers.CLIPConfig.from_pretrained(config_file.parent))
+  except (OSError, TypeError, ValueError, AttributeError) as e:
+    raise ValueError(f"Cannot read {str(config_file)!r} as a CLIP config: {type(e).__name__}: "
+                     f"{e}") from e
 
 
 def _replace_dir(src: pathlib.Path, dst: pathlib.Path) -> None:

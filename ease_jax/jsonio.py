@@ -6,6 +6,7 @@ import os
 import pathlib
 from typing import Any, Mapping
 
+from absl import logging
 import numpy as np
 
 
@@ -16,21 +17,65 @@ class JsonlWriter:
     self.path = path
     rows = []
     if path.exists() and keep_through_round is not None:
+      # A line cut by a kill is dropped (`read_jsonl`); its round is redone.
       rows = [r for r in read_jsonl(path) if r.get("round", -1) <= keep_through_round]
     elif path.exists():
       raise FileExistsError(f"{path} exists but no checkpoint to resume from; refusing to "
                             "overwrite it. Use a new --workdir.")
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, path)
+    _write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 
   def write(self, row: Mapping[str, Any]) -> None:
-    with self.path.open("a") as f:
-      f.write(json.dumps(row) + "\n")
+    append_jsonl(self.path, row)
 
 
 def read_jsonl(path: str | pathlib.Path) -> list[dict[str, Any]]:
-  return [json.loads(l) for l in pathlib.Path(path).read_text().splitlines() if l.strip()]
+  """The rows of a JSON-lines file. A last line without its newline that does not parse is a
+  write cut by a kill: dropped, with a warning (whoever wrote it redoes that row). Any other
+  line that does not parse is an error naming the file and the line."""
+  path = pathlib.Path(path)
+  text = path.read_text()
+  lines = text.split("\n")
+  rows = []
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError as e:
+      if number == len(lines):  # the text after the last newline: an unfinished write
+        logging.warning("%s: dropped its last line, cut off mid-write (%d characters).", path,
+                        len(line))
+        continue
+      raise ValueError(f"{path}, line {number}: not a JSON row ({e}).") from e
+  return rows
+
+
+def append_jsonl(path: pathlib.Path, row: Mapping[str, Any]) -> None:
+  """Appends `row` as one line, flushed to disk. A cut last line left by a kill is first cut off
+  the file, so the new row starts a line of its own rather than joining it."""
+  if path.exists() and path.stat().st_size:
+    with path.open("rb+") as f:
+      f.seek(-1, os.SEEK_END)
+      if f.read(1) != b"\n":
+        f.seek(0)
+        data = f.read()
+        f.truncate(data.rfind(b"\n") + 1)
+        logging.warning("%s: cut off an unfinished last line before appending.", path)
+  with path.open("a") as f:
+    f.write(json.dumps(row) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def _write_atomic(path: pathlib.Path, text: str) -> None:
+  """`text` to `path` through a temporary file, flushed to disk before it replaces `path`: a
+  reader sees the old file or the new one, never a part."""
+  tmp = path.with_suffix(path.suffix + ".tmp")
+  with tmp.open("w") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
 
 
 def to_jsonable(x: Any) -> Any:
@@ -53,6 +98,4 @@ def to_jsonable(x: Any) -> Any:
 
 
 def write_json_atomic(path: pathlib.Path, obj: Any) -> None:
-  tmp = path.with_suffix(path.suffix + ".tmp")
-  tmp.write_text(json.dumps(obj, indent=1))
-  os.replace(tmp, path)
+  _write_atomic(pathlib.Path(path), json.dumps(obj, indent=1))

@@ -91,6 +91,25 @@ def str_tuple(nonempty: bool = True) -> Check:
   return check
 
 
+def subset_of(*values: str) -> Check:
+  """A non-empty tuple of strings drawn from `values`."""
+  def check(v):
+    if not isinstance(v, (tuple, list)) or not v or not all(isinstance(x, str) for x in v):
+      return f"must be a non-empty tuple of {', '.join(map(repr, values))}, got {v!r}"
+    unknown = [x for x in v if x not in values]
+    return (f"has unknown value(s) {unknown}; valid: {', '.join(map(repr, values))}"
+            if unknown else None)
+  return check
+
+
+def _max_length(v: Any) -> str | None:
+  """0 (the model's context length) or a length that holds BOS + EOS."""
+  complaint = integer(0)(v)
+  if complaint is None and v == 1:
+    return "must be 0 (the model's context length) or >= 2 (BOS + EOS), got 1"
+  return complaint
+
+
 def _lookup(config: Any, key: str) -> tuple[bool, Any]:
   node = config
   for part in key.split("."):
@@ -117,7 +136,8 @@ BASE_RULES: dict[str, Check] = {
                                           "unlearning")},
     "data.name": one_of("emoji", "karpathy"),
     "data.max_images": integer(0),
-    "data.max_length": integer(0),
+    "data.max_length": _max_length,
+    "data.splits": subset_of("train", "val", "test", "restval"),
     "data.skin_tone_variants": boolean,
     "data.split": one_of("random", "skin_tone"),
     "data.public_fraction": open_fraction,

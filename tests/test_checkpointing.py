@@ -70,6 +70,13 @@ def _flip_byte(path: pathlib.Path):
   path.write_bytes(bytes(data))
 
 
+def _drop_a_sha256(step_dir: pathlib.Path):
+  meta_file = step_dir / "meta" / "metadata"
+  meta = json.loads(meta_file.read_text())
+  del meta["integrity"]["leaves"]["state/round"]["sha256"]
+  meta_file.write_text(json.dumps(meta))
+
+
 DAMAGES = {
     "truncated_meta": (lambda d: _truncate(d / "meta" / "metadata"),
                        lambda d: d / "meta" / "metadata", "not valid JSON"),
@@ -80,6 +87,8 @@ DAMAGES = {
     "deleted_data_file": (lambda d: largest_data_file(d).unlink(), None, "missing"),
     "flipped_byte_in_data_file": (lambda d: _flip_byte(largest_data_file(d)), largest_data_file,
                                   "not matching the sha256 recorded at save"),
+    "integrity_record_without_a_sha256": (_drop_a_sha256, lambda d: d / "meta" / "metadata",
+                                          "unreadable integrity record"),
 }
 
 
@@ -251,6 +260,16 @@ def test_single_step_restore_and_read_meta_name_the_file(two_steps):
   assert meta["step"] == 1
   assert snapshot(two_steps) == before
   ck.close()
+
+
+def test_a_file_where_the_checkpoint_folder_should_be_is_an_error_before_any_work(tmp_path):
+  (tmp_path / "checkpoints").write_text("not a folder")
+  with pytest.raises(NotADirectoryError, match=r"checkpoints' is a file"):
+    checkpointing.Checkpointer(tmp_path / "checkpoints", FP)
+  (tmp_path / "ok").mkdir()
+  (tmp_path / "ok" / checkpointing.DAMAGED_DIR).write_text("")
+  with pytest.raises(NotADirectoryError, match=checkpointing.DAMAGED_DIR):
+    checkpointing.Checkpointer(tmp_path / "ok", FP)
 
 
 def test_restore_latest_on_empty_directory_is_none(tmp_path):

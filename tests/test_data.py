@@ -242,6 +242,19 @@ def test_karpathy_uses_image_processor_geometry(tmp_path, fast_tok):
   assert ds.images.shape == (1, 16, 12, 3)
 
 
+def test_karpathy_16_bit_grey_and_oversized_images(tmp_path, fast_tok, monkeypatch):
+  """A 16-bit grey PNG keeps its grey level (Pillow's RGB conversion would clip it to white);
+  an image over Pillow's decompression-bomb limit is an error naming the file."""
+  path = _write_fixture(tmp_path)
+  Image.fromarray(np.full((20, 20), 40000, np.uint16)).save(tmp_path / "imgs" / "d.png")
+  assert Image.open(tmp_path / "imgs" / "d.png").mode.startswith("I")
+  test = karpathy.load_karpathy(path, tmp_path, "test", fast_tok, 16, image_size=8)
+  assert set(test.images.ravel().tolist()) == {round(40000 / 257)}
+  monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # d.png has 400: over twice the limit
+  with pytest.raises(ValueError, match=r"cannot read image .*d\.png"):
+    karpathy.load_karpathy(path, tmp_path, "test", fast_tok, 16, image_size=8)
+
+
 def test_karpathy_bad_inputs(tmp_path, fast_tok):
   load = lambda p, split="train": karpathy.load_karpathy(p, tmp_path, split, fast_tok, 16, 8)
   with pytest.raises(FileNotFoundError, match="missing.json"):
@@ -266,6 +279,15 @@ def test_karpathy_bad_inputs(tmp_path, fast_tok):
     load(write(lambda d: d["images"][2].pop("sentences")))
   with pytest.raises(ValueError, match=r"images\[0\].*sentences\[1\].*'raw'"):
     load(write(lambda d: d["images"][0]["sentences"][1].pop("raw")))
+  with pytest.raises(ValueError, match=r"images\[1\] \(b.jpg\) has no sentences"):
+    load(write(lambda d: d["images"][1].update(sentences=[])))
+  with pytest.raises(ValueError, match=r"images\[0\] \(a\.png\) sentences\[0\] is empty"):
+    load(write(lambda d: d["images"][0]["sentences"][0].update(raw="  ")))
+  with pytest.raises(ValueError, match=r"images\[0\].*'filepath' that is not a string: None"):
+    load(write(lambda d: d["images"][0].update(filepath=None)))
+  with pytest.raises(ValueError, match=r"no images in split\(s\) \['restval'\]; the file holds "
+                     r"\['test', 'train', 'val'\]"):
+    load(path, "restval")
   (tmp_path / "imgs" / "b.jpg").unlink()
   with pytest.raises(FileNotFoundError, match="b.jpg"):
     load(path)

@@ -3,6 +3,7 @@
 import dataclasses
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 
@@ -61,6 +62,9 @@ def _one_line_error(proc, *needles):
     ("fed.client_weight_decay", 0.1,
      "config.fed.client_weight_decay (0.1) needs fed.client_optimizer='adamw', got 'adam'"),
     ("audit.population", 2, "config.audit.population must be 0 (no audit) or >= 4, got 2"),
+    ("data.max_length", 1, "config.data.max_length must be 0 (the model's context length) or "
+     ">= 2"),
+    ("data.splits", ("train", "tset"), "config.data.splits has unknown value(s) ['tset']"),
 ])
 def test_validation_names_the_key_and_the_range(key, value, needle):
   config = configs.from_file(CONFIGS / "unlearn_emoji.py")
@@ -234,6 +238,34 @@ def test_damaged_latest_checkpoint_falls_back_to_the_intact_one(damaged_run, dam
   assert [r["round"] for r in rows] == [1, 2]
   assert all(p.read_bytes() == b for p, b in one.items())  # The intact checkpoint untouched.
   assert any((ckpts / "damaged").iterdir())  # The damaged one kept aside, not deleted.
+
+
+def test_a_metrics_line_cut_by_a_kill_does_not_block_the_resume(damaged_run, caplog):
+  """Killed while writing round 2's metrics line, before its checkpoint: the cut line is dropped,
+  round 2 redone, and the numbers are the uninterrupted run's."""
+  tmp, config, reference = damaged_run
+  work = tmp / "work_cut_line"
+  training.train_and_summarize(config, work)
+  shutil.rmtree(work / "checkpoints" / "2")
+  metrics = work / "metrics.jsonl"
+  text = metrics.read_text()
+  metrics.write_text(text[:text.rindex("\n", 0, len(text) - 1) + 1 + 14])  # row 2 cut
+  with caplog.at_level("WARNING"):
+    again = training.train_and_summarize(config, work)
+  assert "cut off mid-write" in " ".join(r.getMessage() for r in caplog.records)
+  assert again["federated"] == pytest.approx(reference["federated"], abs=1e-6)
+  assert [r["round"] for r in jsonio.read_jsonl(metrics)] == [1, 2]
+
+
+def test_json_lines_name_a_corrupt_line_and_append_after_a_cut_one(tmp_path):
+  path = tmp_path / "rows.jsonl"
+  path.write_text('{"a": 1}\n{"a": 2, "b\n{"a": 3}\n')
+  with pytest.raises(ValueError, match=r"rows.jsonl, line 2: not a JSON row"):
+    jsonio.read_jsonl(path)
+  path.write_text('{"a": 1}\n{"a": 2, "b')
+  assert jsonio.read_jsonl(path) == [{"a": 1}]
+  jsonio.append_jsonl(path, {"a": 3})  # the cut row goes; the new one gets a line of its own
+  assert path.read_text() == '{"a": 1}\n{"a": 3}\n'
 
 
 def test_every_checkpoint_damaged_stops_with_one_line(tmp_path):

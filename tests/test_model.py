@@ -332,6 +332,39 @@ def test_config_that_does_not_match_weights(params, tmp_path):
     hf.load_clip(out)
 
 
+@pytest.mark.parametrize("edit,needle", [
+    (lambda c: "{\"model_type\": \"cl", "is not valid JSON"),
+    (lambda c: "[1, 2]", "must hold a JSON object"),
+    (lambda c: json.dumps(dict(c, model_type="bert")), "model_type='bert', expected 'clip'"),
+    (lambda c: json.dumps(dict(c, text_config=dict(c["text_config"], hidden_size="64"))),
+     r"text_config.hidden_size must be an integer, got '64'"),
+])
+def test_a_bad_config_json_names_the_file_and_the_problem(params, tmp_path, edit, needle):
+  out = tmp_path / "ckpt"
+  hf.save_clip(out, CONFIG, params)
+  config = json.loads((out / hf.CONFIG_NAME).read_text())
+  (out / hf.CONFIG_NAME).write_text(edit(config))
+  with pytest.raises(ValueError, match=needle) as e:
+    hf.load_clip(out)
+  assert str(out / hf.CONFIG_NAME) in str(e.value)
+
+
+def test_a_corrupt_tokenizer_is_an_error_not_another_tokenization(params, tmp_path):
+  """A malformed merges.txt: the slow tokenizer would read it and give other ids, silently."""
+  out = tmp_path / "ckpt"
+  tokenizer = transformers.CLIPTokenizerFast.from_pretrained(TOKENIZER_DIR)
+  hf.save_clip(out, CONFIG, params, tokenizer)
+  (out / "tokenizer.json").unlink()
+  merges = (out / "merges.txt").read_text().splitlines()
+  (out / "merges.txt").write_text("\n".join(merges[:5] + ["a b c"] + merges[5:]) + "\n")
+  with pytest.raises(ValueError, match=r"Cannot build the CLIP tokenizer from .*merges\.txt"):
+    hf.load_tokenizer_and_processor(out)
+  (out / "preprocessor_config.json").write_text("{not json")
+  (out / "merges.txt").write_text("\n".join(merges) + "\n")
+  with pytest.raises(ValueError, match="preprocessor_config.json"):
+    hf.load_tokenizer_and_processor(out)
+
+
 def test_missing_and_unexpected_keys(params, tmp_path):
   import flax  # pylint: disable=g-import-not-at-top
   out = tmp_path / "ckpt"

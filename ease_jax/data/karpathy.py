@@ -52,6 +52,10 @@ def preprocess_image(image: Any, shortest_edge: int, crop_height: int,
   """
   from PIL import Image
 
+  if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+    # 16-bit grey: Pillow's convert("RGB") clips at 255 (everything above is white).
+    grey = np.clip(np.asarray(image, np.float64), 0, 65535) / 257.0
+    image = Image.fromarray(np.round(grey).astype(np.uint8), "L")
   image = image.convert("RGB")
   w, h = image.size
   if w <= h:
@@ -82,15 +86,23 @@ def _validate_entries(path: pathlib.Path, data: Any) -> list[dict[str, Any]]:
     for field in ("filename", "split"):
       if not isinstance(entry.get(field), str):
         raise ValueError(f"{path}: images[{i}] has no string field {field!r}")
+    if not isinstance(entry.get("filepath", ""), str):
+      raise ValueError(f"{path}: images[{i}] ({entry['filename']}) has a 'filepath' that is not "
+                       f"a string: {entry['filepath']!r}")
     if entry["split"] not in VALID_SPLITS:
       raise ValueError(f"{path}: images[{i}] has split {entry['split']!r}, expected one of "
                        f"{list(VALID_SPLITS)}")
     if not isinstance(entry.get("sentences"), list):
       raise ValueError(f"{path}: images[{i}] ({entry['filename']}) has no 'sentences' list")
+    if not entry["sentences"]:
+      raise ValueError(f"{path}: images[{i}] ({entry['filename']}) has no sentences: an image "
+                       "without a caption can be neither trained on nor retrieved")
     for j, sentence in enumerate(entry["sentences"]):
       if not isinstance(sentence, dict) or not isinstance(sentence.get("raw"), str):
         raise ValueError(f"{path}: images[{i}] ({entry['filename']}) sentences[{j}] has no "
                          "string field 'raw'")
+      if not sentence["raw"].strip():
+        raise ValueError(f"{path}: images[{i}] ({entry['filename']}) sentences[{j}] is empty")
   return entries
 
 
@@ -117,7 +129,9 @@ def load_karpathy(json_path: str | os.PathLike[str], image_root: str | os.PathLi
 
   Raises:
     FileNotFoundError: missing json or image file.
-    ValueError: malformed json, unknown split name, or an image Pillow cannot read.
+    ValueError: malformed json (an entry without sentences, an empty caption, a non-string
+      field), unknown split name, no image in the splits, or an image Pillow cannot read (or
+      one too large to decode).
   """
   from PIL import Image, UnidentifiedImageError
   from tqdm import tqdm
@@ -136,7 +150,11 @@ def load_karpathy(json_path: str | os.PathLike[str], image_root: str | os.PathLi
     data = json.loads(path.read_text(encoding="utf-8"))
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise ValueError(f"{path}: not valid JSON: {e}") from e
-  entries = [e for e in _validate_entries(path, data) if e["split"] in splits]
+  all_entries = _validate_entries(path, data)
+  entries = [e for e in all_entries if e["split"] in splits]
+  if not entries:
+    held = sorted({e["split"] for e in all_entries})
+    raise ValueError(f"{path}: no images in split(s) {list(splits)}; the file holds {held}")
   if max_images is not None:
     entries = entries[:max_images]
 
@@ -152,7 +170,7 @@ def load_karpathy(json_path: str | os.PathLike[str], image_root: str | os.PathLi
     try:
       with Image.open(image_path) as im:
         images[i] = preprocess_image(im, *geometry)
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as e:
       raise ValueError(f"cannot read image {image_path}: {e}") from e
     for sentence in entry["sentences"]:
       captions.append(sentence["raw"].strip())

@@ -157,6 +157,7 @@ def load_tokenizer(path_or_dir: str | os.PathLike[str], fast: bool = True) -> An
 
   Raises:
     FileNotFoundError: if the directory or its `vocab.json` / `merges.txt` is missing.
+    ValueError: the files cannot be read as a CLIP tokenizer (e.g. a corrupt `vocab.json`).
   """
   from transformers import CLIPTokenizer, CLIPTokenizerFast
 
@@ -169,7 +170,11 @@ def load_tokenizer(path_or_dir: str | os.PathLike[str], fast: bool = True) -> An
     if not (path / name).is_file():
       raise FileNotFoundError(f"tokenizer file missing: {path / name}")
   cls = CLIPTokenizerFast if fast else CLIPTokenizer
-  return cls.from_pretrained(str(path))
+  try:
+    return cls.from_pretrained(str(path))
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f"Cannot build a CLIP tokenizer from {path} (vocab.json, merges.txt): "
+                     f"{type(e).__name__}: {e}") from e
 
 
 def eos_token_id(tokenizer: Any) -> int:

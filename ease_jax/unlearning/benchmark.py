@@ -17,8 +17,6 @@ Gaps to retrain, speed-ups and the aggregates are computed from the rows (`aggre
 from __future__ import annotations
 
 import csv
-import json
-import os
 import pathlib
 import time
 from typing import Any, Iterable, Mapping, Sequence
@@ -131,22 +129,8 @@ def check_cells(config: ml_collections.ConfigDict) -> dict[int, builders.Federat
 
 
 def read_rows(path: pathlib.Path) -> list[dict[str, Any]]:
-  if not path.exists():
-    return []
-  rows = []
-  for line in path.read_text().splitlines():
-    try:
-      rows.append(json.loads(line))
-    except json.JSONDecodeError:  # A line cut by a kill: that cell is simply redone.
-      continue
-  return rows
-
-
-def _append(path: pathlib.Path, row: dict[str, Any]) -> None:
-  with path.open("a") as f:
-    f.write(json.dumps(row) + "\n")
-    f.flush()
-    os.fsync(f.fileno())
+  """The finished cells' rows (a row cut by a kill is dropped, and that cell redone)."""
+  return jsonio.read_jsonl(path) if path.exists() else []
 
 
 def run_benchmark(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
@@ -175,7 +159,7 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
       def record(outcome):
         row = dict(scenario=scenario, seed=seed, knowledge=cell.forgotten_knowledge,
                    **cell.row(outcome))
-        _append(results, row)
+        jsonio.append_jsonl(results, row)
         knowledge = " ".join(f"{k.split('/', 1)[1]} {row[k]:5.1f}" for k in row["knowledge"])
         wall = outcome.wall_time_s
         summary = (f"{scenario:8s} seed {seed} {outcome.method:18s} {knowledge} forget "
@@ -198,7 +182,7 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
         except Exception as e:  # pylint: disable=broad-except
           # One broken method must not cost the other cells; a rerun retries it.
           logging.exception("%s failed on %s seed %d", name, scenario, seed)
-          _append(workdir / "errors.jsonl", dict(scenario=scenario, seed=seed, method=name,
+          jsonio.append_jsonl(workdir / "errors.jsonl", dict(scenario=scenario, seed=seed, method=name,
                                                  error=repr(e)))
           print(f"{scenario} seed {seed} {name} FAILED: {e!r}", flush=True)
           continue
