@@ -1,7 +1,8 @@
 """Does a federation learn its plants? One FedAvg run of the embedded default with overrides,
 then the attack success rate of every plant, the skin-tone accuracy of every tone, test and
-client R@1, how concentrated the test embeddings are (`concentration`) and the training time,
-as one JSON line (the probes of BENCHMARKS.md, "Planting knowledge").
+client R@1, how concentrated the test embeddings are (`concentration`), test R@1 split into the
+emoji and its tone (`name_and_tone`) and the training time, as one JSON line (the probes of
+BENCHMARKS.md, "Planting knowledge").
 
   python benchmarks/probe_plants.py fed.client_lr=1e-2 plants.sample_backdoor.target_caption=alien
   python benchmarks/probe_plants.py --retrain_tone=medium-dark   # the concept's retrain
@@ -88,6 +89,27 @@ def concentration(setup, embedder: device_lib.Embedder, images: np.ndarray
           "centred_mean_r1": centred["mean_r1"]}
 
 
+def name_and_tone(setup, embedder: device_lib.Embedder, images: np.ndarray
+                  ) -> dict[str, float]:
+  """Where image→text R@1 on `images` is won or lost: `i2t_name_r1`, the share whose top-1
+  caption (among the captions of `images`) is of the same emoji, whatever its tone, and
+  `i2t_tone_given_name`, among the captions of the same emoji only, the share that pick their
+  own (the tone; images whose emoji has one image here are left out). In %."""
+  texts, text_image = evaluation.subset_texts(setup.dataset, images)
+  image_emb, text_emb = embedder(images, texts)
+  scores = evaluation.unit_rows(image_emb) @ evaluation.unit_rows(text_emb).T  # [I, T]
+  names = np.asarray(setup.dataset.image_meta["emoji"])[np.asarray(images)]
+  caption_name = names[text_image]
+  name_hit = caption_name[scores.argmax(1)] == names
+  tone_hit = []
+  for i, name in enumerate(names):
+    same = np.flatnonzero(caption_name == name)
+    if len(np.unique(text_image[same])) > 1:
+      tone_hit.append(text_image[same[scores[i, same].argmax()]] == i)
+  return {"i2t_name_r1": float(100 * name_hit.mean()),
+          "i2t_tone_given_name": float(100 * np.mean(tone_hit)) if tone_hit else None}
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("overrides", nargs="*", help="dotted.key=value")
@@ -146,6 +168,8 @@ def main():
   out.update({k: round(v, 1) for k, v in ev.items() if k.endswith("mean_r1")})
   out.update({f"test/{k}": round(v, 3) for k, v in
               concentration(setup, embedder, setup.test_images).items()})
+  out.update({f"test/{k}": v if v is None else round(v, 1) for k, v in
+              name_and_tone(setup, embedder, setup.test_images).items()})
   for plant in setup.plants.values():
     out.update({k: round(v, 1) for k, v in
                 evaluation.plant_metrics(setup, res.trainable, plant, embedder=embedder).items()})

@@ -258,6 +258,11 @@ def run_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
   # Left out at zero: checkpoints written before the key existed describe exactly that run.
   if not fp.get("fed.client_weight_decay"):
     fp.pop("fed.client_weight_decay", None)
+  # Which clients a round samples changed stream (rng.Domain.CLIENT_SAMPLING): a run with
+  # partial participation written before that must not resume on the new sampling.
+  fed = config.get("fed") or {}
+  if 0 < fed.get("clients_per_round", 0) < fed.get("num_clients", 0):
+    fp["client_sampling_stream"] = 2
   fp["state_format"] = STATE_FORMAT
   return fp
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import time
 from typing import Any, Mapping
 
 from absl import logging
@@ -11,7 +12,12 @@ import numpy as np
 
 
 class JsonlWriter:
-  """Per-round metrics as JSON lines; on resume, rows past the restored round are dropped."""
+  """Per-round metrics as JSON lines; on resume, rows past the restored round are dropped.
+
+  A file there without a checkpoint to resume from (a run killed before its first checkpoint,
+  one whose checkpoints were all damaged, or another run's leftovers) is moved aside, not
+  overwritten: `<name>.<time>.stale`, with a warning, and the run starts afresh.
+  """
 
   def __init__(self, path: pathlib.Path, keep_through_round: int | None):
     self.path = path
@@ -20,8 +26,13 @@ class JsonlWriter:
       # A line cut by a kill is dropped (`read_jsonl`); its round is redone.
       rows = [r for r in read_jsonl(path) if r.get("round", -1) <= keep_through_round]
     elif path.exists():
-      raise FileExistsError(f"{path} exists but no checkpoint to resume from; refusing to "
-                            "overwrite it. Use a new --workdir.")
+      stale = path.with_name(f"{path.name}.{time.strftime('%Y%m%dT%H%M%S')}.stale")
+      n = 1
+      while stale.exists():
+        stale, n = path.with_name(f"{path.name}.{time.strftime('%Y%m%dT%H%M%S')}.{n}.stale"), n + 1
+      os.replace(path, stale)
+      logging.warning("%s exists but there is no checkpoint to resume from: moved it to %s and "
+                      "starting afresh.", path, stale)
     _write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 
   def write(self, row: Mapping[str, Any]) -> None:

@@ -2,9 +2,22 @@
 
 A run's randomness comes from the config's seeds (`seeds.split`, `.partition`, `.init`,
 `.sampling`, `.data`, `.unlearning`); everything that draws from a seed draws from a named stream
-of it, `np.random.default_rng([seed, Stream.X, ...extra])` (or `jax_key`), so two draws never
-share a stream by accident and a reader can find every draw. The values are the ones the
-streams were numbered with before they had names, so earlier results reproduce exactly.
+of it, `numpy_rng(seed, Stream.X, *extra)` (or `jax_key`), so a reader can find every draw.
+
+numpy seeds a generator from a list of 32-bit words and pads it with zeros, so `[s, r]` and
+`[s, r, 0]` are the same generator: two streams are disjoint only if their lists differ after
+dropping trailing zeros. The named streams are `[seed, domain, stream, len(extra), *extra]`, with
+a domain word per kind of draw (methods and requests, client sampling) that no round index or
+client id reaches, and the length of `extra` in it, so no named stream equals another or a
+training draw. The training draws keep the derivations the published figures were made with:
+the split and the partition `default_rng(seed)`, a client's local shuffle `[seeds.data, round,
+client]` (`schedules`), a plant's copies `[seeds.data, sum of its name's code points]`
+(`plants`). Among them collisions stay, to keep every trained model as it was: where seeds are
+equal, the split, the partition and client 0's shuffle in round 0 draw from one generator
+(`[s, 0, 0]` is `[s]`), and a plant's copies are client 0's shuffle in the round numbered by its
+name's sum (748 for 'concept', 1571 and 1574 for the backdoors: beyond the runs here, whose
+FedEraser calibration rounds are fed.rounds + 1000 + r). Each draw is still uniform on its own;
+only their joint is not independent.
 """
 from __future__ import annotations
 
@@ -37,14 +50,23 @@ class Stream(enum.IntEnum):
   PGA_RANDOM_MODELS = 10_000
 
 
-def numpy_rng(seed: int, stream: Stream | int, *extra: int) -> np.random.Generator:
-  """The numpy generator of `stream` (plus extra integers, e.g. a client id) of `seed`."""
-  return np.random.default_rng([int(seed), int(stream), *(int(e) for e in extra)])
+class Domain(enum.IntEnum):
+  """The second word of a named stream's seed list: above any round index or client id, so no
+  named stream is a training draw (`[seed, round, client]`)."""
+  METHODS = 0x5EED0001        # `Stream`s of `seeds.unlearning`: requests, methods, the audit
+  CLIENT_SAMPLING = 0x5EED0002  # which clients take part in a round, of `seeds.sampling`
 
 
-def stream_seed(seed: int, stream: Stream | int, *extra: int) -> tuple[int, ...]:
+def stream_seed(seed: int, stream: Stream | int, *extra: int,
+                domain: Domain = Domain.METHODS) -> tuple[int, ...]:
   """The integer sequence seeding `numpy_rng(seed, stream, *extra)` (for seed-taking helpers)."""
-  return (int(seed), int(stream), *(int(e) for e in extra))
+  return (int(seed), int(domain), int(stream), len(extra), *(int(e) for e in extra))
+
+
+def numpy_rng(seed: int, stream: Stream | int, *extra: int,
+              domain: Domain = Domain.METHODS) -> np.random.Generator:
+  """The numpy generator of `stream` (plus extra integers, e.g. a client id) of `seed`."""
+  return np.random.default_rng(stream_seed(seed, stream, *extra, domain=domain))
 
 
 def jax_key(seed: int, stream: Stream | int) -> jax.Array:

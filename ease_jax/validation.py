@@ -199,6 +199,12 @@ def _cross_checks(config: Any) -> list[str]:
       out.append(f"config.{', '.join(shared)} falls in the audit populations' seeds "
                  f"{first}..{first + n - 1} (audit.first_seed, audit.population); move "
                  f"audit.first_seed away from the run's seeds")
+    if fed is not None and 0 < fed.get("clients_per_round", 0) < fed.get("num_clients", 0):
+      # Members sample with their own seeds, so they take other clients each round, with other
+      # local step counts; one batched run steps every member through the same steps.
+      out.append(f"config.audit.population={n} needs fed.clients_per_round=0 (every client "
+                 f"every round), got {fed.clients_per_round} of {fed.num_clients}: the "
+                 f"population's members would sample different clients")
   return out
 
 

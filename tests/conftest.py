@@ -115,6 +115,19 @@ def flat_params(tree) -> np.ndarray:
   return np.asarray(ravel_pytree(tree)[0])
 
 
+def assert_same_run(actual, desired, atol=1e-5, rtol=1e-5, share=0.005, outlier_atol=1e-3):
+  """Two runs of the same maths, computed in another order (vmapped, sharded): every entry within
+  `atol` + `rtol`, except at most `share` of them within `outlier_atol` (a tenth of the tiny
+  config's learning rate). Adam divides by the root of the squared gradient, so where a gradient
+  is near zero it turns float reassociation into a step of up to its learning rate in either
+  direction; a difference in the maths moves far more entries."""
+  actual, desired = np.asarray(actual, np.float64), np.asarray(desired, np.float64)
+  assert actual.shape == desired.shape, (actual.shape, desired.shape)
+  off = ~np.isclose(actual, desired, atol=atol, rtol=rtol)
+  assert off.mean() <= share, f"{off.sum()} of {off.size} entries differ by more than {atol}"
+  np.testing.assert_allclose(actual, desired, atol=outlier_atol, rtol=0)
+
+
 def run_fedavg(setup, config, workdir=None, eval_subsets=None, **kwargs):
   """`training.run_fedavg` without a progress bar (kwargs: trainable, num_rounds, plan,
   algorithm)."""

@@ -74,6 +74,17 @@ def test_validation_names_the_key_and_the_range(key, value, needle):
     validation.validate(config)
 
 
+def test_a_population_with_partial_participation_is_a_config_error():
+  config = configs.from_file(CONFIGS / "unlearn_emoji.py")
+  config.fed.clients_per_round = 4
+  with pytest.raises(validation.ConfigError, match=re.escape(
+      "config.audit.population=4 needs fed.clients_per_round=0 (every client every round), "
+      "got 4 of 8")):
+    validation.validate(config)
+  config.audit.population = 0
+  validation.validate(config)
+
+
 def test_a_run_seed_inside_the_population_seeds_is_a_config_error():
   """The audited models must not be members of the populations that judge them."""
   config = configs.from_file(CONFIGS / "unlearn_emoji.py")

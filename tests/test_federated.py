@@ -228,13 +228,18 @@ def test_checkpoint_from_another_config_is_refused(tmp_path):
   _run(setup, same_maths, tmp_path)
 
 
-def test_metrics_file_without_checkpoint_is_not_overwritten(tmp_path):
+def test_metrics_file_without_checkpoint_is_moved_aside_not_overwritten(tmp_path, caplog):
+  """A run killed before its first checkpoint reruns in its workdir; what it had written is kept
+  beside the new file."""
   config = tiny_config(rounds=1)
   setup = make_tiny_setup(config)
   (tmp_path / "metrics.jsonl").write_text('{"round": 9}\n')
-  with pytest.raises(FileExistsError, match="refusing to overwrite"):
+  with caplog.at_level("WARNING"):
     _run(setup, config, tmp_path)
-  assert (tmp_path / "metrics.jsonl").read_text() == '{"round": 9}\n'
+  (stale,) = tmp_path.glob("metrics.jsonl.*.stale")
+  assert stale.read_text() == '{"round": 9}\n'
+  assert str(stale) in " ".join(r.getMessage() for r in caplog.records)
+  assert [r["round"] for r in jsonio.read_jsonl(tmp_path / "metrics.jsonl")] == [1]
 
 
 def test_unknown_backend_is_an_error(engine):

@@ -1,5 +1,7 @@
 """Unlearning requests, the retrain reference and EASE (GSD + BKE + PFL) on a tiny random CLIP."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -202,6 +204,18 @@ def test_gsd_shapes_and_bke_moves_only_inside_unique_subspace(trained, kind):
   assert np.linalg.norm(d) > 1e-4
   np.testing.assert_allclose(pd, d, atol=1e-5 * np.abs(d).max() + 1e-7)
   assert diag["bke_delta_norm"] > 0 and run_s > 0
+
+
+def test_gsd_refuses_non_finite_updates(trained):
+  """A NaN in a retained client's stored updates would empty its basis silently."""
+  cfg, setup, res = trained
+  ctx = make_ctx(trained, request=requests.client_request(setup, [0]))
+  updates = np.array(ctx.history.updates)
+  updates[1, 0, 3] = np.nan
+  ctx = dataclasses.replace(ctx, history=dataclasses.replace(ctx.history, updates=updates))
+  with pytest.raises(ValueError, match=r"GSD: 1 of the retain side's \d+ update or gradient "
+                     r"rows hold NaN or inf"):
+    ease.compute_gsd(ctx)
 
 
 def test_unilateral_bke_moves_one_tower(trained):

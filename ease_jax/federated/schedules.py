@@ -20,6 +20,7 @@ from typing import NamedTuple, Sequence
 import jax
 import numpy as np
 
+from ease_jax import rng as rng_lib
 from ease_jax.federated.local import Batches
 
 
@@ -76,7 +77,7 @@ def sample_clients(num_clients: int, clients_per_round: int, seed: int,
   """Sorted ids of the clients taking part in `round_index` (all of them if ≥ num_clients)."""
   if clients_per_round <= 0 or clients_per_round >= num_clients:
     return np.arange(num_clients)
-  rng = np.random.default_rng([seed, round_index])
+  rng = rng_lib.numpy_rng(seed, round_index, domain=rng_lib.Domain.CLIENT_SAMPLING)
   return np.sort(rng.choice(num_clients, clients_per_round, replace=False))
 
 

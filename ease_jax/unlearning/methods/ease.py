@@ -176,6 +176,13 @@ def gsd_inputs(ctx: base.UnlearningContext, layout: proj.ModuleLayout, m: int
         retain_flat[row] = gradients(retain_texts[c], rng_lib.Stream.GSD_RETAIN_GRADIENTS, c,
                                      retain_flat.shape[1])
     info["forget_side"] = "per-minibatch gradients"
+  # A NaN would make every singular value NaN and the client's basis silently empty: a retained
+  # client would drop out of U_R, or U_u would fall back to all of U_f.
+  for side, flat in (("forget", forget_flat), ("retain", retain_flat)):
+    bad = ~np.all(np.isfinite(flat), axis=-1)
+    if bad.any():
+      raise ValueError(f"GSD: {int(bad.sum())} of the {side} side's {bad.size} update or "
+                       f"gradient rows hold NaN or inf; the subspaces would be meaningless.")
   forget = np.asarray(proj.to_modules(layout, jnp.asarray(forget_flat)))        # [m_f, n, d]
   retain_m = np.asarray(proj.to_modules(layout, jnp.asarray(retain_flat)))      # [k, M, n, d]
   return np.moveaxis(forget, 1, 0), np.moveaxis(retain_m, 2, 0), info
