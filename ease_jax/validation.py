@@ -271,4 +271,4 @@ def validate(config: Any, extra_rules: Iterable[Mapping[str, Check]] = ()) -> No
                    f"{sorted(methods.METHODS)}")
   found += _cross_checks(config) + _path_checks(config)
   if found:
-    raise ConfigError("; ".join(found) + ".")
+    raise ConfigError("; ".join(f.rstrip(".") for f in found) + ".")

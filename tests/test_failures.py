@@ -375,7 +375,8 @@ def test_every_client_nonfinite_fails_the_round_in_drop_mode_too(nan_setup):
   start = builders.init_trainable(setup, config)
   state, metrics = algo.apply(algo.init(start), jax.tree.map(jnp.asarray, plan.inputs(0)))
   assert bool(metrics["round_failed"]) and int(metrics["clients_dropped"]) == 4
-  np.testing.assert_array_equal(flat(state.trainable), flat(start))  # Left where it was.
+  np.testing.assert_array_equal(flat(state.trainable), flat(start))  # Left where it was,
+  assert int(state.round) == 0                                          # its round counter too.
   with pytest.raises(driver.RoundFailedError, match="learning rate"):
     run_fedavg(setup, config, plan=plan, algorithm=algo)
 
@@ -397,3 +398,5 @@ def test_driver_refuses_to_checkpoint_a_nonfinite_state(tmp_path):
     driver.run(algo, Plan(), dict(x=jnp.zeros(5)), 4, tmp_path)
   assert (tmp_path / "checkpoints" / "2").exists()
   assert not (tmp_path / "checkpoints" / "3").exists()
+  # No line for the failed round: metrics.jsonl ends at the last checkpoint.
+  assert [r["round"] for r in jsonio.read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2]

@@ -136,8 +136,10 @@ def fedavg_algorithm(client_update: LocalSteps, server_opt: optax.GradientTransf
                             server_transform)
     failed = ~jnp.all(finite) if fail_on_nonfinite else ~jnp.any(finite)
     failed |= ~all_finite(new.trainable)
+    # A failed round leaves the whole state as it was, its round counter too.
     new = new.replace(trainable=tree_where(failed, state.trainable, new.trainable),
-                      opt_state=tree_where(failed, state.opt_state, new.opt_state))
+                      opt_state=tree_where(failed, state.opt_state, new.opt_state),
+                      round=jnp.where(failed, state.round, new.round))
     num_ok = jnp.sum(finite)
     metrics = dict(
         train_loss=jnp.sum(jnp.where(finite, client_loss, 0.0)) / jnp.maximum(num_ok, 1),

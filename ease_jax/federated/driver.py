@@ -131,11 +131,13 @@ def run(algorithm: FederatedAlgorithm, plan: Any, state: PyTree, num_rounds: int
       bar.set_postfix({k: round(v, 3) for k, v in row.items()
                        if isinstance(v, float) and (k == "train_loss" or k.endswith("mean_r1"))})
       if writer is not None:
+        checkpoint = (r + 1) % options.checkpoint_every == 0 or r + 1 == num_rounds
+        # Checked before the row is written: a failed round leaves no line behind.
+        if checkpoint and not _all_finite_on_host(state):
+          raise RoundFailedError(f"{options.desc}: the state after round {r + 1} is not "
+                                 "finite; refusing to checkpoint it.")
         writer.write(row)
-        if (r + 1) % options.checkpoint_every == 0 or r + 1 == num_rounds:
-          if not _all_finite_on_host(state):
-            raise RoundFailedError(f"{options.desc}: the state after round {r + 1} is not "
-                                   "finite; refusing to checkpoint it.")
+        if checkpoint:
           ckpt.save(r + 1, state)
   finally:
     if ckpt is not None:
