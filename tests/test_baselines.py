@@ -81,6 +81,21 @@ def test_pga_stays_in_its_ball(trained):
   assert d["radius"] == 0.05 and d["rounds_run"] >= 1
   assert d["distance_to_center"] <= 0.05 + 1e-5
   assert d["distance_to_center"] > 0.04  # The ascent does push to the boundary.
+  # The centre rebuilt in numpy from the stored updates: the last round's global model before
+  # the step, plus the sample-weighted mean update of the clients that stay.
+  last = ctx.config.fed.rounds - 1
+  rounds, updates = np.asarray(ctx.history.rounds), np.asarray(ctx.history.updates)
+  sent = [k for k in range(len(rounds)) if (rounds[k] == last).any()]
+  ups = np.stack([updates[k][rounds[k] == last][0] for k in sent])
+  sizes = np.array([len(ctx.setup.client_texts()[k]) for k in sent], float)
+  lr = ctx.config.fed.server_lr
+  previous = flat(ctx.trained) - lr * (sizes @ ups) / sizes.sum()
+  stay = ~np.isin(sent, ctx.request.forget_clients)
+  assert stay.sum() < len(sent)  # the leaving client took part in the last round
+  centre = previous + lr * (sizes[stay] @ ups[stay]) / sizes[stay].sum()
+  distance = np.linalg.norm(flat(res.trainable) - centre)
+  assert 0.04 < distance <= 0.05 + 1e-5
+  assert np.linalg.norm(flat(res.trainable) - flat(ctx.trained)) > 1e-3  # not the trained one
 
 
 # ------------------------------------------------------------------------------- FedEraser

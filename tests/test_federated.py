@@ -95,6 +95,38 @@ def test_client_update_trains_only_the_adapter(tiny_setup, engine):
   assert _tree_allclose(one_step, jax.tree.map(lambda g: -0.1 * g, grads), atol=1e-6)
 
 
+@pytest.mark.parametrize("size,epochs", [(14, 2), (5, 1)])
+def test_client_update_equals_a_plain_loop_over_its_batches(tiny_setup, size, epochs):
+  """The schedule and the scanned, masked steps against a Python loop of Adam steps on the
+  unpadded batches: two epochs ending in a partial batch, and a client smaller than one batch,
+  padded to more steps than it has."""
+  loss_fn = federated.clip_objective(tiny_setup.model)
+  optimizer = optax.adam(1e-2)
+  trainable = jax.tree.map(lambda x: x + 0.01, builders.init_trainable(tiny_setup, tiny_config()))
+  texts = np.asarray(tiny_setup.client_texts()[0][:size])
+  batch_size, seed, round_index, client = 8, 3, 2, 5
+  steps = federated.num_local_steps(size, batch_size, epochs)
+  sched = federated.build_client_schedules([texts], batch_size, epochs, steps + 2, seed,
+                                           round_index, [client])
+  delta, metrics = federated.local_steps(loss_fn, optimizer)(
+      trainable, tiny_setup.backbone, tiny_setup.data,
+      federated.Batches(jnp.asarray(sched.text_indices[0]), jnp.asarray(sched.mask[0])))
+  # The reference: the client's shuffle of each epoch, cut into batches, one Adam step each.
+  rng = np.random.default_rng([seed, round_index, client])
+  batches = [order[i:i + batch_size] for order in (rng.permutation(texts) for _ in range(epochs))
+             for i in range(0, size, batch_size)]
+  params, opt_state, losses = trainable, optimizer.init(trainable), []
+  for ids in batches:
+    batch = dict(tiny_setup.data.batch(jnp.asarray(ids)), mask=jnp.ones(len(ids), bool))
+    loss, grads = jax.value_and_grad(loss_fn)(params, tiny_setup.backbone, batch)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    params, losses = optax.apply_updates(params, updates), losses + [float(loss)]
+  assert len(batches) == steps == int(metrics["steps"])
+  reference = jax.tree.map(jnp.subtract, params, trainable)
+  assert _tree_allclose(delta, reference, atol=1e-6, rtol=1e-4)
+  assert float(metrics["loss"]) == pytest.approx(np.mean(losses), rel=1e-5)
+
+
 def test_fedavg_is_sample_weighted_mean():
   rng = np.random.default_rng(0)
   deltas = {"a": rng.normal(size=(3, 4, 2)).astype(np.float32),
@@ -186,7 +218,8 @@ def _run(setup, config, workdir, num_rounds=None):
 
 
 def test_resumed_equals_uninterrupted(tmp_path):
-  config = tiny_config(rounds=4, clients_per_round=3)
+  # Server momentum: the server optimizer has a state that the checkpoint must carry.
+  config = tiny_config(rounds=4, clients_per_round=3, server_lr=0.5, server_momentum=0.9)
   setup = make_tiny_setup(config)
   straight = _run(setup, config, tmp_path / "straight")
   # "Killed" after round 2: a fresh process (new setup objects) resumes from the checkpoint.

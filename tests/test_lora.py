@@ -86,6 +86,18 @@ def test_merged_equals_unmerged_equals_merged_weights(params, trained_lora, batc
     np.testing.assert_allclose(f, u, atol=1e-5, rtol=0)  # and when folded into the kernels.
 
 
+def test_merge_is_w_plus_alpha_over_rank_a_b_in_numpy(params, trained_lora):
+  """The scale is alpha / rank (here 8 / 4 = 2), not its inverse: one module against numpy."""
+  assert LORA.scale == 2.0
+  merged = traverse_util.flatten_dict(lora_lib.merge(params, trained_lora, LORA.scale), sep="/")
+  base = traverse_util.flatten_dict(params, sep="/")
+  adapters = traverse_util.flatten_dict(trained_lora, sep="/")
+  module = lora_lib.module_paths(trained_lora)[0]
+  a, b = np.asarray(adapters[module + "/a"]), np.asarray(adapters[module + "/b"])
+  np.testing.assert_allclose(merged[module + "/kernel"],
+                             np.asarray(base[module + "/kernel"]) + 2.0 * a @ b, atol=1e-6)
+
+
 def test_merge_touches_only_adapted_kernels(params, trained_lora):
   merged = traverse_util.flatten_dict(lora_lib.merge(params, trained_lora, LORA.scale), sep="/")
   base = traverse_util.flatten_dict(params, sep="/")
@@ -195,7 +207,7 @@ def test_target_presets(params, preset, names):
                                            ("text_qv", "text_model/")])
 def test_single_tower_presets(params, preset, tower):
   modules = _modules(preset, params)
-  assert modules and all(m.startswith(tower) for m in modules)
+  assert modules and modules == [m for m in _modules("qv", params) if m.startswith(tower)]
 
 
 def test_custom_regex_targets(params):

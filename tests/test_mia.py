@@ -78,7 +78,16 @@ def test_pair_scores_and_membership_auc(tiny_setup):
   tn = te / np.linalg.norm(te, axis=1, keepdims=True)
   np.testing.assert_allclose(cos, np.sum(un[pos] * tn[pos], 1), atol=1e-5)
   out = mia.membership_auc(setup.model, setup.backbone, None, setup.data, members, nonmembers)
-  assert 0.0 <= out["auc"] <= 1.0 and out["n_members"] == len(members)
+  assert out["n_members"] == len(members) and out["n_nonmembers"] == len(nonmembers)
+  # Against a brute-force count over the gallery's matched cosines (members vs non-members).
+  cos_all = np.sum(un * tn, 1)
+  s_m, s_n = cos_all[pos], cos_all[np.searchsorted(gallery, nonmembers)]
+  brute = np.mean(s_m[:, None] > s_n[None, :]) + 0.5 * np.mean(s_m[:, None] == s_n[None, :])
+  assert out["auc"] == pytest.approx(brute, abs=1e-9)
+  assert out["member_score"] == pytest.approx(s_m.mean(), abs=1e-5)
+  assert out["nonmember_score"] == pytest.approx(s_n.mean(), abs=1e-5)
+  swapped = mia.membership_auc(setup.model, setup.backbone, None, setup.data, nonmembers, members)
+  assert swapped["auc"] == pytest.approx(1.0 - out["auc"], abs=1e-9)
   with pytest.raises(ValueError, match="overlap"):
     mia.membership_auc(setup.model, setup.backbone, None, setup.data, members, members)
   with pytest.raises(ValueError, match="Unknown MIA score"):

@@ -39,6 +39,27 @@ def test_stamp_changes_pixels_only_inside_the_patch(trigger):
   assert colors <= {tuple(c) for c in trigger.colors}
 
 
+def test_trigger_patches_and_places_written_out():
+  """Hand-written patches and positions (not the code's own `patch` and `origin`): the 8 px
+  default checker of 2-px cells top-left; 5 px horizontal stripes of 1-px rows bottom-right;
+  9 px centred."""
+  a, b = (255, 0, 255), (0, 255, 0)
+  checker_rows = ["AABBAABB", "AABBAABB", "BBAABBAA", "BBAABBAA"] * 2
+  out = plants.stamp(np.zeros((32, 32, 3), np.uint8), plants.Trigger())
+  want = np.array([[a if ch == "A" else b for ch in row] for row in checker_rows], np.uint8)
+  np.testing.assert_array_equal(out[:8, :8], want)
+  assert not out[8:].any() and not out[:, 8:].any()
+  yellow, blue = (255, 255, 0), (0, 0, 255)
+  stripes = plants.Trigger(pattern="stripes", size=5, position="bottom_right", cell=1,
+                           colors=(yellow, blue))
+  out = plants.stamp(np.zeros((32, 32, 3), np.uint8), stripes)
+  for row, colour in zip(range(27, 32), (yellow, blue, yellow, blue, yellow)):
+    assert (out[row, 27:] == colour).all(), row
+  assert not out[:27].any() and not out[:, :27].any()
+  assert np.argwhere(plants.Trigger(size=9, position="center").mask(32, 32))[0].tolist() == [
+      11, 11]
+
+
 def test_trigger_errors_name_the_problem():
   with pytest.raises(ValueError, match="larger than the 32x32"):
     plants.stamp(np.zeros((1, 32, 32, 3), np.uint8), plants.Trigger(size=40))

@@ -95,6 +95,50 @@ def test_forget_and_retain_are_disjoint_and_cover(tiny_setup, build):
   assert set(req.retain_clients(s)) == {c for c in range(s.num_clients) if len(retain[c])}
 
 
+def _expected_forget_images(s, kind):
+  """What each request of `test_forget_and_retain_are_disjoint_and_cover` must forget, by brute
+  force over the clients and the captions (a sample request: only its sizes and clients)."""
+  if kind == "client":
+    return s.client_images[1]
+  if kind == "concept":
+    sub = np.asarray(s.dataset.image_meta["subgroup"])
+    return np.sort([i for c in range(s.num_clients) for i in s.client_images[c]
+                    if sub[i] in ("concept1", "concept2")])
+  if kind == "caption_terms":
+    hit = lambda caption: any(" ".join(caption.lower().split()[k:k + 2]) in ("caption 5",
+                                                                              "caption 9")
+                              for k in range(len(caption.split())))
+    return np.sort([i for c in range(s.num_clients) for i in s.client_images[c]
+                    if any(hit(s.dataset.captions[t])
+                           for t in np.flatnonzero(s.dataset.text_image == i))])
+  return None
+
+
+@pytest.mark.parametrize("kind,build", [
+    ("client", lambda s: requests.client_request(s, [1])),
+    ("concept", lambda s: requests.concept_request(s, "subgroup", ["concept1", "concept2"])),
+    ("caption_terms", lambda s: requests.concept_request(s, "caption", ["caption 5",
+                                                                         "caption 9"])),
+    ("sample", lambda s: requests.sample_request(s, 0.25, seed=3)),
+    ("sample_one_client", lambda s: requests.sample_request(s, 0.5, clients=[2])),
+])
+def test_requests_forget_what_they_name(tiny_setup, kind, build):
+  s = tiny_setup
+  req = build(s)
+  forget = np.sort(np.asarray(req.forget_images))
+  expected = _expected_forget_images(s, kind)
+  if expected is not None:
+    assert len(expected) and np.array_equal(forget, expected), (forget, expected)
+    return
+  # Sample requests: round(fraction * n_k) (>= 1) of each chosen client's images, none else.
+  fraction, chosen = (0.25, range(s.num_clients)) if kind == "sample" else (0.5, [2])
+  for c in range(s.num_clients):
+    own = np.intersect1d(forget, s.client_images[c])
+    n = len(s.client_images[c])
+    assert len(own) == (max(1, round(fraction * n)) if c in chosen else 0), (c, len(own))
+  assert np.isin(forget, np.concatenate(s.client_images)).all()
+
+
 def test_from_config_kinds(tiny_setup):
   cfg = configs.add_unlearning(tiny_config())
   assert requests.from_config(tiny_setup, cfg.unlearning).forget_clients == (0,)
