@@ -74,26 +74,30 @@ def test_validation_names_the_key_and_the_range(key, value, needle):
     validation.validate(config)
 
 
-def test_a_population_with_partial_participation_is_a_config_error():
-  config = configs.from_file(CONFIGS / "unlearn_emoji.py")
-  config.fed.clients_per_round = 4
-  with pytest.raises(validation.ConfigError, match=re.escape(
-      "config.audit.population=4 needs fed.clients_per_round=0 (every client every round), "
-      "got 4 of 8")):
-    validation.validate(config)
-  config.audit.population = 0
-  validation.validate(config)
+def _seed_in_population(c):
+  c.seed = c.audit.first_seed + 1
 
 
-def test_a_run_seed_inside_the_population_seeds_is_a_config_error():
-  """The audited models must not be members of the populations that judge them."""
+def _partial_participation(c):
+  c.fed.clients_per_round = 4
+
+
+@pytest.mark.parametrize("break_it,needle,fix", [
+    # The audited models must not be members of the populations that judge them.
+    (_seed_in_population, "config.seeds.init=101, seeds.sampling=101, seeds.data=101 falls in "
+     "the audit populations' seeds 100..103", {"audit.first_seed": 200}),
+    # Members sampling with their own seeds cannot be stepped together.
+    (_partial_participation, "config.audit.population=4 needs fed.clients_per_round=0 (every "
+     "client every round), got 4 of 8", {"audit.population": 0}),
+], ids=["run_seed_in_population", "partial_participation"])
+def test_population_cross_checks_name_the_keys_and_clear_once_fixed(break_it, needle, fix):
   config = configs.from_file(CONFIGS / "unlearn_emoji.py")
-  config.seed = config.audit.first_seed + 1
-  with pytest.raises(validation.ConfigError, match=re.escape(
-      "config.seeds.init=101, seeds.sampling=101, seeds.data=101 falls in the audit "
-      "populations' seeds 100..103")):
+  break_it(config)
+  with pytest.raises(validation.ConfigError, match=re.escape(needle)):
     validation.validate(config)
-  config.audit.first_seed = 200
+  for key, value in fix.items():
+    block, leaf = key.split(".")
+    config[block][leaf] = value
   validation.validate(config)
 
 
