@@ -286,6 +286,33 @@ def test_mvi_shared_basis_and_losses():
   assert float(t["specific"]) == pytest.approx(0.0, abs=1e-6)
 
 
+@pytest.mark.parametrize("method", ["ccu", "mvi"])
+def test_ccu_and_mvi_losses_ignore_padded_rows(method):
+  """Batches padded with garbage rows (mask False) give the losses of the real rows alone."""
+  img_f, txt_f, img_r, txt_r = _emb(2)
+  keep_f = np.array([True, True, False, True, False, True])
+  keep_r = np.array([True, False, True, True, True, False])
+  pad = lambda x, keep: jnp.where(jnp.asarray(keep)[:, None], x, 50.0)
+  padded = [pad(img_f, keep_f), pad(txt_f, keep_f), pad(img_r, keep_r), pad(txt_r, keep_r)]
+  compact = [img_f[keep_f], txt_f[keep_f], img_r[keep_r], txt_r[keep_r]]
+  # The reference embeddings of the original model: the same rows shifted, padded the same way.
+  orig_p = dict(zip(("img_f", "txt_f", "img_r", "txt_r"),
+                    [p + 0.1 for p in padded]))
+  orig_c = dict(zip(("img_f", "txt_f", "img_r", "txt_r"), [c + 0.1 for c in compact]))
+  basis = jnp.asarray(np.linalg.qr(np.random.default_rng(3).normal(size=(8, 3)))[0],
+                      jnp.float32)
+  if method == "ccu":
+    fn = lambda e, o, fm, rm: ccu.ccu_losses(*e, o, fm, rm, 0.1)
+  else:
+    fn = lambda e, o, fm, rm: mvi.mvi_losses(*e, o, fm, rm, basis, 0.1)
+  got = fn(padded, orig_p, jnp.asarray(keep_f), jnp.asarray(keep_r))
+  want = fn(compact, orig_c, jnp.ones(4, bool), jnp.ones(4, bool))
+  assert set(got) == set(want)
+  for k in want:
+    assert float(got[k]) == pytest.approx(float(want[k]), rel=1e-5, abs=1e-6), k
+  assert any(abs(float(v)) > 1e-3 for v in want.values())  # not all zero
+
+
 @pytest.mark.parametrize("name", ["ccu", "mvi_causal"])
 def test_multimodal_baselines_lower_forget_alignment(trained, name):
   _, setup, _ = trained

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import flat_params
 from ease_jax import builders
 from ease_jax import configs
 from ease_jax import evaluation
@@ -268,6 +269,28 @@ def test_unlearn_pipeline_on_emoji_with_a_checkpoint_folder(tmp_path):
   direct = evaluation.evaluate_images(setup.model, setup.backbone, None, setup.data,
                                       setup.dataset, clean)
   assert rows["backbone"]["forget/mean_r1"] == pytest.approx(direct["mean_r1"], abs=0.01)
+  # The trained model and EASE's output, restored from the run's cache and rerun by hand: the
+  # `original` and `ease` rows are theirs (not each other's, nor the backbone's).
+  from ease_jax.unlearning import base, methods, requests  # pylint: disable=g-import-not-at-top
+  from ease_jax.unlearning import retrain as retrain_lib  # pylint: disable=g-import-not-at-top
+  trained = retrain_lib.train(setup, config, tmp_path / "work")[0]
+  direct = evaluation.evaluate_images(setup.model, setup.backbone, trained.trainable, setup.data,
+                                      setup.dataset, clean)
+  assert rows["original"]["forget/mean_r1"] == pytest.approx(direct["mean_r1"], abs=0.01)
+  plant = setup.plants["client_backdoor"]
+  asr = evaluation.plant_metrics(setup, trained.trainable, plant)
+  assert rows["original"]["asr/client_backdoor/i2t"] == pytest.approx(
+      asr["asr/client_backdoor/i2t"], abs=0.01)
+  request = requests.from_config(setup, config.unlearning, seed=config.seeds.unlearning)
+  ctx = base.UnlearningContext(setup=setup, config=config, request=request,
+                               trained=trained.trainable, history=trained.history,
+                               eval_subsets=request.eval_subsets(setup))
+  ease = methods.get("ease")(ctx)
+  for name, tree in (("ease", ease.trainable), ("ease+pfl", ease.continued["pfl"])):
+    direct = evaluation.evaluate_images(setup.model, setup.backbone, tree, setup.data,
+                                        setup.dataset, clean)
+    assert rows[name]["forget/mean_r1"] == pytest.approx(direct["mean_r1"], abs=0.01), name
+    assert np.abs(flat_params(tree) - flat_params(trained.trainable)).max() > 0, name
   on_disk = json.loads((tmp_path / "work" / "results.json").read_text())
   assert [r["method"] for r in on_disk["table"]] == list(rows)
   assert (tmp_path / "work" / "results.csv").read_text().startswith("method,")
