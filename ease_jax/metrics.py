@@ -57,13 +57,6 @@ def content_ids(rows: np.ndarray) -> np.ndarray:
       len(rows))
 
 
-def _count_at_least(sorted_scores: jax.Array, values: jax.Array) -> jax.Array:
-  """`[rows, k]` how many of each row of `sorted_scores [rows, N]` (ascending) are >= each of
-  `values [rows, k]`."""
-  below = jax.vmap(lambda a, v: jnp.searchsorted(a, v, side="left"))(sorted_scores, values)
-  return sorted_scores.shape[1] - below
-
-
 @functools.partial(jax.jit, static_argnames=("chunk_size", "max_relevant"))
 def _i2t_chunks(img: jax.Array, txt: jax.Array, text_image: jax.Array, text_content: jax.Array,
                 relevant_content: jax.Array, chunk_size: int, max_relevant: int
@@ -95,12 +88,12 @@ def _i2t_chunks(img: jax.Array, txt: jax.Array, text_image: jax.Array, text_cont
     s = jnp.matmul(q_c, txt.T, precision=_HIGHEST)  # [chunk, Nt]
     rel = text_image[None, :] == id_c[:, None]  # [chunk, Nt]
     n_rel = jnp.sum(rel, axis=1)
-    same = jax.lax.fori_loop(
-        0, max_relevant, lambda k, acc: acc | (text_content[None, :] == rc_c[:, k, None]),
-        jnp.zeros_like(rel))
-    other = jnp.sort(jnp.where(same, -jnp.inf, s), axis=1)  # other content, ascending
+    # Candidates with the content of one of the query's captions never count against it.
+    same = jnp.any(text_content[None, None, :] == rc_c[:, :, None], axis=1)  # [chunk, Nt]
+    other = jnp.where(same, -jnp.inf, s)
     rel_scores = jax.lax.top_k(jnp.where(rel, s, -jnp.inf), max_relevant)[0]  # descending
-    ahead = _count_at_least(other, rel_scores)  # [chunk, max_relevant]
+    # Candidates of other content at least as high as each relevant caption: [chunk, relevant].
+    ahead = jnp.sum(other[:, None, :] >= rel_scores[:, :, None], axis=-1)
     k = jnp.arange(max_relevant)[None, :]
     # The k-th best relevant caption sits at position ahead_k + k of the ranking.
     hits = jnp.sum((k < n_rel[:, None]) & (ahead + k < n_rel[:, None]), axis=1)
