@@ -43,10 +43,9 @@ def evaluate_images(model: CLIP, backbone: Any, trainable: Any, data: DeviceData
   texts, text_image = subset_texts(ds, image_indices)
   image_emb, text_emb = embedder_for(model, backbone, trainable, data, embedder,
                                      batch_size)(image_indices, texts)
-  tokens = np.concatenate([ds.input_ids[texts], ds.attention_mask[texts]], axis=1)
-  return metrics.retrieval_metrics(
-      image_emb, text_emb, text_image, text_content=metrics.content_ids(tokens),
-      image_content=metrics.content_ids(ds.images[np.asarray(image_indices)]))
+  return metrics.retrieval_metrics(image_emb, text_emb, text_image,
+                                   text_content=ds.text_content[texts],
+                                   image_content=ds.image_content[np.asarray(image_indices)])
 
 
 def evaluate_splits(setup: Any, trainable: Any, subsets: Mapping[str, np.ndarray],

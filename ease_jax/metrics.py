@@ -10,8 +10,9 @@ content* that score at least as high (0-based). A query is a hit at k if that ra
   degenerate model (every embedding equal, zero or saturated), which must not score 100%.
 - A candidate with the content of a relevant item never counts against it: the same caption
   text on another image (e.g. one backdoor target on many copies) is as right as the query's
-  own, and so is a pixel-identical image. Contents are integer ids (`content_ids`, equal id =
-  identical model input, so identical embedding); by default every item is its own content.
+  own, and so is a pixel-identical image. Contents are integer ids (equal id = identical model
+  input, so identical embedding: `dataset.content_ids`, `CaptionDataset.image_content` and
+  `.text_content`); by default every item is its own content.
 R-precision with R relevant items: the share of them in the top R of the ranking of the
 relevant items and the candidates of other content (other content first among ties).
 """
@@ -46,15 +47,6 @@ def similarity(image_emb: jax.Array, text_emb: jax.Array) -> jax.Array:
 
 def _pad_rows(x: jax.Array, n_pad: int) -> jax.Array:
   return jnp.pad(x, [(0, n_pad)] + [(0, 0)] * (x.ndim - 1))
-
-
-def content_ids(rows: np.ndarray) -> np.ndarray:
-  """`[N]` int ids of the distinct rows of `rows [N, ...]` (byte-identical rows share an id, in
-  order of first appearance): the `*_content` arguments of `retrieval_ranks`."""
-  rows = np.ascontiguousarray(rows)
-  seen: dict[bytes, int] = {}
-  return np.array([seen.setdefault(r.tobytes(), len(seen)) for r in rows], np.int32).reshape(
-      len(rows))
 
 
 @functools.partial(jax.jit, static_argnames=("chunk_size", "max_relevant"))
@@ -148,11 +140,12 @@ def retrieval_ranks(image_emb: jax.Array,
     image_emb: `[Ni, D]` image embeddings (need not be normalised).
     text_emb: `[Nt, D]` text embeddings.
     text_image: `[Nt]` int, index into `image_emb` of each caption's image.
-    chunk_size: queries per jitted chunk; memory is `chunk_size * max(Ni, Nt)` floats.
-    text_content: `[Nt]` content ids of the captions (`content_ids` of their tokens); default:
-      all distinct.
-    image_content: `[Ni]` content ids of the images (`content_ids` of their pixels); default:
-      all distinct.
+    chunk_size: queries per jitted chunk; memory is `chunk_size * max(Ni, Nt)` floats, and as
+      many booleans times the most captions of one image.
+    text_content: `[Nt]` content ids of the captions (`dataset.content_ids` of their tokens);
+      default: all distinct.
+    image_content: `[Ni]` content ids of the images (`dataset.content_ids` of their pixels);
+      default: all distinct.
 
   Returns:
     numpy arrays: `i2t_rank [Ni]`, `i2t_rprec [Ni]`, `i2t_valid [Ni]` (image has >= 1 caption),

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from ease_jax import metrics
+from ease_jax.data import dataset as dataset_lib
 
 
 def _ranking(scores, relevant, equivalent):
@@ -146,7 +147,7 @@ def test_identical_content_is_not_a_competitor():
   img = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float32)  # 0, 1 identical
   txt = np.array([[0, 0, 1], [0, 0, 1], [0, 1, 0], [1, 0.2, 0]], np.float32)
   text_image = np.array([3, 0, 2, 1])  # captions 0, 1: the same text on images 3 and 0
-  tc, ic = metrics.content_ids(txt), metrics.content_ids(img)
+  tc, ic = dataset_lib.content_ids(txt), dataset_lib.content_ids(img)
   np.testing.assert_array_equal(tc, [0, 0, 1, 2])
   np.testing.assert_array_equal(ic, [0, 0, 1, 2])
   got = metrics.retrieval_ranks(img, txt, text_image, text_content=tc, image_content=ic)
@@ -173,7 +174,7 @@ def test_random_content_groups_match_the_reference():
   base_txt = rng.normal(size=(10, 6)).astype(np.float32)
   text_image = rng.permutation(np.repeat(np.arange(20), rng.integers(0, 4, size=20)))
   txt = base_txt[rng.integers(0, 10, size=len(text_image))]  # repeated texts
-  kw = dict(text_content=metrics.content_ids(txt), image_content=metrics.content_ids(img))
+  kw = dict(text_content=dataset_lib.content_ids(txt), image_content=dataset_lib.content_ids(img))
   got = metrics.retrieval_metrics(img, txt, text_image, ks=(1, 3), chunk_size=3, **kw)
   ref = _np_reference(img, txt, text_image, ks=(1, 3), **kw)
   for k in ref:

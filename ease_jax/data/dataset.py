@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import pathlib
 import re
@@ -24,6 +25,15 @@ EMOJI_TOKENIZER = "emoji_tokenizer"
 # Longest emoji caption is 21 tokens with BOS/EOS, so 24 truncates none.
 EMOJI_CONTEXT_LENGTH = 24
 _EMOJI_FIELDS = ("images", "captions", "groups", "subgroups", "codepoints")
+
+
+def content_ids(rows: np.ndarray) -> np.ndarray:
+  """`[N]` int32 ids of the distinct rows of `rows [N, ...]` (byte-identical rows share an id,
+  in order of first appearance): which inputs a model sees as one (`metrics.retrieval_ranks`)."""
+  rows = np.ascontiguousarray(rows)
+  seen: dict[bytes, int] = {}
+  return np.array([seen.setdefault(r.tobytes(), len(seen)) for r in rows], np.int32).reshape(
+      len(rows))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +106,16 @@ class CaptionDataset:
     images, first_index = np.unique(self.text_image, return_index=True)
     first[images] = first_index
     return first
+
+  @functools.cached_property
+  def image_content(self) -> np.ndarray:
+    """`[num_images]` content ids: pixel-identical images share one (computed once)."""
+    return content_ids(self.images)
+
+  @functools.cached_property
+  def text_content(self) -> np.ndarray:
+    """`[num_texts]` content ids: captions with the same tokens share one (computed once)."""
+    return content_ids(np.concatenate([self.input_ids, self.attention_mask], axis=1))
 
   @property
   def context_length(self) -> int:
