@@ -12,6 +12,8 @@ import math
 import pathlib
 from typing import Any, Callable, Iterable, Mapping
 
+from ease_jax.data import karpathy
+
 Check = Callable[[Any], "str | None"]
 
 
@@ -137,7 +139,7 @@ BASE_RULES: dict[str, Check] = {
     "data.name": one_of("emoji", "karpathy"),
     "data.max_images": integer(0),
     "data.max_length": _max_length,
-    "data.splits": subset_of("train", "val", "test", "restval"),
+    "data.splits": subset_of(*karpathy.VALID_SPLITS),
     "data.skin_tone_variants": boolean,
     "data.split": one_of("random", "skin_tone"),
     "data.public_fraction": open_fraction,
