@@ -182,8 +182,8 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
         except Exception as e:  # pylint: disable=broad-except
           # One broken method must not cost the other cells; a rerun retries it.
           logging.exception("%s failed on %s seed %d", name, scenario, seed)
-          jsonio.append_jsonl(workdir / "errors.jsonl", dict(scenario=scenario, seed=seed, method=name,
-                                                 error=repr(e)))
+          jsonio.append_jsonl(workdir / "errors.jsonl",
+                              dict(scenario=scenario, seed=seed, method=name, error=repr(e)))
           print(f"{scenario} seed {seed} {name} FAILED: {e!r}", flush=True)
           continue
         outcomes[0].diagnostics.pop("angles_deg", None)  # Large; kept by the unlearn binary.
