@@ -33,7 +33,7 @@ class JsonlWriter:
       os.replace(path, stale)
       logging.warning("%s exists but there is no checkpoint to resume from: moved it to %s and "
                       "starting afresh.", path, stale)
-    _write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+    _write_atomic(path, "".join(dumps(r) + "\n" for r in rows))
 
   def write(self, row: Mapping[str, Any]) -> None:
     append_jsonl(self.path, row)
@@ -73,7 +73,7 @@ def append_jsonl(path: pathlib.Path, row: Mapping[str, Any]) -> None:
         f.truncate(data.rfind(b"\n") + 1)
         logging.warning("%s: cut off an unfinished last line before appending.", path)
   with path.open("a") as f:
-    f.write(json.dumps(row) + "\n")
+    f.write(dumps(row) + "\n")
     f.flush()
     os.fsync(f.fileno())
 
@@ -95,8 +95,8 @@ def to_jsonable(x: Any) -> Any:
     return {str(k): to_jsonable(v) for k, v in x.items()}
   if isinstance(x, (list, tuple)):
     return [to_jsonable(v) for v in x]
-  if isinstance(x, np.ndarray):
-    return to_jsonable(x.tolist())
+  if isinstance(x, np.ndarray) or (hasattr(x, "__array__") and hasattr(x, "shape")):
+    return to_jsonable(np.asarray(x).tolist())  # numpy and device (jax) arrays
   if isinstance(x, (bool, np.bool_)):
     return bool(x)
   if isinstance(x, (np.integer,)):
@@ -108,5 +108,11 @@ def to_jsonable(x: Any) -> Any:
   return x
 
 
+def dumps(obj: Any, **kwargs: Any) -> str:
+  """Standard JSON text of `obj` (through `to_jsonable`): a non-finite number is written as
+  null, never as the `NaN` / `Infinity` tokens that strict parsers (jq, JavaScript, Go) refuse."""
+  return json.dumps(to_jsonable(obj), allow_nan=False, **kwargs)
+
+
 def write_json_atomic(path: pathlib.Path, obj: Any) -> None:
-  _write_atomic(pathlib.Path(path), json.dumps(obj, indent=1))
+  _write_atomic(pathlib.Path(path), dumps(obj, indent=1))

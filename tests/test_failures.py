@@ -1,6 +1,7 @@
 """Failing clearly: config and request validation before any work, one-line errors with exit code
 2 from the binaries, damaged checkpoints, non-finite client updates."""
 import dataclasses
+import json
 import pathlib
 import re
 import shutil
@@ -281,6 +282,18 @@ def test_json_lines_name_a_corrupt_line_and_append_after_a_cut_one(tmp_path):
   assert jsonio.read_jsonl(path) == [{"a": 1}]
   jsonio.append_jsonl(path, {"a": 3})  # the cut row goes; the new one gets a line of its own
   assert path.read_text() == '{"a": 1}\n{"a": 3}\n'
+
+
+def test_json_written_is_strict_json_with_non_finite_numbers_as_null(tmp_path):
+  row = {"loss": float("nan"), "auc": np.float32("inf"), "r1": jnp.asarray([1.5, jnp.nan]),
+         "n": np.int64(3)}
+  def strict(text):  # what jq or JavaScript accept: no NaN / Infinity tokens
+    return json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard token {c}"))
+  jsonio.append_jsonl(tmp_path / "rows.jsonl", row)
+  jsonio.write_json_atomic(tmp_path / "row.json", row)
+  expected = {"loss": None, "auc": None, "r1": [1.5, None], "n": 3}
+  assert strict((tmp_path / "rows.jsonl").read_text()) == expected
+  assert strict((tmp_path / "row.json").read_text()) == expected
 
 
 def test_every_checkpoint_damaged_stops_with_one_line(tmp_path):
