@@ -9,6 +9,8 @@ that `federated.driver.run` executes (`training.run_fedavg` does all three).
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import pathlib
 from typing import Any, Callable, Mapping, Sequence
 
@@ -244,11 +246,38 @@ def init_trainable(setup: FederatedSetup, config: ml_collections.ConfigDict) -> 
   return trainable
 
 
+def checkpoint_digest(checkpoint: str) -> str:
+  """sha256 over the files of a backbone checkpoint folder (`model.checkpoint`: 'embedded', a
+  folder or a cached repo id), names and bytes in name order: weights and tokenizer. Computed
+  once per process for a folder whose files keep their sizes and modification times."""
+  path = (embedded_backbone_dir() if checkpoint == EMBEDDED_BACKBONE
+          else hf.resolve_checkpoint(checkpoint))
+  files = sorted((p for p in path.iterdir() if p.is_file()), key=lambda p: p.name)
+  stamp = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+  return _files_digest(tuple(str(p) for p in files), stamp)
+
+
+@functools.lru_cache(maxsize=16)
+def _files_digest(paths: tuple[str, ...], stamp: tuple[Any, ...]) -> str:
+  del stamp  # Part of the cache key only: a rewritten file has a new size or time.
+  digest = hashlib.sha256()
+  for path in paths:
+    digest.update(pathlib.Path(path).name.encode() + b"\0")
+    with open(path, "rb") as f:
+      for block in iter(lambda: f.read(1 << 20), b""):
+        digest.update(block)
+  return digest.hexdigest()
+
+
 def run_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Config entries that determine a federated run's trajectory (not eval/logging knobs)."""
+  """Config entries that determine a federated run's trajectory (not eval/logging knobs), and
+  the backbone's bytes: a path names a folder, whose weights can be rewritten in place (e.g.
+  `experiments/pretrain.py --export_to`), and a run on other weights must not resume."""
   keep = {k: config[k] for k in ("seeds", "data", "model", "lora", "fed", "plants")
           if k in config}
   fp = checkpointing.fingerprint(keep)
+  if "model" in config:
+    fp["model.checkpoint_sha256"] = checkpoint_digest(config.model.checkpoint)
   for k in ("fed.backend", "fed.chunk_size"):  # Execution strategy, not the maths.
     fp.pop(k, None)
   # Requests' and methods' randomness: no federated run reads it (a request's effect on a run,

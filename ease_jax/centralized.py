@@ -8,7 +8,6 @@ parameters trainable, no frozen tree, and the optimizer state carried across chu
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 import time
 from typing import Any
@@ -24,6 +23,7 @@ from ease_jax import builders
 from ease_jax import evaluation
 from ease_jax import federated
 from ease_jax import hf
+from ease_jax import jsonio
 from ease_jax import lora as lora_lib
 from ease_jax import losses
 from ease_jax import model as model_lib
@@ -148,6 +148,8 @@ def pretrain_backbone(config: ml_collections.ConfigDict, out_dir: str | pathlib.
 
   Returns the summary (also written to `out_dir/pretraining.json`).
   """
+  validation.require_blocks(config, ("arch", "pretrain"), "pretraining",
+                            "experiments/configs/pretrain_emoji.py")
   validation.validate(config, [PRETRAIN_RULES])
   from ease_jax.data import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
   tokenizer = tok_lib.load_tokenizer(dataset_lib.embedded_tokenizer_dir())
@@ -185,5 +187,5 @@ def pretrain_backbone(config: ml_collections.ConfigDict, out_dir: str | pathlib.
       num_params=lora_lib.num_params(params))
   hf.save_clip(out_dir, clip_config, jax.tree.map(np.asarray, params), tokenizer=tokenizer,
                overwrite=overwrite)
-  (pathlib.Path(out_dir) / "pretraining.json").write_text(json.dumps(summary, indent=1))
+  jsonio.write_json_atomic(pathlib.Path(out_dir) / "pretraining.json", summary)
   return summary

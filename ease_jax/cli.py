@@ -3,7 +3,8 @@
 `cli.run(main)` is `absl.app.run` with clean errors: bad input (a config value out of range, an
 unknown key, a missing file, a request that names no data, a damaged checkpoint with nothing
 intact to fall back to) ends with one line on stderr that names the problem, and exit code 2; a
-round that failed (e.g. every client update non-finite) with one line and exit code 1.
+round that failed (e.g. every client update non-finite) with one line and exit code 1; Ctrl-C with
+one line saying how to resume, and exit code 130.
 `--verbose` or `EASE_VERBOSE=1` shows the traceback instead; anything else (a bug) keeps its
 traceback.
 """
@@ -24,6 +25,7 @@ _VERBOSE = flags.DEFINE_bool("verbose", False, "Show the traceback of errors (al
                              f"{VERBOSE_ENV}=1).")
 BAD_INPUT_EXIT = 2
 FAILED_RUN_EXIT = 1
+INTERRUPTED_EXIT = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 
 
 def quiet_library_logs() -> None:
@@ -119,9 +121,10 @@ def _fail(error: BaseException, code: int) -> None:
 def _bad_input_errors() -> tuple[type[BaseException], ...]:
   from ease_jax import checkpointing  # pylint: disable=g-import-not-at-top
   from ease_jax import validation  # pylint: disable=g-import-not-at-top
+  # OSError: a missing, existing, unreadable or unwritable path, and a read-only or full disk
+  # (EROFS, ENOSPC are no PermissionError).
   return (validation.ConfigError, checkpointing.CheckpointMismatchError,
-          checkpointing.CheckpointCorruptError, ValueError, KeyError, FileNotFoundError,
-          FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
+          checkpointing.CheckpointCorruptError, ValueError, KeyError, OSError)
 
 
 def _parse_flags(argv: Sequence[str]) -> list[str]:
@@ -136,13 +139,44 @@ def _parse_flags(argv: Sequence[str]) -> list[str]:
     raise  # unreachable
 
 
+def check_config_flags() -> None:
+  """A `--config` file that did not load is bad input named by its flag and path; ml_collections
+  otherwise defers the error to the config's first use, as an IOError about "an earlier
+  failure"."""
+  for name in list(flags.FLAGS):
+    flag = flags.FLAGS[name]
+    if type(flag.value).__name__ != "_ErrorConfig":
+      continue
+    cause = object.__getattribute__(flag.value, "_error")
+    path = getattr(flag, "config_filename", None) or flag.serialize()
+    if "No such file or directory" in str(cause) or "empty string" in str(cause):
+      raise FileNotFoundError(f"--{name}: no config file {path!r}.")
+    raise ValueError(f"--{name}: the config file {path!r} failed to load: "
+                     f"{' '.join(str(cause).split())}")
+
+
+def _workdir_given() -> None:
+  """An empty `--workdir=` would write runs and caches into the current folder."""
+  if "workdir" in flags.FLAGS and flags.FLAGS["workdir"].value is not None and not str(
+      flags.FLAGS["workdir"].value).strip():
+    raise ValueError("--workdir is empty; name a folder for the run's outputs.")
+
+
 def run(main: Callable[[Sequence[str]], Any]) -> None:
   """`app.run(main)` with the clean errors described in the module docstring."""
   from ease_jax.federated import driver  # pylint: disable=g-import-not-at-top
 
   def wrapped(argv):
     try:
+      check_config_flags()
+      _workdir_given()
       return main(argv)
+    except KeyboardInterrupt:
+      if _verbose():
+        raise
+      print("interrupted: what was checkpointed is kept; rerun the same command to resume.",
+            file=sys.stderr)
+      sys.exit(INTERRUPTED_EXIT)
     except driver.RoundFailedError as e:
       if _verbose():
         raise

@@ -61,6 +61,16 @@ def read_jsonl(path: str | pathlib.Path) -> list[dict[str, Any]]:
   return rows
 
 
+def read_json(path: str | pathlib.Path) -> Any:
+  """The value of a JSON file; one that does not parse is an error naming the file."""
+  path = pathlib.Path(path)
+  try:
+    return json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path}: not valid JSON ({e}); it was damaged after it was written (it is "
+                     "written atomically). Remove it to recompute what it describes.") from e
+
+
 def append_jsonl(path: pathlib.Path, row: Mapping[str, Any]) -> None:
   """Appends `row` as one line, flushed to disk. A cut last line left by a kill is first cut off
   the file, so the new row starts a line of its own rather than joining it."""

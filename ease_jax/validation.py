@@ -143,7 +143,8 @@ BASE_RULES: dict[str, Check] = {
     "data.skin_tone_variants": boolean,
     "data.split": one_of("random", "skin_tone"),
     "data.public_fraction": open_fraction,
-    "data.test_fraction": open_fraction,
+    # Not 0: the held-out test split evaluates every run and gives the MIA its non-members.
+    "data.test_fraction": real(0.0, 1.0, lo_open=True, hi_open=True),
     "data.partition": one_of("iid", "by_label", "dirichlet"),
     "data.dirichlet_alpha": positive,
     "data.min_client_size": integer(0),
@@ -257,6 +258,77 @@ def _path_checks(config: Any) -> list[str]:
   return out
 
 
+def require_blocks(config: Any, blocks: Iterable[str], binary: str, example: str) -> None:
+  """A config meant for another binary (no `benchmark` block for the benchmark, ...) is bad
+  input named by what it lacks, not an AttributeError at first use."""
+  missing = [b for b in blocks if b not in config]
+  if missing:
+    raise ConfigError(f"{binary} needs a config with {', '.join(map(repr, missing))} "
+                      f"(e.g. {example}); this one has {sorted(config.keys())}.")
+
+
+def anything(v: Any) -> str | None:
+  """A free-form entry (a dict of variants or scenarios): its keys are not checked here."""
+  del v
+  return None
+
+
+# Top-level entries outside the base schema and every binary's rules: the one-knob seed of the
+# planted configs, and the plants (each checked by `_plant_checks`).
+FREE_TOP_LEVEL = ("seed", "plants")
+
+
+def _known_rules() -> dict[str, Check]:
+  """Every binary's rules: their keys are the known keys of the blocks outside the base schema
+  (`benchmark.*`, `pretrain.*`, `arch.*`)."""
+  # pylint: disable=g-import-not-at-top  (these modules import this one)
+  from ease_jax import centralized
+  from ease_jax.unlearning import benchmark
+  from ease_jax.unlearning import methods
+  from ease_jax.unlearning import population
+  return {**BASE_RULES, **methods.RULES, **population.RULES, **benchmark.BENCHMARK_RULES,
+          **centralized.PRETRAIN_RULES}
+
+
+def unknown_keys(config: Any) -> list[str]:
+  """`config.<key> is not a known key` for every entry no block defines: a typo inside a config
+  file (`c.fed.rundos = 1`) would otherwise be carried along and silently ignored (command-line
+  overrides of unknown keys are refused by ml_collections itself)."""
+  import difflib  # pylint: disable=g-import-not-at-top
+  from ease_jax import configs  # pylint: disable=g-import-not-at-top
+  reference = configs.add_unlearning(configs.base_config())
+  ruled: dict[str, set[str]] = {}
+  for key in _known_rules():
+    block, _, rest = key.partition(".")
+    ruled.setdefault(block, set()).add(rest.split(".")[0])
+  out = []
+
+  def complain(path: str, name: str, known: Iterable[str]) -> None:
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    out.append(f"config.{path} is not a known key" + (f" (did you mean {close[0]!r}?)" if close
+                                                      else ""))
+
+  def visit(node: Any, ref: Any, prefix: str) -> None:
+    for k in node.keys():
+      if k not in ref:
+        complain(prefix + k, k, ref.keys())
+      elif hasattr(node[k], "keys") and hasattr(ref[k], "keys"):
+        visit(node[k], ref[k], f"{prefix}{k}.")
+
+  for k in config.keys():
+    if k in reference:
+      if hasattr(config[k], "keys") and hasattr(reference[k], "keys"):
+        visit(config[k], reference[k], f"{k}.")
+    elif k in ruled:
+      if hasattr(config[k], "keys"):
+        for sub in config[k].keys():
+          if sub not in ruled[k]:
+            complain(f"{k}.{sub}", sub, ruled[k])
+    elif k not in FREE_TOP_LEVEL:
+      complain(k, k, [*reference.keys(), *ruled, *FREE_TOP_LEVEL])
+  return out
+
+
 def validate(config: Any, extra_rules: Iterable[Mapping[str, Check]] = ()) -> None:
   """Raises `ConfigError` listing every problem of `config` (base blocks, every unlearning
   method's block present in it, paths), or returns None."""
@@ -271,6 +343,6 @@ def validate(config: Any, extra_rules: Iterable[Mapping[str, Check]] = ()) -> No
     if unknown:
       found.append(f"config.methods has unknown method(s) {unknown}; registered: "
                    f"{sorted(methods.METHODS)}")
-  found += _cross_checks(config) + _path_checks(config)
+  found += _cross_checks(config) + _path_checks(config) + unknown_keys(config)
   if found:
     raise ConfigError("; ".join(f.rstrip(".") for f in found) + ".")

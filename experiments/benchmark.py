@@ -23,6 +23,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from ease_jax import cli
+from ease_jax import validation
 
 from ease_jax.unlearning import benchmark
 
@@ -41,10 +42,11 @@ def main(argv):
   del argv
   cli.quiet_library_logs()
   config, workdir = _CONFIG.value, pathlib.Path(_WORKDIR.value)
+  validation.require_blocks(config, ("benchmark", "unlearning"), "the benchmark",
+                            "experiments/configs/benchmark_emoji.py")
   scenarios = list(config.benchmark.scenarios)
   if _REPORT_ONLY.value:
-    table = benchmark.aggregate(benchmark.read_rows(workdir / "results.jsonl"), scenarios)
-    benchmark.write_outputs(workdir, table, scenarios, config)
+    table = benchmark.report(config, workdir)["table"]
   else:
     cli.cache_compilations(workdir)
     table = benchmark.run_benchmark(config, workdir)["table"]

@@ -6,10 +6,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jax.flatten_util import ravel_pytree
+
+from conftest import assert_same_run
 from conftest import flat_params as flat
 from conftest import make_tiny_setup, make_unlearning_ctx as make_ctx, run_fedavg, tiny_config
 from ease_jax import builders
 from ease_jax import federated
+from ease_jax import rng as rng_lib
 from ease_jax.unlearning import base
 from ease_jax.unlearning import common
 from ease_jax.unlearning import methods
@@ -35,6 +39,17 @@ def trained():
   return cfg, setup, res
 
 
+@pytest.fixture(scope="module")
+def partial():
+  """A run where 2 of the 4 clients take part in each round (some retained client sits out)."""
+  cfg = tiny_config(rounds=3, history_size=4, local_epochs=1, client_lr=3e-2,
+                    clients_per_round=2)
+  methods.add_config_blocks(cfg)
+  setup = make_tiny_setup(cfg)
+  setup = dataclasses.replace(setup, public_images=setup.client_images[3])
+  return cfg, setup, run_fedavg(setup, cfg)
+
+
 def test_method_config_defaults_and_unknown_keys(trained):
   cfg = trained[0]
   assert common.block(cfg, "pga", pga.DEFAULTS).radius_fraction == pytest.approx(1 / 3)
@@ -42,6 +57,25 @@ def test_method_config_defaults_and_unknown_keys(trained):
   bad.pga.radus = 1.0
   with pytest.raises(KeyError, match="radus"):
     common.block(bad, "pga", pga.DEFAULTS)
+
+
+@pytest.mark.parametrize("key,value", [
+    ("pga.radius", -1.0),               # 0 is the documented "from radius_fraction"; < 0 is not
+    ("pga.radius_fraction", -0.5),      # would reflect the ascent through the ball's centre
+    ("gradient_ascent.lr", 0.0),
+    ("federaser.calibration_ratio", -3.0),
+    ("federaser.retain_interval", 0),
+    ("fedrecovery.delta", 2.0),
+    ("ccu.temperature", 0.0),
+    ("mvi_causal.shared_dim", 0),
+    ("finetune.rounds", -1),
+])
+def test_methods_validate_their_block_when_they_read_it(trained, key, value):
+  """A value the block's rules refuse stops the method before any work (benchmark variant
+  overrides and direct calls never pass `validation.validate`)."""
+  name = key.split(".")[0]
+  with pytest.raises(ValueError, match=rf"config\.{key.replace('.', '[.]')} must be"):
+    methods.get(name)(make_ctx(trained, {key: value}))
 
 
 # ------------------------------------------------------------------------------------ PGA
@@ -157,16 +191,12 @@ def _numpy_replay(start, history, weights, clients):
 
 
 @pytest.mark.parametrize("case", ["sample_request", "partial_participation"])
-def test_federaser_without_calibration_equals_a_numpy_replay(trained, case):
+def test_federaser_without_calibration_equals_a_numpy_replay(trained, partial, case):
   """The cases the client request under full participation does not reach: a sample request
   (each holder weighted by the pairs it keeps) and rounds some retained clients sat out."""
   cfg, setup, res = trained
   if case == "partial_participation":
-    cfg = tiny_config(rounds=3, history_size=4, local_epochs=1, client_lr=3e-2,
-                      clients_per_round=2)
-    methods.add_config_blocks(cfg)
-    setup = dataclasses.replace(make_tiny_setup(cfg), public_images=setup.public_images)
-    res = run_fedavg(setup, cfg)
+    cfg, setup, res = partial
     request = requests.client_request(setup, [0])
   else:  # half of one client's pairs: its weight halves against the others'
     request = requests.sample_request(setup, 0.5, clients=[1], seed=1)
@@ -189,6 +219,143 @@ def test_federaser_refuses_incomplete_history(trained):
     fe.federaser(make_ctx(trained, {"fed.rounds": 6}))
 
 
+def _numpy_calibrate(old, new, norm):
+  """‖old‖ · new / ‖new‖ in numpy, per leaf or over the whole tree (lists of leaves)."""
+  old = [np.asarray(x, np.float64) for x in old]
+  new = [np.asarray(x, np.float64) for x in new]
+  if norm == "leaf":
+    return [np.linalg.norm(o) / np.linalg.norm(n) * n for o, n in zip(old, new)]
+  ratio = (np.sqrt(sum(np.sum(o**2) for o in old)) / np.sqrt(sum(np.sum(n**2) for n in new)))
+  return [ratio * n for n in new]
+
+
+def _reference_federaser(ctx, ratio, interval, norm):
+  """FedEraser as the paper states it, one client and one round at a time: every
+  `interval`-th stored round, each retained client that took part runs its calibration steps
+  from the current unlearned model on its retain data, and its stored update becomes
+  ‖old‖ · new / ‖new‖; round 0 keeps the stored updates of clients that keep all their data.
+  Returns (θ, {round: calibrated clients})."""
+  cfg, setup, request, history = ctx.config, ctx.setup, ctx.request, ctx.history
+  fed = cfg.fed
+  assert fed.server_momentum == 0
+  rounds, updates = np.asarray(history.rounds), np.asarray(history.updates)
+  kept_texts = request.retain_client_texts(setup)
+  retained = request.retain_clients(setup)
+  kept = {k: len(kept_texts[k]) for k in retained}
+  steps = {k: federated.num_local_steps(kept[k], fed.batch_size, fed.local_epochs)
+           for k in retained}
+  cal_steps = {k: int(np.ceil(ratio * steps[k])) for k in retained}
+  local = jax.jit(federated.local_steps(federated.clip_objective(setup.model),
+                                        builders.client_optimizer(setup, cfg)))
+  theta, unravel = ravel_pytree(builders.init_trainable(setup, cfg))
+  theta = np.asarray(theta, np.float64)
+  calibrated = {}
+  for r in range(fed.rounds):
+    sent = [(k, np.flatnonzero(rounds[k] == r)) for k in retained]
+    sent = [(k, slot[0]) for k, slot in sent if len(slot)]
+    if r % interval or not sent:
+      continue
+    calibrated[r] = []
+    total, step = 0.0, 0.0
+    for k, slot in sent:
+      delta = updates[k, slot].astype(np.float64)
+      unchanged = kept[k] == len(setup.client_texts()[k])
+      if ratio > 0 and not (r == 0 and unchanged):
+        sched = federated.build_client_schedules(
+            [kept_texts[k]], fed.batch_size, fed.local_epochs, max(steps.values()),
+            cfg.seeds.data, fed.rounds + rng_lib.Stream.FEDERASER_CALIBRATION + r, [k])
+        batches = federated.Batches(sched.text_indices[0, :cal_steps[k]],
+                                    sched.mask[0, :cal_steps[k]])
+        new, _ = local(unravel(jnp.asarray(theta, jnp.float32)), setup.backbone, setup.data,
+                       batches)
+        old = jax.tree.leaves(unravel(jnp.asarray(delta, jnp.float32)))
+        cal = _numpy_calibrate(old, jax.tree.leaves(new), norm)
+        delta = np.concatenate([c.ravel() for c in cal])
+        calibrated[r].append(k)
+      total += kept[k]
+      step = step + kept[k] * delta
+    theta = theta + fed.server_lr * step / total
+  return theta, calibrated
+
+
+@pytest.mark.parametrize("case", ["leaf_every_2nd", "global", "sample_request", "partial"])
+def test_federaser_calibration_equals_a_numpy_reference(trained, partial, case):
+  """Calibrated rounds: the new update is computed from the current unlearned model on the
+  retained participants' retain data, and keeps the stored update's norm (per leaf or global)
+  with the new direction. Round 0 is only calibrated for a holder that lost D_f."""
+  norm, interval, run = "leaf", 1, trained
+  request = requests.client_request(run[1], [0])
+  if case == "leaf_every_2nd":
+    interval = 2
+  elif case == "global":
+    norm = "global"
+  elif case == "sample_request":
+    request = requests.sample_request(run[1], 0.5, clients=[1], seed=1)
+  else:
+    run = partial
+    request = requests.client_request(run[1], [0])
+  # SGD calibration: Adam would turn float reassociation (one client alone here, vmapped there)
+  # into steps of up to its learning rate where a gradient is near 0 (conftest.assert_same_run).
+  # Even so, the new direction is a float32 difference of parameters (after − before), rescaled
+  # to the stored norm: ~1e-4 of rounding, against ~0.4 for a wrong calibration (old and new
+  # swapped) or a wrong start point.
+  ctx = make_ctx(run, {"federaser.calibration_ratio": 0.5, "federaser.norm": norm,
+                       "federaser.retain_interval": interval, "fed.client_optimizer": "sgd",
+                       "fed.client_lr": 0.5}, request=request, setup=run[1])
+  out = fe.federaser(ctx)
+  want, calibrated = _reference_federaser(ctx, 0.5, interval, norm)
+  np.testing.assert_allclose(flat(out.trainable), want, atol=3e-4)
+  assert dict(zip(out.diagnostics["replayed_rounds"],
+                  out.diagnostics["calibrated_clients"])) == calibrated
+  assert calibrated[0] == ([1] if case == "sample_request" else [])
+  if case == "partial":  # some retained client sat a calibrated round out
+    retained = request.retain_clients(run[1])
+    assert any(set(c) != set(retained) for r, c in calibrated.items() if r > 0)
+
+
+def test_federaser_leaves_round_0_uncalibrated_on_a_client_request(trained):
+  """Liu et al. apply the first round's stored updates directly: replaying round 0 alone
+  (retain_interval beyond the run) with calibration equals replaying it without."""
+  only_first = {"federaser.retain_interval": 100}
+  cal = fe.federaser(make_ctx(trained, {**only_first, "federaser.calibration_ratio": 0.5}))
+  plain = fe.federaser(make_ctx(trained, {**only_first, "federaser.calibration_ratio": 0.0}))
+  assert cal.diagnostics["replayed_rounds"] == [0]
+  np.testing.assert_array_equal(flat(cal.trainable), flat(plain.trainable))
+
+
+def test_federaser_calibrates_participants_on_the_configured_backend(partial, monkeypatch):
+  """The calibration runs on `fed.backend` (as training does), and only the round's retained
+  participants run local steps; the backends agree."""
+  seen = []
+  make = federated.make_round_fn
+
+  def recording(update, backend="vmap", chunk_size=0):
+    round_fn = make(update, backend, chunk_size)
+
+    def run(params, backbone, data, batches, context=None):
+      seen.append((backend, int(np.asarray(batches.mask).any(axis=(1, 2)).sum())))
+      return round_fn(params, backbone, data, batches, context)
+
+    return run
+
+  monkeypatch.setattr(federated, "make_round_fn", recording)
+  cfg, setup, res = partial
+  out = {}
+  for backend in ("sequential", "vmap"):
+    seen.clear()
+    ctx = make_ctx(partial, {"fed.backend": backend, "federaser.calibration_ratio": 0.5})
+    out[backend] = fe.federaser(ctx)
+    assert out[backend].diagnostics["backend"] == backend
+    assert {b for b, _ in seen} == {backend}
+    # Per calibrated round, the clients with local steps: the retained ones that took part.
+    rounds = np.asarray(res.history.rounds)
+    took_part = [sum(np.any(rounds[k] == r) for k in ctx.retain_clients)
+                 for r in out[backend].diagnostics["replayed_rounds"] if r > 0]
+    assert [n for _, n in seen] == took_part
+    assert min(took_part) < len(ctx.retain_clients)  # someone did sit a round out
+  assert_same_run(flat(out["sequential"].trainable), flat(out["vmap"].trainable))
+
+
 # ----------------------------------------------------------------------------- FedRecovery
 
 
@@ -209,6 +376,12 @@ def test_fedrecovery_residuals_and_method_noise(trained):
   want0 = (ups[0, 0] + ups[0, 1] + 2 * ups[0, 2]) / 4 - (ups[0, 1] + 2 * ups[0, 2]) / 3
   np.testing.assert_allclose(r[0], want0, atol=1e-6)
   np.testing.assert_allclose(fr.fedrecovery_correction(r), r[0] + r[1], atol=1e-6)
+  # A round only the leaving client took part in: without it nobody would have stepped, so the
+  # residual is the whole aggregate; a round nobody took part in has none.
+  w_solo = jnp.array([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+  r = fr.aggregate_residuals(ups, w_solo, w_solo.at[:, 0].set(0.0))
+  np.testing.assert_allclose(r[0], ups[0, 0], atol=1e-6)
+  np.testing.assert_array_equal(r[1], np.zeros(4))
   # Without noise and uniform weights, FedRecovery = plain replay without the client
   # (= FedEraser without calibration): first-order exact removal.
   clean = fr.fedrecovery(make_ctx(trained))
@@ -218,6 +391,24 @@ def test_fedrecovery_residuals_and_method_noise(trained):
   diff = flat(noisy.trainable) - flat(clean.trainable)
   assert noisy.diagnostics["noise_std"] == 0.02
   np.testing.assert_allclose(diff.std(), 0.02, rtol=0.05)
+
+
+def test_fedrecovery_equals_uncalibrated_federaser_under_partial_participation():
+  """One client per round: the leaving client sent some round alone. FedRecovery's first-order
+  removal must take that whole round out, as replay without it (FedEraser, ratio 0) does."""
+  cfg = tiny_config(rounds=4, history_size=4, local_epochs=1, client_lr=3e-2,
+                    clients_per_round=1)
+  methods.add_config_blocks(cfg)
+  setup = make_tiny_setup(cfg)
+  res = run_fedavg(setup, cfg)
+  rounds = np.asarray(res.history.rounds)
+  target = int(np.flatnonzero((rounds == 0).any(axis=1))[0])  # round 0's only sender
+  run = (cfg, setup, res)
+  request = requests.client_request(setup, [target])
+  rec = fr.fedrecovery(make_ctx(run, request=request))
+  era = fe.federaser(make_ctx(run, {"federaser.calibration_ratio": 0.0}, request=request))
+  assert 0 not in era.diagnostics["replayed_rounds"]  # replay skips the target's solo round
+  np.testing.assert_allclose(flat(rec.trainable), flat(era.trainable), atol=1e-5)
 
 
 # ------------------------------------------------------------------- gradient ascent, finetune
@@ -279,24 +470,82 @@ def test_ccu_losses_behave_as_documented():
   img_f, txt_f, img_r, txt_r = _emb(0)
   orig = dict(img_f=img_f, txt_f=txt_f, img_r=img_r, txt_r=txt_r)
   fm, rm = jnp.ones(6, bool), jnp.ones(6, bool)
-  t = ccu.ccu_losses(img_f, txt_f, img_r, txt_r, orig, fm, rm, 0.1)
+  eye = jnp.eye(6, dtype=bool)  # six distinct images with distinct captions
+  t = ccu.ccu_losses(img_f, txt_f, img_r, txt_r, orig, fm, rm, 0.1, eye)
   assert float(t["retention"]) == pytest.approx(0.0, abs=1e-5)
   assert float(t["separation"]) == pytest.approx(0.0, abs=1e-6)
   # L_inv is visual-side only: no gradient reaches the text embeddings.
-  g_txt = jax.grad(lambda x: ccu.ccu_losses(img_f, x, img_r, txt_r, orig, fm, rm, 0.1)["inverse"])(
-      txt_f)
+  inverse = lambda x: ccu.ccu_losses(img_f, x, img_r, txt_r, orig, fm, rm, 0.1, eye)["inverse"]
+  g_txt = jax.grad(inverse)(txt_f)
   assert float(jnp.abs(g_txt).max()) == 0.0
   # Images aligned with their *own* captions score worse than images re-aligned to the shifted
   # captions (the inverse objective dissociates the pairs).
-  shift = ccu.shifted_targets(fm)
-  own = ccu.ccu_losses(txt_f, txt_f, img_r, txt_r, orig, fm, rm, 0.1)["inverse"]
-  moved = ccu.ccu_losses(txt_f[shift], txt_f, img_r, txt_r, orig, fm, rm, 0.1)["inverse"]
+  shift, _ = ccu.inverse_targets(fm, eye)
+  own = ccu.ccu_losses(txt_f, txt_f, img_r, txt_r, orig, fm, rm, 0.1, eye)["inverse"]
+  moved = ccu.ccu_losses(txt_f[shift], txt_f, img_r, txt_r, orig, fm, rm, 0.1, eye)["inverse"]
   assert float(moved) < float(own)
-  np.testing.assert_array_equal(ccu.shifted_targets(jnp.array([True, False, True, True])),
-                                [2, 2, 3, 0])  # invalid rows: unused
+  targets, _ = ccu.inverse_targets(jnp.array([True, False, True, True]), jnp.eye(4, dtype=bool))
+  np.testing.assert_array_equal(targets, [2, 2, 3, 0])  # invalid rows: unused
   # Perturbing retain images moves the retain structure: separation > 0.
-  t2 = ccu.ccu_losses(img_f, txt_f, img_r + 0.5 * img_f, txt_r, orig, fm, rm, 0.1)
+  t2 = ccu.ccu_losses(img_f, txt_f, img_r + 0.5 * img_f, txt_r, orig, fm, rm, 0.1, eye)
   assert float(t2["separation"]) > 0 and float(t2["retention"]) > 0
+
+
+def test_ccu_inverse_targets_are_other_captions_of_other_images():
+  """Each row's new positive: the next valid row (cyclically) with other caption tokens and
+  another image; a brute-force search over the batch is the reference."""
+  r = np.random.default_rng(0)
+  b = 12
+  tokens = r.integers(0, 3, size=(b, 2))          # few distinct captions: many identical
+  images = r.integers(0, 5, size=b)               # several captions per image
+  valid = r.random(b) < 0.8
+  pixels = np.broadcast_to(images[:, None, None, None], (b, 2, 2, 3)).astype(np.float32)
+  related = ccu.related_rows(jnp.asarray(tokens), jnp.asarray(pixels))
+  targets, has_partner = map(np.asarray, ccu.inverse_targets(jnp.asarray(valid), related))
+  for i in range(b):
+    ok = [j for j in list(range(i + 1, b)) + list(range(i + 1))
+          if valid[j] and images[j] != images[i] and np.any(tokens[j] != tokens[i])]
+    assert has_partner[i] == bool(ok), i
+    if ok:
+      assert targets[i] == ok[0], i
+  t = targets[valid & has_partner]
+  own = np.flatnonzero(valid & has_partner)
+  assert np.all(np.any(tokens[t] != tokens[own], axis=1)) and np.all(images[t] != images[own])
+  # By hand: captions [a, a, b, a] of images [0, 1, 0, 2]. Row 0's only other caption is its
+  # own image's: no partner.
+  tokens, images = np.array([[1], [1], [2], [1]]), np.array([0, 1, 0, 2])
+  pixels = np.broadcast_to(images[:, None, None, None], (4, 2, 2, 3)).astype(np.float32)
+  targets, has_partner = ccu.inverse_targets(
+      jnp.ones(4, bool), ccu.related_rows(jnp.asarray(tokens), jnp.asarray(pixels)))
+  np.testing.assert_array_equal(has_partner, [False, True, True, True])
+  np.testing.assert_array_equal(np.asarray(targets)[1:], [2, 3, 2])
+
+
+@pytest.mark.parametrize("batch", ["one_caption", "one_image"])
+def test_ccu_inverse_dissociates_without_other_captions(batch):
+  """A backdoor's forget batch holds one caption (rows: distinct images), a small D_f may hold
+  one image with several captions: no row has another pair's caption to move to, so each falls
+  back to ascent on its own positive. The gradient is not 0, and a descent step lowers every
+  image's cosine to its own caption."""
+  r = np.random.default_rng(0)
+  b, d = 6, 8
+  img = jnp.asarray(r.normal(size=(b, d)), jnp.float32)
+  txt = jnp.asarray(r.normal(size=(b, d)), jnp.float32)
+  tokens, ids = np.tile([[5, 7]], (b, 1)), np.arange(b)   # one caption, b images
+  if batch == "one_image":
+    img, tokens, ids = jnp.tile(img[:1], (b, 1)), np.stack([np.arange(b), np.arange(b)], 1), 0 * ids
+  else:
+    txt = jnp.tile(txt[:1], (b, 1))
+  pixels = jnp.asarray(np.broadcast_to(ids[:, None, None, None], (b, 2, 2, 3)), jnp.float32)
+  related = ccu.related_rows(jnp.asarray(tokens), pixels)
+  m = jnp.ones(b, bool)
+  orig = dict(img_f=img, txt_f=txt, img_r=img, txt_r=txt)
+  loss = lambda u: ccu.ccu_losses(u, txt, img, txt, orig, m, m, 0.07, related)["inverse"]
+  grad = jax.grad(loss)(img)
+  assert float(jnp.abs(grad).max()) > 1e-3
+  cos = lambda u: np.sum(np.asarray(u / jnp.linalg.norm(u, axis=1, keepdims=True))
+                         * np.asarray(txt / jnp.linalg.norm(txt, axis=1, keepdims=True)), 1)
+  assert np.all(cos(img - 0.05 * grad) < cos(img))
 
 
 def test_mvi_shared_basis_and_losses():
@@ -344,7 +593,7 @@ def test_ccu_and_mvi_losses_ignore_padded_rows(method):
   basis = jnp.asarray(np.linalg.qr(np.random.default_rng(3).normal(size=(8, 3)))[0],
                       jnp.float32)
   if method == "ccu":
-    fn = lambda e, o, fm, rm: ccu.ccu_losses(*e, o, fm, rm, 0.1)
+    fn = lambda e, o, fm, rm: ccu.ccu_losses(*e, o, fm, rm, 0.1, jnp.eye(len(fm), dtype=bool))
   else:
     fn = lambda e, o, fm, rm: mvi.mvi_losses(*e, o, fm, rm, basis, 0.1)
   got = fn(padded, orig_p, jnp.asarray(keep_f), jnp.asarray(keep_r))
@@ -353,6 +602,21 @@ def test_ccu_and_mvi_losses_ignore_padded_rows(method):
   for k in want:
     assert float(got[k]) == pytest.approx(float(want[k]), rel=1e-5, abs=1e-6), k
   assert any(abs(float(v)) > 1e-3 for v in want.values())  # not all zero
+
+
+@pytest.mark.parametrize("name,source", [("ccu", "public"), ("ccu", "local"),
+                                         ("mvi_causal", "local")])
+def test_empty_retain_source_is_refused(trained, name, source):
+  """'public' without a public split, 'local' on a client request (the leaving client keeps
+  nothing): the retention terms would silently vanish."""
+  _, setup, _ = trained
+  if source == "public":
+    setup = dataclasses.replace(setup, public_images=np.array([], np.int64))
+  ctx = make_ctx(trained, {f"{name}.retain_source": source}, setup=setup)
+  why = "no public split" if source == "public" else "keep no pairs"
+  with pytest.raises(ValueError, match=rf"{name}: retain_source='{source}'.*{why}"):
+    methods.get(name)(ctx)
+  common.require_retain(ctx, "none", name)  # 'none' says so on purpose
 
 
 @pytest.mark.parametrize("name", ["ccu", "mvi_causal"])

@@ -352,6 +352,59 @@ def test_benchmark_resumes_after_an_interruption(tmp_path, monkeypatch):
     assert (work / name).stat().st_size > 0
   assert "| fedrecovery |" in (work / "benchmark.md").read_text()
 
+  # A method knob changed: the method rows are redone (each method hashes every method block),
+  # the reference rows are not, and the table reports the new rows only; a leftover row of a
+  # seed the config does not ask for is not reported either.
+  jsonio.append_jsonl(work / "results.jsonl", dict(resumed[0], seed=9))
+  written = len(benchmark.read_rows(work / "results.jsonl"))
+  config.finetune.rounds = 2
+  retuned = benchmark.run_benchmark(config, work, progress=False)
+  redone = benchmark.read_rows(work / "results.jsonl")[written:]
+  assert cells(redone) == [(s, m) for s in ("client", "sample")
+                           for m in ("fedrecovery", "finetune")]
+  assert cells(retuned["rows"]) == cells(full)
+  assert [r["diagnostics"]["rounds"] for r in retuned["rows"] if r["method"] == "finetune"] == [
+      2, 2]
+  assert all(len(r["seeds"]) == 1 for r in retuned["table"])
+  # Reporting under a config none of the rows was computed with refuses, and rewrites nothing.
+  tables = (work / "benchmark.md").read_text()
+  config.benchmark.seeds = (5,)
+  with pytest.raises(ValueError, match="None of the .* rows .* was computed under this config"):
+    benchmark.report(config, work)
+  assert (work / "benchmark.md").read_text() == tables
+
+
+def test_benchmark_writes_a_methods_children_before_it(tmp_path, monkeypatch):
+  """A kill between a method's continued-model row (`name+tag`) and its own row must leave the
+  method undone, so that the rerun redoes both rather than never writing the child."""
+  from ease_jax.unlearning import base  # pylint: disable=g-import-not-at-top
+  from ease_jax.unlearning import benchmark  # pylint: disable=g-import-not-at-top
+  from ease_jax.unlearning import methods  # pylint: disable=g-import-not-at-top
+  config = _small_emoji_run(tmp_path, "benchmark_emoji.py", 0.85)
+  config.eval.every = 0
+  config.audit.population = 0
+  config.benchmark.seeds, config.benchmark.scenarios = (0,), ("client",)
+  config.benchmark.methods = ("finetune",)
+  monkeypatch.setitem(methods.METHODS, "finetune", lambda ctx: base.MethodResult(
+      ctx.trained, 0.0, continued={"again": ctx.trained}))
+  append = jsonio.append_jsonl
+
+  def killed_before_the_parent(path, row):
+    if row.get("method") == "finetune":
+      raise KeyboardInterrupt
+    append(path, row)
+
+  monkeypatch.setattr(benchmark.jsonio, "append_jsonl", killed_before_the_parent)
+  with pytest.raises(KeyboardInterrupt):
+    benchmark.run_benchmark(config, tmp_path / "work", progress=False)
+  written = [r["method"] for r in benchmark.read_rows(tmp_path / "work" / "results.jsonl")]
+  assert written == ["retrain", "original", "finetune+again"]
+  monkeypatch.setattr(benchmark.jsonio, "append_jsonl", append)
+  rows = benchmark.run_benchmark(config, tmp_path / "work", progress=False)["rows"]
+  assert [r["method"] for r in rows][-2:] == ["finetune+again", "finetune"]
+  assert [r["method"] for r in benchmark.aggregate(rows, ["client"])] == [
+      "retrain", "original", "finetune+again", "finetune"]
+
 
 def test_avoid_cpu_hang_sets_the_flag_once(monkeypatch):
   from ease_jax import runtime  # pylint: disable=g-import-not-at-top

@@ -54,6 +54,7 @@ def _one_line_error(proc, *needles):
     ("fed.rounds", 0, "config.fed.rounds must be >= 1"),
     ("fed.backend", "pmap", "config.fed.backend must be one of"),
     ("data.test_fraction", 1.5, "config.data.test_fraction must be < 1"),
+    ("data.test_fraction", 0.0, "config.data.test_fraction must be > 0"),
     ("unlearning.fraction", 0.0, "config.unlearning.fraction must be > 0"),
     ("gsd.energy", 1.2, "config.gsd.energy must be <= 1"),
     ("bke.lr", -1.0, "config.bke.lr must be > 0"),
@@ -193,6 +194,66 @@ def test_unknown_config_key_is_one_line(tmp_path):
                  "--config.fed.rundos=3", f"--workdir={tmp_path / 'w'}")
   _one_line_error(proc, "rundos")
   assert not (tmp_path / "w").exists()
+
+
+def test_a_typo_inside_a_config_file_is_refused(tmp_path):
+  """ml_collections refuses unknown keys on the command line only; one set in a config file was
+  carried along and ignored (a 'population' typo would silently turn the audit's size back to
+  the default)."""
+  config = configs.from_file(CONFIGS / "unlearn_emoji.py")
+  config.unlock()
+  config.fed.rundos, config.audit.populaton, config.unlearning.client = 1, 0, (3,)
+  with pytest.raises(validation.ConfigError) as e:
+    validation.validate(config)
+  for needle in ("config.audit.populaton is not a known key (did you mean 'population'?)",
+                 "config.fed.rundos is not a known key (did you mean 'rounds'?)",
+                 "config.unlearning.client is not a known key (did you mean 'clients'?)"):
+    assert needle in str(e.value)
+  # Every shipped config passes.
+  for path in sorted(CONFIGS.glob("[!_]*.py")):
+    assert validation.unknown_keys(configs.from_file(path)) == [], path.name
+
+
+@pytest.mark.parametrize("binary,config,needle", [
+    ("benchmark.py", "unlearn_emoji.py", "the benchmark needs a config with 'benchmark'"),
+    ("unlearn.py", "emoji_default.py", "unlearning needs a config with 'unlearning', 'methods'"),
+    ("pretrain.py", "emoji_default.py", "pretraining needs a config with 'arch', 'pretrain'"),
+])
+def test_a_config_for_another_binary_is_one_line(tmp_path, binary, config, needle):
+  work = tmp_path / "w"
+  _one_line_error(_binary(binary, f"--config={CONFIGS / config}", f"--workdir={work}"), needle)
+  assert not work.exists()
+
+
+def test_missing_config_file_empty_workdir_and_ctrl_c_are_one_line(tmp_path):
+  _one_line_error(_binary("train.py", f"--config={tmp_path / 'nope.py'}",
+                          f"--workdir={tmp_path / 'w'}"), "--config: no config file", "nope.py")
+  _one_line_error(_binary("train.py", f"--config={CONFIGS / 'emoji_default.py'}", "--workdir="),
+                  "--workdir is empty")
+  proc = subprocess.run([sys.executable, "-c", "from ease_jax import cli\n"
+                         "def main(argv):\n  raise KeyboardInterrupt\n"
+                         "cli.run(main)"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+  assert proc.returncode == cli.INTERRUPTED_EXIT, proc.stderr[-2000:]
+  assert proc.stderr.strip() == ("interrupted: what was checkpointed is kept; rerun the same "
+                                 "command to resume.")
+
+
+def test_pretrain_refuses_outputs_it_would_destroy_before_training(tmp_path):
+  """`--export_to` replaced whatever folder it named (a user's notes, or the workdir holding
+  the backbone it had just trained); now such targets are refused before any training."""
+  precious = tmp_path / "precious"
+  precious.mkdir()
+  (precious / "notes.txt").write_text("mine")
+  args = (f"--config={CONFIGS / 'pretrain_emoji.py'}", "--config.pretrain.steps=2")
+  work = tmp_path / "w"
+  _one_line_error(_binary("pretrain.py", *args, f"--workdir={work}", f"--export_to={precious}"),
+                  "does not hold an exported backbone")
+  assert (precious / "notes.txt").read_text() == "mine"
+  _one_line_error(_binary("pretrain.py", *args, f"--workdir={work}", f"--export_to={work}"),
+                  "must lie outside --workdir")
+  (work / "backbone").mkdir(parents=True)
+  (work / "backbone" / "config.json").write_text("{}")
+  _one_line_error(_binary("pretrain.py", *args, f"--workdir={work}"), "already holds a backbone")
 
 
 def test_verbose_shows_the_traceback(tmp_path):
@@ -417,3 +478,24 @@ def test_driver_refuses_to_checkpoint_a_nonfinite_state(tmp_path):
   assert not (tmp_path / "checkpoints" / "3").exists()
   # No line for the failed round: metrics.jsonl ends at the last checkpoint.
   assert [r["round"] for r in jsonio.read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2]
+
+
+def test_an_emptied_metrics_file_keeps_the_measured_timing(tmp_path, caplog):
+  """The rounds restored from a checkpoint are not rerun, so their times live only in
+  metrics.jsonl: emptied, the timing measured when they ran is kept (with a warning), not
+  replaced by 0 s, which would make every speed-up against retrain meaningless."""
+  from conftest import make_tiny_setup, tiny_config  # pylint: disable=g-import-not-at-top
+  from ease_jax.unlearning import retrain as retrain_lib  # pylint: disable=g-import-not-at-top
+  config = tiny_config(rounds=2)
+  setup = make_tiny_setup(config)
+  _, measured = retrain_lib.train(setup, config, tmp_path)
+  assert measured["rounds"] == 2 and measured["wall_time_s"] > 0
+  (tmp_path / "train" / "metrics.jsonl").write_text("")
+  _, again = retrain_lib.train(setup, config, tmp_path)
+  assert again == measured
+  assert jsonio.read_json(tmp_path / "train" / "timing.json") == measured
+  assert "holds 0 of the run's 2 rounds" in caplog.text
+  # A damaged identity file is named, not a bare JSON error.
+  (tmp_path / "train" / "request.json").write_text('{\n "ki')
+  with pytest.raises(ValueError, match=r"request.json: not valid JSON"):
+    retrain_lib.train(setup, config, tmp_path)

@@ -372,3 +372,23 @@ def test_zero_weight_decay_keeps_the_fingerprint_of_runs_written_before_the_key(
   assert checkpointing.diff_fingerprints(before, after) == [
       "fed.client_optimizer: checkpoint='adam' vs now='adamw'",
       "fed.client_weight_decay: checkpoint='<absent>' vs now=0.1"]
+
+
+def test_the_run_fingerprint_holds_the_backbones_bytes(tmp_path):
+  """A checkpoint folder rewritten in place (e.g. by `pretrain.py --export_to`) is another run:
+  its cached models must not be resumed."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  folder = tmp_path / "clip"
+  shutil.copytree(builders.embedded_backbone_dir(), folder)
+  config = tiny_config()
+  config.model.checkpoint = str(folder)
+  before = builders.run_fingerprint(config)
+  assert before["model.checkpoint_sha256"] == builders.run_fingerprint(tiny_config())[
+      "model.checkpoint_sha256"]  # the same bytes as the embedded folder
+  weights = folder / "flax_model.msgpack"
+  data = bytearray(weights.read_bytes())
+  data[-1] ^= 1  # one bit of the last weight; same size
+  weights.write_bytes(bytes(data))
+  after = builders.run_fingerprint(config)
+  assert [d.split(":")[0] for d in checkpointing.diff_fingerprints(before, after)] == [
+      "model.checkpoint_sha256"]

@@ -161,6 +161,13 @@ def test_benchmark_aggregation_and_resume_rows(tmp_path):
   assert m["speedup_vs_retrain"][0] == pytest.approx(10.0)
   md = benchmark.format_markdown(table, ["client"])
   assert "| m |" in md and "11.0 ± 1.4" in md
+  # A value one seed lacks is not averaged as if all seeds had it, and one value has no spread.
+  rows[3]["mia_auc"] = None
+  m = [r for r in benchmark.aggregate(rows, ["client"]) if r["method"] == "m"][0]
+  assert m["mia_auc"] == (0.6, 0.0) and m["counts"] == {"mia_auc": 1, "mia_auc_gap": 1}
+  line = [l for l in benchmark.format_markdown([m], ["client"]).splitlines()
+          if l.startswith("| m |")][0]
+  assert "0.600 (1/2 seeds)" in line and "0.600 ± " not in line
   # A line cut by a kill is skipped (that cell is redone on restart).
   path = tmp_path / "results.jsonl"
   path.write_text("\n".join(json.dumps(r) for r in rows) + '\n{"scenario": "cl')

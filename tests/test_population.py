@@ -44,6 +44,39 @@ def test_population_member_equals_the_single_run_with_its_seed(tmp_path, chunk):
   with pytest.raises(ValueError, match="holds a population"):
     population.train(setup, cfg, lambda c: retrain_lib.retrain_plan(setup, c, other),
                      tmp_path / "out", other.fingerprint(), "retrain")
+  if chunk:
+    # A larger population reuses the finished chunk (its checkpoint is not rewritten) and
+    # trains the new members only.
+    done = tmp_path / "out" / "members_5_6"
+    before = {p: p.stat().st_mtime_ns for p in (done / "checkpoints").rglob("*") if p.is_file()}
+    larger = population.train(setup, _config(n=4, chunk=chunk),
+                              lambda c: retrain_lib.retrain_plan(setup, c, req),
+                              tmp_path / "out", req.fingerprint(), "retrain")
+    assert larger.seeds == (5, 6, 7, 8)
+    assert {p: p.stat().st_mtime_ns for p in (done / "checkpoints").rglob("*")
+            if p.is_file()} == before
+    # Member 7 now trains beside member 8 (a batch of 2, not 1): equal up to float reassociation.
+    np.testing.assert_allclose(flat(larger.member(2)), flat(pop.member(2)), atol=1e-5, rtol=1e-5)
+    np.testing.assert_array_equal(flat(larger.member(0)), flat(pop.member(0)))
+
+
+def test_population_pair_members_equal_their_single_runs(tmp_path):
+  """`train_pair`: member i of `in` is the trained run with seed i, of `out` the retrain; EASE's
+  history size M (which members do not keep) does not move their cache."""
+  cfg = _config()
+  setup = make_tiny_setup(cfg)
+  req = requests.client_request(setup, [2])
+  in_pop, out_pop = population.train_pair(setup, cfg, req, tmp_path)
+  member_cfg = population.member_config(cfg, in_pop.seeds[1])
+  np.testing.assert_allclose(flat(in_pop.member(1)), flat(run_fedavg(setup, member_cfg).trainable),
+                             atol=1e-5, rtol=1e-5)
+  retrained = run_fedavg(setup, member_cfg, plan=retrain_lib.retrain_plan(setup, member_cfg, req))
+  np.testing.assert_allclose(flat(out_pop.member(1)), flat(retrained.trainable), atol=1e-5,
+                             rtol=1e-5)
+  folders = sorted(p.name for p in tmp_path.iterdir())
+  cfg.fed.history_size = cfg.fed.history_size + 3
+  population.train_pair(setup, cfg, req, tmp_path)
+  assert sorted(p.name for p in tmp_path.iterdir()) == folders
 
 
 _SPLIT_SCRIPT = textwrap.dedent("""

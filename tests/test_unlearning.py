@@ -139,6 +139,15 @@ def test_requests_forget_what_they_name(tiny_setup, kind, build):
   assert np.isin(forget, np.concatenate(s.client_images)).all()
 
 
+def test_request_fingerprint_tells_forget_sets_with_equal_sums_apart():
+  """Two sample requests of the same size, holders and index sum must not share a cached
+  retrain (the old sum-based hash gave {10, 20} and {11, 19} one identity)."""
+  make = lambda texts: requests.UnlearningRequest(
+      "sample", np.asarray(texts, np.int32), np.asarray(texts, np.int64), (), (0,))
+  assert make([10, 20]).fingerprint() != make([11, 19]).fingerprint()
+  assert make([10, 20]).fingerprint() == make([10, 20]).fingerprint()
+
+
 def test_from_config_kinds(tiny_setup):
   cfg = configs.add_unlearning(tiny_config())
   assert requests.from_config(tiny_setup, cfg.unlearning).forget_clients == (0,)
@@ -250,6 +259,22 @@ def test_gsd_shapes_and_bke_moves_only_inside_unique_subspace(trained, kind):
   assert diag["bke_delta_norm"] > 0 and run_s > 0
 
 
+def test_gsd_cache_is_keyed_by_everything_gsd_reads(trained):
+  """A variant that overrides a knob GSD reads outside its block (here M, `fed.history_size`)
+  computes its own subspace; one that differs only in PFL reuses it."""
+  cfg, setup, _ = trained
+  req = requests.sample_request(setup, 0.3, seed=1)
+  cache = {}
+  first = ease.compute_gsd(dataclasses.replace(make_ctx(trained, request=req), cache=cache))
+  same = ease.compute_gsd(dataclasses.replace(
+      make_ctx(trained, {"pfl.lock_lambda": 0.0}, request=req), cache=cache))
+  assert same is first
+  fewer = ease.compute_gsd(dataclasses.replace(
+      make_ctx(trained, {"fed.history_size": 1}, request=req), cache=cache))
+  assert fewer is not first
+  assert np.asarray(fewer["result"].forget_rank).max() <= len(req.holders)  # M = 1 row each
+
+
 def test_gsd_refuses_non_finite_updates(trained):
   """A NaN in a retained client's stored updates would empty its basis silently."""
   cfg, setup, res = trained
@@ -287,6 +312,19 @@ def test_round_timing_replaces_the_compiling_round():
   t = common.round_timing([dict(round_time_s=10.0), dict(round_time_s=2.0),
                                 dict(round_time_s=2.0)])
   assert t["wall_time_s"] == 14.0 and t["steady_time_s"] == 6.0
+  # A resumed run compiles again in its first round after the restore.
+  t = common.round_timing([dict(round_time_s=10.0), dict(round_time_s=2.0),
+                           dict(round_time_s=9.0, round_compiles=True), dict(round_time_s=3.0)])
+  assert t["wall_time_s"] == 24.0 and t["steady_time_s"] == 2.5 + 2.0 + 2.5 + 3.0
+
+
+def test_the_driver_marks_the_first_round_of_each_call(tmp_path):
+  """What `round_timing` relies on: the round that compiles, fresh or resumed, says so."""
+  cfg = base.config_with(tiny_config(rounds=3), {"checkpoint_every": 1})
+  setup = make_tiny_setup(cfg)
+  run_fedavg(setup, cfg, workdir=tmp_path, num_rounds=2)  # stopped after round 2
+  rows = run_fedavg(setup, cfg, workdir=tmp_path).metrics
+  assert [r.get(federated.driver.ROUND_COMPILES, False) for r in rows] == [True, False, True]
 
 
 # -------------------------------------------------------------------------------- end to end

@@ -26,6 +26,9 @@ from ease_jax.federated.algorithms import FederatedAlgorithm
 
 PyTree = Any
 FAILURE_KEY = "round_failed"
+# Set on the first round of each `run` call, fresh or resumed: its time includes compiling the
+# round, which timing summaries replace by a steady round's (`unlearning.common.round_timing`).
+ROUND_COMPILES = "round_compiles"
 
 
 class RoundFailedError(RuntimeError):
@@ -102,6 +105,10 @@ def run(algorithm: FederatedAlgorithm, plan: Any, state: PyTree, num_rounds: int
     writer = jsonio.JsonlWriter(workdir / "metrics.jsonl",
                                 start if restored is not None else None)
     rows = jsonio.read_jsonl(writer.path)
+    if restored is not None and len(rows) < start:
+      logging.warning("%s holds rows for %d of the %d restored rounds (emptied or damaged): "
+                      "their metrics and round times are lost; the rounds themselves are not "
+                      "redone.", writer.path, len(rows), start)
   evaluate = lambda s: options.eval_fn(s.trainable) if options.eval_fn else {}
   train_time = 0.0
   last_eval = None  # the evaluation of the current state, when the last round made one
@@ -118,6 +125,8 @@ def run(algorithm: FederatedAlgorithm, plan: Any, state: PyTree, num_rounds: int
       if hasattr(inputs, "client_ids"):
         row["clients"] = np.asarray(inputs.client_ids).tolist()
       row["round_time_s"] = time.perf_counter() - t0
+      if r == start:  # Compiles (unless this process compiled it before): see ROUND_COMPILES.
+        row[ROUND_COMPILES] = True
       if np.any(row.get(FAILURE_KEY, False)):
         raise RoundFailedError(
             f"{options.desc}: round {r + 1} failed ({row}); the model was left at round {r} and "

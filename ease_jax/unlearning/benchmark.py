@@ -10,6 +10,9 @@
 
 Resumable: the federated runs resume from their orbax checkpoints, and cells already in
 `results.jsonl` are skipped, so an interrupted benchmark continues where it stopped. Each row
+carries the key of the config that computed it (`row_keys`): a row computed under other knobs
+is neither skipped nor reported, it is redone (the trained, retrained and population models
+come from their own fingerprinted caches). Each row
 holds the retrieval metrics (forget / retain / test, R@{1,5,10} both directions, R-precision),
 the membership-inference AUC on D_f vs matched held-out non-members, wall and compile time.
 Gaps to retrain, speed-ups and the aggregates are computed from the rows (`aggregate`).
@@ -26,6 +29,7 @@ import numpy as np
 from absl import logging
 
 from ease_jax import builders
+from ease_jax import checkpointing
 from ease_jax import jsonio
 from ease_jax import mia
 from ease_jax import validation
@@ -109,12 +113,17 @@ BENCHMARK_RULES = {
     "benchmark.scenarios": validation.str_tuple(),
     "benchmark.methods": validation.str_tuple(),
     "benchmark.mia_score": validation.one_of(*mia.SCORES),
+    "benchmark.seed_keys": validation.str_tuple(),
+    "benchmark.variants": validation.anything,         # checked by `resolve_methods`
+    "benchmark.scenario_blocks": validation.anything,  # checked as each cell's `unlearning`
 }
 
 
 def check_cells(config: ml_collections.ConfigDict) -> dict[int, builders.FederatedSetup]:
   """Validates the benchmark block and every (scenario, seed) cell's config and request; returns
   each seed's setup (built once, reused by the run)."""
+  validation.require_blocks(config, ("benchmark", "unlearning"), "the benchmark",
+                            "experiments/configs/benchmark_emoji.py")
   validation.validate(config, [BENCHMARK_RULES])
   from ease_jax.unlearning import requests  # pylint: disable=g-import-not-at-top
   setups = {}
@@ -133,6 +142,64 @@ def read_rows(path: pathlib.Path) -> list[dict[str, Any]]:
   return jsonio.read_jsonl(path) if path.exists() else []
 
 
+def row_keys(config: ml_collections.ConfigDict) -> dict[tuple[str, int, str], str]:
+  """`(scenario, seed, method) -> key` of every row the config asks for: a hash of the cell's
+  config without the `benchmark` block (which lists cells, not how they are computed), plus
+  the MIA score; a method's row also hashes every method's block and its variant overrides.
+  The reference rows (retrain, original) do not depend on the method blocks, so tuning one
+  method keeps them. A child row (`ease+pfl`) shares its parent's key."""
+  b = config.benchmark
+  variants = _variants(b)
+  method_blocks = set(methods_lib.CONFIG_BLOCKS)
+  keys = {}
+  for seed in b.seeds:
+    for scenario in b.scenarios:
+      cfg = scenario_config(config, scenario, seed).to_dict()
+      cfg.pop("benchmark", None)
+      common = {k: v for k, v in cfg.items() if k not in method_blocks}
+      common["benchmark.mia_score"] = b.mia_score
+      blocks = {k: v for k, v in cfg.items() if k in method_blocks}
+      for method in ("retrain", "original", *b.methods):
+        ident = dict(common, method=method)
+        if method not in ("retrain", "original"):
+          ident.update(method_blocks=blocks, variant=variants.get(method))
+        keys[(scenario, int(seed), method)] = checkpointing.fingerprint_hash(
+            checkpointing.fingerprint(jsonio.to_jsonable(ident)))
+  return keys
+
+
+def current_rows(rows: Sequence[dict[str, Any]], config: ml_collections.ConfigDict
+                 ) -> list[dict[str, Any]]:
+  """The rows that this config's cells would compute: right (scenario, seed, method) and key.
+  Rows of other seeds, scenarios or methods, rows computed under other knobs and rows written
+  before keys existed are left out of tables and counts (they stay in the file)."""
+  keys = row_keys(config)
+  return [r for r in rows
+          if keys.get((r["scenario"], r["seed"], r.get("parent") or r["method"])) is not None
+          and r.get("key") == keys[(r["scenario"], r["seed"], r.get("parent") or r["method"])]]
+
+
+def report(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
+           ) -> dict[str, Any]:
+  """Aggregates the finished cells of `config` in `workdir` and writes the tables and plot."""
+  workdir = pathlib.Path(workdir)
+  path = workdir / "results.jsonl"
+  if not path.exists():
+    raise FileNotFoundError(f"No finished cells to report: {str(path)!r} does not exist (run "
+                            "the benchmark first).")
+  every = read_rows(path)
+  rows = current_rows(every, config)
+  if every and not rows:
+    # Tables of nothing would overwrite the ones the rows were reported in.
+    raise ValueError(f"None of the {len(every)} rows of {str(path)!r} was computed under this "
+                     "config (other knobs, seeds, scenarios or methods, or rows written before "
+                     "rows carried their config's key); nothing was rewritten. Run the benchmark "
+                     "with this config to compute them.")
+  table = aggregate(rows, list(config.benchmark.scenarios))
+  write_outputs(workdir, rows, table, list(config.benchmark.scenarios), config)
+  return dict(rows=rows, table=table)
+
+
 def run_benchmark(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
                   progress: bool = True) -> dict[str, Any]:
   """Runs every missing (scenario, seed, method) cell, then writes the tables and the plot."""
@@ -142,12 +209,15 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   results = workdir / "results.jsonl"
+  keys = row_keys(config)
   t_start = time.perf_counter()
   for seed in b.seeds:
     setup = setups[seed]
     for scenario in b.scenarios:
-      done = {r["method"] for r in read_rows(results)
-              if r["scenario"] == scenario and r["seed"] == seed}
+      # A parent row is written after its children (`record_all`), so a finished parent means
+      # a finished cell.
+      done = {r["method"] for r in current_rows(read_rows(results), config)
+              if r["scenario"] == scenario and r["seed"] == seed and not r.get("parent")}
       todo = [m for m in ("retrain", "original", *b.methods) if m not in done]
       if not todo:
         continue
@@ -158,6 +228,7 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
 
       def record(outcome):
         row = dict(scenario=scenario, seed=seed, knowledge=cell.forgotten_knowledge,
+                   key=keys[(scenario, seed, outcome.parent or outcome.method)],
                    **cell.row(outcome))
         jsonio.append_jsonl(results, row)
         knowledge = " ".join(f"{k.split('/', 1)[1]} {row[k]:5.1f}" for k in row["knowledge"])
@@ -187,12 +258,11 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
           print(f"{scenario} seed {seed} {name} FAILED: {e!r}", flush=True)
           continue
         outcomes[0].diagnostics.pop("angles_deg", None)  # Large; kept by the unlearn binary.
-        for outcome in outcomes:
+        # Children (`ease+pfl`) first: a kill between the rows then leaves the parent undone,
+        # and the rerun redoes the whole method instead of losing its children for good.
+        for outcome in (*outcomes[1:], outcomes[0]):
           record(outcome)
-  rows = read_rows(results)
-  table = aggregate(rows, list(b.scenarios))
-  write_outputs(workdir, table, list(b.scenarios), config)
-  return dict(rows=rows, table=table)
+  return report(config, workdir)
 
 
 def with_gaps(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -230,19 +300,33 @@ def aggregate(rows: Sequence[dict[str, Any]], scenarios: Sequence[str]
                    and k.endswith(cell_lib.DIRECTIONS + tuple(f"{d}_gap"
                                                                for d in cell_lib.DIRECTIONS))]
       agg["knowledge"] = list(group[0].get("knowledge", []))
+      agg["counts"] = {}
       for k in (*METRICS, *knowledge):
         vals = [r.get(k) for r in group]
         vals = [float(v) for v in vals if v is not None]
         agg[k] = (float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
                   ) if vals else None
+        if 0 < len(vals) < len(group):  # a seed without the value: say so in the table
+          agg["counts"][k] = len(vals)
       out.append(agg)
   return out
 
 
-def _pm(v: tuple[float, float] | None, digits: int = 1) -> str:
+def _pm(v: tuple[float, float] | None, digits: int = 1, row: Mapping[str, Any] | None = None,
+        key: str = "") -> str:
+  """`mean ± std`. Given the aggregated `row` and the metric's `key`: the mean alone when one
+  seed has the value (there is no spread to show), and `(k/n seeds)` after it when only k of
+  the row's n seeds have it."""
   if v is None:
     return "—"
-  return f"{v[0]:.{digits}f} ± {v[1]:.{digits}f}"
+  seeds = len(row["seeds"]) if row else None
+  have = row.get("counts", {}).get(key, seeds) if row else None
+  text = f"{v[0]:.{digits}f}"
+  if have != 1:
+    text += f" ± {v[1]:.{digits}f}"
+  if have != seeds:
+    text += f" ({have}/{seeds} seeds)"
+  return text
 
 
 def format_markdown(table: Sequence[dict[str, Any]], scenarios: Sequence[str]) -> str:
@@ -262,21 +346,22 @@ def format_markdown(table: Sequence[dict[str, Any]], scenarios: Sequence[str]) -
                  "Δ = method − retrain; knowledge in %, R@1 = mean of both directions)\n")
     parts += [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
-      gaps = " / ".join(_pm(r.get(f"{k}_gap")) for k in knowledge) or "—"
-      forget = (f"{_pm(r['forget/mean_r1'])} ({_pm(r['forget/mean_r1_gap'])})"
+      pm = lambda key, digits=1, r=r: _pm(r.get(key), digits, r, key)
+      gaps = " / ".join(pm(f"{k}_gap") for k in knowledge) or "—"
+      forget = (f"{pm('forget/mean_r1')} ({pm('forget/mean_r1_gap')})"
                 if r.get("forget/mean_r1") else "—")
-      mia_cell = _pm(r["mia_auc"], 3) + (f" ({r['mia_auc_gap'][0]:+.3f})"
-                                         if r.get("mia_auc_gap") else "")
+      mia_cell = pm("mia_auc", 3) + (f" ({r['mia_auc_gap'][0]:+.3f})"
+                                     if r.get("mia_auc_gap") else "")
       speed = "—" if r["speedup_vs_retrain"] is None else f"{r['speedup_vs_retrain'][0]:.1f}×"
       fq = r.get("forget_quality")
       fq_iid = r.get("forget_quality_iid")
       fq_cell = "—" if fq is None else f"{fq[0]:.2g}" + (
           "" if fq_iid is None else f" ({fq_iid[0]:.2g})")
       parts.append(
-          f"| {r['method']} | " + "".join(f"{_pm(r.get(k))} | " for k in knowledge)
-          + f"{gaps} | {forget} | {_pm(r['retain/mean_r1_gap'])} | {_pm(r['test/mean_r1_gap'])} | "
-          f"{fq_cell} | {_pm(r.get('lira_auc'), 3)} | {_pm(r.get('lira_tpr@0.01'), 3)} | "
-          f"{mia_cell} | {_pm(r['wall_time_s'], 2)} | {speed} |")
+          f"| {r['method']} | " + "".join(f"{pm(k)} | " for k in knowledge)
+          + f"{gaps} | {forget} | {pm('retain/mean_r1_gap')} | {pm('test/mean_r1_gap')} | "
+          f"{fq_cell} | {pm('lira_auc', 3)} | {pm('lira_tpr@0.01', 3)} | "
+          f"{mia_cell} | {pm('wall_time_s', 2)} | {speed} |")
     parts.append("")
   return "\n".join(parts)
 
@@ -362,10 +447,12 @@ def plot(path: pathlib.Path, table: Sequence[dict[str, Any]], scenarios: Sequenc
   plt.close(fig)
 
 
-def write_outputs(workdir: pathlib.Path, table: Sequence[dict[str, Any]],
-                  scenarios: Sequence[str], config: ml_collections.ConfigDict) -> None:
+def write_outputs(workdir: pathlib.Path, rows: Sequence[dict[str, Any]],
+                  table: Sequence[dict[str, Any]], scenarios: Sequence[str],
+                  config: ml_collections.ConfigDict) -> None:
+  """`rows`: the config's current rows (`current_rows`), `table` their aggregate."""
   md = format_markdown(table, scenarios)
-  diag = ease_diagnostics(read_rows(workdir / "results.jsonl"), scenarios)
+  diag = ease_diagnostics(rows, scenarios)
   if diag:
     md += f"\n**What EASE's GSD found** (sums over the LoRA modules)\n\n{diag}\n"
   (workdir / "benchmark.md").write_text(md)
@@ -375,19 +462,11 @@ def write_outputs(workdir: pathlib.Path, table: Sequence[dict[str, Any]],
                            jsonio.to_jsonable(config.to_dict()))
 
 
-def summarize(rows: Iterable[dict[str, Any]]) -> dict[str, int]:
-  """Cells done per scenario (for progress reports)."""
-  out: dict[str, int] = {}
-  for r in rows:
-    out[r["scenario"]] = out.get(r["scenario"], 0) + 1
-  return out
-
-
 def section_text(table: Sequence[dict[str, Any]], config: ml_collections.ConfigDict,
                  workdir: pathlib.Path, machine: str, command: str) -> str:
   """The BENCHMARKS.md section: command, machine, sizes, status and the tables."""
   b = config.benchmark
-  rows = read_rows(workdir / "results.jsonl")
+  rows = current_rows(read_rows(workdir / "results.jsonl"), config)
   expected = len(b.seeds) * len(b.scenarios) * (2 + len(b.methods))
   done = len({(r["scenario"], r["seed"], r["method"]) for r in rows if not r.get("parent")})
   status = ("complete" if done >= expected else

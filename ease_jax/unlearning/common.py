@@ -11,9 +11,11 @@ import numpy as np
 
 from ease_jax import builders
 from ease_jax import federated
+from ease_jax.federated import driver
 from ease_jax import losses
 from ease_jax import rng as rng_lib
 from ease_jax import training
+from ease_jax import validation
 from ease_jax.model import CLIP
 from ease_jax.unlearning import base
 
@@ -24,8 +26,15 @@ CALIBRATION_SPLITS = ("test", "public")
 
 def block(config: ml_collections.ConfigDict, name: str, defaults: Mapping[str, Any]
           ) -> ml_collections.ConfigDict:
-  """A method's config block: `defaults` overridden by `config.<name>` (if present); a key not in
-  the defaults is an error naming it."""
+  """A method's config block: `defaults` overridden by `config.<name>` (if present).
+
+  A key not in the defaults is a KeyError naming it; a value its validation rules (the
+  `<name>.` entries of `methods.RULES`) refuse is a `validation.ConfigError` (a ValueError)
+  naming the key. Checked here, when a method reads its block, because not every config passes
+  `validation.validate` first (benchmark variant overrides, direct calls).
+  """
+  # Imported here: the methods import this module.
+  from ease_jax.unlearning import methods  # pylint: disable=g-import-not-at-top
   out = dict(defaults)
   given = config.get(name)
   if given is not None:
@@ -33,23 +42,65 @@ def block(config: ml_collections.ConfigDict, name: str, defaults: Mapping[str, A
     if unknown:
       raise KeyError(f"Unknown key(s) {unknown} in config.{name}; known: {sorted(out)}.")
     out.update(given.to_dict())
+  rules = {k: v for k, v in methods.RULES.items() if k.startswith(f"{name}.")}
+  found = validation.problems({name: out}, rules)
+  if found:
+    raise validation.ConfigError("; ".join(found) + ".")
   return ml_collections.ConfigDict(out)
 
 
 def round_timing(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
   """Wall time of a federated run from its metrics rows.
 
-  `wall_time_s` sums the per-round times; the first round also compiles, so `steady_time_s`
-  replaces it by the median of the others (the compile-free time, comparable with methods that
-  report their compile time separately).
+  `wall_time_s` sums the per-round times. The first round also compiles, and so does the first
+  round after a resume (`driver.ROUND_COMPILES`), so `steady_time_s` replaces each of those by
+  the median of the other rounds (the compile-free time, comparable with methods that report
+  their compile time separately).
   """
-  times = [float(r["round_time_s"]) for r in rows if "round_time_s" in r]
+  rows = [r for r in rows if "round_time_s" in r]
+  times = [float(r["round_time_s"]) for r in rows]
   if not times:
     return dict(wall_time_s=0.0, steady_time_s=0.0, rounds=0)
-  median = float(np.median(times[1:])) if len(times) > 1 else times[0]
-  steady = sum(times) - times[0] + min(times[0], median)
+  compiles = [i == 0 or bool(r.get(driver.ROUND_COMPILES)) for i, r in enumerate(rows)]
+  steady_rounds = [t for t, c in zip(times, compiles) if not c]
+  median = float(np.median(steady_rounds)) if steady_rounds else min(times)
+  steady = sum(min(t, median) if c else t for t, c in zip(times, compiles))
   return dict(wall_time_s=sum(times), steady_time_s=steady, rounds=len(times),
               round_time_median_s=median)
+
+
+def retain_pool(ctx: base.UnlearningContext, retain_source: str) -> list[np.ndarray]:
+  """Per holder (`request.holders` order), the texts its retain batches draw from:
+  'local' its retained pairs, 'public' the public split, 'none' nothing."""
+  if retain_source not in RETAIN_SOURCES:
+    raise ValueError(f"retain_source must be one of {RETAIN_SOURCES}, got {retain_source!r}.")
+  setup, req = ctx.setup, ctx.request
+  if retain_source == "local":
+    retain_texts = req.retain_client_texts(setup)
+    return [np.asarray(retain_texts[h], np.int32) for h in req.holders]
+  source = (setup.texts_of(setup.public_images) if retain_source == "public"
+            else np.zeros((0,), np.int32))
+  return [np.asarray(source, np.int32) for _ in req.holders]
+
+
+def require_retain(ctx: base.UnlearningContext, retain_source: str, method: str) -> None:
+  """Refuses a retain source that leaves some holder without retain data (unless it is 'none').
+
+  An empty source gives all-False retain masks: the method would silently run without its
+  retention terms on those holders.
+  """
+  if retain_source == "none":
+    return
+  holders = ctx.request.holders
+  empty = [int(h) for h, t in zip(holders, retain_pool(ctx, retain_source)) if len(t) == 0]
+  if not empty:
+    return
+  why = ("the setup has no public split" if retain_source == "public" else
+         f"holder(s) {empty} keep no pairs once D_f is removed (a client request's leaving "
+         "clients keep nothing)")
+  raise ValueError(f"{method}: retain_source={retain_source!r} gives holder(s) {empty} no retain "
+                   f"data: {why}. Use another retain_source ('public' needs a public split), or "
+                   "'none' to run without the retain terms on purpose.")
 
 
 def holder_schedules(ctx: base.UnlearningContext, steps: int, batch_size: int,
@@ -61,19 +112,13 @@ def holder_schedules(ctx: base.UnlearningContext, steps: int, batch_size: int,
   D_h|)`. retain_source: 'local' (the holder's retained pairs), 'public' (the public split) or
   'none' (all-False retain masks). The streams (`rng.Stream`) separate methods' draws.
   """
-  if retain_source not in RETAIN_SOURCES:
-    raise ValueError(f"retain_source must be one of {RETAIN_SOURCES}, got {retain_source!r}.")
   setup, req = ctx.setup, ctx.request
   seed = ctx.config.seeds.unlearning
   forget_texts = req.forget_client_texts(setup)
-  retain_texts = req.retain_client_texts(setup)
-  public_texts = setup.texts_of(setup.public_images)
   forget, retain = [], []
-  for h in req.holders:
+  for h, source in zip(req.holders, retain_pool(ctx, retain_source)):
     forget.append(federated.cycled_batches(forget_texts[h], steps, batch_size,
                                            rng_lib.stream_seed(seed, forget_stream, h)))
-    source = {"local": retain_texts[h], "public": public_texts,
-              "none": np.zeros((0,), np.int32)}[retain_source]
     retain.append(federated.cycled_batches(source, steps, batch_size,
                                            rng_lib.stream_seed(seed, retain_stream, h)))
   stack = lambda rows: federated.Batches(np.stack([r.text_indices for r in rows]),
@@ -156,9 +201,11 @@ def embedding_objective(model: CLIP, step_loss: Callable[..., tuple[jax.Array, d
   """A local loss over the current and the original (trained) model's embeddings of one step's
   forget and retain batches (CCU, MVI).
 
-  `step_loss(params, backbone, emb, orig, forget_mask, retain_mask, retain_batch, aux) -> (loss,
-  terms)`, with `emb` / `orig` holding `img_f, txt_f, img_r, txt_r`; context = `{"original":
-  the trained LoRA tree, "aux": method constants}` (both constants for the optimiser).
+  `step_loss(params, backbone, emb, orig, forget_batch, retain_batch, aux) -> (loss, terms)`,
+  with `emb` / `orig` holding `img_f, txt_f, img_r, txt_r` (`[B, D]`) and the batches holding
+  `pixels`, `input_ids`, `attention_mask` and `mask` (`[B]` valid rows); context =
+  `{"original": the trained LoRA tree, "aux": method constants}` (both constants for the
+  optimiser).
   """
 
   def embed(params, backbone, b):
@@ -172,7 +219,7 @@ def embedding_objective(model: CLIP, step_loss: Callable[..., tuple[jax.Array, d
     e_f, e_r = embed(params, backbone, fb), embed(params, backbone, rb)
     orig = dict(img_f=o_f[0], txt_f=o_f[1], img_r=o_r[0], txt_r=o_r[1])
     emb = dict(img_f=e_f[0], txt_f=e_f[1], img_r=e_r[0], txt_r=e_r[1])
-    return step_loss(params, backbone, emb, orig, fb["mask"], rb["mask"], rb, context["aux"])
+    return step_loss(params, backbone, emb, orig, fb, rb, context["aux"])
 
   return loss_fn
 
@@ -187,12 +234,14 @@ def clip_term(model: CLIP, params: PyTree, backbone: PyTree, retain_batch: Mappi
   return weight * losses.clip_loss(ie, te, ls, rb["mask"], text_tokens=rb["input_ids"])
 
 
-def run_embedding_holders(ctx: base.UnlearningContext, c: ml_collections.ConfigDict,
+def run_embedding_holders(ctx: base.UnlearningContext, name: str, c: ml_collections.ConfigDict,
                           step_loss: Callable, aux: Any, streams: tuple[int, int],
                           prep_s: float) -> base.MethodResult:
   """The holders' `c.steps` local steps of an `embedding_objective`, FedAvg of their updates
-  (weights |D_f ∩ D_h|), then `c.rounds` of FedAvg on the retained clients."""
+  (weights |D_f ∩ D_h|), then `c.rounds` of FedAvg on the retained clients. `name` (the
+  method's) labels errors: a `c.retain_source` that leaves a holder without retain data is one."""
   setup = ctx.setup
+  require_retain(ctx, c.retain_source, name)
   batches, weights = holder_schedules(ctx, c.steps, c.batch_size, c.retain_source, *streams)
   steps = federated.local_steps(
       embedding_objective(setup.model, step_loss),

@@ -117,6 +117,8 @@ def run_unlearning(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
                    progress: bool = True) -> dict[str, Any]:
   """The whole experiment; returns (and writes) the results."""
   del progress
+  validation.require_blocks(config, ("unlearning", "methods"), "unlearning",
+                            "experiments/configs/unlearn_emoji.py")
   validation.validate(config)  # Before anything is written or trained.
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,6 @@ of the fits they are judged by.
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 from typing import Any, Callable, Sequence
 
@@ -116,12 +115,17 @@ def train(setup: builders.FederatedSetup, config: ml_collections.ConfigDict,
                      f"{a.population}.")
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  ident = dict(identity, seeds=list(seeds))
   ident_path = workdir / "population.json"
-  if ident_path.exists() and json.loads(ident_path.read_text()) != ident:
-    raise ValueError(f"{workdir} holds a population for {json.loads(ident_path.read_text())}, "
-                     f"not {ident}; use a new workdir.")
-  jsonio.write_json_atomic(ident_path, ident)
+  if ident_path.exists():
+    saved = jsonio.read_json(ident_path)
+    saved.pop("seeds", None)
+    # The seeds are not part of the check: each chunk's checkpoints carry their members' seeds
+    # (`population_seeds`) and a chunk folder is named by its first and last seed, so a larger
+    # `audit.population` reuses the finished chunks and trains only the new ones.
+    if saved != jsonio.to_jsonable(dict(identity)):
+      raise ValueError(f"{workdir} holds a population for {saved}, not {dict(identity)}; use a "
+                       "new workdir.")
+  jsonio.write_json_atomic(ident_path, dict(identity, seeds=list(seeds)))
   # No update history (the audit needs the models only).
   config = base.config_with(config, {"fed.history_size": 0})
   chunk = a.chunk or len(seeds)
@@ -160,7 +164,8 @@ def train_pair(setup: builders.FederatedSetup, config: ml_collections.ConfigDict
   without it), cached under `root` by what defines them: the `in` one by the federation alone,
   so every request (and every benchmark seed) of a federation shares it."""
   root = pathlib.Path(root)
-  federation = federation_fingerprint(config)
+  # Members keep no update history (`train`), so EASE's M must not move the cache.
+  federation = federation_fingerprint(base.config_with(config, {"fed.history_size": 0}))
   tag = lambda ident: checkpointing.fingerprint_hash(dict(ident))[:10]
   in_pop = train(setup, config, lambda c: builders.round_plan(setup, c),
                  root / f"in-{tag(federation)}", dict(kind="none"), "trained")

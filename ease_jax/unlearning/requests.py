@@ -18,6 +18,7 @@ test split is never trained on).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 from typing import Any, Sequence
 
@@ -90,8 +91,10 @@ class UnlearningRequest:
     """JSON-able identity of the request (for cache checks)."""
     return dict(kind=self.kind, forget_clients=list(self.forget_clients),
                 holders=list(self.holders), num_forget_texts=int(len(self.forget_texts)),
-                forget_texts_hash=int(np.sum(np.asarray(self.forget_texts, np.int64) *
-                                             2654435761 % 1000003) % 1000003))
+                # sha256 of the sorted indices: a sum-based hash let two forget sets of the
+                # same size, holders and index sum (e.g. {10, 20} and {11, 19}) share a retrain.
+                forget_texts_sha256=hashlib.sha256(
+                    np.sort(np.asarray(self.forget_texts, np.int64)).tobytes()).hexdigest())
 
 
 def _check_clients(setup: Any, clients: Sequence[int]) -> tuple[int, ...]:

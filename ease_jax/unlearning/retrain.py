@@ -8,10 +8,10 @@ written to `timing.json`.
 """
 from __future__ import annotations
 
-import json
 import pathlib
 from typing import Any
 
+from absl import logging
 import ml_collections
 
 from ease_jax import builders
@@ -28,15 +28,26 @@ def _cached_run(setup: builders.FederatedSetup, config: ml_collections.ConfigDic
   workdir.mkdir(parents=True, exist_ok=True)
   ident_path = workdir / "request.json"
   if ident_path.exists():
-    saved = json.loads(ident_path.read_text())
-    if saved != identity:
+    saved = jsonio.read_json(ident_path)
+    if saved != jsonio.to_jsonable(identity):
       raise ValueError(f"{workdir} holds a run for {saved}, not {identity}; use a new workdir.")
   else:
     jsonio.write_json_atomic(ident_path, identity)
   result = training.run_fedavg(setup, config, workdir, plan=plan,
                                options=training.run_options(setup, config, desc=desc))
   timing = common.round_timing(result.metrics)
-  jsonio.write_json_atomic(workdir / "timing.json", timing)
+  timing_path = workdir / "timing.json"
+  if timing["rounds"] < config.fed.rounds:
+    # Rows of restored rounds were lost (an emptied or damaged metrics.jsonl): the time they
+    # recorded is gone, so keep the timing measured when they ran, if there is one.
+    saved = jsonio.read_json(timing_path) if timing_path.exists() else None
+    logging.warning("%s: metrics.jsonl holds %d of the run's %d rounds; %s", workdir,
+                    timing["rounds"], config.fed.rounds,
+                    "keeping the timing measured when they ran" if saved
+                    else "its time is summed over those rounds only")
+    if saved and saved.get("rounds", 0) > timing["rounds"]:
+      return result, saved
+  jsonio.write_json_atomic(timing_path, timing)
   return result, timing
 
 

@@ -3,12 +3,19 @@ L_inv + λ_ret L_ret + λ_sep L_sep + λ_clip CLIP(retain) for `steps` local ste
 averages (weights |D_f ∩ D_h|).
 
 [ours]: L_inv ("inverse contrastive", visual side only): InfoNCE image→text on D_f with each
-image's positive re-assigned to another forget caption (cyclic shift) and the text side
-stop-gradient'ed, so only the visual tower dissociates. L_ret (cross-modal retention): 1 − cos
-between current and original text embeddings of the forget captions and of retain pairs (both
-towers). L_sep (dual-set separation): squared change of the retain–retain image similarity
-matrix (intra-set structure) + hinge on forget–retain image similarities rising above their
-original values (the forget perturbation must not spill into the retain structure).
+image's positive re-assigned to another forget caption of the batch, and the text side
+stop-gradient'ed, so only the visual tower dissociates. The new positive of row i is the next
+row (cyclically) whose caption tokens differ from row i's and whose image differs from row i's
+(`inverse_targets`): a caption identical to its own (a backdoor's forget set is one target
+caption) or another true caption of its image (several captions per image) would leave the
+pair associated. A row with no such partner in the batch (every forget caption the same: its
+InfoNCE row would be constant, log B with zero gradient) falls back to ascent on its own
+positive: it minimises its matched logit cos(u_i, w_i) / τ instead, which pushes the image away
+from its caption. L_ret (cross-modal retention): 1 − cos between current and original text
+embeddings of the forget captions and of retain pairs (both towers). L_sep (dual-set
+separation): squared change of the retain–retain image similarity matrix (intra-set structure)
++ hinge on forget–retain image similarities rising above their original values (the forget
+perturbation must not spill into the retain structure).
 """
 from __future__ import annotations
 
@@ -46,27 +53,39 @@ RULES = {
 }
 
 
-def _rows_infonce(logits: jax.Array, targets: jax.Array, valid: jax.Array) -> jax.Array:
-  """Mean over valid rows of CE(logits_i, targets_i), invalid columns masked out."""
-  logits = jnp.where(valid[None, :], logits, -1e9)
-  ce = jax.nn.logsumexp(logits, axis=1) - jnp.take_along_axis(logits, targets[:, None], 1)[:, 0]
-  return jnp.sum(jnp.where(valid, ce, 0.0)) / jnp.maximum(jnp.sum(valid), 1.0)
+def related_rows(tokens: jax.Array, pixels: jax.Array) -> jax.Array:
+  """`[B, B]` bool: rows i, j with identical caption tokens (`tokens [B, L]`) or identical images
+  (`pixels [B, ...]`), the diagonal included: the rows L_inv must not re-assign to each other."""
+  flat = pixels.reshape(pixels.shape[0], -1)
+  same_image = jnp.all(flat[:, None, :] == flat[None, :, :], axis=-1)
+  same_caption = losses.false_negatives(tokens) | jnp.eye(tokens.shape[0], dtype=bool)
+  return same_caption | same_image
 
 
-def shifted_targets(valid: jax.Array) -> jax.Array:
-  """`[B]` index of the next valid row (cyclically) for each row: a derangement of the valid
-  rows when there are ≥ 2 of them (a single valid row maps to itself)."""
+def inverse_targets(valid: jax.Array, related: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Each row's re-assigned positive for L_inv.
+
+  Args:
+    valid: `[B]` valid rows.
+    related: `[B, B]` bool, True where rows share the caption or the image (see `related_rows`;
+      the diagonal must be True).
+
+  Returns:
+    `(targets [B], has_partner [B])`: the next valid unrelated row after i (cyclically), and
+    whether row i has one (targets of rows without one are unused).
+  """
   b = valid.shape[0]
   idx = jnp.arange(b)
-  # For row i, the first valid j > i, else the first valid j overall.
-  later = jnp.where(valid[None, :] & (idx[None, :] > idx[:, None]), idx[None, :], b + idx[None, :])
-  first = jnp.min(later, axis=1)
-  return jnp.where(first >= b, jnp.argmax(valid), first)
+  ok = valid[None, :] & ~related
+  # For row i, the first candidate j > i, else the first candidate overall.
+  order = jnp.where(idx[None, :] > idx[:, None], idx[None, :], b + idx[None, :])
+  first = jnp.min(jnp.where(ok, order, 2 * b), axis=1)
+  return jnp.where(first >= 2 * b, 0, first % b), jnp.any(ok, axis=1)
 
 
 def ccu_losses(img_f: jax.Array, txt_f: jax.Array, img_r: jax.Array, txt_r: jax.Array,
                orig: Mapping[str, jax.Array], f_mask: jax.Array, r_mask: jax.Array,
-               temperature: float) -> dict[str, jax.Array]:
+               temperature: float, related: jax.Array) -> dict[str, jax.Array]:
   """CCU's three terms on one step's embeddings (see the module docstring).
 
   Args:
@@ -76,6 +95,8 @@ def ccu_losses(img_f: jax.Array, txt_f: jax.Array, img_r: jax.Array, txt_r: jax.
       `img_r`, `txt_r` (treated as constants).
     f_mask, r_mask: `[B]`, `[B']` valid rows.
     temperature: InfoNCE temperature of L_inv.
+    related: `[B, B]` forget rows sharing a caption or an image (`related_rows`; the identity
+      when every forget row is a distinct image with a distinct caption).
 
   Returns:
     `inverse` (L_inv, gradients reach the images only), `retention` (L_ret), `separation`
@@ -87,7 +108,12 @@ def ccu_losses(img_f: jax.Array, txt_f: jax.Array, img_r: jax.Array, txt_r: jax.
   u_r, w_r = losses.l2_normalize(img_r), losses.l2_normalize(txt_r)
   fv, rv = f_mask > 0, r_mask > 0
   logits = jnp.matmul(u_f, jax.lax.stop_gradient(w_f).T, precision=_HIGHEST) / temperature
-  inverse = _rows_infonce(logits, shifted_targets(fv), fv)
+  targets, has_partner = inverse_targets(fv, related)
+  masked = jnp.where(fv[None, :], logits, -1e9)
+  ce = jax.nn.logsumexp(masked, axis=1) - jnp.take_along_axis(masked, targets[:, None], 1)[:, 0]
+  # No partner: ascent on its own positive (its matched logit), see the module docstring.
+  per_row = jnp.where(has_partner, ce, jnp.diagonal(logits))
+  inverse = jnp.sum(jnp.where(fv, per_row, 0.0)) / jnp.maximum(jnp.sum(fv), 1.0)
 
   def mean_rows(x, v):
     return jnp.sum(jnp.where(v, x, 0.0)) / jnp.maximum(jnp.sum(v), 1.0)
@@ -110,14 +136,14 @@ def ccu(ctx: base.UnlearningContext) -> base.MethodResult:
   c = common.block(ctx.config, "ccu", DEFAULTS)
   model = ctx.setup.model
 
-  def step_loss(p, backbone, emb, orig, fm, rm, rb, aux):
+  def step_loss(p, backbone, emb, orig, fb, rb, aux):
     del aux
-    t = ccu_losses(emb["img_f"], emb["txt_f"], emb["img_r"], emb["txt_r"], orig, fm, rm,
-                   c.temperature)
+    t = ccu_losses(emb["img_f"], emb["txt_f"], emb["img_r"], emb["txt_r"], orig, fb["mask"],
+                   rb["mask"], c.temperature, related_rows(fb["input_ids"], fb["pixels"]))
     clip = common.clip_term(model, p, backbone, rb, c.clip_weight)
     total = (t["inverse"] + c.retention_weight * t["retention"]
              + c.separation_weight * t["separation"] + clip)
     return total, dict(t, clip=clip)
 
-  return common.run_embedding_holders(ctx, c, step_loss, jnp.zeros(()),
+  return common.run_embedding_holders(ctx, "ccu", c, step_loss, jnp.zeros(()),
                                       (rng_lib.Stream.CCU_FORGET, rng_lib.Stream.CCU_RETAIN), 0.0)

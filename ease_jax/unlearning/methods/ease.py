@@ -34,10 +34,12 @@ from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from ease_jax import builders
+from ease_jax import checkpointing
 from ease_jax import evaluation
 from ease_jax import federated
 from ease_jax import lora as lora_lib
@@ -188,10 +190,18 @@ def gsd_inputs(ctx: base.UnlearningContext, layout: proj.ModuleLayout, m: int
   return np.moveaxis(forget, 1, 0), np.moveaxis(retain_m, 2, 0), info
 
 
+def _config_key(config: ml_collections.ConfigDict, without: tuple[str, ...]) -> str:
+  """A cache key of everything in `config` but the blocks `without` (which the cached step does
+  not read): GSD reads `fed.history_size`, `fed.batch_size` and `seeds.unlearning` besides its
+  own block, so a variant overriding any of them must not reuse another's subspace."""
+  kept = {k: v for k, v in config.items() if k not in without}
+  return checkpointing.fingerprint_hash(checkpointing.fingerprint(kept))
+
+
 def compute_gsd(ctx: base.UnlearningContext) -> dict[str, Any]:
   """The per-module unique subspace (cached in `ctx.cache` per GSD config) and its timing."""
   cfg = GSDConfig.from_config(common.block(ctx.config, "gsd", CONFIG_BLOCKS["gsd"]))
-  key = ("gsd", cfg)
+  key = ("gsd", _config_key(ctx.config, without=("bke", "pfl")))
   if key in ctx.cache:
     return ctx.cache[key]
   if ctx.config.fed.history_size < 1:
@@ -401,7 +411,7 @@ def ease_method(overrides: Mapping[str, Any] | None = None) -> base.Method:
     gsd_res = g["result"] if g else None
     # The excised model depends on the GSD and BKE blocks only: PFL variants share it.
     bke_cfg = common.block(ctx.config, "bke", CONFIG_BLOCKS["bke"])
-    key = ("bke", repr(sorted(gsd_cfg.items())), repr(sorted(bke_cfg.items())))
+    key = ("bke", _config_key(ctx.config, without=("pfl",)))
     if key not in ctx.cache:
       t0 = time.perf_counter()
       target, tdiag = bke_target(ctx)

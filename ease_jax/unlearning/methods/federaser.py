@@ -1,11 +1,17 @@
 """FedEraser (Liu et al. 2021): replay the retained clients' stored updates from the initial
-model; every `retain_interval`-th round, each retained participant runs ceil(ratio × its local
-steps) calibration steps from the current unlearned model, and its stored update is replaced by
-‖old‖ · new/‖new‖. With `calibration_ratio = 0` it is plain replay.
+model; every `retain_interval`-th round, each retained participant of that round runs
+ceil(ratio × its local steps) calibration steps from the current unlearned model, and its stored
+update is replaced by ‖old‖ · new/‖new‖. With `calibration_ratio = 0` it is plain replay.
+
+Round 0 is not calibrated (the paper and its code apply the first stored updates directly): the
+replay starts from the initial model the stored round-0 updates were computed from, so a client
+that still holds all the data it trained on would only re-derive the same update. A client whose
+data lost D_f (a holder of a sample / concept request) is calibrated in round 0 too.
 
 The replay is a federated algorithm (`replay_algorithm`, init / apply) run by the driver; its
-round inputs (`ReplayPlan`) are the stored updates of one replayed round and the calibration
-batches. [ours]: the calibrated update keeps the old update's norm per leaf (= per layer, the
+round inputs (`ReplayPlan`) are the stored updates of one replayed round's retained participants
+and their calibration batches, and the calibration runs on `fed.backend` (resolved like
+training's). [ours]: the calibrated update keeps the old update's norm per leaf (= per layer, the
 paper's code) or globally; sample / concept requests: the holders' stored updates include D_f,
 calibration re-derives their direction on D_r only, their magnitude still comes from the old
 update.
@@ -39,7 +45,7 @@ DEFAULTS: dict[str, Any] = dict(
     norm="leaf",              # 'leaf' (per layer, as the paper's code) | 'global'
 )
 RULES = {"federaser.calibration_ratio": check.probability,
-"federaser.retain_interval": check.integer(1),
+         "federaser.retain_interval": check.integer(1),
          "federaser.norm": check.one_of("leaf", "global")}
 
 
@@ -92,48 +98,93 @@ def check_full_history(rounds: np.ndarray, config: ml_collections.ConfigDict, na
 
 
 class ReplayInputs(NamedTuple):
-  updates: np.ndarray          # [C, P] the stored (flat) updates of the retained clients
-  weights: np.ndarray          # [C] FedAvg weights (0 where a client did not take part)
-  batches: federated.Batches   # [C, S, B] calibration batches (S = 0: plain replay)
+  """One replayed round, padded to the plan's `R` rows (padding rows: id -1, weight 0)."""
+  client_ids: np.ndarray       # [R] the round's retained participants
+  updates: np.ndarray          # [R, P] their stored (flat) updates
+  weights: np.ndarray          # [R] FedAvg weights
+  calibrate: np.ndarray        # [R] bool: replace the stored update by its calibration
+  batches: federated.Batches   # [R, S, B] calibration batches (all False where not calibrating)
 
 
 @dataclasses.dataclass(frozen=True)
 class ReplayPlan:
-  """The replayed rounds' inputs: stored updates `[T, K, P]` of the retained clients."""
-  rounds: Sequence[int]            # the replayed (original) round indices
+  """The replayed rounds' inputs, from the stored updates of the `C` retained clients."""
+  rounds: Sequence[int]            # [T] the replayed (original) round indices
   updates: np.ndarray              # [T, C, P] stored updates of the retained clients
-  weights: np.ndarray              # [T, C]
-  client_texts: Sequence[np.ndarray]
-  client_ids: np.ndarray
-  calibration_steps: Sequence[int]
+  weights: np.ndarray              # [T, C] FedAvg weights (0 where a client sat the round out)
+  client_texts: Sequence[np.ndarray]  # [C] each retained client's retain texts
+  client_ids: np.ndarray           # [C]
+  calibration_steps: Sequence[int]  # [C] (empty: plain replay)
+  unchanged: np.ndarray            # [C] bool: the client keeps all the data it trained on
   config: ml_collections.ConfigDict
+
+  @property
+  def num_rows(self) -> int:
+    """R: the most retained participants of a replayed round (one compiled shape for all)."""
+    return int(max((np.sum(w > 0) for w in self.weights), default=0))
+
+  def calibrates(self, t: int) -> np.ndarray:
+    """`[C]` bool: the clients calibrated in replayed round t (its participants, except in
+    round 0 those whose data is unchanged: see the module docstring)."""
+    if not self.calibration_steps:
+      return np.zeros(len(self.client_ids), bool)
+    took_part = self.weights[t] > 0
+    return took_part & ~self.unchanged if int(self.rounds[t]) == 0 else took_part
+
+  @property
+  def step_utilization(self) -> float:
+    """The share of the calibration's padded steps (R rows × the most steps, in each replayed
+    round that calibrates anyone) that are real: what `federated.resolve_backend` weighs."""
+    if not self.calibration_steps:
+      return 1.0
+    steps = np.asarray(self.calibration_steps, np.float64)
+    real = [steps[self.calibrates(t)].sum() for t in range(len(self.rounds))]
+    padded = sum(r > 0 for r in real) * self.num_rows * steps.max()
+    return float(sum(real) / padded) if padded else 1.0
 
   def inputs(self, t: int) -> ReplayInputs:
     fed, num_cal = self.config.fed, max(self.calibration_steps, default=0)
-    idx = np.zeros((len(self.client_ids), num_cal, fed.batch_size), np.int32)
+    rows, num = np.flatnonzero(self.weights[t] > 0), self.num_rows
+    ids = np.full(num, -1, np.int32)
+    updates = np.zeros((num,) + self.updates.shape[2:], np.float32)
+    weights = np.zeros(num, np.float32)
+    calibrate = np.zeros(num, bool)
+    ids[:len(rows)] = self.client_ids[rows]
+    updates[:len(rows)] = self.updates[t, rows]
+    weights[:len(rows)] = self.weights[t, rows]
+    calibrate[:len(rows)] = self.calibrates(t)[rows]
+    idx = np.zeros((num, num_cal, fed.batch_size), np.int32)
     mask = np.zeros(idx.shape, bool)
-    if num_cal:
+    cal = np.flatnonzero(calibrate)
+    if len(cal):
+      # A client's shuffle depends on (seed, round, client) only: scheduling just the
+      # calibrated clients gives each the batches it would get among all of them.
+      chosen = rows[cal]
       full = federated.build_client_schedules(
-          self.client_texts, fed.batch_size, fed.local_epochs,
+          [self.client_texts[c] for c in chosen], fed.batch_size, fed.local_epochs,
           max(federated.num_local_steps(len(x), fed.batch_size, fed.local_epochs)
               for x in self.client_texts), self.config.seeds.data,
           fed.rounds + rng_lib.Stream.FEDERASER_CALIBRATION + int(self.rounds[t]),
-          self.client_ids)
-      idx, mask = full.text_indices[:, :num_cal].copy(), full.mask[:, :num_cal].copy()
-      for row, n in enumerate(self.calibration_steps):
-        mask[row, n:] = False
-    return ReplayInputs(self.updates[t], self.weights[t], federated.Batches(idx, mask))
+          self.client_ids[chosen])
+      idx[cal], mask[cal] = full.text_indices[:, :num_cal], full.mask[:, :num_cal]
+      for row, c in zip(cal, chosen):
+        mask[row, self.calibration_steps[c]:] = False
+    return ReplayInputs(ids, updates, weights, calibrate, federated.Batches(idx, mask))
 
 
 def replay_algorithm(client_update: federated.LocalSteps | None,
                      server_opt: optax.GradientTransformation, backbone: PyTree,
-                     data: federated.DeviceData, like: PyTree, norm: str
+                     data: federated.DeviceData, like: PyTree, norm: str,
+                     backend: str = "vmap", chunk_size: int = 0
                      ) -> federated.FederatedAlgorithm:
-  """FedAvg server steps with stored client updates, each first calibrated by `client_update`
-  (None: plain replay). `like` is a tree of the trainable's structure (to unflatten)."""
-  round_fn = federated.make_round_fn(client_update, "vmap") if client_update else None
+  """FedAvg server steps with stored client updates, those marked `calibrate` first calibrated
+  by `client_update` (None: plain replay) on `backend` (`federated.make_round_fn`; resolved, not
+  'auto'). `like` is a tree of the trainable's structure (to unflatten)."""
+  round_fn = (federated.make_round_fn(client_update, backend, chunk_size) if client_update
+              else None)
   unravel = jax.vmap(federated.unravel_fn(like))
-  calibrate = jax.jit(jax.vmap(lambda o, n: federaser_calibrate(o, n, norm)))
+  calibrate = jax.jit(jax.vmap(lambda o, n, c: federated.tree_where(
+      c, federaser_calibrate(o, n, norm), o)))
 
   @jax.jit
   def server_step(state, deltas, weights):
@@ -142,12 +193,18 @@ def replay_algorithm(client_update: federated.LocalSteps | None,
   def init(trainable):
     return federated.init_server(trainable, server_opt)
 
+  calibrated_before = []
+
   def apply(state, inputs):
     deltas = unravel(jnp.asarray(inputs.updates))
     metrics = {}
-    if round_fn is not None:
+    # A round without calibrated clients (round 0 of a client request) runs no local steps.
+    if round_fn is not None and np.any(inputs.calibrate):
+      if not calibrated_before:  # The first calibration compiles the local steps.
+        metrics[driver.ROUND_COMPILES] = True
+        calibrated_before.append(True)
       new, _ = round_fn(state.trainable, backbone, data, inputs.batches)
-      deltas = calibrate(deltas, new)
+      deltas = calibrate(deltas, new, jnp.asarray(inputs.calibrate))
       metrics["calibration_norm"] = ga.tree_norm(new)
     return server_step(state, deltas, jnp.asarray(inputs.weights, jnp.float32)), metrics
 
@@ -157,10 +214,6 @@ def replay_algorithm(client_update: federated.LocalSteps | None,
 def federaser(ctx: base.UnlearningContext) -> base.MethodResult:
   c = common.block(ctx.config, "federaser", DEFAULTS)
   setup, cfg, fed = ctx.setup, ctx.config, ctx.config.fed
-  if not 0.0 <= c.calibration_ratio <= 1.0:
-    raise ValueError(f"federaser.calibration_ratio must be in [0, 1], got {c.calibration_ratio}.")
-  if c.retain_interval < 1:
-    raise ValueError(f"federaser.retain_interval must be >= 1, got {c.retain_interval}.")
   rounds, ups, _ = round_major(ctx.history, common.client_counts(setup))
   check_full_history(rounds, cfg, "FedEraser")
   kept, retained = common.kept_counts(ctx), np.asarray(ctx.retain_clients)
@@ -177,21 +230,28 @@ def federaser(ctx: base.UnlearningContext) -> base.MethodResult:
   plan = ReplayPlan(rounds=[int(rounds[t]) for t in replayed],
                     updates=ups[replayed][:, retained], weights=np.asarray(weights, np.float32),
                     client_texts=texts, client_ids=retained, calibration_steps=cal_steps,
+                    unchanged=kept[retained] == common.client_counts(setup)[retained],
                     config=cfg)
-  update = None
+  update, backend, chunk = None, None, 0
   if cal_steps:
     update = federated.local_steps(federated.clip_objective(setup.model),
                                    builders.client_optimizer(setup, cfg))
+    # As training resolves it (`builders.fedavg_options`), for the calibration's rounds.
+    backend, chunk = federated.resolve_backend(fed.backend, fed.get("chunk_size", 0),
+                                               plan.num_rows, utilization=plan.step_utilization)
   algorithm = replay_algorithm(
       update, federated.server_optimizer(fed.server_lr, fed.get("server_momentum", 0.0)),
-      setup.backbone, setup.data, ctx.trained, c.norm)
+      setup.backbone, setup.data, ctx.trained, c.norm, backend or "vmap", chunk)
   start = builders.init_trainable(setup, cfg)
   res = driver.run(algorithm, plan, algorithm.init(start), len(replayed),
                    options=driver.RunOptions(desc="FedEraser replay", progress=False))
   timing = common.round_timing(res.metrics)
   diag = dict(replayed_rounds=plan.rounds, calibration_steps=[int(s) for s in cal_steps],
               calibration_ratio=c.calibration_ratio, retain_interval=c.retain_interval,
-              norm=c.norm, calibration_norms=[r.get("calibration_norm") for r in res.metrics])
+              norm=c.norm, backend=backend,
+              calibrated_clients=[plan.client_ids[plan.calibrates(t)].tolist()
+                                  for t in range(len(plan.rounds))],
+              calibration_norms=[r.get("calibration_norm") for r in res.metrics])
   return base.MethodResult(res.trainable, wall_time_s=timing["steady_time_s"],
                            compile_time_s=timing["wall_time_s"] - timing["steady_time_s"],
                            diagnostics=diag)

@@ -55,15 +55,17 @@ def aggregate_residuals(updates: jax.Array, weights: jax.Array, kept_weights: ja
     kept_weights: `[T, K]` weights without the forget data (0 for removed clients).
 
   Returns:
-    `[T, P]` r_t = Σ_k w_tk Δ_tk / Σ_k w_tk − Σ_k v_tk Δ_tk / Σ_k v_tk (0 for empty rounds).
+    `[T, P]` r_t = Σ_k w_tk Δ_tk / Σ_k w_tk − Σ_k v_tk Δ_tk / Σ_k v_tk, where an empty sum of
+    weights makes its mean 0: a round only the forget side took part in (Σ_k v_tk = 0) has the
+    whole aggregate as its residual (without that side nobody would have taken a step), a round
+    nobody took part in has 0.
   """
   def mean(w):
+    # Σ w = 0 gives w / 1e-12 = 0: the mean of an empty round is 0.
     total = jnp.sum(w, axis=1, keepdims=True)
     return jnp.einsum("tk,tkp->tp", w / jnp.maximum(total, 1e-12), updates, precision=_HIGHEST)
 
-  with_f, without_f = mean(weights), mean(kept_weights)
-  ok = (jnp.sum(weights, 1) > 0) & (jnp.sum(kept_weights, 1) > 0)
-  return jnp.where(ok[:, None], with_f - without_f, 0.0)
+  return mean(weights) - mean(kept_weights)
 
 
 def fedrecovery_correction(residuals: jax.Array, weighting: str = "uniform") -> jax.Array:

@@ -142,14 +142,14 @@ def mvi_causal(ctx: base.UnlearningContext) -> base.MethodResult:
   basis = jax.block_until_ready(shared_basis(jnp.asarray(ie), jnp.asarray(te), dim))
   prep_s = time.perf_counter() - t0
 
-  def step_loss(p, backbone, emb, orig, fm, rm, rb, basis):
-    t = mvi_losses(emb["img_f"], emb["txt_f"], emb["img_r"], emb["txt_r"], orig, fm, rm, basis,
-                   c.temperature)
+  def step_loss(p, backbone, emb, orig, fb, rb, basis):
+    t = mvi_losses(emb["img_f"], emb["txt_f"], emb["img_r"], emb["txt_r"], orig, fb["mask"],
+                   rb["mask"], basis, c.temperature)
     clip = common.clip_term(model, p, backbone, rb, c.clip_weight)
     total = t["edit"] + c.specific_weight * t["specific"] + c.locality_weight * t["locality"] + clip
     return total, dict(t, clip=clip)
 
-  res = common.run_embedding_holders(ctx, c, step_loss, basis,
+  res = common.run_embedding_holders(ctx, "mvi_causal", c, step_loss, basis,
                                      (rng_lib.Stream.MVI_FORGET, rng_lib.Stream.MVI_RETAIN),
                                      prep_s)
   res.diagnostics["shared_dim"] = int(dim)
