@@ -637,3 +637,22 @@ def test_multimodal_baselines_lower_forget_alignment(trained, name):
   cos0 = federated.matched_cosines(setup.model, setup.backbone, ctx.trained, setup.data,
                                    ctx.request.forget_texts).mean()
   assert cos < cos0
+
+
+@pytest.mark.parametrize("build", [lambda s: requests.client_request(s, [2]),
+                                   lambda s: requests.sample_request(s, 0.4, clients=[3, 1])])
+def test_holder_batches_come_from_each_holders_own_data(trained, build):
+  """The ascent-style methods (GA, PGA, CCU, MVI) index holders by position; every other test
+  leaves client 0, whose position is its id. Row h must draw from holder h's own D_f and D_r."""
+  _, setup, _ = trained
+  req = build(setup)
+  ctx = make_ctx(trained, request=req)
+  batches, weights = common.holder_schedules(ctx, 6, 4, "local", rng_lib.Stream.CCU_FORGET,
+                                             rng_lib.Stream.CCU_RETAIN)
+  forget, retain = req.forget_client_texts(setup), req.retain_client_texts(setup)
+  for row, h in enumerate(req.holders):
+    f, r = batches["forget"], batches["retain"]
+    assert set(f.text_indices[row][f.mask[row]]) <= set(forget[h].tolist())
+    assert f.mask[row].any()
+    assert set(r.text_indices[row][r.mask[row]]) <= set(retain[h].tolist())
+    assert weights[row] == len(forget[h])
