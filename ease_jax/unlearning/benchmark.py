@@ -22,7 +22,7 @@ from __future__ import annotations
 import csv
 import pathlib
 import time
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import ml_collections
 import numpy as np
@@ -168,15 +168,14 @@ def row_keys(config: ml_collections.ConfigDict) -> dict[tuple[str, int, str], st
   return keys
 
 
-def current_rows(rows: Sequence[dict[str, Any]], config: ml_collections.ConfigDict
+def current_rows(rows: Sequence[dict[str, Any]], keys: Mapping[tuple[str, int, str], str]
                  ) -> list[dict[str, Any]]:
-  """The rows that this config's cells would compute: right (scenario, seed, method) and key.
-  Rows of other seeds, scenarios or methods, rows computed under other knobs and rows written
-  before keys existed are left out of tables and counts (they stay in the file)."""
-  keys = row_keys(config)
-  return [r for r in rows
-          if keys.get((r["scenario"], r["seed"], r.get("parent") or r["method"])) is not None
-          and r.get("key") == keys[(r["scenario"], r["seed"], r.get("parent") or r["method"])]]
+  """The rows that the config of `keys` (`row_keys`) would compute: right (scenario, seed,
+  method) and key. Rows of other seeds, scenarios or methods, rows computed under other knobs
+  and rows written before keys existed are left out of tables and counts (they stay in the
+  file)."""
+  return [r for r in rows if r.get("key") is not None and r["key"] == keys.get(
+      (r["scenario"], r["seed"], r.get("parent") or r["method"]))]
 
 
 def report(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
@@ -188,7 +187,7 @@ def report(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
     raise FileNotFoundError(f"No finished cells to report: {str(path)!r} does not exist (run "
                             "the benchmark first).")
   every = read_rows(path)
-  rows = current_rows(every, config)
+  rows = current_rows(every, row_keys(config))
   if every and not rows:
     # Tables of nothing would overwrite the ones the rows were reported in.
     raise ValueError(f"None of the {len(every)} rows of {str(path)!r} was computed under this "
@@ -214,9 +213,9 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
   for seed in b.seeds:
     setup = setups[seed]
     for scenario in b.scenarios:
-      # A parent row is written after its children (`record_all`), so a finished parent means
-      # a finished cell.
-      done = {r["method"] for r in current_rows(read_rows(results), config)
+      # A parent row is written after its children (below), so a finished parent means a
+      # finished cell.
+      done = {r["method"] for r in current_rows(read_rows(results), keys)
               if r["scenario"] == scenario and r["seed"] == seed and not r.get("parent")}
       todo = [m for m in ("retrain", "original", *b.methods) if m not in done]
       if not todo:
@@ -466,7 +465,7 @@ def section_text(table: Sequence[dict[str, Any]], config: ml_collections.ConfigD
                  workdir: pathlib.Path, machine: str, command: str) -> str:
   """The BENCHMARKS.md section: command, machine, sizes, status and the tables."""
   b = config.benchmark
-  rows = current_rows(read_rows(workdir / "results.jsonl"), config)
+  rows = current_rows(read_rows(workdir / "results.jsonl"), row_keys(config))
   expected = len(b.seeds) * len(b.scenarios) * (2 + len(b.methods))
   done = len({(r["scenario"], r["seed"], r["method"]) for r in rows if not r.get("parent")})
   status = ("complete" if done >= expected else
