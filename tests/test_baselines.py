@@ -176,49 +176,6 @@ def test_federaser_without_calibration_equals_plain_replay(trained):
   assert np.abs(flat(cal.trainable) - flat(replay)).max() > 1e-5
 
 
-def _numpy_replay(start, history, weights, clients):
-  """Plain FedAvg replay (server lr 1): every stored round in order, each the weighted mean of
-  the stored updates of the `clients` that sent one that round (`weights [K]`)."""
-  rounds, updates = np.asarray(history.rounds), np.asarray(history.updates)
-  theta = start.astype(np.float64)
-  for r in np.unique(rounds[rounds >= 0]):
-    sent = [(k, np.flatnonzero(rounds[k] == r)) for k in clients]
-    sent = [(k, slot[0]) for k, slot in sent if len(slot)]
-    if sent:
-      total = sum(weights[k] for k, _ in sent)
-      theta += sum(weights[k] * updates[k, slot] for k, slot in sent) / total
-  return theta
-
-
-@pytest.mark.parametrize("case", ["sample_request", "partial_participation"])
-def test_federaser_without_calibration_equals_a_numpy_replay(trained, partial, case):
-  """The cases the client request under full participation does not reach: a sample request
-  (each holder weighted by the pairs it keeps) and rounds some retained clients sat out."""
-  cfg, setup, res = trained
-  if case == "partial_participation":
-    cfg, setup, res = partial
-    request = requests.client_request(setup, [0])
-  else:  # half of one client's pairs: its weight halves against the others'
-    request = requests.sample_request(setup, 0.5, clients=[1], seed=1)
-  ctx = make_ctx((cfg, setup, res), {"federaser.calibration_ratio": 0.0}, request=request,
-                 setup=setup)
-  out = fe.federaser(ctx)
-  kept = {k: len(t) for k, t in enumerate(request.retain_client_texts(setup))}
-  clients = [k for k in range(setup.num_clients) if kept[k]]
-  want = _numpy_replay(flat(builders.init_trainable(setup, cfg)), res.history, kept, clients)
-  np.testing.assert_allclose(flat(out.trainable), want, atol=1e-5)
-  if case == "partial_participation":  # some retained client did sit a round out
-    rounds = np.asarray(res.history.rounds)
-    assert any((rounds[k] == r).sum() == 0 for k in clients for r in range(cfg.fed.rounds))
-  else:  # the holders keep fewer pairs than they hold
-    assert any(kept[k] < len(setup.client_texts()[k]) for k in clients)
-
-
-def test_federaser_refuses_incomplete_history(trained):
-  with pytest.raises(ValueError, match="history_size"):
-    fe.federaser(make_ctx(trained, {"fed.rounds": 6}))
-
-
 def _numpy_calibrate(old, new, norm):
   """‖old‖ · new / ‖new‖ in numpy, per leaf or over the whole tree (lists of leaves)."""
   old = [np.asarray(x, np.float64) for x in old]
@@ -276,6 +233,35 @@ def _reference_federaser(ctx, ratio, interval, norm):
       step = step + kept[k] * delta
     theta = theta + fed.server_lr * step / total
   return theta, calibrated
+
+
+@pytest.mark.parametrize("case", ["sample_request", "partial_participation"])
+def test_federaser_without_calibration_equals_a_numpy_replay(trained, partial, case):
+  """The cases the client request under full participation does not reach: a sample request
+  (each holder weighted by the pairs it keeps) and rounds some retained clients sat out."""
+  cfg, setup, res = trained
+  if case == "partial_participation":
+    cfg, setup, res = partial
+    request = requests.client_request(setup, [0])
+  else:  # half of one client's pairs: its weight halves against the others'
+    request = requests.sample_request(setup, 0.5, clients=[1], seed=1)
+  ctx = make_ctx((cfg, setup, res), {"federaser.calibration_ratio": 0.0}, request=request,
+                 setup=setup)
+  out = fe.federaser(ctx)
+  kept = {k: len(t) for k, t in enumerate(request.retain_client_texts(setup))}
+  clients = [k for k in range(setup.num_clients) if kept[k]]
+  want, _ = _reference_federaser(ctx, 0.0, 1, "leaf")  # ratio 0: the stored updates as sent
+  np.testing.assert_allclose(flat(out.trainable), want, atol=1e-5)
+  if case == "partial_participation":  # some retained client did sit a round out
+    rounds = np.asarray(res.history.rounds)
+    assert any((rounds[k] == r).sum() == 0 for k in clients for r in range(cfg.fed.rounds))
+  else:  # the holders keep fewer pairs than they hold
+    assert any(kept[k] < len(setup.client_texts()[k]) for k in clients)
+
+
+def test_federaser_refuses_incomplete_history(trained):
+  with pytest.raises(ValueError, match="history_size"):
+    fe.federaser(make_ctx(trained, {"fed.rounds": 6}))
 
 
 @pytest.mark.parametrize("case", ["leaf_every_2nd", "global", "sample_request", "partial"])

@@ -484,7 +484,6 @@ def test_an_emptied_metrics_file_keeps_the_measured_timing(tmp_path, caplog):
   """The rounds restored from a checkpoint are not rerun, so their times live only in
   metrics.jsonl: emptied, the timing measured when they ran is kept (with a warning), not
   replaced by 0 s, which would make every speed-up against retrain meaningless."""
-  from conftest import make_tiny_setup, tiny_config  # pylint: disable=g-import-not-at-top
   from ease_jax.unlearning import retrain as retrain_lib  # pylint: disable=g-import-not-at-top
   config = tiny_config(rounds=2)
   setup = make_tiny_setup(config)

@@ -1,6 +1,8 @@
 """The federated engine: backends agree, padding is inert, FedAvg is a weighted mean, resume works."""
 from typing import NamedTuple
 
+import shutil
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -377,7 +379,6 @@ def test_zero_weight_decay_keeps_the_fingerprint_of_runs_written_before_the_key(
 def test_the_run_fingerprint_holds_the_backbones_bytes(tmp_path):
   """A checkpoint folder rewritten in place (e.g. by `pretrain.py --export_to`) is another run:
   its cached models must not be resumed."""
-  import shutil  # pylint: disable=g-import-not-at-top
   folder = tmp_path / "clip"
   shutil.copytree(builders.embedded_backbone_dir(), folder)
   config = tiny_config()
