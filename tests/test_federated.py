@@ -1,7 +1,6 @@
 """The federated engine: backends agree, padding is inert, FedAvg is a weighted mean, resume works."""
-from typing import NamedTuple
-
 import shutil
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
