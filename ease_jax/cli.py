@@ -14,6 +14,7 @@ import ast
 import os
 import shutil
 import sys
+import traceback
 from typing import Any, Callable, Sequence
 
 from absl import app
@@ -90,7 +91,10 @@ def _remove_cache_only_workdirs() -> None:
 
 def _verbose() -> bool:
   env = os.environ.get(VERBOSE_ENV, "").strip().lower() not in ("", "0", "false", "no")
-  return env or (flags.FLAGS.is_parsed() and _VERBOSE.value)
+  if flags.FLAGS.is_parsed():
+    return env or _VERBOSE.value
+  # While the flags parse (a config file that failed to load): as written on the command line.
+  return env or any(a in ("--verbose", "--verbose=true", "--verbose=1") for a in sys.argv[1:])
 
 
 def one_line(error: BaseException) -> str:
@@ -127,6 +131,29 @@ def _bad_input_errors() -> tuple[type[BaseException], ...]:
           checkpointing.CheckpointCorruptError, ValueError, KeyError, OSError)
 
 
+def _config_file_failure(error: BaseException, argv: Sequence[str]) -> str | None:
+  """Where a config file named on the command line failed while it loaded, in one line: its
+  syntax error, or the exception its own code raised (the innermost of its lines in the
+  traceback). None when the error did not come from such a file."""
+  named = set()
+  for arg in argv[1:]:
+    value = arg.split("=", 1)[-1].split(":", 1)[0]  # `--config=path.py:override`
+    if value.endswith(".py"):
+      named.add(os.path.realpath(value))
+  if isinstance(error, SyntaxError) and error.filename:
+    if os.path.realpath(error.filename) in named:
+      return (f"the config file {error.filename!r} has a syntax error at line {error.lineno}: "
+              f"{error.msg}")
+    return None
+  frames = [f for f in traceback.extract_tb(error.__traceback__)
+            if os.path.realpath(f.filename) in named]
+  if not frames:
+    return None
+  where = frames[-1]
+  return (f"the config file {where.filename!r} raised {type(error).__name__} at line "
+          f"{where.lineno} (in {where.name}): {_unquoted(error)}")
+
+
 def _parse_flags(argv: Sequence[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
@@ -135,7 +162,15 @@ def _parse_flags(argv: Sequence[str]) -> list[str]:
   except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
     if _verbose():
       raise
-    _fail(ValueError(f"bad command-line flag: {_unquoted(e)}"), BAD_INPUT_EXIT)
+    failure = _config_file_failure(e, argv)
+    _fail(ValueError(failure or f"bad command-line flag: {_unquoted(e)}"), BAD_INPUT_EXIT)
+    raise  # unreachable
+  # A config file is Python that runs while the flags parse: its own errors are bad input too.
+  except Exception as e:  # pylint: disable=broad-except
+    failure = _config_file_failure(e, argv)
+    if failure is None or _verbose():
+      raise
+    _fail(ValueError(failure), BAD_INPUT_EXIT)
     raise  # unreachable
 
 

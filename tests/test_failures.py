@@ -238,6 +238,23 @@ def test_missing_config_file_empty_workdir_and_ctrl_c_are_one_line(tmp_path):
                                  "command to resume.")
 
 
+@pytest.mark.parametrize("body,needle", [
+    ("def get_config(:\n  pass\n", "has a syntax error at line 1: invalid syntax"),
+    ("def get_config():\n  x = 1\n  return x / 0\n",
+     "raised ZeroDivisionError at line 3 (in get_config): division by zero"),
+])
+def test_a_config_file_that_fails_to_load_is_one_line(tmp_path, body, needle):
+  """A config file's own error (a typo in its Python) named by file and line, not a traceback
+  through absl and ml_collections; --verbose still shows the traceback."""
+  path = tmp_path / "mine.py"
+  path.write_text(body)
+  args = (f"--config={path}", f"--workdir={tmp_path / 'w'}")
+  _one_line_error(_binary("train.py", *args), needle, repr(str(path)))
+  assert not (tmp_path / "w").exists()
+  proc = _binary("train.py", *args, "--verbose")
+  assert "Traceback" in proc.stderr and proc.returncode not in (0, cli.BAD_INPUT_EXIT)
+
+
 def test_pretrain_refuses_outputs_it_would_destroy_before_training(tmp_path):
   """`--export_to` replaced whatever folder it named (a user's notes, or the workdir holding
   the backbone it had just trained); now such targets are refused before any training."""

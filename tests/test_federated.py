@@ -213,6 +213,27 @@ def test_driver_evaluates_the_final_model_once():
         float(r + 1) if every and (r + 1) % every == 0 else None for r in range(num_rounds)]
 
 
+def test_round_rows_list_clients_without_padding_rows():
+  """A plan padded to a fixed number of rows (FedEraser's replay: id -1, weight 0) records only
+  its real clients; a population's `[members, rows]` ids keep one list per member."""
+
+  class Inputs(NamedTuple):
+    client_ids: np.ndarray
+
+  class Plan:
+    def __init__(self, ids):
+      self.ids = np.asarray(ids)
+
+    def inputs(self, r):
+      return Inputs(self.ids)
+
+  algorithm = federated.FederatedAlgorithm(init=lambda x: x, apply=lambda s, i: (s + 1, {}))
+  for ids, want in (([3, 5, -1, -1], [3, 5]), ([[1, -1], [2, 4]], [[1], [2, 4]])):
+    res = driver.run(algorithm, Plan(ids), jnp.zeros(()), 2,
+                     options=driver.RunOptions(progress=False))
+    assert [r["clients"] for r in res.metrics] == [want, want]
+
+
 def _run(setup, config, workdir, num_rounds=None):
   return run_fedavg(setup, config, workdir, num_rounds=num_rounds,
                     eval_subsets={"test": setup.test_images})

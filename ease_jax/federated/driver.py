@@ -84,6 +84,11 @@ def _all_finite_on_host(tree: PyTree) -> bool:
   return all(bool(np.isfinite(np.asarray(x)).all()) for x in jax.tree.leaves(tree))
 
 
+def _client_ids(ids: np.ndarray) -> list:
+  """`[..., rows]` ids of a round's rows as lists, without padding rows (id -1: no client)."""
+  return [_client_ids(i) for i in ids] if ids.ndim > 1 else ids[ids >= 0].tolist()
+
+
 def run(algorithm: FederatedAlgorithm, plan: Any, state: PyTree, num_rounds: int,
         workdir: str | pathlib.Path | None = None, options: RunOptions = RunOptions()
         ) -> RunResult:
@@ -123,7 +128,7 @@ def run(algorithm: FederatedAlgorithm, plan: Any, state: PyTree, num_rounds: int
       train_time += time.perf_counter() - t0
       row = dict(round=r + 1, **_host_row(metrics))
       if hasattr(inputs, "client_ids"):
-        row["clients"] = np.asarray(inputs.client_ids).tolist()
+        row["clients"] = _client_ids(np.asarray(inputs.client_ids))
       row["round_time_s"] = time.perf_counter() - t0
       if r == start:  # Compiles (unless this process compiled it before): see ROUND_COMPILES.
         row[ROUND_COMPILES] = True
