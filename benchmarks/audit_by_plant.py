@@ -50,7 +50,7 @@ FPR = 0.01
 
 
 def split_tpr(target: np.ndarray, in_scores: np.ndarray, out_scores: np.ndarray,
-              planted: np.ndarray, variance: str = "global", in_seeds=None, out_seeds=None
+              planted: np.ndarray, variance: str = "shared", in_seeds=None, out_seeds=None
               ) -> dict:
   """The audit's TPR at `FPR` (in %) over all examples, the planted ones and the clean ones, at
   one threshold, and the retrain negatives' false flags on each part (the members' seeds keep

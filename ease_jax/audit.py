@@ -10,9 +10,11 @@ not used in the fits (held-out retrain seeds, the negatives).
 
 * `matched_logit`: the logit-scaled matched cosine log((1 + c) / (1 − c)) (LiRA's logit scaling
   makes a cosine near ±1 Gaussian-like); the per-pair InfoNCE loss is `mia.pair_scores('loss')`.
-* `fit_gaussians` / `lira_statistic`: per-example means, a pooled ('global', LiRA's fixed
-  variance, robust with few models) or per-example standard deviation; Λ_k = log N(s_k; in) −
-  log N(s_k; out).
+* `fit_gaussians` / `lira_statistic`: per-example means, and either one standard deviation
+  shared by every example and both populations ('shared', LiRA's fixed variance, robust with few
+  models: Λ is then linear in the score, so a model whose scores sit below every retrain's reads
+  as *less* member-like, whichever population is more spread out) or each example's own in each
+  population ('per_example'); Λ_k = log N(s_k; in) − log N(s_k; out).
 * `lira_folds`: the leave-one-out statistics `lira_audit` pools (per fold and example, to split
   by example groups).
 * `roc_auc`, `tpr_at_fpr` (`fpr_threshold`): of positives (the audited model's Λ) against
@@ -48,7 +50,7 @@ import numpy as np
 
 from ease_jax import mia
 
-VARIANCES = ("global", "per_example")
+VARIANCES = ("shared", "per_example")
 _MIN_STD = 1e-4
 KOLMOGOROV_MEDIAN = 0.8275735551899059  # median of K = lim sqrt(n) D_n (scipy's kstwobign)
 
@@ -69,26 +71,45 @@ def matched_logit(cosines: np.ndarray) -> np.ndarray:
   return np.log1p(c) - np.log1p(-c)
 
 
-def fit_gaussians(scores: np.ndarray, variance: str = "global") -> tuple[np.ndarray, np.ndarray]:
-  """Per-example Gaussian fits of `scores [models, examples]`: (mean [n], std [n]).
+def _check_scores(name: str, scores: Any, min_models: int) -> np.ndarray:
+  """`scores [models, n]` as finite float64, with >= `min_models` models and >= 1 example."""
+  scores = _finite(name, scores)
+  if scores.ndim != 2 or scores.shape[0] < min_models:
+    raise ValueError(f"{name} must hold the scores of >= {min_models} models [models, examples], "
+                     f"got shape {scores.shape}.")
+  if scores.shape[1] == 0:
+    raise ValueError(f"{name} holds no forget example (shape {scores.shape}): the audit needs "
+                     ">= 1.")
+  return scores
 
-  'global' pools the per-example deviations into one std (ddof 1, at least `_MIN_STD`);
-  'per_example' uses each example's own sample std, at least a tenth of the pooled one: with few
-  models an example whose members happen to agree would get a near-zero std, and any score a
-  little off their mean an extreme Λ.
+
+def pooled_std(*populations: np.ndarray) -> float:
+  """One standard deviation of every example in every population `[models, n]`: the deviations
+  from each example's mean in its own population, pooled (ddof 1 per example and population)."""
+  pops = [_check_scores("scores", p, 2) for p in populations]
+  squares = sum(float(np.sum(np.square(p - p.mean(axis=0)))) for p in pops)
+  dof = sum((p.shape[0] - 1) * p.shape[1] for p in pops)
+  return max(math.sqrt(squares / dof), _MIN_STD)
+
+
+def fit_gaussians(scores: np.ndarray, variance: str = "shared", shared_std: float | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+  """Per-example means and standard deviations `[n]` of `scores [models, n]` (>= 2 models).
+
+  'shared' gives every example `shared_std` (default: `pooled_std(scores)`; `lira_statistic`
+  passes the std pooled over both populations, so that Λ is linear in the score as in LiRA's
+  fixed-variance variant). 'per_example' uses each example's own sample std, at least a tenth of
+  the population's pooled one: with few models an example whose members happen to agree would
+  get a near-zero std, and any score a little off their mean an extreme Λ.
   """
-  scores = _finite("scores", scores)
-  if scores.ndim != 2 or scores.shape[0] < 2:
-    raise ValueError(f"Gaussian fits need scores of >= 2 models [models, examples], got shape "
-                     f"{scores.shape}.")
   if variance not in VARIANCES:
     raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}.")
+  scores = _check_scores("scores", scores, 2)
   mean = scores.mean(axis=0)
-  pooled = np.full(scores.shape[1], np.sqrt(np.mean(scores.var(axis=0, ddof=1))))
-  if variance == "global":
-    std = pooled
+  if variance == "shared":
+    std = np.full(scores.shape[1], pooled_std(scores) if shared_std is None else shared_std)
   else:
-    std = np.maximum(scores.std(axis=0, ddof=1), 0.1 * pooled)
+    std = np.maximum(scores.std(axis=0, ddof=1), 0.1 * pooled_std(scores))
   return mean, np.maximum(std, _MIN_STD)
 
 
@@ -97,11 +118,12 @@ def _log_normal(x, mean, std):
 
 
 def lira_statistic(scores: np.ndarray, in_scores: np.ndarray, out_scores: np.ndarray,
-                   variance: str = "global") -> np.ndarray:
+                   variance: str = "shared") -> np.ndarray:
   """Λ `[..., n]` = log p_in(s) − log p_out(s) per example, Gaussians fitted on `in_scores` and
   `out_scores` `[models, n]`; `scores` `[n]` (or `[m, n]` for several models)."""
-  mu_in, sd_in = fit_gaussians(in_scores, variance)
-  mu_out, sd_out = fit_gaussians(out_scores, variance)
+  shared = pooled_std(in_scores, out_scores) if variance == "shared" else None
+  mu_in, sd_in = fit_gaussians(in_scores, variance, shared)
+  mu_out, sd_out = fit_gaussians(out_scores, variance, shared)
   s = _finite("scores", scores)
   if not np.shape(in_scores)[1] == np.shape(out_scores)[1] == (s.shape[-1] if s.ndim else -1):
     raise ValueError(f"LiRA needs scores [..., n], in_scores and out_scores [models, n] over the "
@@ -263,6 +285,8 @@ def forget_quality(target: Sequence[float], retrain_scores: np.ndarray) -> dict[
   if np.ndim(target) != 1 or np.shape(target)[0] != scores.shape[1]:
     raise ValueError(f"forget_quality needs the target's scores [n] on the population's "
                      f"{scores.shape[1]} examples, got shape {np.shape(target)}.")
+  if scores.shape[1] == 0:
+    raise ValueError("forget_quality needs >= 1 forget example, got none.")
   m = scores.shape[0]
   pairs = list(itertools.combinations(range(m), 2))  # the order of pairwise_ks_statistics
   null = pairwise_ks_statistics(scores)
@@ -273,7 +297,7 @@ def forget_quality(target: Sequence[float], retrain_scores: np.ndarray) -> dict[
 
 
 def lira_folds(target: np.ndarray, in_scores: np.ndarray, out_scores: np.ndarray,
-               variance: str = "global", in_seeds: Sequence[int] | None = None,
+               variance: str = "shared", in_seeds: Sequence[int] | None = None,
                out_seeds: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
   """The leave-one-out LiRA statistics of `lira_audit`: `(positives, negatives)`, each
   `[N_out, n]`. Row j: the Gaussians fitted on `in_scores` and every retrained model but j;
@@ -289,9 +313,11 @@ def lira_folds(target: np.ndarray, in_scores: np.ndarray, out_scores: np.ndarray
   out_scores = np.asarray(out_scores, np.float64)
   target = np.asarray(target, np.float64)
   for name, x in (("in_scores", in_scores), ("out_scores", out_scores)):
-    if x.ndim != 2 or x.shape[1] != target.shape[-1] or target.ndim != 1:
+    if target.ndim != 1 or x.ndim != 2 or x.shape[1] != target.shape[-1]:
       raise ValueError(f"The LiRA audit needs target [n] and {name} [models, n] over the same n "
                        f"examples, got shapes {target.shape} and {x.shape}.")
+  if target.size == 0:
+    raise ValueError("The LiRA audit needs >= 1 forget example, got none.")
   if out_scores.shape[0] < 3:
     raise ValueError(f"The LiRA audit needs >= 3 retrained models (one held out, two to fit), got "
                      f"{out_scores.shape[0]}.")
@@ -315,7 +341,7 @@ def lira_folds(target: np.ndarray, in_scores: np.ndarray, out_scores: np.ndarray
 
 
 def lira_audit(target: np.ndarray, in_scores: np.ndarray, out_scores: np.ndarray,
-               variance: str = "global", fprs: Sequence[float] = (0.01, 0.001),
+               variance: str = "shared", fprs: Sequence[float] = (0.01, 0.001),
                in_seeds: Sequence[int] | None = None, out_seeds: Sequence[int] | None = None
                ) -> dict[str, float | None]:
   """The audited model's per-example LiRA against held-out retrain models.

@@ -36,6 +36,17 @@ TARGET_PRESETS = {
 
 VISION_PREFIX = "vision_model/"
 TEXT_PREFIX = "text_model/"
+# The projection head after each tower belongs to that tower (LoRA can target it by regex).
+_TOWER_PREFIXES = {"vision": (VISION_PREFIX, "visual_projection/"),
+                   "text": (TEXT_PREFIX, "text_projection/")}
+
+
+def tower_of(path: str) -> str:
+  """'vision', 'text' or 'other' for a parameter path ('/'-joined, e.g. from `flatten_dict`)."""
+  for tower, prefixes in _TOWER_PREFIXES.items():
+    if path.startswith(prefixes):
+      return tower
+  return "other"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,8 +145,7 @@ def tower_mask(lora: Params, tower: str) -> Any:
   if tower not in ("vision", "text", "both"):
     raise ValueError(f"tower must be 'vision', 'text' or 'both', got {tower!r}.")
   flat = traverse_util.flatten_dict(lora, sep="/")
-  prefix = {"vision": VISION_PREFIX, "text": TEXT_PREFIX}.get(tower)
-  mask = {p: (prefix is None or p.startswith(prefix)) for p in flat}
+  mask = {p: tower == "both" or tower_of(p) == tower for p in flat}
   return traverse_util.unflatten_dict(mask, sep="/")
 
 

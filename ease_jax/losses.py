@@ -120,7 +120,8 @@ def bounded_unalignment_loss(image_emb: jax.Array,
                              mask: jax.Array | None = None,
                              margin: float = 0.0,
                              target: float | None = None,
-                             stop_gradient_reference: bool = True) -> jax.Array:
+                             stop_gradient_reference: bool = True,
+                             text_tokens: jax.Array | None = None) -> jax.Array:
   """Bounded bilateral excision loss on forget pairs [ours].
 
   With u_i, w_i the unit image / text embeddings of forget pair i and V the valid rows:
@@ -132,7 +133,10 @@ def bounded_unalignment_loss(image_emb: jax.Array,
   matched pair's cosine down to the level of the unmatched pairs (plus `margin`) and stops there:
   the loss is bounded below by 0 and its gradient vanishes once a pair is under the bound, unlike
   unbounded gradient ascent. Both embeddings (visual and language branches) receive gradients.
-  If a batch has a single valid pair there are no unmatched pairs and ref_i = 0.
+  If a batch has a single valid pair there are no unmatched pairs and ref_i = 0. With
+  `text_tokens`, a pair whose caption is identical to pair i's is no unmatched pair of i: on a
+  backdoor's D_f, one target caption over every pair, ref_i would otherwise equal the matched
+  cosine and the loss would be 0 however aligned the pairs are; such a row has ref_i = 0.
 
   Args:
     image_emb: `[B, D]` image embeddings of forget pairs.
@@ -142,6 +146,7 @@ def bounded_unalignment_loss(image_emb: jax.Array,
     target: optional explicit cosine bound used instead of `ref_i + margin`.
     stop_gradient_reference: treat ref_i as a constant (default), so the loss only lowers matched
       cosines and does not raise unmatched ones.
+    text_tokens: `[B, L]` the captions' token ids; None treats every caption as distinct.
 
   Returns:
     Scalar float32 loss (0 for an all-padded batch).
@@ -154,6 +159,8 @@ def bounded_unalignment_loss(image_emb: jax.Array,
   pos = jnp.diagonal(cos)
   if target is None:
     off_diag = valid[None, :] & ~jnp.eye(batch, dtype=bool)
+    if text_tokens is not None:
+      off_diag = off_diag & ~false_negatives(text_tokens)
     neg_sum = jnp.sum(jnp.where(off_diag, cos, 0.0), axis=1)
     neg_count = jnp.sum(off_diag, axis=1).astype(jnp.float32)
     ref = jnp.where(neg_count > 0, neg_sum / jnp.maximum(neg_count, 1.0), 0.0)

@@ -37,6 +37,8 @@ DEFAULT_RTOL = {"gram": 1e-3, "qr": 1e-5, "svd": 1e-5}
 DEFAULT_SIN_TOL = 1e-4
 
 
+ANGLE_TOLERANCE_RAD = 1e-6  # a principal angle this close to θ* counts as θ*
+
 def _mm(a: jax.Array, b: jax.Array) -> jax.Array:
   return jnp.matmul(a, b, precision=_HIGHEST)
 
@@ -443,7 +445,9 @@ def exclusive_basis(u_f: jax.Array,
   """
   cs = cs_decomposition(u_f, valid_f, u_r, valid_r, sin_tol)
   angles = cs.angles
-  sel = cs.q_valid & (angles >= angle_threshold_rad)
+  # float32 angles sit up to ~1e-7 rad off: an exactly orthogonal direction can come out just
+  # under float32 pi/2, and θ* = 90° would then keep some orthogonal directions and drop others.
+  sel = cs.q_valid & (angles >= angle_threshold_rad - ANGLE_TOLERANCE_RAD)
   # Q is orthonormal up to float32 rounding (~1e-6); one CholeskyQR pass of the selected
   # columns brings it to ~1e-7 and zeroes the others.
   u_u = _cholesky_orthonormalize(_mask_cols(cs.q, sel), sel)

@@ -64,13 +64,14 @@ def test_lira_statistic_equals_normal_log_density_ratio():
   rng = np.random.default_rng(0)
   ins, outs = rng.normal(1.0, 0.5, (6, 20)), rng.normal(0.0, 0.7, (5, 20))
   s = rng.normal(size=20)
-  for variance in ("per_example", "global"):
+  for variance in ("per_example", "shared"):
     lam = audit.lira_statistic(s, ins, outs, variance)
     if variance == "per_example":  # floored at a tenth of the pooled std
       sd_in = np.maximum(ins.std(0, ddof=1), 0.1 * np.sqrt(ins.var(0, ddof=1).mean()))
       sd_out = np.maximum(outs.std(0, ddof=1), 0.1 * np.sqrt(outs.var(0, ddof=1).mean()))
-    else:
-      sd_in, sd_out = np.sqrt(ins.var(0, ddof=1).mean()), np.sqrt(outs.var(0, ddof=1).mean())
+    else:  # one std: both populations' squared deviations over their degrees of freedom
+      squares = (np.square(ins - ins.mean(0)).sum() + np.square(outs - outs.mean(0)).sum())
+      sd_in = sd_out = np.sqrt(squares / ((6 - 1) * 20 + (5 - 1) * 20))
     ref = (scipy.stats.norm.logpdf(s, ins.mean(0), sd_in)
            - scipy.stats.norm.logpdf(s, outs.mean(0), sd_out))
     np.testing.assert_allclose(lam, ref, rtol=1e-10)
@@ -81,6 +82,41 @@ def test_lira_statistic_equals_normal_log_density_ratio():
   pair = np.array([[0.0, 1.0, 2.0], [0.0, 1.4, 2.6]])
   _, sd = audit.fit_gaussians(pair, "per_example")
   assert sd[0] == pytest.approx(0.1 * np.sqrt(pair.var(0, ddof=1).mean()))
+
+
+def test_shared_variance_reads_scores_below_every_retrain_as_non_members():
+  """With one std shared by both fits (LiRA's fixed variance) Λ is linear in the score: a
+  model that over-forgets (scores below the retrains') is less member-like than a retrain,
+  whichever population is more spread out. Two stds made Λ quadratic, and the same model read
+  as a member (AUC 0.96) when the `in` population was the wider one."""
+  rng = np.random.default_rng(7)
+  n, m = 254, 10
+  base = rng.normal(size=n)
+  over_forgotten = base - 1.5 + 0.3 * rng.normal(size=n)
+  for sd_in, sd_out in ((0.6, 0.3), (0.3, 0.6)):
+    ins = base + 1.0 + sd_in * rng.normal(size=(m, n))
+    outs = base + sd_out * rng.normal(size=(m, n))
+    lam = audit.lira_statistic(over_forgotten, ins, outs)
+    up, down = (audit.lira_statistic(over_forgotten + d, ins, outs) for d in (0.1, -0.1))
+    np.testing.assert_allclose(up - lam, lam - down, rtol=1e-9, atol=1e-12)  # linear in s
+    # ... rising with the score wherever the `in` mean is above the `out` mean.
+    np.testing.assert_array_equal(up > lam, ins.mean(0) > outs.mean(0))
+    assert lam.mean() < 0
+    res = audit.lira_audit(over_forgotten, ins, outs)
+    assert res["lira_auc"] < 0.1 and res["lira_tpr@0.01"] == 0.0
+
+
+def test_audit_refuses_an_empty_forget_set_and_a_scalar_target():
+  outs = np.zeros((4, 0))
+  with pytest.raises(ValueError, match="no forget example"):
+    audit.fit_gaussians(outs)
+  with pytest.raises(ValueError, match=">= 1 forget example"):
+    audit.lira_audit(np.zeros(0), outs, outs)
+  with pytest.raises(ValueError, match=">= 1 forget example"):
+    audit.forget_quality(np.zeros(0), outs)
+  ins = np.random.default_rng(0).normal(size=(4, 5))
+  with pytest.raises(ValueError, match="target \\[n\\]"):
+    audit.lira_audit(np.float64(1.0), ins, ins)
 
 
 def test_audit_refuses_non_finite_and_mismatched_scores():

@@ -240,6 +240,21 @@ def test_tower_mask(trained_lora):
     lora_lib.tower_mask(trained_lora, "audio")
 
 
+def test_a_towers_projection_head_belongs_to_its_tower(params):
+  """LoRA on the projection heads (a regex target): each head goes with its tower, so a
+  unilateral (vision-only) ablation also trains the visual projection, not neither."""
+  heads = lora_lib.init_lora(jax.random.key(0), params, lora_lib.LoRAConfig(
+      targets=(r".*projection/kernel", r".*/q_proj/kernel")))
+  for tower in ("vision", "text"):
+    mask = traverse_util.flatten_dict(lora_lib.tower_mask(heads, tower), sep="/")
+    head = "visual_projection" if tower == "vision" else "text_projection"
+    assert all(mask[p] for p in mask if p.startswith(head + "/"))
+    assert not any(mask[p] for p in mask if p.startswith(("visual_projection/",
+                                                         "text_projection/")[tower == "vision"]))
+    assert {lora_lib.tower_of(p) for p in mask if mask[p]} == {tower}
+  assert lora_lib.tower_of("logit_scale") == "other"
+
+
 # -------------------------------------------------------------------------------------------------
 # Clients as a vmapped axis of the adapter tree.
 

@@ -104,15 +104,18 @@ def test_clip_loss_grad_finite_with_zero_padded_rows():
     np.testing.assert_array_equal(np.asarray(g)[~mask], 0.0)
 
 
-def _np_bounded(img, txt, mask, margin):
+def _np_bounded(img, txt, mask, margin, captions=None):
   img = img / np.linalg.norm(img, axis=1, keepdims=True)
   txt = txt / np.linalg.norm(txt, axis=1, keepdims=True)
   idx = np.flatnonzero(mask)
   c = img[idx] @ txt[idx].T
+  caps = np.arange(len(mask)) if captions is None else np.asarray(captions)
+  caps = caps[idx]
   n = len(idx)
   vals = []
   for i in range(n):
-    ref = np.mean([c[i, j] for j in range(n) if j != i])
+    others = [c[i, j] for j in range(n) if j != i and caps[j] != caps[i]]
+    ref = np.mean(others) if others else 0.0
     vals.append(max(0.0, c[i, i] - (ref + margin)))
   return np.mean(vals)
 
@@ -129,6 +132,29 @@ def test_bounded_unalignment_matches_reference_and_is_positive_when_aligned():
   # Bilateral: both branches are displaced.
   assert np.abs(grads[0]).sum() > 0 and np.abs(grads[1]).sum() > 0
   np.testing.assert_array_equal(np.asarray(grads[0])[~mask], 0.0)
+
+
+def test_bounded_unalignment_leaves_identical_captions_out_of_the_unmatched_level():
+  """A backdoor's D_f pairs many images with one caption: counted as unmatched, those pairs put
+  ref_i at the matched cosine and the loss at exactly 0 however aligned the pairs are."""
+  rng = np.random.default_rng(8)
+  txt = rng.normal(size=(6, 12)).astype(np.float32)
+  captions = np.array([0, 0, 0, 1, 2, 2])
+  txt = txt[captions]  # rows with one caption have one text embedding
+  img = txt + 0.1 * rng.normal(size=(6, 12)).astype(np.float32)
+  tokens = np.stack([np.full(4, c) for c in captions]).astype(np.int32)
+  mask = np.array([1, 1, 1, 1, 1, 0], bool)
+  fn = jax.jit(losses.bounded_unalignment_loss)
+  got = fn(img, txt, mask, 0.05, text_tokens=tokens)
+  np.testing.assert_allclose(got, _np_bounded(img, txt, mask, 0.05, captions), rtol=1e-5,
+                             atol=1e-6)
+  # One caption over the whole batch: ref_i = 0, not the matched cosine itself.
+  same = np.zeros((6, 4), np.int32)
+  aligned = np.repeat(txt[:1], 6, axis=0)
+  assert float(fn(aligned, aligned)) == 0.0  # every caption counted as unmatched
+  loss, g = jax.value_and_grad(fn)(aligned, aligned, text_tokens=same)
+  np.testing.assert_allclose(loss, 1.0, rtol=1e-5)
+  assert np.abs(np.asarray(g)).sum() > 0
 
 
 def test_bounded_unalignment_zero_and_zero_grad_when_unaligned():

@@ -309,6 +309,18 @@ def test_gsd_pipeline(method):
                              _proj_np(unique), atol=1e-4)
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_a_threshold_of_90_degrees_keeps_every_orthogonal_direction(method):
+  """θ* = 90° (allowed): directions exactly orthogonal to the retained span come out of float32
+  at pi/2 give or take one rounding step; all of them are exclusive, not a random part."""
+  rng = np.random.default_rng(14)
+  f, retain, unique = _gsd_inputs(rng)
+  res = S.gsd(f, retain, 1.0, 8, np.pi / 2, method)
+  assert int(res.unique_rank) == 2
+  np.testing.assert_allclose(_proj_np(_masked_np(res.unique_basis, res.unique_valid)),
+                             _proj_np(unique), atol=1e-4)
+
+
 def test_gsd_vmapped_over_modules_equals_loop():
   rng = np.random.default_rng(15)
   inputs = [_gsd_inputs(rng) for _ in range(3)]

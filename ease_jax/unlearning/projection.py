@@ -48,9 +48,7 @@ class ModuleLayout:
     return int(self.index.shape[1])
 
   def tower_of(self, name: str) -> str:
-    if name.startswith(lora_lib.VISION_PREFIX):
-      return "vision"
-    return "text" if name.startswith(lora_lib.TEXT_PREFIX) else "other"
+    return lora_lib.tower_of(name)
 
 
 def module_layout(trainable: PyTree) -> ModuleLayout:

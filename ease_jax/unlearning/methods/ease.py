@@ -248,7 +248,8 @@ def bke_objective(model: CLIP, retain_weight: float, target_mode: str, margin: f
     if target_mode == "nonmember":
       l_f = losses.bounded_unalignment_loss(ie, te, fb["mask"], target=context["target"] + margin)
     else:
-      l_f = losses.bounded_unalignment_loss(ie, te, fb["mask"], margin=margin)
+      l_f = losses.bounded_unalignment_loss(ie, te, fb["mask"], margin=margin,
+                                            text_tokens=fb["input_ids"])
     l_r = jnp.zeros(())
     if use_retain:
       ie_r, te_r, ls = model(backbone, params, rb["pixels"], rb["input_ids"],
