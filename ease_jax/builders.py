@@ -132,10 +132,13 @@ def load_dataset(data_config: ml_collections.ConfigDict, tokenizer: Any,
                    context_length)
   if data_config.name == "emoji":
     ds = dataset_lib.load_emoji(tokenizer=tokenizer, max_length=max_length,
-                                skin_tone_variants=data_config.get("skin_tone_variants", True))
-    if ds.images.shape[1] != image_size:
-      raise ValueError(f"The embedded emoji images are {ds.images.shape[1]} px but the model "
-                       f"expects {image_size} px; rebuild the data with --size={image_size}.")
+                                skin_tone_variants=data_config.get("skin_tone_variants", True),
+                                image_size=image_size)
+    if ds.images.shape[1:3] != (image_size, image_size):
+      raise ValueError(f"The embedded emoji file {dataset_lib.emoji_npz_name(image_size)} holds "
+                       f"{ds.images.shape[1]}x{ds.images.shape[2]} px images but the model "
+                       f"expects {image_size} px; rebuild it with `python -m "
+                       f"ease_jax.data.build_emoji --size={image_size}`.")
     return ds
   if data_config.name == "karpathy":
     from ease_jax.data import karpathy  # pylint: disable=g-import-not-at-top

@@ -16,6 +16,7 @@ and is checked against it (missing / unexpected keys, shapes) before it is retur
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -30,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from ease_jax.model import CLIP, CLIPConfig
+from ease_jax.model import CLIP, CLIPConfig, activation
 
 Params = Mapping[str, Any]
 
@@ -129,6 +130,8 @@ def save_clip(out_dir: str | os.PathLike[str], config: CLIPConfig, params: Param
     ValueError: `params` does not match `config`.
   """
   out = pathlib.Path(out_dir).expanduser()
+  if out.is_symlink():  # the link stays; the folder it points to is what is replaced
+    out = out.resolve()
   if out.exists() and not out.is_dir():
     raise FileExistsError(f"Cannot save a checkpoint to {str(out)!r}: it is a file.")
   if out.is_dir() and any(out.iterdir()) and not overwrite:
@@ -150,7 +153,11 @@ def save_clip(out_dir: str | os.PathLike[str], config: CLIPConfig, params: Param
       tokenizer.save_pretrained(tmp)
     if image_processor is not None:
       image_processor.save_pretrained(tmp)
-    _replace_dir(tmp, out)
+    # mkdtemp makes the folder private (0700); a checkpoint gets a new folder's usual mode.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    replace_dir(tmp, out)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
@@ -212,19 +219,54 @@ def _read_config(config_file: pathlib.Path) -> CLIPConfig:
     raise ValueError(f"{str(config_file)!r}: model_type={model_type!r}, expected 'clip' (a "
                      f"CLIPModel checkpoint with both towers).")
   for tower in ("vision_config", "text_config"):
+    if not isinstance(raw.get(tower) or {}, dict):
+      raise ValueError(f"{str(config_file)!r}: {tower} must be a JSON object, got "
+                       f"{raw[tower]!r}.")
     for key in _INT_SIZES:
       value = (raw.get(tower) or {}).get(key)
       if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
         raise ValueError(f"{str(config_file)!r}: {tower}.{key} must be an integer, got "
                          f"{value!r}.")
   try:
-    return CLIPConfig.from_hf(transformers.CLIPConfig.from_pretrained(config_file.parent))
+    config = CLIPConfig.from_hf(transformers.CLIPConfig.from_pretrained(config_file.parent))
   except (OSError, TypeError, ValueError, AttributeError) as e:
     raise ValueError(f"Cannot read {str(config_file)!r} as a CLIP config: {type(e).__name__}: "
                      f"{e}") from e
+  problems = _config_problems(config)
+  if problems:
+    raise ValueError(f"{str(config_file)!r}: {'; '.join(problems)}.")
+  return config
 
 
-def _replace_dir(src: pathlib.Path, dst: pathlib.Path) -> None:
+def _config_problems(config: CLIPConfig) -> list[str]:
+  """What in a CLIP config the model cannot be built with: sizes that are not positive integers,
+  a layer-norm epsilon that is not a positive number, an unknown activation (as JSON null or a
+  string, these otherwise fail deep inside the first traced forward pass)."""
+  problems = []
+  towers = {"vision_config": config.vision, "text_config": config.text}
+  for tower, cfg in towers.items():
+    for field in dataclasses.fields(cfg):
+      value = getattr(cfg, field.name)
+      where = f"{tower}.{field.name}"
+      if field.name == "hidden_act":
+        try:
+          activation(value)
+        except (ValueError, TypeError) as e:
+          problems.append(f"{where}: {e}")
+      elif field.name == "layer_norm_eps":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+          problems.append(f"{where} must be a positive number, got {value!r}")
+      else:
+        least = 0 if field.name == "eos_token_id" else 1  # a token id may be 0
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+          problems.append(f"{where} must be an integer >= {least}, got {value!r}")
+  if isinstance(config.projection_dim, bool) or not isinstance(config.projection_dim, int) or (
+      config.projection_dim < 1):
+    problems.append(f"projection_dim must be a positive integer, got {config.projection_dim!r}")
+  return problems
+
+
+def replace_dir(src: pathlib.Path, dst: pathlib.Path) -> None:
   """Renames `src` to `dst`, replacing `dst` (moved aside first, restored if the rename fails)."""
   if not dst.exists():
     src.rename(dst)

@@ -107,7 +107,8 @@ class CLIPConfig:
     )
 
 
-def _activation(name: str):
+def activation(name: str):
+  """The function of a transformers `hidden_act` name."""
   if name == "quick_gelu":
     return lambda x: x * jax.nn.sigmoid(1.702 * x)
   if name == "gelu":
@@ -215,7 +216,7 @@ class _Mlp(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     dense = lambda f, name: LoRADense(f, lora_scale=self.lora_scale, lora_mode=self.lora_mode,
                                       dtype=self.dtype, name=name)
-    x = _activation(self.hidden_act)(dense(self.intermediate_size, "fc1")(x))
+    x = activation(self.hidden_act)(dense(self.intermediate_size, "fc1")(x))
     return dense(self.hidden_size, "fc2")(x)
 
 

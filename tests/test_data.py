@@ -154,6 +154,71 @@ def test_train_clip_bpe_small(tmp_path):
     tok_lib.train_clip_bpe(caps, tmp_path, vocab_size=100)
   with pytest.raises(FileNotFoundError):
     tok_lib.load_tokenizer(tmp_path / "nope")
+  # A folder with only `tokenizer.json` (as some checkpoints ship) loads the same fast tokenizer;
+  # the slow one needs vocab.json and merges.txt, and says so.
+  fast.save_pretrained(tmp_path / "only_json")
+  for name in ("vocab.json", "merges.txt"):
+    (tmp_path / "only_json" / name).unlink(missing_ok=True)
+  assert tok_lib.load_tokenizer(tmp_path / "only_json")(caps)["input_ids"] == fast(caps)[
+      "input_ids"]
+  with pytest.raises(FileNotFoundError, match="vocab.json"):
+    tok_lib.load_tokenizer(tmp_path / "only_json", fast=False)
+
+
+def _tree_bytes(root: pathlib.Path) -> dict[str, bytes]:
+  return {str(f.relative_to(root)): f.read_bytes() for f in sorted(root.rglob("*")) if f.is_file()}
+
+
+def test_build_emoji_never_leaves_the_assets_half_built(tmp_path, monkeypatch):
+  """The build's default output is the package's own assets: a missing licence (checked before
+  rendering) or a failure after it (here the tokenizer) leaves the files there as they were; a
+  complete build of another size is what `load_emoji(image_size=...)` reads."""
+  from PIL import ImageFont
+  from ease_jax.data import build_emoji as be
+
+  names = ["grinning face", "beaming face", "waving hand", "thumbs up", "red heart"]
+  lines = ["# group: Smileys", "# subgroup: face"] + [
+      f"{0x1F600 + i:X} ; fully-qualified # {chr(0x1F600 + i)} E1.0 {n}"
+      for i, n in enumerate(names)]
+  emoji_test = tmp_path / "emoji-test.txt"
+  emoji_test.write_text("\n".join(lines) + "\n", encoding="utf-8")
+  font = tmp_path / "font.ttf"
+  font.write_bytes(b"a font")
+  licence = tmp_path / "copyright"
+  licence.write_text("licence text")
+  monkeypatch.setattr(ImageFont, "truetype", lambda *a, **k: None)
+  monkeypatch.setattr(be, "render_emoji",
+                      lambda f, e, size: np.full((size, size, 3), ord(e) % 251, np.uint8))
+  monkeypatch.setattr(be, "UNICODE_LICENSE", str(licence))
+  out = tmp_path / "assets"
+  (out / "emoji_tokenizer").mkdir(parents=True)
+  (out / "emoji32.npz").write_bytes(b"the shipped data")
+  (out / "emoji_tokenizer" / "vocab.json").write_text("{}")
+  shipped = _tree_bytes(out)
+  build = lambda: be.build(out, str(emoji_test), str(font), size=16, vocab_size=530)
+
+  monkeypatch.setattr(be, "FONT_LICENSE", str(tmp_path / "missing"))
+  with pytest.raises(FileNotFoundError, match="licence file for the Noto Color Emoji font"):
+    build()
+  assert _tree_bytes(out) == shipped
+  monkeypatch.setattr(be, "FONT_LICENSE", str(licence))
+
+  def broken_bpe(*args, **kwargs):
+    raise RuntimeError("tokenizer training failed")
+  with monkeypatch.context() as m:
+    m.setattr(tok_lib, "train_clip_bpe", broken_bpe)
+    with pytest.raises(RuntimeError, match="tokenizer training failed"):
+      build()
+  assert _tree_bytes(out) == shipped and not list(out.glob(".build-*"))
+
+  stats = build()
+  assert stats["rendered"] == 5 and stats["skipped"] == 0
+  assert (out / "emoji32.npz").read_bytes() == b"the shipped data"  # another size: kept
+  ds = ds_lib.load_emoji(assets_dir=out, image_size=16)
+  assert ds.images.shape == (5, 16, 16, 3) and list(ds.captions) == names
+  assert not list(out.glob(".build-*"))
+  with pytest.raises(FileNotFoundError, match=r"emoji8\.npz .*--size=8"):
+    ds_lib.load_emoji(assets_dir=out, image_size=8)
 
 
 def test_normalize_images_matches_numpy():
@@ -242,6 +307,37 @@ def test_karpathy_uses_image_processor_geometry(tmp_path, fast_tok):
   assert ds.images.shape == (1, 16, 12, 3)
 
 
+@pytest.mark.parametrize("size,shortest_edge,crop", [
+    ((640, 480), 36, (32, 32)),    # 4:3, COCO's shape: the long side 48.0 -> truncated
+    ((427, 640), 36, (32, 32)),    # portrait, 53.96 -> 53 (rounding gave 54)
+    ((500, 333), 36, (32, 28)),
+    ((30, 20), 19, (24, 24)),      # the crop larger than the image: padded as transformers pads
+])
+def test_preprocess_image_equals_clip_image_processor(size, shortest_edge, crop):
+  from transformers import CLIPImageProcessor
+
+  rng = np.random.default_rng(sum(size))
+  image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+  proc = CLIPImageProcessor(size={"shortest_edge": shortest_edge},
+                            crop_size={"height": crop[0], "width": crop[1]},
+                            do_rescale=False, do_normalize=False)
+  want = proc(image, return_tensors="np")["pixel_values"][0].transpose(1, 2, 0)
+  got = karpathy.preprocess_image(image, shortest_edge, *crop)
+  assert got.shape == want.shape
+  np.testing.assert_array_equal(got, want.astype(np.uint8))
+
+
+def test_image_processor_settings_we_do_not_implement_are_refused(tmp_path, fast_tok):
+  from transformers import CLIPImageProcessor
+
+  path = _write_fixture(tmp_path)
+  for proc, needle in ((CLIPImageProcessor(size={"height": 8, "width": 8}), "size="),
+                       (CLIPImageProcessor(do_center_crop=False), "do_center_crop")):
+    with pytest.raises(ValueError, match=needle):
+      karpathy.load_karpathy(path, tmp_path, "test", fast_tok, 16, image_size=8,
+                             image_processor=proc)
+
+
 def test_karpathy_16_bit_grey_and_oversized_images(tmp_path, fast_tok, monkeypatch):
   """A 16-bit grey PNG keeps its grey level (Pillow's RGB conversion would clip it to white);
   an image over Pillow's decompression-bomb limit is an error naming the file."""
@@ -288,6 +384,14 @@ def test_karpathy_bad_inputs(tmp_path, fast_tok):
   with pytest.raises(ValueError, match=r"no images in split\(s\) \['restval'\]; the file holds "
                      r"\['test', 'train', 'val'\]"):
     load(path, "restval")
+  # The same image listed twice (here in train and test): trained on and tested on.
+  with pytest.raises(ValueError, match=r"images\[0\] and images\[3\] are the same image "
+                     r"'imgs/a\.png' \(splits 'train' and 'test'\)"):
+    load(write(lambda d: d["images"][3].update(filename="a.png")))
+  with pytest.raises(ValueError, match="absolute path"):
+    load(write(lambda d: d["images"][0].update(filepath="/etc")))
+  with pytest.raises(ValueError, match="max_images must be >= 1"):
+    karpathy.load_karpathy(path, tmp_path, "train", fast_tok, 16, 8, max_images=0)
   (tmp_path / "imgs" / "b.jpg").unlink()
   with pytest.raises(FileNotFoundError, match="b.jpg"):
     load(path)

@@ -220,6 +220,16 @@ def test_save_load_round_trip(params, inputs, tmp_path):
   assert tok("a b").input_ids == tokenizer("a b").input_ids
   assert proc is not None and proc.crop_size == {"height": 16, "width": 16}
   assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # No temp folders left behind.
+  # The folder has a new folder's usual mode (others can read it), not mkdtemp's private 0700.
+  umask = os.umask(0)
+  os.umask(umask)
+  assert (out.stat().st_mode & 0o777) == 0o777 & ~umask
+  # Saving through a symlink replaces the folder it points to and keeps the link.
+  (tmp_path / "link").symlink_to(out)
+  hf.save_clip(tmp_path / "link", CONFIG, params, overwrite=True)
+  assert (tmp_path / "link").is_symlink() and (tmp_path / "link").resolve() == out.resolve()
+  assert sorted(p.name for p in out.iterdir()) == [hf.CONFIG_NAME, hf.FLAX_WEIGHTS_NAME]
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "link"]
 
 
 def test_save_without_tokenizer_and_processor(params, tmp_path):
@@ -338,6 +348,13 @@ def test_config_that_does_not_match_weights(params, tmp_path):
     (lambda c: json.dumps(dict(c, model_type="bert")), "model_type='bert', expected 'clip'"),
     (lambda c: json.dumps(dict(c, text_config=dict(c["text_config"], hidden_size="64"))),
      r"text_config.hidden_size must be an integer, got '64'"),
+    (lambda c: json.dumps(dict(c, vision_config=[1])), r"vision_config must be a JSON object"),
+    (lambda c: json.dumps(dict(c, text_config=dict(c["text_config"], layer_norm_eps=None))),
+     r"text_config.layer_norm_eps must be a positive number, got None"),
+    (lambda c: json.dumps(dict(c, vision_config=dict(c["vision_config"], hidden_act="swish2"))),
+     r"vision_config.hidden_act: Unknown hidden_act 'swish2'"),
+    (lambda c: json.dumps(dict(c, vision_config=dict(c["vision_config"], patch_size=0))),
+     r"vision_config.patch_size must be an integer >= 1, got 0"),
 ])
 def test_a_bad_config_json_names_the_file_and_the_problem(params, tmp_path, edit, needle):
   out = tmp_path / "ckpt"

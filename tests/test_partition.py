@@ -76,6 +76,32 @@ def test_split_stratified():
     part.split_public_test_clients(900, -0.1, 0.5, seed=3)
 
 
+def test_split_stratified_on_small_groups_keeps_the_test_share():
+  """Many one-image labels: public and test both round up on the same groups, and public takes
+  them; test used to drop its share there (100 labels of one image, 40% / 10%: test was empty)."""
+  s = part.split_public_test_clients(100, 0.4, 0.1, seed=0, labels=np.arange(100))
+  _check_partition(list(s), np.arange(100), 3)
+  assert (s.public.size, s.test.size, s.clients.size) == (40, 10, 50)
+  s = part.split_public_test_clients(3, 0.5, 0.5, seed=0, labels=np.array(["a", "b", "c"]))
+  assert (s.public.size, s.test.size, s.clients.size) == (2, 1, 0)
+
+
+@pytest.mark.parametrize("scheme", ["split", "by_label", "dirichlet"])
+def test_nan_labels_are_one_group_not_dropped(scheme):
+  """`labels == nan` is never true: grouping by value silently lost every NaN-labelled image."""
+  labels = np.array([0, 0, 1, 1, np.nan, np.nan, 2, 2, np.nan, 1])
+  idx = np.arange(labels.size)
+  if scheme == "split":
+    parts = list(part.split_public_test_clients(labels.size, 0.2, 0.2, seed=0, labels=labels))
+    _check_partition(parts, idx, 3)
+  else:
+    parts = part.partition(idx, scheme, 4, seed=0, labels=labels,
+                           **({"alpha": 1.0} if scheme == "dirichlet" else {}))
+    _check_partition(parts, idx, 4)
+  if scheme == "by_label":  # the NaN images are one label: on one client together
+    assert sum(np.isin([4, 5, 8], p).any() for p in parts) == 1
+
+
 @pytest.mark.parametrize("scheme,kwargs", [
     ("iid", {}), ("by_label", {}), ("dirichlet", {"alpha": 0.5}),
 ])

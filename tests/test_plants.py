@@ -135,12 +135,24 @@ def test_plant_knowledge_appends_copies_and_keeps_the_originals(emoji):
     (plants.BackdoorPlant("x", (0,), 5, plants.Trigger(), "  "), "target_caption is empty"),
     (plants.BackdoorPlant("x", (7,), 5, plants.Trigger(), "rocket"), "clients \\[7\\]"),
     (plants.BackdoorPlant("x", (0,), 5, plants.Trigger(size=33), "rocket"), "larger than"),
+    (plants.BackdoorPlant("", (0,), 5, plants.Trigger(), "rocket"), "name must not be empty"),
 ])
 def test_plant_errors(emoji, spec, needle):
   ds, tokenizer = emoji
   clients = [np.arange(10), np.arange(10, 20)]
   with pytest.raises(ValueError, match=needle):
     plants.plant_knowledge(ds, clients, np.arange(20, 25), [spec], tokenizer, 16, 0)
+
+
+def test_plants_whose_names_would_share_a_random_stream_are_refused(emoji):
+  """A plant's copies draw from `[seeds.data, sum of its name's code points]` (kept for the
+  published models): 'bd12' and 'bd21' would copy the very same images."""
+  ds, tokenizer = emoji
+  clients = [np.arange(10), np.arange(10, 20)]
+  specs = [plants.BackdoorPlant(name, (0,), 3, plants.Trigger(), "rocket")
+           for name in ("bd12", "bd21")]
+  with pytest.raises(ValueError, match=r"Plants \['bd12', 'bd21'\] would copy the same images"):
+    plants.plant_knowledge(ds, clients, np.arange(20, 25), specs, tokenizer, 16, 0)
 
 
 def test_restyle_against_pillow_and_numpy():

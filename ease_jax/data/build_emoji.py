@@ -15,6 +15,7 @@ import os
 import pathlib
 import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 
 import numpy as np
@@ -104,17 +105,28 @@ def build(out_dir: str | os.PathLike[str], emoji_test: str = DEFAULT_EMOJI_TEST,
           vocab_size: int = TOKENIZER_VOCAB_SIZE) -> dict[str, int]:
   """Builds `emoji{size}.npz`, `emoji_tokenizer/` and the licence files in `out_dir`.
 
+  Every input (font, licences, emoji-test.txt) is checked before anything is rendered, and every
+  output is built in a staging folder inside `out_dir` and moved into place only once all of them
+  are complete and the tokenizer has passed its checks: a failed or interrupted build leaves the
+  files already in `out_dir` (by default the package's shipped assets) as they were.
+
   Returns:
     Statistics: `rendered`, `skipped`, `vocab_size`, `max_tokens`.
   """
   from PIL import ImageFont
   from tqdm import tqdm
 
-  from ease_jax.data import tokenizer as tok_lib
+  from ease_jax import hf
 
+  if size < 1:
+    raise ValueError(f"size must be >= 1 px, got {size}.")
   if not pathlib.Path(font_path).is_file():
     raise FileNotFoundError(
         f"emoji font not found: {font_path} (apt-get install fonts-noto-color-emoji)")
+  for src, what in ((FONT_LICENSE, "Noto Color Emoji font"),
+                    (UNICODE_LICENSE, "Unicode emoji-test.txt")):
+    if not pathlib.Path(src).is_file():
+      raise FileNotFoundError(f"licence file for the {what} not found: {src}")
   entries = parse_emoji_test(emoji_test)
   font = ImageFont.truetype(font_path, size=FONT_SIZE)
   kept, images, skipped = [], [], []
@@ -125,13 +137,36 @@ def build(out_dir: str | os.PathLike[str], emoji_test: str = DEFAULT_EMOJI_TEST,
       continue
     kept.append(entry)
     images.append(image)
+  if not kept:
+    raise ValueError(f"the font {font_path} rendered none of the {len(entries)} emoji of "
+                     f"{emoji_test}.")
   if skipped:
     print(f"skipped {len(skipped)} emoji the font cannot render, e.g. "
           + ", ".join(f"{e.codepoints} ({e.caption})" for e in skipped[:5]), file=sys.stderr)
 
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  npz_path = out / f"emoji{size}.npz"
+  stage = pathlib.Path(tempfile.mkdtemp(prefix=".build-", dir=out))
+  try:
+    stats = _build_into(stage, kept, images, size, vocab_size, emoji_test, font_path)
+    stats["skipped"] = len(skipped)
+    for item in sorted(stage.iterdir()):
+      if item.is_dir():
+        hf.replace_dir(item, out / item.name)
+      else:
+        os.replace(item, out / item.name)
+  finally:
+    shutil.rmtree(stage, ignore_errors=True)
+  return stats
+
+
+def _build_into(stage: pathlib.Path, kept: list[EmojiEntry], images: list[np.ndarray],
+                size: int, vocab_size: int, emoji_test: str, font_path: str) -> dict[str, int]:
+  """Writes the npz, the trained and checked tokenizer and the licences into `stage`."""
+  from ease_jax.data import dataset as dataset_lib
+  from ease_jax.data import tokenizer as tok_lib
+
+  npz_path = stage / dataset_lib.emoji_npz_name(size)
   np.savez_compressed(
       npz_path,
       images=np.stack(images).astype(np.uint8),
@@ -140,12 +175,10 @@ def build(out_dir: str | os.PathLike[str], emoji_test: str = DEFAULT_EMOJI_TEST,
       subgroups=np.asarray([e.subgroup for e in kept], dtype=str),
       codepoints=np.asarray([e.codepoints for e in kept], dtype=str),
   )
-
   captions = [e.caption for e in kept]
-  tok_dir = out / "emoji_tokenizer"
-  if tok_dir.exists():
-    shutil.rmtree(tok_dir)
-  tok_lib.train_clip_bpe(captions, tok_dir, vocab_size=vocab_size, model_max_length=24)
+  tok_dir = stage / dataset_lib.EMOJI_TOKENIZER
+  tok_lib.train_clip_bpe(captions, tok_dir, vocab_size=vocab_size,
+                         model_max_length=dataset_lib.EMOJI_CONTEXT_LENGTH)
   slow = tok_lib.load_tokenizer(tok_dir, fast=False)
   fast = tok_lib.load_tokenizer(tok_dir, fast=True)
   slow_ids = slow(captions)["input_ids"]
@@ -160,9 +193,9 @@ def build(out_dir: str | os.PathLike[str], emoji_test: str = DEFAULT_EMOJI_TEST,
       raise RuntimeError(f"tokenizer does not round-trip {caption!r}")
   lengths = np.asarray([len(ids) for ids in fast_ids])
 
-  _write_licences(out, emoji_test, font_path)
-  stats = {"rendered": len(kept), "skipped": len(skipped), "vocab_size": len(fast),
-           "max_tokens": int(lengths.max()), "npz_bytes": npz_path.stat().st_size}
+  _write_licences(stage, emoji_test, font_path)
+  stats = {"rendered": len(kept), "vocab_size": len(fast), "max_tokens": int(lengths.max()),
+           "npz_bytes": npz_path.stat().st_size}
   for ctx in (16, 24, 32):
     stats[f"truncated_at_{ctx}"] = int((lengths > ctx).sum())
   return stats

@@ -20,7 +20,15 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 ASSETS_DIR = pathlib.Path(__file__).resolve().parent / "assets"
-EMOJI_NPZ = "emoji32.npz"
+EMOJI_IMAGE_SIZE = 32  # the shipped images; `build_emoji --size=N` writes emoji{N}.npz
+
+
+def emoji_npz_name(image_size: int = EMOJI_IMAGE_SIZE) -> str:
+  """The embedded emoji file of `image_size` px images."""
+  return f"emoji{image_size}.npz"
+
+
+EMOJI_NPZ = emoji_npz_name()
 EMOJI_TOKENIZER = "emoji_tokenizer"
 # Longest emoji caption is 21 tokens with BOS/EOS, so 24 truncates none.
 EMOJI_CONTEXT_LENGTH = 24
@@ -195,17 +203,20 @@ def tone_free_name(caption: str) -> str:
 
 def load_emoji(tokenizer: Any = None, max_length: int = EMOJI_CONTEXT_LENGTH,
                assets_dir: str | os.PathLike[str] | None = None,
-               skin_tone_variants: bool = True) -> CaptionDataset:
+               skin_tone_variants: bool = True,
+               image_size: int = EMOJI_IMAGE_SIZE) -> CaptionDataset:
   """Loads the embedded emoji dataset (one caption per image).
 
   Args:
     tokenizer: a `transformers` CLIP tokenizer; defaults to the embedded one.
     max_length: context length `L` of `input_ids`.
-    assets_dir: directory with `emoji32.npz` (and `emoji_tokenizer/`); defaults to the package's.
+    assets_dir: directory with `emoji{image_size}.npz` (and `emoji_tokenizer/`); defaults to the
+      package's.
     skin_tone_variants: keep the 1,785 skin-tone variants ("waving hand: dark skin tone"), the
       embedded default's client data (`data.split='skin_tone'`). They differ from their base
       emoji in the skin colour and the tone words of the caption; without them 1,870 distinct
       emoji remain.
+    image_size: the images' side: the package ships 32 px, `build_emoji --size=N` writes N px.
 
   Returns:
     A `CaptionDataset` of 3,655 `[32, 32, 3]` images with
@@ -219,10 +230,10 @@ def load_emoji(tokenizer: Any = None, max_length: int = EMOJI_CONTEXT_LENGTH,
   from ease_jax.data import tokenizer as tok_lib
 
   assets = pathlib.Path(assets_dir) if assets_dir is not None else ASSETS_DIR
-  path = assets / EMOJI_NPZ
+  path = assets / emoji_npz_name(image_size)
   if not path.is_file():
-    raise FileNotFoundError(f"embedded emoji dataset not found: {path} "
-                            "(rebuild with `python -m ease_jax.data.build_emoji`)")
+    raise FileNotFoundError(f"embedded emoji dataset not found: {path} (build it with "
+                            f"`python -m ease_jax.data.build_emoji --size={image_size}`)")
   try:
     with np.load(path, allow_pickle=False) as npz:
       data = {f: npz[f] for f in _EMOJI_FIELDS if f in npz.files}

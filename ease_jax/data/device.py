@@ -49,12 +49,23 @@ def _embed_chunk(model, backbone, trainable, data, text_idx, image_idx, batch_si
   return image_emb, text_emb
 
 
+def _checked_ids(kind: str, ids: Any, count: int) -> np.ndarray:
+  """`ids` as int32, refused if any is outside [0, count): on device an index past the end
+  reads the last row and a negative one wraps, so a wrong id would embed another example."""
+  ids = np.asarray(ids, np.int64).reshape(-1)
+  bad = ids[(ids < 0) | (ids >= count)]
+  if bad.size:
+    raise IndexError(f"{bad.size} {kind} id(s) out of range [0, {count}): "
+                     f"{sorted(set(bad.tolist()))[:5]}")
+  return ids.astype(np.int32)
+
+
 def embed(model: "CLIP", backbone: PyTree, trainable: PyTree, data: DeviceData,
           image_indices: np.ndarray, text_indices: np.ndarray, batch_size: int = 256
           ) -> tuple[np.ndarray, np.ndarray]:
   """Embeddings of the given images [Ni, P] and texts [Nt, P], in jitted fixed-size batches."""
-  image_indices = np.asarray(image_indices, np.int32)
-  text_indices = np.asarray(text_indices, np.int32)
+  image_indices = _checked_ids("image", image_indices, data.images.shape[0])
+  text_indices = _checked_ids("text", text_indices, data.input_ids.shape[0])
   n = max(len(image_indices), len(text_indices))
   num_batches = max(1, -(-n // batch_size))
   pad = lambda a: np.pad(a, (0, num_batches * batch_size - len(a)))

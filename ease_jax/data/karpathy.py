@@ -31,6 +31,14 @@ def _target_geometry(image_size: int, image_processor: Any) -> tuple[int, int, i
     return image_size, image_size, image_size
   size = image_processor.size
   crop = image_processor.crop_size
+  unsupported = [name for name in ("do_resize", "do_center_crop")
+                 if getattr(image_processor, name, True) is False]
+  if isinstance(size, dict) and "shortest_edge" not in size:
+    unsupported.append(f"size={dict(size)}")
+  if unsupported:
+    raise ValueError(f"image processor settings {unsupported} are not supported: images are "
+                     "resized on their shortest edge (size={'shortest_edge': N}) and center "
+                     "cropped, as CLIP's processor does.")
   short = size["shortest_edge"] if isinstance(size, dict) else int(size)
   if isinstance(crop, dict):
     return int(short), int(crop["height"]), int(crop["width"])
@@ -58,17 +66,19 @@ def preprocess_image(image: Any, shortest_edge: int, crop_height: int,
     image = Image.fromarray(np.round(grey).astype(np.uint8), "L")
   image = image.convert("RGB")
   w, h = image.size
+  # The long side truncated, as transformers' `get_resize_output_image_size`: rounding it made
+  # 4:3 photos (COCO's 640x480) one pixel longer and shifted their crop.
   if w <= h:
-    new_w, new_h = shortest_edge, max(1, int(round(shortest_edge * h / w)))
+    new_w, new_h = shortest_edge, max(1, int(shortest_edge * h / w))
   else:
-    new_w, new_h = max(1, int(round(shortest_edge * w / h))), shortest_edge
+    new_w, new_h = max(1, int(shortest_edge * w / h)), shortest_edge
   image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
   arr = np.asarray(image, dtype=np.uint8)
   # Pad with black if the crop is larger than the resized image (as HF's center_crop does).
   if new_h < crop_height or new_w < crop_width:
     ph, pw = max(crop_height, new_h), max(crop_width, new_w)
     padded = np.zeros((ph, pw, 3), np.uint8)
-    top, left = (ph - new_h) // 2, (pw - new_w) // 2
+    top, left = -(-(ph - new_h) // 2), -(-(pw - new_w) // 2)  # ceil, as transformers pads
     padded[top:top + new_h, left:left + new_w] = arr
     arr, new_h, new_w = padded, ph, pw
   top, left = (new_h - crop_height) // 2, (new_w - crop_width) // 2
@@ -103,6 +113,18 @@ def _validate_entries(path: pathlib.Path, data: Any) -> list[dict[str, Any]]:
                          "string field 'raw'")
       if not sentence["raw"].strip():
         raise ValueError(f"{path}: images[{i}] ({entry['filename']}) sentences[{j}] is empty")
+    if pathlib.PurePath(entry.get("filepath", ""), entry["filename"]).is_absolute():
+      raise ValueError(f"{path}: images[{i}] names an absolute path "
+                       f"{entry.get('filepath', '')!r} / {entry['filename']!r}: image paths are "
+                       "relative to the image root")
+  # One image listed twice (in train and test, say) would be trained on and tested on.
+  seen: dict[str, int] = {}
+  for i, entry in enumerate(entries):
+    key = str(pathlib.PurePath(entry.get("filepath", ""), entry["filename"]))
+    if key in seen:
+      raise ValueError(f"{path}: images[{seen[key]}] and images[{i}] are the same image {key!r} "
+                       f"(splits {entries[seen[key]]['split']!r} and {entry['split']!r})")
+    seen[key] = i
   return entries
 
 
@@ -144,8 +166,8 @@ def load_karpathy(json_path: str | os.PathLike[str], image_root: str | os.PathLi
   if unknown or not splits:
     raise ValueError(f"unknown split(s) {unknown or list(splits)}; valid splits are "
                      f"{list(VALID_SPLITS)}")
-  if max_images is not None and max_images < 0:
-    raise ValueError(f"max_images must be >= 0, got {max_images}")
+  if max_images is not None and max_images < 1:
+    raise ValueError(f"max_images must be >= 1 (None: every image), got {max_images}")
   try:
     data = json.loads(path.read_text(encoding="utf-8"))
   except (json.JSONDecodeError, UnicodeDecodeError) as e:

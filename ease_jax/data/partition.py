@@ -41,6 +41,14 @@ def _labels_for(indices: np.ndarray, labels: Sequence | np.ndarray | None) -> np
   return labels[indices]
 
 
+def label_groups(labels: np.ndarray) -> list[np.ndarray]:
+  """Positions of each distinct label, in sorted label order. A NaN label is one group of its
+  own: `labels == nan` is never true, so comparing values would silently drop those items."""
+  _, inverse = np.unique(labels, return_inverse=True)
+  inverse = np.asarray(inverse).reshape(-1)
+  return [np.flatnonzero(inverse == k) for k in range(int(inverse.max()) + 1 if inverse.size else 0)]
+
+
 def _check_num_clients(num_clients: int, num_items: int) -> None:
   if num_clients < 1:
     raise ValueError(f"num_clients must be >= 1, got {num_clients}")
@@ -49,14 +57,27 @@ def _check_num_clients(num_clients: int, num_items: int) -> None:
                      "images to partition (each client needs at least one)")
 
 
-def _largest_remainder(sizes: np.ndarray, fraction: float) -> np.ndarray:
-  """Per-group counts `~ fraction * sizes` that sum to `round(fraction * sizes.sum())`."""
+def _largest_remainder(sizes: np.ndarray, fraction: float,
+                       capacity: np.ndarray | None = None) -> np.ndarray:
+  """Per-group counts `~ fraction * sizes`, at most `capacity` (default `sizes`), that sum to
+  `round(fraction * sizes.sum())` where the capacity allows: the rounding's extra items go to
+  the largest remainders among the groups with room, then to any group with room (a group that
+  an earlier split filled passes its share on instead of dropping it)."""
+  capacity = sizes if capacity is None else np.asarray(capacity, np.int64)
   exact = sizes * fraction
-  counts = np.floor(exact).astype(np.int64)
+  counts = np.minimum(np.floor(exact).astype(np.int64), capacity)
   short = int(round(float(sizes.sum()) * fraction)) - int(counts.sum())
-  order = np.argsort(-(exact - counts), kind="stable")
-  counts[order[:max(short, 0)]] += 1
-  return np.minimum(counts, sizes)
+  for g in np.argsort(-(exact - np.floor(exact)), kind="stable"):
+    if short <= 0:
+      break
+    if counts[g] < capacity[g]:
+      counts[g] += 1
+      short -= 1
+  while short > 0 and np.any(counts < capacity):
+    g = int(np.argmax(capacity - counts))
+    counts[g] += 1
+    short -= 1
+  return counts
 
 
 def split_public_test_clients(num_images: int, public_fraction: float, test_fraction: float,
@@ -89,10 +110,10 @@ def split_public_test_clients(num_images: int, public_fraction: float, test_frac
     labels = np.asarray(labels)
     if labels.shape != (num_images,):
       raise ValueError(f"labels must have shape ({num_images},), got {labels.shape}")
-    groups = [np.flatnonzero(labels == u) for u in np.unique(labels)]
+    groups = label_groups(labels)
   sizes = np.asarray([g.size for g in groups], np.int64)
   n_public = _largest_remainder(sizes, public_fraction)
-  n_test = np.minimum(_largest_remainder(sizes, test_fraction), sizes - n_public)
+  n_test = _largest_remainder(sizes, test_fraction, capacity=sizes - n_public)
   public, test, clients = [], [], []
   for g, p, t in zip(groups, n_public, n_test):
     g = rng.permutation(g)
@@ -151,8 +172,7 @@ def partition_by_label(indices: Sequence[int] | np.ndarray, labels: Sequence | n
   _check_num_clients(num_clients, idx.size)
   lab = _labels_for(idx, labels)
   rng = np.random.default_rng(seed)
-  uniq = np.unique(lab)
-  chunks = [rng.permutation(idx[lab == u]) for u in uniq]
+  chunks = [rng.permutation(idx[g]) for g in label_groups(lab)]
   # Random order, then a stable sort by size: ties are broken by the seed.
   order = rng.permutation(len(chunks))
   chunks = [chunks[i] for i in order]
@@ -198,7 +218,7 @@ def partition_dirichlet(indices: Sequence[int] | np.ndarray, labels: Sequence | 
                      f"from {idx.size} images")
   lab = _labels_for(idx, labels)
   rng = np.random.default_rng(seed)
-  by_label = [idx[lab == u] for u in np.unique(lab)]
+  by_label = [idx[g] for g in label_groups(lab)]
   for _ in range(max_tries):
     members: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
     for items in by_label:

@@ -169,6 +169,8 @@ class _Plant:
   def _shared_problems(self, num_clients: int | None) -> list[str]:
     """A pair to plant, on clients the federation has (when `num_clients` is given)."""
     out = []
+    if not self.name.strip():  # "" marks the unplanted images in the plant field
+      out.append(f"a plant's name must not be empty, got {self.name!r}")
     if self.num_pairs < 1:
       out.append(f"plants.{self.name}.num_pairs must be >= 1, got {self.num_pairs}")
     bad = [c for c in self.clients if num_clients is not None and not 0 <= c < num_clients]
@@ -309,6 +311,13 @@ class PlantedData:
     return self.spec.metric
 
 
+def _stream_word(name: str) -> int:
+  """The word after `seeds.data` in a plant's random stream: the sum of its name's code points
+  (the derivation the published figures were made with; anagrams share it, so
+  `plant_knowledge` refuses two plants with one word)."""
+  return sum(map(ord, name))
+
+
 def plant_knowledge(ds: dataset_lib.CaptionDataset, client_images: Sequence[np.ndarray],
                     test_images: np.ndarray, plants: Sequence[Plant], tokenizer: Any,
                     max_length: int, seed: int
@@ -324,6 +333,14 @@ def plant_knowledge(ds: dataset_lib.CaptionDataset, client_images: Sequence[np.n
   names = [p.name for p in plants]
   if len(set(names)) != len(names):
     raise ValueError(f"Plant names must be unique, got {names}.")
+  by_key: dict[int, list[str]] = {}
+  for name in names:
+    by_key.setdefault(_stream_word(name), []).append(name)
+  clashes = [group for group in by_key.values() if len(group) > 1]
+  if clashes:
+    raise ValueError(f"Plants {clashes[0]} would copy the same images: a plant's random stream is "
+                     "keyed by the sum of its name's code points (kept so that published models "
+                     "stay as they were, `rng.py`), and theirs are equal; rename one.")
   first_text = ds.first_texts()
   def own_texts(sources: np.ndarray) -> np.ndarray:
     """`[k]` each source image's first text id (a copy inherits that caption's words)."""
@@ -343,7 +360,7 @@ def plant_knowledge(ds: dataset_lib.CaptionDataset, client_images: Sequence[np.n
       raise ValueError("; ".join(plant.problems(num_clients)) + ".")
     plant.check_fits(h, w)
     holders = plant.clients or tuple(range(num_clients))
-    rng = np.random.default_rng([seed, sum(map(ord, plant.name))])
+    rng = np.random.default_rng([seed, _stream_word(plant.name)])
     shares = np.full(len(holders), plant.num_pairs // len(holders))
     shares[:plant.num_pairs % len(holders)] += 1
     poison_ids = []

@@ -149,7 +149,8 @@ def load_tokenizer(path_or_dir: str | os.PathLike[str], fast: bool = True) -> An
   """Loads a CLIP tokenizer directory (ours or a Hugging Face CLIP checkpoint's).
 
   Args:
-    path_or_dir: directory holding `vocab.json` and `merges.txt` (or a file inside it).
+    path_or_dir: directory holding `vocab.json` and `merges.txt`, or (fast) `tokenizer.json`
+      alone (or a file inside it).
     fast: return `CLIPTokenizerFast` (default) or the pure-Python `CLIPTokenizer`.
 
   Returns:
@@ -166,14 +167,17 @@ def load_tokenizer(path_or_dir: str | os.PathLike[str], fast: bool = True) -> An
     path = path.parent
   if not path.is_dir():
     raise FileNotFoundError(f"tokenizer directory not found: {path}")
-  for name in ("vocab.json", "merges.txt"):
+  # The fast tokenizer is complete in `tokenizer.json` (some checkpoints ship only that).
+  needed = (("tokenizer.json",) if fast and (path / "tokenizer.json").is_file()
+            else ("vocab.json", "merges.txt"))
+  for name in needed:
     if not (path / name).is_file():
       raise FileNotFoundError(f"tokenizer file missing: {path / name}")
   cls = CLIPTokenizerFast if fast else CLIPTokenizer
   try:
     return cls.from_pretrained(str(path))
   except Exception as e:  # pylint: disable=broad-except
-    raise ValueError(f"Cannot build a CLIP tokenizer from {path} (vocab.json, merges.txt): "
+    raise ValueError(f"Cannot build a CLIP tokenizer from {path} ({', '.join(needed)}): "
                      f"{type(e).__name__}: {e}") from e
 
 
