@@ -161,6 +161,15 @@ def test_auc_and_tpr_at_fpr_equal_brute_force():
     assert tpr == pytest.approx(np.mean(pos > thr))
   assert audit.tpr_at_fpr([5.0], [0.0, 1.0], 0.0) == 1.0
   assert audit.tpr_at_fpr([0.5], [0.0, 1.0], 0.0) == 0.0
+  # Independently, with ties: the lowest candidate threshold (a negative, or -inf) that lets at
+  # most fpr of the negatives strictly above it, found by trying every candidate.
+  tied_neg = np.round(rng.normal(0, 1, 500), 1)
+  tied_pos = np.round(rng.normal(1.5, 1, 200), 1)
+  candidates = np.concatenate([[-np.inf], np.unique(tied_neg)])
+  for fpr in (0.0, 0.01, 0.05, 0.1, 0.5):
+    lowest = min(t for t in candidates if np.mean(tied_neg > t) <= fpr)
+    assert audit.fpr_threshold(tied_neg, fpr) == lowest
+    assert audit.tpr_at_fpr(tied_pos, tied_neg, fpr) == np.mean(tied_pos > lowest)
 
 
 def test_lira_audit_flags_a_member_and_not_a_held_out_retrain():
