@@ -157,7 +157,7 @@ def lora_config_from(lora: ml_collections.ConfigDict) -> lora_lib.LoRAConfig:
                              freeze_a=lora.get("freeze_a", False))
 
 
-DATA_SPLITS = ("random", "skin_tone")
+DATA_SPLITS = ("random", "skin_tone", "karpathy")
 
 
 def image_labels(ds: dataset_lib.CaptionDataset, data_config: ml_collections.ConfigDict
@@ -182,6 +182,9 @@ def split_dataset(ds: dataset_lib.CaptionDataset, data_config: ml_collections.Co
   each gesture and person in its default colour, and what the clients' data teaches it is the
   skin-tone vocabulary and its colours: an adaptation federated LoRA can learn in a few rounds,
   unlike ~900 name-picture pairs of unseen emoji, which it can only memorise slowly.
+  'karpathy' (Karpathy caption files): test = the file's own 'test' images, as published
+  retrieval results use them; public = a stratified random `public_fraction` of the other loaded
+  images (train, restval, val), clients = the rest. `test_fraction` is not used.
   """
   kind = data_config.get("split", "random")
   labels = image_labels(ds, data_config)
@@ -199,6 +202,21 @@ def split_dataset(ds: dataset_lib.CaptionDataset, data_config: ml_collections.Co
       raise ValueError("data.split='skin_tone' found no skin-tone variants; set "
                        "data.skin_tone_variants=True.")
     return partition_lib.split_fixed_public(public, data_config.test_fraction, seed, labels)
+  if kind == "karpathy":
+    split = ds.image_meta.get("split")
+    if split is None:
+      raise ValueError(f"data.split='karpathy' needs the Karpathy 'split' image field; {ds.name} "
+                       f"has {sorted(ds.image_meta)}.")
+    is_test = np.asarray(split) == "test"
+    if not is_test.any() or is_test.all():
+      raise ValueError(f"data.split='karpathy' needs 'test' images and others among the loaded "
+                       f"splits, got data.splits={tuple(data_config.splits)}.")
+    rest = np.flatnonzero(~is_test)
+    inner = partition_lib.split_public_test_clients(
+        rest.size, data_config.public_fraction, 0.0, seed,
+        None if labels is None else labels[rest])
+    return partition_lib.Splits(rest[inner.public], np.flatnonzero(is_test),
+                                rest[inner.clients])
   raise ValueError(f"Unknown data.split={kind!r}; expected one of {DATA_SPLITS}.")
 
 

@@ -141,7 +141,7 @@ BASE_RULES: dict[str, Check] = {
     "data.max_length": _max_length,
     "data.splits": subset_of(*karpathy.VALID_SPLITS),
     "data.skin_tone_variants": boolean,
-    "data.split": one_of("random", "skin_tone"),
+    "data.split": one_of("random", "skin_tone", "karpathy"),
     "data.public_fraction": open_fraction,
     # Not 0: the held-out test split evaluates every run and gives the MIA its non-members.
     "data.test_fraction": real(0.0, 1.0, lo_open=True, hi_open=True),

@@ -297,6 +297,30 @@ def test_karpathy_loads_splits(tmp_path, fast_tok):
   assert one.num_images == 1 and one.num_texts == 2
 
 
+def test_karpathy_split_keeps_the_files_test_images_as_the_test_split(tmp_path, fast_tok):
+  """`data.split='karpathy'`: the published test split stays the test split (a random split
+  would mix it into the clients' training data); public is drawn from the other images."""
+  import ml_collections
+  from ease_jax import builders
+
+  path = _write_fixture(tmp_path)
+  ds = karpathy.load_karpathy(path, tmp_path, ("train", "val", "test"), fast_tok, 16, 8)
+  cfg = ml_collections.ConfigDict(dict(split="karpathy", public_fraction=0.0, label="",
+                                       splits=("train", "val", "test")))
+  s = builders.split_dataset(ds, cfg, seed=0)
+  split = np.asarray(ds.image_meta["split"])
+  np.testing.assert_array_equal(s.test, np.flatnonzero(split == "test"))
+  np.testing.assert_array_equal(s.clients, np.flatnonzero(split != "test"))
+  assert s.public.size == 0
+  cfg.public_fraction = 0.5
+  s = builders.split_dataset(ds, cfg, seed=0)
+  np.testing.assert_array_equal(s.test, np.flatnonzero(split == "test"))
+  assert s.public.size == 2 and not set(s.public) & set(s.clients) and s.clients.size == 1
+  no_test = karpathy.load_karpathy(path, tmp_path, ("train", "val"), fast_tok, 16, 8)
+  with pytest.raises(ValueError, match="needs 'test' images and others"):
+    builders.split_dataset(no_test, cfg, seed=0)
+
+
 def test_karpathy_uses_image_processor_geometry(tmp_path, fast_tok):
   from transformers import CLIPImageProcessor
 

@@ -149,11 +149,12 @@ def test_train_on_karpathy_format_with_hf_checkpoint(tmp_path):
   config.model.checkpoint = str(ckpt)
   config.data.json_path = str(json_path)
   config.data.image_root = str(image_root)
-  config.data.test_fraction = 0.25
   config.data.min_client_size = 1
   config.fed.batch_size = 4
   setup = builders.build_setup(config)
   assert setup.dataset.num_images == 12 and setup.dataset.num_texts == 24
+  # data.split='karpathy': the file's test images are the test split, never a client's.
+  np.testing.assert_array_equal(setup.test_images, [10, 11])
   assert setup.dataset.images.shape[1:] == (16, 16, 3)
   # All captions of an image stay with the image's client.
   for imgs in setup.client_images:
