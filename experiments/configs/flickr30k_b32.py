@@ -20,7 +20,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.data.splits = ("train", "val", "test")
   c.data.label = "split"            # Karpathy data has no concepts: partition is IID by default
   c.data.partition = "iid"
-  c.data.split = "karpathy"         # test = the file's 1,000 test images, as papers report
+  c.data.split = "karpathy"         # test = the file's own test images (1,000), as papers report
   c.data.public_fraction = 0.0      # the backbone is pretrained already
   c.data.max_length = 0             # the checkpoint's context length (77)
   c.model.logit_scale = 0.0         # the checkpoint's own temperature

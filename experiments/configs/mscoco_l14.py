@@ -15,7 +15,7 @@ from ease_jax import configs
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-  c = configs.from_file(pathlib.Path(__file__).with_name("flickr30k_b32.py"), arg)
+  c = configs.from_file(pathlib.Path(__file__).with_name("mscoco_b32.py"), arg)
   c.model.checkpoint = "openai/clip-vit-large-patch14"
   c.fed.batch_size = 32
   return c
