@@ -192,32 +192,27 @@ def split_dataset(ds: dataset_lib.CaptionDataset, data_config: ml_collections.Co
     return partition_lib.split_public_test_clients(
         ds.num_images, data_config.public_fraction, data_config.test_fraction, seed=seed,
         labels=labels)
-  if kind == "skin_tone":
-    tones = ds.image_meta.get("skin_tone")
-    if tones is None:
-      raise ValueError(f"data.split='skin_tone' needs a 'skin_tone' image field (the embedded "
-                       f"emoji data has one); {ds.name} has {sorted(ds.image_meta)}.")
-    public = np.asarray(tones) == "none"
+  if kind not in DATA_SPLITS[1:]:
+    raise ValueError(f"Unknown data.split={kind!r}; expected one of {DATA_SPLITS}.")
+  field = {"skin_tone": "skin_tone", "karpathy": "split"}[kind]
+  if field not in ds.image_meta:
+    raise ValueError(f"data.split={kind!r} needs a {field!r} image field; {ds.name} has "
+                     f"{sorted(ds.image_meta)}.")
+  values = np.asarray(ds.image_meta[field])
+  if kind == "skin_tone":  # the embedded emoji data
+    public = values == "none"
     if public.all():
       raise ValueError("data.split='skin_tone' found no skin-tone variants; set "
                        "data.skin_tone_variants=True.")
     return partition_lib.split_fixed_public(public, data_config.test_fraction, seed, labels)
-  if kind == "karpathy":
-    split = ds.image_meta.get("split")
-    if split is None:
-      raise ValueError(f"data.split='karpathy' needs the Karpathy 'split' image field; {ds.name} "
-                       f"has {sorted(ds.image_meta)}.")
-    is_test = np.asarray(split) == "test"
-    if not is_test.any() or is_test.all():
-      raise ValueError(f"data.split='karpathy' needs 'test' images and others among the loaded "
-                       f"splits, got data.splits={tuple(data_config.splits)}.")
-    rest = np.flatnonzero(~is_test)
-    inner = partition_lib.split_public_test_clients(
-        rest.size, data_config.public_fraction, 0.0, seed,
-        None if labels is None else labels[rest])
-    return partition_lib.Splits(rest[inner.public], np.flatnonzero(is_test),
-                                rest[inner.clients])
-  raise ValueError(f"Unknown data.split={kind!r}; expected one of {DATA_SPLITS}.")
+  is_test = values == "test"  # a Karpathy file's own test split
+  if not is_test.any() or is_test.all():
+    raise ValueError(f"data.split='karpathy' needs 'test' images and others among the loaded "
+                     f"splits, got data.splits={tuple(data_config.splits)}.")
+  rest = np.flatnonzero(~is_test)
+  inner = partition_lib.split_public_test_clients(
+      rest.size, data_config.public_fraction, 0.0, seed, None if labels is None else labels[rest])
+  return partition_lib.Splits(rest[inner.public], np.flatnonzero(is_test), rest[inner.clients])
 
 
 def build_setup(config: ml_collections.ConfigDict) -> FederatedSetup:
