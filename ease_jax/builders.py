@@ -208,7 +208,9 @@ def split_dataset(ds: dataset_lib.CaptionDataset, data_config: ml_collections.Co
   is_test = values == "test"  # a Karpathy file's own test split
   if not is_test.any() or is_test.all():
     raise ValueError(f"data.split='karpathy' needs 'test' images and others among the loaded "
-                     f"splits, got data.splits={tuple(data_config.splits)}.")
+                     f"ones, got {int(is_test.sum())} test of {is_test.size} (data.splits="
+                     f"{tuple(data_config.splits)}, data.max_images="
+                     f"{data_config.get('max_images', 0)}).")
   rest = np.flatnonzero(~is_test)
   inner = partition_lib.split_public_test_clients(
       rest.size, data_config.public_fraction, 0.0, seed, None if labels is None else labels[rest])

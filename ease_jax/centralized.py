@@ -155,7 +155,8 @@ def pretrain_backbone(config: ml_collections.ConfigDict, out_dir: str | pathlib.
   tokenizer = tok_lib.load_tokenizer(dataset_lib.embedded_tokenizer_dir())
   context = config.arch.context_length
   ds = dataset_lib.load_emoji(tokenizer=tokenizer, max_length=context,
-                              skin_tone_variants=config.data.skin_tone_variants)
+                              skin_tone_variants=config.data.skin_tone_variants,
+                              image_size=config.arch.image_size)
   splits = builders.split_dataset(ds, config.data, config.seeds.split)
   clip_config = arch_from_config(config.arch, len(tokenizer), tok_lib.eos_token_id(tokenizer),
                                  context)

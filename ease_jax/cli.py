@@ -94,7 +94,8 @@ def _verbose() -> bool:
   if flags.FLAGS.is_parsed():
     return env or _VERBOSE.value
   # While the flags parse (a config file that failed to load): as written on the command line.
-  return env or any(a in ("--verbose", "--verbose=true", "--verbose=1") for a in sys.argv[1:])
+  return env or any(a.lstrip("-").lower() in ("verbose", "verbose=true", "verbose=1")
+                    for a in sys.argv[1:])
 
 
 def one_line(error: BaseException) -> str:
@@ -140,18 +141,23 @@ def _config_file_failure(error: BaseException, argv: Sequence[str]) -> str | Non
     value = arg.split("=", 1)[-1].split(":", 1)[0]  # `--config=path.py:override`
     if value.endswith(".py"):
       named.add(os.path.realpath(value))
-  if isinstance(error, SyntaxError) and error.filename:
-    if os.path.realpath(error.filename) in named:
-      return (f"the config file {error.filename!r} has a syntax error at line {error.lineno}: "
-              f"{error.msg}")
-    return None
-  frames = [f for f in traceback.extract_tb(error.__traceback__)
-            if os.path.realpath(f.filename) in named]
-  if not frames:
-    return None
-  where = frames[-1]
-  return (f"the config file {where.filename!r} raised {type(error).__name__} at line "
-          f"{where.lineno} (in {where.name}): {_unquoted(error)}")
+  # ml_collections re-raises a config's ValueError or TypeError as a new one holding the
+  # traceback as text, and absl wraps that again: the config's own error is down the chain.
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, SyntaxError) and error.filename:
+      if os.path.realpath(error.filename) in named:
+        return (f"the config file {error.filename!r} has a syntax error at line "
+                f"{error.lineno}: {error.msg}")
+    frames = [f for f in traceback.extract_tb(error.__traceback__)
+              if os.path.realpath(f.filename) in named]
+    if frames:
+      where = frames[-1]
+      return (f"the config file {where.filename!r} raised {type(error).__name__} at line "
+              f"{where.lineno} (in {where.name}): {_unquoted(error)}")
+    error = error.__cause__ or error.__context__
+  return None
 
 
 def _parse_flags(argv: Sequence[str]) -> list[str]:
@@ -184,7 +190,8 @@ def check_config_flags() -> None:
       continue
     cause = object.__getattribute__(flag.value, "_error")
     path = getattr(flag, "config_filename", None) or flag.serialize()
-    if "No such file or directory" in str(cause) or "empty string" in str(cause):
+    missing = "No such file or directory" in str(cause) or "empty string" in str(cause)
+    if missing and not os.path.isfile(str(path).split(":", 1)[0]):
       raise FileNotFoundError(f"--{name}: no config file {path!r}.")
     raise ValueError(f"--{name}: the config file {path!r} failed to load: "
                      f"{' '.join(str(cause).split())}")

@@ -55,11 +55,12 @@ def base_config() -> ml_collections.ConfigDict:
       label="skin_tone",      # per-image field for stratified splits (and the partition)
       partition_label="",     # per-image field of the non-IID partition ('' = `label`)
       # 'skin_tone': the backbone is pretrained on the emoji without a skin-tone modifier and the
-      # clients hold the toned variants; 'random': a random `public_fraction` (see
-      # experiment.split_dataset).
+      # clients hold the toned variants; 'random': a random `public_fraction`; 'karpathy': the
+      # caption file's own test images test (see builders.split_dataset).
       split="skin_tone",
-      public_fraction=0.4,    # 'random': share for central backbone pretraining (never on clients)
-      test_fraction=0.1,      # held-out share ('skin_tone': of the toned variants)
+      public_fraction=0.4,    # 'random', 'karpathy': share for central backbone pretraining
+      test_fraction=0.1,      # held-out share ('skin_tone': of the toned variants; unused by
+                              # 'karpathy')
       partition="dirichlet",  # 'iid', 'by_label' or 'dirichlet'
       dirichlet_alpha=0.5,
       min_client_size=8,

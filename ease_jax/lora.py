@@ -42,9 +42,10 @@ _TOWER_PREFIXES = {"vision": (VISION_PREFIX, "visual_projection/"),
 
 
 def tower_of(path: str) -> str:
-  """'vision', 'text' or 'other' for a parameter path ('/'-joined, e.g. from `flatten_dict`)."""
+  """'vision', 'text' or 'other' for a parameter or module path ('/'-joined, e.g. from
+  `flatten_dict`; a module's own name, 'visual_projection', counts as its prefix)."""
   for tower, prefixes in _TOWER_PREFIXES.items():
-    if path.startswith(prefixes):
+    if (path + "/").startswith(prefixes):
       return tower
   return "other"
 

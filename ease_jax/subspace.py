@@ -37,7 +37,9 @@ DEFAULT_RTOL = {"gram": 1e-3, "qr": 1e-5, "svd": 1e-5}
 DEFAULT_SIN_TOL = 1e-4
 
 
-ANGLE_TOLERANCE_RAD = 1e-6  # a principal angle this close to θ* counts as θ*
+# At every θ*, a principal angle this close under θ* counts as θ* (float32 rounding).
+ANGLE_TOLERANCE_RAD = 1e-6
+
 
 def _mm(a: jax.Array, b: jax.Array) -> jax.Array:
   return jnp.matmul(a, b, precision=_HIGHEST)

@@ -242,6 +242,13 @@ def test_missing_config_file_empty_workdir_and_ctrl_c_are_one_line(tmp_path):
     ("def get_config(:\n  pass\n", "has a syntax error at line 1: invalid syntax"),
     ("def get_config():\n  x = 1\n  return x / 0\n",
      "raised ZeroDivisionError at line 3 (in get_config): division by zero"),
+    # ml_collections re-raises these two as new exceptions with the traceback as their text.
+    ("def get_config():\n  raise ValueError('bad lr')\n",
+     "raised ValueError at line 2 (in get_config): bad lr"),
+    ("def get_config():\n  return int([])\n", "raised TypeError at line 2 (in get_config)"),
+    # The file exists; what its code opens does not.
+    ("def get_config():\n  return open('/nonexistent/data.txt')\n",
+     "failed to load: [Errno 2] No such file or directory: '/nonexistent/data.txt'"),
 ])
 def test_a_config_file_that_fails_to_load_is_one_line(tmp_path, body, needle):
   """A config file's own error (a typo in its Python) named by file and line, not a traceback

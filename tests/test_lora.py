@@ -248,11 +248,18 @@ def test_a_towers_projection_head_belongs_to_its_tower(params):
   for tower in ("vision", "text"):
     mask = traverse_util.flatten_dict(lora_lib.tower_mask(heads, tower), sep="/")
     head = "visual_projection" if tower == "vision" else "text_projection"
+    assert any(p.startswith(head + "/") for p in mask)  # the head has adapters
     assert all(mask[p] for p in mask if p.startswith(head + "/"))
     assert not any(mask[p] for p in mask if p.startswith(("visual_projection/",
                                                          "text_projection/")[tower == "vision"]))
     assert {lora_lib.tower_of(p) for p in mask if mask[p]} == {tower}
   assert lora_lib.tower_of("logit_scale") == "other"
+  # EASE's module layout (the GSD / projection side) names modules without a leaf.
+  from ease_jax.unlearning import projection  # pylint: disable=g-import-not-at-top
+  layout = projection.module_layout(heads)
+  assert layout.tower_of("visual_projection") == "vision"
+  assert layout.tower_of("text_projection") == "text"
+  assert layout.tower_of("vision_model") == "vision"
 
 
 # -------------------------------------------------------------------------------------------------

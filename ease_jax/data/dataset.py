@@ -219,7 +219,7 @@ def load_emoji(tokenizer: Any = None, max_length: int = EMOJI_CONTEXT_LENGTH,
     image_size: the images' side: the package ships 32 px, `build_emoji --size=N` writes N px.
 
   Returns:
-    A `CaptionDataset` of 3,655 `[32, 32, 3]` images with
+    A `CaptionDataset` of 3,655 `[image_size, image_size, 3]` images (the shipped file) with
     `image_meta = {"group", "subgroup", "codepoints", "skin_tone", "emoji"}` (`skin_tone`: see
     `skin_tone_of`; `emoji`: `tone_free_name`, shared by the tones of one emoji).
 

@@ -55,7 +55,7 @@ def _checked_ids(kind: str, ids: Any, count: int) -> np.ndarray:
   ids = np.asarray(ids, np.int64).reshape(-1)
   bad = ids[(ids < 0) | (ids >= count)]
   if bad.size:
-    raise IndexError(f"{bad.size} {kind} id(s) out of range [0, {count}): "
+    raise ValueError(f"{bad.size} {kind} id(s) out of range [0, {count}): "
                      f"{sorted(set(bad.tolist()))[:5]}")
   return ids.astype(np.int32)
 

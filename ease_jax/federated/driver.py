@@ -86,6 +86,8 @@ def _all_finite_on_host(tree: PyTree) -> bool:
 
 def _client_ids(ids: np.ndarray) -> list:
   """`[..., rows]` ids of a round's rows as lists, without padding rows (id -1: no client)."""
+  if ids.ndim == 0:
+    return ids.tolist()
   return [_client_ids(i) for i in ids] if ids.ndim > 1 else ids[ids >= 0].tolist()
 
 

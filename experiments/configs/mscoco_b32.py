@@ -18,6 +18,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c = configs.from_file(pathlib.Path(__file__).with_name("flickr30k_b32.py"), arg)
   c.model.checkpoint = "openai/clip-vit-base-patch32"
   # COCO's Karpathy file adds 'restval' (30,504 images that train); its 5,000 'test' images test.
+  # All 123,287 images are held in memory as uint8: about 18.6 GB at 224 px (data.max_images caps).
   c.data.splits = ("train", "restval", "val", "test")
   c.fed.batch_size = 64
   return c

@@ -15,7 +15,7 @@
     gradients on its own D_r (its transmitted updates mix D_f in, which would mark forget
     directions as shared);
   * BKE target (`bke.target`): 'unmatched' = losses.bounded_unalignment_loss's own level (mean
-    unmatched cosine + margin); 'nonmember' (default) = the `bke.target_quantile` quantile of the
+    cosine to the batch's other captions, identical captions left out, + margin); 'nonmember' (default) = the `bke.target_quantile` quantile of the
     matched-pair cosines of non-member pairs (`bke.calibration_split`) under the trained model,
     plus margin. Why: the reference is retraining, under which D_f is *unseen* data; unseen
     matched pairs still align far above the unmatched level, so pushing to the unmatched level
