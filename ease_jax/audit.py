@@ -335,8 +335,10 @@ def lira_folds(target: np.ndarray, in_scores: np.ndarray, out_scores: np.ndarray
   for j in range(out_scores.shape[0]):
     rest = np.delete(out_scores, j, axis=0)
     ins = in_scores[~twin[j]]
-    pos.append(lira_statistic(target, ins, rest, variance))
-    neg.append(lira_statistic(out_scores[j], ins, rest, variance))
+    # One fit per fold for both: the target's Λ and held-out model j's.
+    lam = lira_statistic(np.stack([target, out_scores[j]]), ins, rest, variance)
+    pos.append(lam[0])
+    neg.append(lam[1])
   return np.stack(pos), np.stack(neg)
 
 

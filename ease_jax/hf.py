@@ -201,12 +201,9 @@ def load_tokenizer_and_processor(path_or_repo_id: str | os.PathLike[str], *,
 # Internals.
 
 
-_INT_SIZES = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
-
-
 def _read_config(config_file: pathlib.Path) -> CLIPConfig:
   """A CLIP model's `config.json`, refused by name if it is not JSON, another model type's, or
-  has sizes that are not integers."""
+  holds a value the model cannot be built with (`_config_problems`)."""
   import transformers  # pylint: disable=g-import-not-at-top
   try:
     raw = json.loads(config_file.read_text())
@@ -222,11 +219,6 @@ def _read_config(config_file: pathlib.Path) -> CLIPConfig:
     if not isinstance(raw.get(tower) or {}, dict):
       raise ValueError(f"{str(config_file)!r}: {tower} must be a JSON object, got "
                        f"{raw[tower]!r}.")
-    for key in _INT_SIZES:
-      value = (raw.get(tower) or {}).get(key)
-      if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-        raise ValueError(f"{str(config_file)!r}: {tower}.{key} must be an integer, got "
-                         f"{value!r}.")
   try:
     config = CLIPConfig.from_hf(transformers.CLIPConfig.from_pretrained(config_file.parent))
   except (OSError, TypeError, ValueError, AttributeError) as e:
@@ -238,6 +230,10 @@ def _read_config(config_file: pathlib.Path) -> CLIPConfig:
   return config
 
 
+# Our config's field names that transformers' config.json spells otherwise.
+_HF_KEYS = {"num_layers": "num_hidden_layers", "num_heads": "num_attention_heads"}
+
+
 def _config_problems(config: CLIPConfig) -> list[str]:
   """What in a CLIP config the model cannot be built with: sizes that are not positive integers,
   a layer-norm epsilon that is not a positive number, an unknown activation (as JSON null or a
@@ -247,7 +243,7 @@ def _config_problems(config: CLIPConfig) -> list[str]:
   for tower, cfg in towers.items():
     for field in dataclasses.fields(cfg):
       value = getattr(cfg, field.name)
-      where = f"{tower}.{field.name}"
+      where = f"{tower}.{_HF_KEYS.get(field.name, field.name)}"  # as config.json names it
       if field.name == "hidden_act":
         try:
           activation(value)
@@ -258,7 +254,9 @@ def _config_problems(config: CLIPConfig) -> list[str]:
           problems.append(f"{where} must be a positive number, got {value!r}")
       else:
         least = 0 if field.name == "eos_token_id" else 1  # a token id may be 0
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        if isinstance(value, bool) or not isinstance(value, int):
+          problems.append(f"{where} must be an integer, got {value!r}")
+        elif value < least:
           problems.append(f"{where} must be an integer >= {least}, got {value!r}")
   if isinstance(config.projection_dim, bool) or not isinstance(config.projection_dim, int) or (
       config.projection_dim < 1):
