@@ -123,8 +123,7 @@ def main():
   args = parser.parse_args()
   if bool(args.workdir) == bool(args.probe_workdir):
     raise SystemExit("Give one of --workdir (a benchmark) or --probe_workdir (probe_audit.py).")
-  config = base.config_with(configs.from_file(CONFIG),
-                            probe_plants.config_overrides(args.overrides))
+  config = probe_plants.with_overrides(configs.from_file(CONFIG), args.overrides)
   if args.workdir:
     from_benchmark(config, pathlib.Path(args.workdir), args.scenario)
   else:

@@ -95,7 +95,7 @@ def main():
   parser.add_argument("--requests", default="client,sample")
   args = parser.parse_args()
   config = configs.from_file(probe_plants.CONFIG)
-  config = base.config_with(config, probe_plants.config_overrides(args.overrides))
+  config = probe_plants.with_overrides(config, args.overrides)
   config.audit.population = args.population
   setup = builders.build_setup(config)
   labels = np.asarray(setup.dataset.image_meta[config.data.label])

@@ -59,6 +59,15 @@ def config_overrides(pairs: list[str]) -> dict:
   return {k: _value(v) for k, v in (p.split("=", 1) for p in pairs)}
 
 
+def with_overrides(config, pairs: list[str]):
+  """`config` with `dotted.key=value` overrides, `seed=N` applied first on the unresolved config
+  so that every `seeds.*` that follows `seed` follows it (as `--config.seed=N` does)."""
+  overrides = config_overrides(pairs)
+  if "seed" in overrides:
+    config.seed = overrides.pop("seed")
+  return base.config_with(config, overrides)
+
+
 def with_own_captions(planted: dataset_lib.CaptionDataset, first_new_text: int
                       ) -> dataset_lib.CaptionDataset:
   """`planted` with every planted copy's text set to its source image's own (first) caption:
@@ -133,7 +142,7 @@ def main():
     plants_lib.plant_knowledge = plant_with_own_captions
   config = configs.from_file(CONFIG)
   config.fed.history_size = 0
-  config = base.config_with(config, config_overrides(args.overrides))
+  config = with_overrides(config, args.overrides)
   setup = builders.build_setup(config)
   plan = req = None
   if args.retrain_tone:

@@ -44,6 +44,43 @@ def test_every_config_loads_from_outside_the_repo(tmp_path):
   assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
 
 
+@pytest.mark.parametrize("flags, expected", [
+    (["--config.seeds.init=7"], dict(seed=0, partition=0, init=7, sampling=0, unlearning=0)),
+    (["--config.seed=2"], dict(seed=2, partition=2, init=2, sampling=2, unlearning=2)),
+    (["--config.seeds.init=7", "--config.seed=1"],
+     dict(seed=1, partition=1, init=7, sampling=1, unlearning=1)),
+    (["--config.seed=1", "--config.seeds.partition=5"],
+     dict(seed=1, partition=5, init=1, sampling=1, unlearning=1)),
+], ids=["one_seed", "seed", "one_seed_then_seed", "seed_then_one_seed"])
+def test_overriding_one_seed_sets_that_seed_only(flags, expected, monkeypatch):
+  """The main config's seeds follow `seed`, but a flag that sets one of them sets that one only
+  (a shared reference set all five, silently), in either order."""
+  from absl import flags as absl_flags
+  from ml_collections import config_flags
+  values = absl_flags.FlagValues()
+  config_flags.DEFINE_config_file("config", flag_values=values)
+  argv = ["prog", f"--config={ROOT / 'experiments' / 'configs' / 'unlearn_emoji.py'}", *flags]
+  monkeypatch.setattr(sys, "argv", argv)  # config_flags reads its overrides from sys.argv.
+  values(argv)
+  c = values.config
+  got = dict(seed=c.seed, **{k: c.seeds[k] for k in ("partition", "init", "sampling",
+                                                       "unlearning")})
+  assert got == expected
+  assert c.seeds.split == 0
+
+
+def test_probe_seed_override_drives_the_seeds():
+  """`probe_plants.py seed=3` moves every seed that follows `seed`, like `--config.seed=3`."""
+  sys.path.insert(0, str(ROOT / "benchmarks"))
+  try:
+    import probe_plants
+  finally:
+    sys.path.remove(str(ROOT / "benchmarks"))
+  c = probe_plants.with_overrides(configs.from_file(probe_plants.CONFIG),
+                                  ["seed=3", "seeds.init=4"])
+  assert (c.seed, c.seeds.partition, c.seeds.init, c.seeds.data) == (3, 3, 4, 3)
+
+
 def test_config_file_errors_name_the_file(tmp_path):
   with pytest.raises(FileNotFoundError, match="nope.py"):
     configs.from_file(tmp_path / "nope.py")

@@ -49,10 +49,12 @@ def plants() -> dict:
 def get_config() -> ml_collections.ConfigDict:
   c = configs.base_config()
   # One knob for the run's randomness. `seeds.split` stays 0: it must match the split the
-  # embedded backbone was pretrained on (its public part).
+  # embedded backbone was pretrained on (its public part). Each seed follows `seed` through its
+  # own lazy copy (`identity()`), so overriding one of them (`--config.seeds.init=7`) sets that
+  # one only; a plain shared reference would set all five.
   c.seed = 0
   for name in ("partition", "init", "sampling", "data", "unlearning"):
-    c.seeds[name] = c.get_ref("seed")
+    c.seeds[name] = c.get_ref("seed").identity()
   c.fed.rounds = 12
   c.eval.every = 0
   c.checkpoint_every = 4
