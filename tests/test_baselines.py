@@ -590,19 +590,25 @@ def test_ccu_and_mvi_losses_ignore_padded_rows(method):
   assert any(abs(float(v)) > 1e-3 for v in want.values())  # not all zero
 
 
-@pytest.mark.parametrize("name,source", [("ccu", "public"), ("ccu", "local"),
-                                         ("mvi_causal", "local")])
-def test_empty_retain_source_is_refused(trained, name, source):
-  """'public' without a public split, 'local' on a client request (the leaving client keeps
-  nothing): the retention terms would silently vanish."""
+@pytest.mark.parametrize("method,block,source", [
+    ("ccu", "ccu", "public"), ("ccu", "ccu", "local"), ("mvi_causal", "mvi_causal", "local"),
+    ("ease", "bke", "public"), ("ease", "bke", "local")])
+def test_empty_retain_source_is_refused(trained, method, block, source):
+  """'public' without a public split (Flickr30K/COCO configs have none), 'local' on a client
+  request (the leaving client keeps nothing): the retention terms would silently vanish (EASE's
+  BKE ran without its retain term, saying so only in a diagnostic)."""
   _, setup, _ = trained
   if source == "public":
     setup = dataclasses.replace(setup, public_images=np.array([], np.int64))
-  ctx = make_ctx(trained, {f"{name}.retain_source": source}, setup=setup)
+  ctx = make_ctx(trained, {f"{block}.retain_source": source}, setup=setup)
   why = "no public split" if source == "public" else "keep no pairs"
-  with pytest.raises(ValueError, match=rf"{name}: retain_source='{source}'.*{why}"):
-    methods.get(name)(ctx)
-  common.require_retain(ctx, "none", name)  # 'none' says so on purpose
+  with pytest.raises(ValueError, match=rf"{block}: retain_source='{source}'.*{why}"):
+    methods.get(method)(ctx)
+  common.require_retain(ctx, "none", block)  # 'none' says so on purpose
+  if method == "ease":  # Without a retain term there is nothing to refuse.
+    ctx = make_ctx(trained, {"bke.retain_source": source, "bke.retain_weight": 0.0,
+                             "pfl.rounds": 0, "gsd.enabled": False}, setup=setup)
+    assert methods.get("ease")(ctx).diagnostics["bke_use_retain"] is False
 
 
 @pytest.mark.parametrize("name", ["ccu", "mvi_causal"])

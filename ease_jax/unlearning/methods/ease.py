@@ -406,12 +406,14 @@ def ease_method(overrides: Mapping[str, Any] | None = None) -> base.Method:
   """An EASE variant: the config with `overrides` applied (e.g. {'bke.towers': 'vision'})."""
 
   def method(ctx: base.UnlearningContext) -> base.MethodResult:
+    bke_cfg = common.block(ctx.config, "bke", CONFIG_BLOCKS["bke"])
+    if bke_cfg.retain_weight > 0:  # Before the GSD: its work would be lost to the error.
+      common.require_retain(ctx, bke_cfg.retain_source, "bke")
     gsd_cfg = common.block(ctx.config, "gsd", CONFIG_BLOCKS["gsd"])
     g = compute_gsd(ctx) if gsd_cfg.enabled else None
     layout = g["layout"] if g else proj.module_layout(ctx.trained)
     gsd_res = g["result"] if g else None
     # The excised model depends on the GSD and BKE blocks only: PFL variants share it.
-    bke_cfg = common.block(ctx.config, "bke", CONFIG_BLOCKS["bke"])
     key = ("bke", _config_key(ctx.config, without=("pfl",)))
     if key not in ctx.cache:
       t0 = time.perf_counter()
