@@ -106,6 +106,20 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+# The request block (`ease_jax/unlearning/requests.py`). Each kind reads its own keys, so a
+# request built from these defaults plus its kind's keys (a benchmark scenario) inherits no
+# other request's choices.
+UNLEARNING_DEFAULTS = dict(
+    kind="client",         # 'client' | 'sample' | 'concept'
+    clients=(0,),          # client: the leaving clients
+    sample_clients=(),     # sample: the clients to draw from (() = all)
+    fraction=0.1,          # sample: fraction of each client's pairs
+    field="subgroup",      # concept: a per-image field, or 'caption' for caption terms
+    concepts=("person-sport",),  # concept: values of `field` (or caption terms)
+    plant="",              # sample / concept: forget exactly this plant's pairs (config.plants)
+)
+
+
 def add_unlearning(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Adds the `unlearning` request block, every method's block (`gsd`, `bke`, `pfl`,
   `finetune`, `pga`, ...; defaults next to each method's code in
@@ -114,14 +128,7 @@ def add_unlearning(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   [ours] values wherever the paper does not state them (see /work/shared/EASE.md).
   """
   from ease_jax.unlearning import methods  # pylint: disable=g-import-not-at-top
-  config.unlearning = ml_collections.ConfigDict(dict(
-      kind="client",         # 'client' | 'sample' | 'concept'
-      clients=(0,),          # client: the leaving clients; sample: clients to draw from (() = all)
-      fraction=0.1,          # sample: fraction of each client's pairs
-      field="subgroup",      # concept: a per-image field, or 'caption' for caption terms
-      concepts=("person-sport",),  # concept: values of `field` (or caption terms)
-      plant="",              # sample / concept: forget exactly this plant's pairs (config.plants)
-  ))
+  config.unlearning = ml_collections.ConfigDict(UNLEARNING_DEFAULTS)
   methods.add_config_blocks(config)
   # The per-example audit (populations of models with and without D_f; 0 = off), defaults in
   # ease_jax/unlearning/population.py.

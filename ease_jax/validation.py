@@ -174,6 +174,7 @@ BASE_RULES: dict[str, Check] = {
     "checkpoint_every": integer(1),
     "unlearning.kind": one_of("client", "sample", "concept"),
     "unlearning.clients": int_tuple(0),
+    "unlearning.sample_clients": int_tuple(0),
     "unlearning.fraction": fraction,
     "unlearning.concepts": str_tuple(),
 }
@@ -229,6 +230,10 @@ def _plant_checks(config: Any) -> list[str]:
   if name and name not in (config.get("plants") or {}):
     out.append(f"config.unlearning.plant={name!r} is not a plant of config.plants "
                f"{sorted(config.get('plants') or {})}")
+  elif name and unlearning.get("kind") == "client":
+    out.append(f"config.unlearning.plant={name!r} names a plant, but a client request forgets "
+               "whole clients (config.unlearning.clients); a plant is forgotten by a sample "
+               "(backdoor) or concept request")
   elif name in built:
     # The plant kind each plant request forgets (the inverse of `plants.REQUEST_KIND`).
     wanted = {r: k for k, r in plants.REQUEST_KIND.items()}.get(unlearning.get("kind"))

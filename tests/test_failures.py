@@ -129,6 +129,8 @@ def test_bad_plants_are_config_errors(plant, key, value, needle):
     ("sample", "nope", "config.unlearning.plant='nope' is not a plant of config.plants"),
     ("sample", "concept", "'concept' is a concept plant; a sample request forgets a backdoor"),
     ("concept", "client_backdoor", "is a backdoor plant; a concept request forgets a concept"),
+    # A client request reads only its clients: the plant was silently ignored.
+    ("client", "client_backdoor", "names a plant, but a client request forgets whole clients"),
 ])
 def test_a_request_naming_a_wrong_plant_is_a_config_error(kind, plant, needle):
   config = configs.from_file(CONFIGS / "unlearn_emoji.py")

@@ -1,6 +1,7 @@
 """Unlearning requests, the retrain reference and EASE (GSD + BKE + PFL) on a tiny random CLIP."""
 
 import dataclasses
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -14,12 +15,15 @@ from ease_jax import configs
 from ease_jax import evaluation
 from ease_jax import federated
 from ease_jax.unlearning import base
+from ease_jax.unlearning import benchmark
 from ease_jax.unlearning import common
 from ease_jax.unlearning import methods
 from ease_jax.unlearning import projection
 from ease_jax.unlearning import requests
 from ease_jax.unlearning import retrain as retrain_lib
 from ease_jax.unlearning.methods import ease
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def unlearn_config(**fed):
@@ -155,6 +159,24 @@ def test_from_config_kinds(tiny_setup):
   req = requests.from_config(tiny_setup, cfg.unlearning)
   assert req.kind == "concept" and not req.forget_clients
   assert set(tiny_setup.dataset.image_meta["subgroup"][req.forget_images]) == {"concept3"}
+  # A sample request draws from `sample_clients` (() = all), not from the leaving clients.
+  cfg.unlearning.update(dict(kind="sample", fraction=0.5, clients=(0,)))
+  req = requests.from_config(tiny_setup, cfg.unlearning, seed=1)
+  assert req.holders == tuple(range(tiny_setup.num_clients))
+  cfg.unlearning.sample_clients = (2,)
+  assert requests.from_config(tiny_setup, cfg.unlearning, seed=1).holders == (2,)
+
+
+def test_benchmark_scenarios_inherit_no_other_request():
+  """A scenario block sits on the request defaults: a sample scenario that names no clients
+  draws from all of them, whatever the main request's clients or plant."""
+  config = configs.from_file(ROOT / "experiments" / "configs" / "benchmark_emoji.py")
+  config.unlearning.update(dict(clients=(5,), plant="concept", kind="concept"))
+  config.benchmark.scenario_blocks["sample10"] = dict(kind="sample", fraction=0.1)
+  cell = benchmark.scenario_config(config, "sample10", 2)
+  assert dict(cell.unlearning) == dict(configs.UNLEARNING_DEFAULTS, kind="sample", fraction=0.1)
+  assert benchmark.scenario_config(config, "client", 2).unlearning.clients == (1,)
+  assert (cell.seeds.init, cell.seeds.partition, cell.seed) == (2, 0, 2)
 
 
 # ------------------------------------------------------------------------------ module layout

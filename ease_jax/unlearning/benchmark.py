@@ -30,6 +30,7 @@ from absl import logging
 
 from ease_jax import builders
 from ease_jax import checkpointing
+from ease_jax import configs
 from ease_jax import jsonio
 from ease_jax import mia
 from ease_jax import validation
@@ -62,8 +63,10 @@ def scenario_config(config: ml_collections.ConfigDict, scenario: str, seed: int
   overrides: dict[str, Any] = {f"seeds.{k}": int(seed) for k in keys}
   if "seed" in config:
     overrides["seed"] = int(seed)
-  for k, v in config.benchmark.scenario_blocks[scenario].items():
-    overrides[f"unlearning.{k}"] = v
+  # The scenario's block over the request defaults, not over `config.unlearning`: a sample
+  # scenario must not inherit the main request's leaving clients or plant.
+  overrides["unlearning"] = dict(configs.UNLEARNING_DEFAULTS,
+                                 **config.benchmark.scenario_blocks[scenario])
   return base.config_with(config, overrides)
 
 

@@ -218,10 +218,11 @@ def plant_request(setup: Any, plant: str, kind: str | None = None) -> Unlearning
 def from_config(setup: Any, config: Any, seed: int = 0) -> UnlearningRequest:
   """The request described by a config's `unlearning` block.
 
-  Fields: `kind` ('client' | 'sample' | 'concept'); `clients` (client ids: the leaving clients,
-  or the clients a sample request draws from — empty = all); `fraction` (sample); `field` and
-  `concepts` (concept: the values of `field`, or caption terms); `plant` (sample or concept:
-  exactly this plant's poisoned pairs, instead of a draw or a field).
+  Fields (`configs.UNLEARNING_DEFAULTS`): `kind` ('client' | 'sample' | 'concept'); `clients`
+  (client: the leaving clients); `sample_clients` and `fraction` (sample: the clients it draws
+  from, empty = all, and the fraction of each one's pairs); `field` and `concepts` (concept: the
+  values of `field`, or caption terms); `plant` (sample or concept: exactly this plant's
+  poisoned pairs, instead of a draw or a field).
   """
   kind = config.kind
   if kind == "client":
@@ -229,7 +230,7 @@ def from_config(setup: Any, config: Any, seed: int = 0) -> UnlearningRequest:
   if kind == "sample":
     if config.get("plant"):
       return plant_request(setup, config.plant, kind="sample")
-    clients = list(config.get("clients", ())) or None
+    clients = list(config.get("sample_clients", ())) or None
     return sample_request(setup, config.fraction, clients, seed=seed)
   if kind == "concept":
     if config.get("plant"):
