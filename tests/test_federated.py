@@ -187,6 +187,26 @@ def test_update_history_ring_buffer():
   np.testing.assert_array_equal(ups[:, 0], [1, 2])
   assert h.client_updates(1)[0].shape == (0, 4)
 
+  # Every client every round: the slot is the round modulo the size (the checkpointed layout).
+  full = federated.UpdateHistory.create(num_clients=2, size=3, num_params=1)
+  for r in range(5):
+    full = full.record(jnp.array([0, 1]), np.full((2, 1), r, np.float32), r)
+  np.testing.assert_array_equal(np.asarray(full.rounds), [[3, 4, 2], [3, 4, 2]])
+
+
+def test_update_history_keeps_each_clients_own_last_updates():
+  """Partial participation: client 0 sends in rounds 0, 1, 3 and 5; its last two are 3 and 5
+  (the slot `round % size` kept 0 and 5). A dropped update (keep False) leaves the store as is."""
+  h = federated.UpdateHistory.create(num_clients=2, size=2, num_params=1)
+  for r, ids in enumerate([[0], [0, 1], [1], [0], [1], [0]]):
+    h = h.record(jnp.array(ids), np.full((len(ids), 1), r, np.float32), r)
+  np.testing.assert_array_equal(h.client_updates(0)[1], [3, 5])
+  np.testing.assert_array_equal(h.client_updates(0)[0][:, 0], [3, 5])
+  np.testing.assert_array_equal(h.client_updates(1)[1], [2, 4])
+  kept = h.record(jnp.array([0, 1]), np.full((2, 1), 9, np.float32), 6, keep=jnp.array([False, True]))
+  np.testing.assert_array_equal(kept.client_updates(0)[1], [3, 5])
+  np.testing.assert_array_equal(kept.client_updates(1)[1], [4, 6])
+
 
 def test_driver_evaluates_the_final_model_once():
   """The last round's evaluation is the run's final one; a run with no evaluating round (or no

@@ -20,8 +20,10 @@ class UpdateHistory:
 
   updates: [num_clients, size, num_params] float32 (zeros where empty)
   rounds:  [num_clients, size] int32, the round each update was sent in (−1 where empty)
-  Slot `round_sent % size` is overwritten, so the buffer is a ring ordered by `rounds`. Arrays are
-  jax arrays in a training state and numpy arrays after `to_host()`; the methods work on both.
+  A new update overwrites its client's oldest slot (an empty one first), so a client that skips
+  rounds still keeps its own last `size` updates; when every client sends every round that slot
+  is `round_sent % size`. Arrays are jax arrays in a training state and numpy arrays after
+  `to_host()`; the methods work on both.
   """
   updates: Any
   rounds: Any
@@ -41,8 +43,10 @@ class UpdateHistory:
     `keep [C]` False leave their slot as it was (e.g. a dropped non-finite update)."""
     if self.size == 0:
       return self
-    slot = round_index % self.size
     ids = jnp.asarray(client_ids)
+    # Per client, not `round_index % size`: under partial participation that slot may hold the
+    # client's newest update while an older one survives.
+    slot = jnp.argmin(self.rounds[ids], axis=1)
     new_updates = jnp.asarray(flat_deltas, jnp.float32)
     new_rounds = jnp.broadcast_to(jnp.asarray(round_index, jnp.int32), ids.shape)
     if keep is not None:
