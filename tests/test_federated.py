@@ -278,6 +278,19 @@ def test_resumed_equals_uninterrupted(tmp_path):
   assert [r["train_loss"] for r in rows] == pytest.approx([r["train_loss"] for r in straight_rows])
 
 
+def test_resuming_past_the_rounds_asked_for_is_refused(tmp_path):
+  """A workdir at round 4 asked for 2 rounds: the loop would not run and the 4-round model would
+  come back as the 2-round one."""
+  config = tiny_config(rounds=4)
+  setup = make_tiny_setup(config)
+  _run(setup, config, tmp_path, num_rounds=4)
+  before = (tmp_path / "metrics.jsonl").read_text()
+  with pytest.raises(checkpointing.CheckpointMismatchError, match="at round 4, past the 2 rounds"):
+    _run(setup, config, tmp_path, num_rounds=2)
+  assert (tmp_path / "metrics.jsonl").read_text() == before
+  assert _run(setup, config, tmp_path, num_rounds=4).metrics[-1]["round"] == 4
+
+
 def test_same_seeds_same_numbers_and_seeds_matter(tmp_path):
   config = tiny_config(rounds=2)
   setup = make_tiny_setup(config)

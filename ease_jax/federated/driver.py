@@ -108,6 +108,11 @@ def run(algorithm: FederatedAlgorithm, plan: Any, state: PyTree, num_rounds: int
           lambda r, like: (jax.device_put(r, like.sharding) if isinstance(like, jax.Array)
                            else jnp.asarray(r)), restored.state, state)
       start = int(np.max(np.asarray(state.round)))
+      if start > num_rounds:  # The loop would not run, and the longer-trained model come back.
+        raise checkpointing.CheckpointMismatchError(
+            f"{ckpt.directory} holds {options.desc or 'a run'} at round {start}, past the "
+            f"{num_rounds} rounds asked for; use another workdir, or ask for at least {start} "
+            "rounds.")
       logging.info("Resumed %s from round %d in %s", options.desc, start, workdir)
     writer = jsonio.JsonlWriter(workdir / "metrics.jsonl",
                                 start if restored is not None else None)
