@@ -39,7 +39,8 @@ class Stream(enum.IntEnum):
   UTILITY_SAMPLE = 11         # the public pairs of the ascent methods' divergence guard
   MVI_CALIBRATION = 13        # MVI's public pairs for the shared subspace
   MIA_NONMEMBERS = 17         # the held-out non-members matched to D_f
-  ASCENT_FORGET = 20          # gradient ascent / PGA batches, + the ascent round (20..)
+  ASCENT_FORGET = 20          # gradient ascent / PGA batches, + the ascent round (20..39; the
+  #                             methods' max_rounds is capped so that no round reaches CCU's)
   CCU_FORGET = 40
   CCU_RETAIN = 41
   MVI_FORGET = 50

@@ -407,12 +407,12 @@ def test_ascent_stopping_rule():
 
 
 def test_gradient_ascent_stops_before_divergence(trained):
-  # Aggressive ascent: without a stopping rule it would run all 30 rounds.
-  ctx = make_ctx(trained, {"gradient_ascent.max_rounds": 30, "gradient_ascent.lr": 0.5,
+  # Aggressive ascent: without a stopping rule it would run all 20 rounds.
+  ctx = make_ctx(trained, {"gradient_ascent.max_rounds": 20, "gradient_ascent.lr": 0.5,
                            "gradient_ascent.clip_norm": 0.0})
   res = ga.gradient_ascent(ctx)
   d = res.diagnostics
-  assert d["rounds_run"] < 30 and d["stopped"] != "max_rounds"
+  assert d["rounds_run"] < 20 and d["stopped"] != "max_rounds"
   _, setup, _ = trained
   util = common.alignment_gap(setup.model, setup.backbone, res.trainable, setup.data,
                               common.utility_texts(ctx))

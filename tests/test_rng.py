@@ -1,10 +1,18 @@
 """Random streams: every named stream is disjoint from every other and from the training draws,
 judged by the generators' output (numpy pads a seed list with zeros, so `[s, r]` and `[s, r, 0]`
 are one generator)."""
-import numpy as np
+import pathlib
 
+import numpy as np
+import pytest
+
+from ease_jax import configs
 from ease_jax import rng as rng_lib
+from ease_jax import validation
 from ease_jax.federated import schedules
+from ease_jax.unlearning.methods import gradient_ascent as ga
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def _signature(generator: np.random.Generator) -> tuple[int, ...]:
@@ -46,6 +54,24 @@ def test_named_streams_and_training_draws_never_share_a_generator():
       for extra in range(10):
         add(f"{stream.name} {seed} +{extra}", rng_lib.numpy_rng(seed, stream, extra))
         add(f"{stream.name} {seed} +{extra},0", rng_lib.numpy_rng(seed, stream, extra, 0))
+    # The ascent methods' rounds, as far as their max_rounds may go (holder h as the extra).
+    for r in range(1, ga.MAX_ROUNDS):
+      for h in range(10):
+        add(f"ascent round {r} {seed} +{h}",
+            rng_lib.numpy_rng(seed, rng_lib.Stream.ASCENT_FORGET + r, h))
+
+
+def test_ascent_rounds_are_capped_before_the_next_stream():
+  """Ascent round r draws from ASCENT_FORGET + r: round 20 would draw CCU's batches."""
+  assert rng_lib.Stream.ASCENT_FORGET + ga.MAX_ROUNDS == rng_lib.Stream.CCU_FORGET
+  config = configs.from_file(ROOT / "experiments" / "configs" / "unlearn_emoji.py")
+  for block in ("gradient_ascent", "pga"):
+    config[block].max_rounds = ga.MAX_ROUNDS
+    validation.validate(config)
+    config[block].max_rounds = ga.MAX_ROUNDS + 1
+    with pytest.raises(validation.ConfigError, match=rf"{block}.max_rounds.*must be <= 20"):
+      validation.validate(config)
+    config[block].max_rounds = 5
 
 
 def test_stream_seed_seeds_numpy_rng_and_sampling_uses_its_stream():

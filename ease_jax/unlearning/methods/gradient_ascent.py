@@ -42,10 +42,15 @@ DEFAULTS: dict[str, Any] = dict(
 )
 
 
+MAX_ROUNDS = rng_lib.Stream.CCU_FORGET - rng_lib.Stream.ASCENT_FORGET
+
+
 def ascent_rules(block: str) -> dict[str, Any]:
   """Validation rules of an ascent method's block (gradient ascent, PGA)."""
   return {
-      f"{block}.max_rounds": check.integer(1), f"{block}.local_steps": check.integer(0),
+      # Round r draws its batches from stream ASCENT_FORGET + r (`rng.Stream`): 20 rounds reach
+      # the next named stream.
+      f"{block}.max_rounds": check.integer(1, MAX_ROUNDS), f"{block}.local_steps": check.integer(0),
       f"{block}.batch_size": check.integer(1),
       f"{block}.optimizer": check.one_of("adam", "adamw", "sgd"),
       f"{block}.lr": check.positive, f"{block}.clip_norm": check.non_negative,
