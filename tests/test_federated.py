@@ -446,3 +446,15 @@ def test_the_run_fingerprint_holds_the_backbones_bytes(tmp_path):
   after = builders.run_fingerprint(config)
   assert [d.split(":")[0] for d in checkpointing.diff_fingerprints(before, after)] == [
       "model.checkpoint_sha256"]
+
+
+def test_a_plan_with_an_empty_active_client_is_refused():
+  """A round that samples only clients without data has FedAvg weights summing to 0 (a 0/0
+  model, reported as non-finite updates): the plan refuses such a client by id."""
+  config = tiny_config(rounds=1)
+  setup = make_tiny_setup(config)
+  texts = list(setup.client_texts())
+  texts[1] = np.zeros((0,), np.int32)
+  with pytest.raises(ValueError, match=r"Active client\(s\) \[1\] have no training data"):
+    builders.round_plan(setup, config, texts, active_clients=[0, 1])
+  assert list(builders.round_plan(setup, config, texts).active_clients) == [0, 2, 3]

@@ -142,8 +142,9 @@ def run(algorithm: FederatedAlgorithm, plan: Any, state: PyTree, num_rounds: int
       if np.any(row.get(FAILURE_KEY, False)):
         raise RoundFailedError(
             f"{options.desc}: round {r + 1} failed ({row}); the model was left at round {r} and "
-            "nothing of this round was checkpointed. Non-finite client updates usually mean a "
-            "learning rate too high for this model (fed.client_lr).")
+            "nothing of this round was checkpointed. Non-finite client updates (clients_dropped) "
+            "usually mean a learning rate too high for this model (fed.client_lr); with none "
+            "dropped, the server step itself gave a non-finite model.")
       last_eval = None
       if options.eval_every and ((r + 1) % options.eval_every == 0 or r + 1 == num_rounds):
         last_eval = evaluate(state)

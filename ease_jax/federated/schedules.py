@@ -132,6 +132,10 @@ class RoundPlan:
   def __post_init__(self):
     if len(self.active_clients) == 0:
       raise ValueError("No client has training data left.")
+    empty = [int(c) for c in self.active_clients if len(self.client_texts[c]) == 0]
+    if empty:  # A round of only such clients has FedAvg weights summing to 0: a 0/0 model.
+      raise ValueError(f"Active client(s) {empty} have no training data; leave them out of "
+                       "active_clients.")
 
   @property
   def client_steps(self) -> list[int]:
