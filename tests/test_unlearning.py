@@ -330,6 +330,20 @@ def test_registry_and_unknown_method():
     methods.get("eraser9000")
 
 
+def test_overriding_a_variant_overrides_its_own_overrides():
+  """A benchmark variant of a registered variant (`ease_no_gsd` with 3 PFL rounds) runs with
+  the benchmark's value; the registered variant's own override was applied last and won."""
+  seen = []
+  probe = lambda ctx: seen.append((ctx.config.pfl.rounds, ctx.config.gsd.enabled))
+  ctx = base.UnlearningContext(None, configs.add_unlearning(tiny_config()), None, None, None, {})
+  registered = base.with_overrides(probe, {"gsd.enabled": False, "pfl.rounds": 0})
+  base.with_overrides(registered, {"pfl.rounds": 3})(ctx)
+  registered(ctx)
+  assert seen == [(3, False), (0, False)]
+  assert methods.get("ease_no_gsd").base_and_overrides[1] == {"gsd.enabled": False,
+                                                              "pfl.rounds": 0}
+
+
 def test_round_timing_replaces_the_compiling_round():
   t = common.round_timing([dict(round_time_s=10.0), dict(round_time_s=2.0),
                                 dict(round_time_s=2.0)])

@@ -102,11 +102,20 @@ class TimedJit:
 
 
 def with_overrides(method: Method, overrides: dict[str, Any]) -> Method:
-  """`method` run on the request's config with dotted-key `overrides` (see `config_with`)."""
+  """`method` run on the request's config with dotted-key `overrides` (see `config_with`).
+
+  Overriding a variant overrides its own overrides: `with_overrides(ease_no_gsd, {'pfl.rounds':
+  3})` runs 3 PFL rounds (wrapped naively, the variant's `pfl.rounds=0` was applied last and won).
+  """
+  if hasattr(method, "base_and_overrides"):
+    method, inner = method.base_and_overrides
+    overrides = {**inner, **overrides}
+  overrides = dict(overrides)
 
   def variant(ctx: UnlearningContext) -> MethodResult:
-    return method(dataclasses.replace(ctx, config=config_with(ctx.config, dict(overrides))))
+    return method(dataclasses.replace(ctx, config=config_with(ctx.config, overrides)))
 
+  variant.base_and_overrides = (method, overrides)
   return variant
 
 
