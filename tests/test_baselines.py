@@ -264,6 +264,18 @@ def test_federaser_refuses_incomplete_history(trained):
     fe.federaser(make_ctx(trained, {"fed.rounds": 6}))
 
 
+@pytest.mark.parametrize("name,needle", [
+    ("federaser", r"set fed.history_size ≥ fed.rounds"),
+    ("fedrecovery", r"set fed.history_size ≥ fed.rounds"),
+    ("pga", r"no client updates \(fed.history_size=0\): PGA needs fed.history_size ≥ 1")])
+def test_methods_refuse_a_run_without_history(trained, name, needle):
+  """A run with fed.history_size=0 keeps no history (None): the methods that read it name the
+  setting (they failed with an AttributeError on None)."""
+  ctx = dataclasses.replace(make_ctx(trained, {}), history=None)
+  with pytest.raises(ValueError, match=needle):
+    methods.get(name)(ctx)
+
+
 @pytest.mark.parametrize("case", ["leaf_every_2nd", "global", "sample_request", "partial"])
 def test_federaser_calibration_equals_a_numpy_reference(trained, partial, case):
   """Calibrated rounds: the new update is computed from the current unlearned model on the

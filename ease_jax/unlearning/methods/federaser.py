@@ -73,7 +73,11 @@ def federaser_calibrate(old_update: PyTree, new_update: PyTree, norm: str = "lea
 def round_major(history: federated.UpdateHistory, weights: np.ndarray
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """The stored history by round: rounds `[T]`, updates `[T, K, P]`, weights `[T, K]`
-  (`weights[k]` where client k sent an update that round, else 0)."""
+  (`weights[k]` where client k sent an update that round, else 0; no rounds when the run kept
+  no history, `fed.history_size=0`)."""
+  if history is None:
+    return np.zeros((0,), np.int64), np.zeros((0, len(weights), 0), np.float32), np.zeros(
+        (0, len(weights)), np.float32)
   h_rounds, h_updates = np.asarray(history.rounds), np.asarray(history.updates)
   rounds = np.unique(h_rounds[h_rounds >= 0])
   k, _, p = h_updates.shape

@@ -75,6 +75,9 @@ def pga_reference(global_flat: jax.Array, last_updates: jax.Array, weights: jax.
 def last_round_updates(history: federated.UpdateHistory, last_round: int
                        ) -> tuple[np.ndarray, np.ndarray]:
   """(client ids [K'], updates [K', P]) of the clients that sent an update in `last_round`."""
+  if history is None:
+    raise ValueError("The run kept no client updates (fed.history_size=0): PGA needs "
+                     "fed.history_size ≥ 1.")
   ids, ups = [], []
   rounds, updates = np.asarray(history.rounds), np.asarray(history.updates)
   for k in range(updates.shape[0]):
