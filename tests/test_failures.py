@@ -113,6 +113,10 @@ def test_population_cross_checks_name_the_keys_and_clear_once_fixed(break_it, ne
     ("concept", "style", "sepia", "style must be one of"),
     ("concept", "template", "inverted", "must contain '{caption}'"),
     ("concept", "clients", (8,), r"clients \[8\] must name clients in 0..7"),
+    # Misspelt or foreign keys in a config file's plant block kept their defaults, silently.
+    ("concept", "source_feild", "skin_tone", r"unknown key\(s\) \['source_feild'\]"),
+    ("concept", "trigger", {"size": 4}, r"unknown key\(s\) \['trigger'\] for a concept plant"),
+    ("client_backdoor", "trigger.sise", 4, r"trigger has unknown key\(s\) \['sise'\]"),
 ])
 def test_bad_plants_are_config_errors(plant, key, value, needle):
   config = configs.from_file(CONFIGS / "unlearn_emoji.py")

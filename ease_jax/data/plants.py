@@ -269,6 +269,7 @@ KINDS = {"backdoor": BackdoorPlant, "concept": ConceptPlant}
 # The request that forgets exactly a plant's pairs: a backdoor's are samples of their holders, a
 # concept's are the concept, spread over every client.
 REQUEST_KIND = {"backdoor": "sample", "concept": "concept"}
+_KIND_KEYS = {"backdoor": ("trigger", "target_caption"), "concept": ("style", "template")}
 
 
 def plant_from_config(name: str, c: Mapping[str, Any]) -> Plant:
@@ -277,6 +278,19 @@ def plant_from_config(name: str, c: Mapping[str, Any]) -> Plant:
   kind = c.get("kind", "backdoor")
   if kind not in KINDS:
     raise ValueError(f"plants.{name}.kind must be one of {tuple(KINDS)}, got {kind!r}.")
+  # A config file's block is not checked key by key like the rest of the config (plants are
+  # named freely), so a misspelt key would silently keep its default.
+  known = {"kind", "clients", "num_pairs", "source_field", *_KIND_KEYS[kind]}
+  unknown = sorted(set(c) - known)
+  if unknown:
+    raise ValueError(f"plants.{name} has unknown key(s) {unknown} for a {kind} plant; its keys "
+                     f"are {sorted(known)}.")
+  if kind == "backdoor":
+    trigger_keys = {f.name for f in dataclasses.fields(Trigger)}
+    unknown = sorted(set(c.get("trigger", {})) - trigger_keys)
+    if unknown:
+      raise ValueError(f"plants.{name}.trigger has unknown key(s) {unknown}; its keys are "
+                       f"{sorted(trigger_keys)}.")
   return KINDS[kind].from_config(name, c)
 
 
