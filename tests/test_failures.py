@@ -129,6 +129,16 @@ def test_bad_plants_are_config_errors(plant, key, value, needle):
     validation.validate(config)
 
 
+def test_a_misspelt_audit_tone_is_a_config_error():
+  """A tone that is not a skin tone reported no tone row, silently."""
+  config = configs.from_file(CONFIGS / "unlearn_emoji.py")
+  config.audit.tones = ("medium_dark",)
+  with pytest.raises(validation.ConfigError, match=r"audit.tones has unknown value\(s\) \['medium_dark'\]"):
+    validation.validate(config)
+  config.audit.tones = ()
+  validation.validate(config)
+
+
 @pytest.mark.parametrize("kind,plant,needle", [
     ("sample", "nope", "config.unlearning.plant='nope' is not a plant of config.plants"),
     ("sample", "concept", "'concept' is a concept plant; a sample request forgets a backdoor"),

@@ -62,8 +62,11 @@ def test_request_validation_errors(tiny_setup):
     requests.concept_request(tiny_setup, "subgroup", ["nope"])
   with pytest.raises(ValueError, match="Unknown concept field.*subgroup"):
     requests.concept_request(tiny_setup, "colour", ["red"])
-  with pytest.raises(ValueError, match="no client caption"):
+  with pytest.raises(ValueError, match=r"Unknown concept term\(s\) \['zebra'\]: no client caption"):
     requests.concept_request(tiny_setup, "caption", ["zebra"])
+  # A misspelt term beside a good one was dropped silently.
+  with pytest.raises(ValueError, match=r"term\(s\) \['captoin 9'\]"):
+    requests.concept_request(tiny_setup, "caption", ["caption 5", "captoin 9"])
   with pytest.raises(ValueError, match="Empty forget set"):
     requests.UnlearningRequest("client", np.zeros((0,), np.int32), np.zeros((0,), np.int64),
                                (0,), (0,))

@@ -33,6 +33,7 @@ from ease_jax import jsonio
 from ease_jax import mia
 from ease_jax import sharding
 from ease_jax import validation
+from ease_jax.data import dataset as dataset_lib
 from ease_jax.federated import driver
 from ease_jax.unlearning import base
 from ease_jax.unlearning import common
@@ -66,6 +67,9 @@ RULES = {
     "audit.score": validation.one_of(*SCORES),
     "audit.variance": validation.one_of(*audit.VARIANCES),
     "audit.calibrate": validation.boolean,
+    # A misspelt tone would silently report no tone row.
+    "audit.tones": lambda v: (None if isinstance(v, (tuple, list)) and not v else
+                              validation.subset_of(*dataset_lib.SKIN_TONES)(v)),
 }
 
 

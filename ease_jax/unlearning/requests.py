@@ -178,11 +178,16 @@ def concept_request(setup: Any, field: str, values: Sequence[str] | str) -> Unle
   # plant's copies keep their source's words and metadata, so they carry its concepts too.
   client_imgs = client_imgs[~plants_lib.is_planted(ds, client_imgs, setup.plants, "backdoor")]
   if field == CAPTION_FIELD:
-    pattern = re.compile(r"\b(" + "|".join(re.escape(v.lower()) for v in values) + r")\b")
-    hit_texts = [i for i, cap in enumerate(ds.captions) if pattern.search(cap.lower())]
+    client_texts = np.flatnonzero(np.isin(ds.text_image, client_imgs))
+    term_hits = {}
+    for v in values:
+      term = re.compile(r"\b" + re.escape(v.lower()) + r"\b")
+      term_hits[v] = [i for i in client_texts if term.search(ds.captions[i].lower())]
+    missing = [v for v, hits in term_hits.items() if not hits]
+    if missing:  # Each term must name something: a misspelt one beside a good one was dropped.
+      raise ValueError(f"Unknown concept term(s) {missing}: no client caption contains them.")
+    hit_texts = sorted(set().union(*term_hits.values()))
     images = np.intersect1d(np.unique(ds.text_image[hit_texts]), client_imgs)
-    if len(images) == 0:
-      raise ValueError(f"Unknown concept: no client caption contains any of {values}.")
   else:
     if field not in ds.image_meta:
       raise ValueError(f"Unknown concept field {field!r}; available: "
