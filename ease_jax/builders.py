@@ -120,7 +120,8 @@ def load_backbone(model_config: ml_collections.ConfigDict) -> tuple[Any, PyTree,
   if checkpoint == EMBEDDED_BACKBONE and not (embedded_backbone_dir() / "config.json").exists():
     raise FileNotFoundError(
         f"The embedded backbone is missing from {embedded_backbone_dir()}; build it with "
-        "`python experiments/pretrain.py --config=experiments/configs/pretrain_emoji.py`.")
+        "`python experiments/pretrain.py --config=experiments/configs/pretrain_emoji.py "
+        f"--workdir=workdirs/pretrain_emoji --export_to={embedded_backbone_dir()}`.")
   clip_config, params = hf.load_clip(path)
   tokenizer, _ = hf.load_tokenizer_and_processor(hf.resolve_checkpoint(str(path)))
   return clip_config, params, tokenizer
@@ -160,14 +161,15 @@ def lora_config_from(lora: ml_collections.ConfigDict) -> lora_lib.LoRAConfig:
 DATA_SPLITS = ("random", "skin_tone", "karpathy")
 
 
-def image_labels(ds: dataset_lib.CaptionDataset, data_config: ml_collections.ConfigDict
-                 ) -> np.ndarray | None:
-  """`[num_images]` values of `data.label` (stratification, non-IID partition), or None."""
-  label = data_config.get("label")
+def image_labels(ds: dataset_lib.CaptionDataset, data_config: ml_collections.ConfigDict,
+                 key: str = "label") -> np.ndarray | None:
+  """`[num_images]` values of the field named by `data.<key>` (`label`: stratification and the
+  non-IID partition; `partition_label`: the partition's own), or None."""
+  label = data_config.get(key)
   if not label:
     return None
   if label not in ds.image_meta:
-    raise ValueError(f"data.label={label!r} is not a field of {ds.name}; "
+    raise ValueError(f"data.{key}={label!r} is not a field of {ds.name}; "
                      f"available: {sorted(ds.image_meta)}.")
   return np.asarray(ds.image_meta[label])
 
@@ -233,11 +235,11 @@ def build_setup(config: ml_collections.ConfigDict) -> FederatedSetup:
                     clip_config.vision.image_size)
   labels = image_labels(ds, config.data)
   splits = split_dataset(ds, config.data, config.seeds.split)
-  partition_label = config.data.get("partition_label") or config.data.get("label")
+  partition_labels = (image_labels(ds, config.data, key="partition_label")
+                      if config.data.get("partition_label") else labels)
   clients = partition_lib.partition(
       splits.clients, config.data.partition, config.fed.num_clients, seed=config.seeds.partition,
-      labels=labels if partition_label == config.data.get("label") else image_labels(
-          ds, ml_collections.ConfigDict(dict(label=partition_label))),
+      labels=partition_labels,
       alpha=config.data.get("dirichlet_alpha"), min_size=config.data.get("min_client_size", 1))
   clients, planted = list(clients), {}
   plant_specs = [plants_lib.plant_from_config(name, spec)

@@ -277,6 +277,15 @@ def test_split_kind_errors():
     builders.build_setup(config)
 
 
+
+def test_a_bad_partition_label_is_named_as_such():
+  """The error named `data.label`, which was fine."""
+  config = configs.from_file(ROOT / "experiments" / "configs" / "emoji_default.py")
+  config.data.partition_label = "tone"
+  with pytest.raises(ValueError, match=r"data.partition_label='tone' is not a field of emoji"):
+    builders.build_setup(config)
+
+
 def test_unlearn_pipeline_on_emoji_with_a_checkpoint_folder(tmp_path):
   from ease_jax.unlearning import pipeline  # pylint: disable=g-import-not-at-top
   config = _small_emoji_run(tmp_path, "unlearn_emoji.py", 0.85)
