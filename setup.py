@@ -20,7 +20,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["ease_jax", "ease_jax.*"]),
     package_data={"ease_jax": ["assets/**/*", "data/assets/**/*"]},
     include_package_data=True,
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     install_requires=_requirements(),
     license="Apache-2.0",
 )

@@ -59,15 +59,20 @@ def plot_bars(groups: Mapping[str, Mapping[str, float]], path: str | pathlib.Pat
 
 def plot_distributions(samples: Mapping[str, Sequence[float]], path: str | pathlib.Path,
                        title: str = "", xlabel: str = "score", bins: int = 40) -> None:
-  """Overlaid step histograms (densities) of named samples on shared bins."""
+  """Overlaid step histograms (densities) of named samples on shared bins; non-finite values
+  are left out (each label counts them)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  values = [np.asarray(v, float) for v in samples.values() if len(v)]
+  samples = {name: np.asarray(v, float).ravel() for name, v in samples.items()}
+  finite = {name: v[np.isfinite(v)] for name, v in samples.items()}
+  values = [v for v in finite.values() if len(v)]
   if not values:
     return
   edges = np.histogram_bin_edges(np.concatenate(values), bins=bins)
   fig, ax = plt.subplots(figsize=(6, 4))
-  for name, v in samples.items():
+  for name, v in finite.items():
     if len(v):
-      ax.hist(np.asarray(v, float), bins=edges, density=True, histtype="step", linewidth=1.5,
-              label=f"{name} (n={len(v)})")
+      dropped = len(samples[name]) - len(v)
+      ax.hist(v, bins=edges, density=True, histtype="step", linewidth=1.5,
+              label=f"{name} (n={len(v)}" + (f", {dropped} non-finite left out)" if dropped
+                                              else ")"))
   _save(fig, ax, path, xlabel, "density", title)

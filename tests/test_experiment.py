@@ -518,3 +518,24 @@ def test_cache_compilations_skips_a_workdir_it_cannot_make(tmp_path):
   finally:
     jax.config.update("jax_compilation_cache_dir", saved)
   assert not (tmp_path / "new").exists()
+
+
+def test_a_rerun_leaves_no_plot_of_the_previous_run(tmp_path):
+  """A rerun whose methods make no GSD (e.g. only finetune) left the previous run's angles.png
+  beside the new results."""
+  from ease_jax.unlearning import pipeline  # pylint: disable=g-import-not-at-top
+  (tmp_path / "angles.png").write_bytes(b"stale")
+  (tmp_path / "results.json").write_text("{}")
+  pipeline._plots(tmp_path, [{"method": "finetune", "test/mean_r1": 1.0}], {}, {}, None)
+  assert not (tmp_path / "angles.png").exists()
+  assert (tmp_path / "r1_bars.png").stat().st_size > 0
+  assert (tmp_path / "results.json").read_text() == "{}"  # Only plots are cleared.
+
+
+def test_score_distributions_leave_non_finite_scores_out(tmp_path):
+  from ease_jax import plotting  # pylint: disable=g-import-not-at-top
+  plotting.plot_distributions({"a": [0.1, np.nan, 0.3, np.inf], "b": [0.2, 0.25]},
+                              tmp_path / "s.png")
+  assert (tmp_path / "s.png").stat().st_size > 0
+  plotting.plot_distributions({"a": [np.nan]}, tmp_path / "none.png")  # Nothing to draw.
+  assert not (tmp_path / "none.png").exists()

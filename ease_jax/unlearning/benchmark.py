@@ -10,9 +10,11 @@
 
 Resumable: the federated runs resume from their orbax checkpoints, and cells already in
 `results.jsonl` are skipped, so an interrupted benchmark continues where it stopped. Each row
-carries the key of the config that computed it (`row_keys`): a row computed under other knobs
-is neither skipped nor reported, it is redone (the trained, retrained and population models
-come from their own fingerprinted caches). Each row
+carries the key of the config that computed it (`row_keys`): a row computed under other method
+knobs is neither skipped nor reported, it is redone. The trained, retrained and population models
+come from their own fingerprinted caches: a workdir trained under other federation settings
+(`fed`, `lora`, `data`, `model`, the training seeds, the plants) is refused with the keys that
+differ (`CheckpointMismatchError`), never mixed in. Each row
 holds the retrieval metrics (forget / retain / test, R@{1,5,10} both directions, R-precision),
 the membership-inference AUC on D_f vs matched held-out non-members, wall and compile time.
 Gaps to retrain, speed-ups and the aggregates are computed from the rows (`aggregate`).

@@ -68,10 +68,18 @@ def format_table(rows: Sequence[dict[str, Any]], knowledge: Sequence[str] = ()) 
   return "\n".join([line({c: c for c in cols})] + [line(r) for r in rows])
 
 
+PLOTS = ("r1_bars.png", "knowledge_bars.png", "scores.png", "reanchoring.png", "drift.png",
+         "angles.png")
+
+
 def _plots(workdir: pathlib.Path, rows: list[dict[str, Any]], curves: dict[str, list[dict]],
            reference: dict[str, float], gsd_diag: dict[str, Any] | None,
            knowledge: Sequence[str] = (), scores: Mapping[str, Any] | None = None) -> None:
   from ease_jax import plotting  # pylint: disable=g-import-not-at-top
+  # A rerun into the same workdir writes only the plots its methods produce: the previous run's
+  # others would sit beside the new results.json as if they were its.
+  for name in PLOTS:
+    (workdir / name).unlink(missing_ok=True)
   bars = {r["method"]: {f"{s} R@1": r[f"{s}/mean_r1"] for s in SPLITS if f"{s}/mean_r1" in r}
           for r in rows}
   plotting.plot_bars(bars, workdir / "r1_bars.png", title="Mean R@1 after unlearning")
