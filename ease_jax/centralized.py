@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from flax import traverse_util
 from tqdm import auto as tqdm
 
 from ease_jax import builders
@@ -142,6 +143,23 @@ def arch_from_config(arch: ml_collections.ConfigDict, vocab_size: int, eos_token
       projection_dim=arch.projection_dim)
 
 
+# What pretraining reads besides `arch` and `pretrain` (its config is built on `base_config()`,
+# whose other blocks it never reads).
+PRETRAIN_READS = ("seeds.split", "seeds.init", "seeds.data", "data.skin_tone_variants",
+                  "data.split", "data.public_fraction", "data.test_fraction", "data.label")
+
+
+def ignored_settings(config: ml_collections.ConfigDict) -> list[str]:
+  """`key=value` of every setting that differs from `configs.base_config()` but that pretraining
+  does not read (e.g. `--config.fed.rounds=3`, `--config.data.name=karpathy`): refused, not
+  silently ignored."""
+  from ease_jax import configs  # pylint: disable=g-import-not-at-top
+  flat = lambda c: traverse_util.flatten_dict(c.to_dict(), sep=".")
+  defaults, current = flat(configs.base_config()), flat(config)
+  return [f"{k}={current[k]!r}" for k in sorted(current)
+          if k in defaults and k not in PRETRAIN_READS and current[k] != defaults[k]]
+
+
 def pretrain_backbone(config: ml_collections.ConfigDict, out_dir: str | pathlib.Path,
                       overwrite: bool = False) -> dict[str, Any]:
   """Trains the embedded-default backbone on the public split and saves it as an HF CLIP folder.
@@ -150,6 +168,11 @@ def pretrain_backbone(config: ml_collections.ConfigDict, out_dir: str | pathlib.
   """
   validation.require_blocks(config, ("arch", "pretrain"), "pretraining",
                             "experiments/configs/pretrain_emoji.py")
+  ignored = ignored_settings(config)  # First: the checks of ignored blocks would mislead.
+  if ignored:
+    raise validation.ConfigError(
+        "Pretraining reads the emoji data, `arch`, `pretrain`, the split settings "
+        f"({', '.join(PRETRAIN_READS)}); these settings would be ignored: {', '.join(ignored)}.")
   validation.validate(config, [PRETRAIN_RULES])
   from ease_jax.data import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
   tokenizer = tok_lib.load_tokenizer(dataset_lib.embedded_tokenizer_dir())

@@ -296,6 +296,21 @@ def test_pretrain_refuses_outputs_it_would_destroy_before_training(tmp_path):
   _one_line_error(_binary("pretrain.py", *args, f"--workdir={work}"), "already holds a backbone")
 
 
+def test_pretrain_refuses_settings_it_would_ignore(tmp_path):
+  """Pretraining reads the emoji data, `arch`, `pretrain` and the split: `fed`, `lora` or
+  `data.name` overrides validated and changed nothing."""
+  from ease_jax import centralized  # pylint: disable=g-import-not-at-top
+  config = configs.from_file(CONFIGS / "pretrain_emoji.py")
+  assert centralized.ignored_settings(config) == []
+  config.fed.rounds = 3
+  config.data.name = "karpathy"
+  config.data.public_fraction = 0.5  # Read by the split: allowed.
+  with pytest.raises(validation.ConfigError,
+                     match=r"would be ignored: data.name='karpathy', fed.rounds=3\.$"):
+    centralized.pretrain_backbone(config, tmp_path / "out")
+  assert not (tmp_path / "out").exists()
+
+
 def test_verbose_shows_the_traceback(tmp_path):
   proc = _binary("train.py", f"--config={CONFIGS / 'emoji_default.py'}", "--verbose",
                  "--config.fed.client_lr=-0.01", f"--workdir={tmp_path / 'w'}")
