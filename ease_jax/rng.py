@@ -39,6 +39,7 @@ class Stream(enum.IntEnum):
   UTILITY_SAMPLE = 11         # the public pairs of the ascent methods' divergence guard
   MVI_CALIBRATION = 13        # MVI's public pairs for the shared subspace
   MIA_NONMEMBERS = 17         # the held-out non-members matched to D_f
+  TEST_HALVES = 19            # the test split's calibration and audit halves
   ASCENT_FORGET = 20          # gradient ascent / PGA batches, + the ascent round (20..39; the
   #                             methods' max_rounds is capped so that no round reaches CCU's)
   CCU_FORGET = 40

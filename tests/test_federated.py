@@ -458,3 +458,19 @@ def test_a_plan_with_an_empty_active_client_is_refused():
   with pytest.raises(ValueError, match=r"Active client\(s\) \[1\] have no training data"):
     builders.round_plan(setup, config, texts, active_clients=[0, 1])
   assert list(builders.round_plan(setup, config, texts).active_clients) == [0, 2, 3]
+
+
+@pytest.mark.parametrize("n,b,steps", [(40, 32, 6), (5, 4, 7), (33, 32, 9), (64, 32, 5),
+                                       (3, 8, 4)])
+def test_cycled_batches_never_repeat_a_text_within_a_batch(n, b, steps):
+  """A batch that spans two epochs held texts twice (40 texts, batch 32: 27 distinct), and under
+  plain InfoNCE a repeated pair is its own negative. Every epoch still holds each text once."""
+  texts = np.arange(100, 100 + n, dtype=np.int32)
+  batches = federated.cycled_batches(texts, steps, b, (3, 1))
+  width = min(n, b)
+  assert batches.mask[:, :width].all() and not batches.mask[:, width:].any()
+  rows = batches.text_indices[:, :width]
+  assert all(len(set(row.tolist())) == width for row in rows)
+  stream = rows.ravel()
+  for e in range(len(stream) // n):
+    assert sorted(stream[e * n:(e + 1) * n].tolist()) == texts.tolist()

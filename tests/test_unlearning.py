@@ -399,3 +399,25 @@ def test_ease_moves_forget_recall_toward_retrain(trained, tmp_path):
   assert timing2 == timing
   with pytest.raises(ValueError, match="holds a run for"):
     retrain_lib.retrain(setup, cfg, requests.client_request(setup, [1]), tmp_path)
+
+
+def test_methods_calibrate_on_a_test_half_the_mia_never_draws_from(tiny_setup):
+  """EASE's target and the ascent stop were the median cosine of the very test pairs the MIA
+  used as its non-members: the halves are disjoint, cover the test split and are fixed by the
+  seed."""
+  calibration, audit_half = common.test_halves(tiny_setup, 3)
+  test = np.sort(np.asarray(tiny_setup.test_images))
+  assert len(calibration) == len(test) // 2 and not np.intersect1d(calibration, audit_half).size
+  np.testing.assert_array_equal(np.sort(np.concatenate([calibration, audit_half])), test)
+  np.testing.assert_array_equal(common.test_halves(tiny_setup, 3)[0], calibration)
+  assert not np.array_equal(common.test_halves(tiny_setup, 4)[0], calibration)
+
+
+def test_the_non_member_level_reads_the_calibration_half(trained):
+  ctx = make_ctx(trained)
+  setup = ctx.setup
+  calibration = common.test_halves(setup, ctx.config.seeds.unlearning)[0]
+  want = federated.matched_cosines(setup.model, setup.backbone, ctx.trained, setup.data,
+                                   setup.texts_of(calibration))
+  np.testing.assert_allclose(common.nonmember_cosines(ctx, "test"), want)
+  assert len(want) < len(setup.texts_of(setup.test_images))

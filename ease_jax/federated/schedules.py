@@ -84,7 +84,10 @@ def sample_clients(num_clients: int, clients_per_round: int, seed: int,
 def cycled_batches(texts: np.ndarray, num_batches: int, batch_size: int, seed: Sequence[int]
                    ) -> Batches:
   """`num_batches` batches cycling through shuffled epochs of `texts` (`[S, B]`); a set smaller
-  than `batch_size` fills min(len, B) columns of each batch; an empty set gives all-False masks."""
+  than `batch_size` fills min(len, B) columns of each batch; an empty set gives all-False masks.
+
+  No batch holds a text twice: a batch that spans two epochs takes from the next one only texts
+  it does not hold yet (under plain InfoNCE a repeated pair would be its own negative)."""
   idx = np.zeros((num_batches, batch_size), np.int32)
   mask = np.zeros((num_batches, batch_size), bool)
   texts = np.asarray(texts, np.int32)
@@ -92,8 +95,17 @@ def cycled_batches(texts: np.ndarray, num_batches: int, batch_size: int, seed: S
     return Batches(idx, mask)
   rng = np.random.default_rng(list(seed))
   b = min(batch_size, len(texts))
-  stream = np.concatenate([rng.permutation(texts)
-                           for _ in range(-(-num_batches * b // len(texts)))])
+  epochs: list[np.ndarray] = []
+  taken = 0
+  while taken < num_batches * b:
+    epoch = rng.permutation(texts)
+    open_batch = taken % b  # texts the current batch already holds, from the last epoch
+    if open_batch:
+      held = np.isin(epoch, epochs[-1][-open_batch:])
+      epoch = np.concatenate([epoch[~held], epoch[held]])  # b <= len(texts): enough others
+    epochs.append(epoch)
+    taken += len(epoch)
+  stream = np.concatenate(epochs)
   idx[:, :b] = stream[:num_batches * b].reshape(num_batches, b)
   mask[:, :b] = True
   return Batches(idx, mask)

@@ -127,11 +127,23 @@ def holder_schedules(ctx: base.UnlearningContext, steps: int, batch_size: int,
   return dict(forget=stack(forget), retain=stack(retain)), weights
 
 
+def test_halves(setup: Any, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """(calibration, audit) halves of the test split, each sorted: the methods calibrate their
+  non-member level on the first, the MIA draws its non-members from the second. On one set the
+  MIA's negatives would be the very pairs a method was tuned to match (AUC near 0.5 by
+  construction)."""
+  rng = rng_lib.numpy_rng(seed, rng_lib.Stream.TEST_HALVES)
+  shuffled = rng.permutation(np.asarray(setup.test_images))
+  half = len(shuffled) // 2
+  return np.sort(shuffled[:half]), np.sort(shuffled[half:])
+
+
 def nonmember_cosines(ctx: base.UnlearningContext, split: str) -> np.ndarray:
-  """Matched-pair cosines of non-member pairs (`split`: 'test' or 'public') under the trained
-  model: what retraining shows on data it never saw."""
+  """Matched-pair cosines of non-member pairs under the trained model: what retraining shows on
+  data it never saw. `split`: 'test' (its calibration half, `test_halves`) or 'public'."""
   setup = ctx.setup
-  images = {"test": setup.test_images, "public": setup.public_images}.get(split)
+  calibration = test_halves(setup, ctx.config.seeds.unlearning)[0]
+  images = {"test": calibration, "public": setup.public_images}.get(split)
   if images is None or len(images) == 0:
     raise ValueError(f"calibration_split must be one of {CALIBRATION_SPLITS} (non-empty), got "
                      f"{split!r}.")
