@@ -35,8 +35,8 @@ import numpy as np  # noqa: E402
 from ease_jax import audit  # noqa: E402
 from ease_jax import builders  # noqa: E402
 from ease_jax import configs  # noqa: E402
-from ease_jax import mia  # noqa: E402
 from ease_jax.unlearning import base  # noqa: E402
+from ease_jax.unlearning import common  # noqa: E402
 from ease_jax.unlearning import population as population_lib  # noqa: E402
 from ease_jax.unlearning import requests  # noqa: E402
 
@@ -98,13 +98,11 @@ def main():
   config = probe_plants.with_overrides(config, args.overrides)
   config.audit.population = args.population
   setup = builders.build_setup(config)
-  labels = np.asarray(setup.dataset.image_meta[config.data.label])
   for name in args.requests.split(","):
     config = base.config_with(config, {"unlearning": dict(REQUESTS[name])})
     request = requests.from_config(setup, config.unlearning, seed=config.seeds.unlearning)
     in_pop, out_pop = population_lib.train_pair(setup, config, request, args.workdir)
-    nonmembers = setup.texts_of(mia.matched_nonmembers(
-        request.forget_images, setup.test_images, labels, seed=config.seeds.unlearning))
+    nonmembers = common.mia_nonmembers(setup, config, request.forget_images)
     members = dict(trained=[in_pop.member(i) for i in range(len(in_pop.seeds))],
                    retrain=[out_pop.member(i) for i in range(len(out_pop.seeds))])
     for score in population_lib.SCORES:

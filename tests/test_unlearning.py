@@ -421,3 +421,13 @@ def test_the_non_member_level_reads_the_calibration_half(trained):
                                    setup.texts_of(calibration))
   np.testing.assert_allclose(common.nonmember_cosines(ctx, "test"), want)
   assert len(want) < len(setup.texts_of(setup.test_images))
+
+
+def test_mia_non_members_come_from_the_audit_half(tiny_setup):
+  config = configs.add_unlearning(tiny_config())
+  calibration, audit_half = common.test_halves(tiny_setup, config.seeds.unlearning)
+  forget = np.asarray(tiny_setup.client_images[0])
+  texts = common.mia_nonmembers(tiny_setup, config, forget)
+  images = np.unique(tiny_setup.dataset.text_image[texts])
+  assert len(images) == min(len(forget), len(audit_half))
+  assert np.isin(images, audit_half).all() and not np.isin(images, calibration).any()

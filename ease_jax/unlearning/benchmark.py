@@ -12,9 +12,11 @@ Resumable: the federated runs resume from their orbax checkpoints, and cells alr
 `results.jsonl` are skipped, so an interrupted benchmark continues where it stopped. Each row
 carries the key of the config that computed it (`row_keys`): a row computed under other method
 knobs is neither skipped nor reported, it is redone. The trained, retrained and population models
-come from their own fingerprinted caches: a workdir trained under other federation settings
-(`fed`, `lora`, `data`, `model`, the training seeds, the plants) is refused with the keys that
-differ (`CheckpointMismatchError`), never mixed in. Each row
+come from their own fingerprinted caches, never mixed in: a `train/` folder written under other
+federation settings (`fed`, `lora`, `data`, `model`, the training seeds, the plants) is refused
+with the keys that differ (`CheckpointMismatchError`), a `retrain/` folder of another request
+is refused by name, and populations live in folders named by their hash (other settings train
+new ones). Each row
 holds the retrieval metrics (forget / retain / test, R@{1,5,10} both directions, R-precision),
 the membership-inference AUC on D_f vs matched held-out non-members, wall and compile time.
 Gaps to retrain, speed-ups and the aggregates are computed from the rows (`aggregate`).

@@ -73,12 +73,8 @@ class Cell:
                                       trained=self.trained.trainable,
                                       history=self.trained.history, eval_subsets=self.subsets,
                                       workdir=pathlib.Path(request_root))
-    labels = (np.asarray(setup.dataset.image_meta[config.data.label])
-              if config.data.get("label") in setup.dataset.image_meta else None)
-    # The test split's audit half: the methods calibrate on the other (`common.test_halves`).
-    audit_half = common.test_halves(setup, config.seeds.unlearning)[1]
-    self.nonmember_texts = setup.texts_of(mia.matched_nonmembers(
-        self.request.forget_images, audit_half, labels, seed=config.seeds.unlearning))
+    # From the test split's audit half: the methods calibrate on the other.
+    self.nonmember_texts = common.mia_nonmembers(setup, config, self.request.forget_images)
     self.mia_score = mia_score
     self.audit_config = common.block(config, "audit", population_lib.DEFAULTS)
     tones = np.asarray(setup.dataset.image_meta.get("skin_tone", np.full(

@@ -13,6 +13,7 @@ from ease_jax import builders
 from ease_jax import federated
 from ease_jax.federated import driver
 from ease_jax import losses
+from ease_jax import mia
 from ease_jax import rng as rng_lib
 from ease_jax import training
 from ease_jax import validation
@@ -55,7 +56,8 @@ def round_timing(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
   `wall_time_s` sums the per-round times. The first round also compiles, and so does the first
   round after a resume (`driver.ROUND_COMPILES`), so `steady_time_s` replaces each of those by
   the median of the other rounds (the compile-free time, comparable with methods that report
-  their compile time separately).
+  their compile time separately). When every round compiles (a one-round run) there is no such
+  median, and `steady_time_s` is the shortest round, compilation included: an upper bound.
   """
   rows = [r for r in rows if "round_time_s" in r]
   times = [float(r["round_time_s"]) for r in rows]
@@ -136,6 +138,16 @@ def test_halves(setup: Any, seed: int) -> tuple[np.ndarray, np.ndarray]:
   shuffled = rng.permutation(np.asarray(setup.test_images))
   half = len(shuffled) // 2
   return np.sort(shuffled[:half]), np.sort(shuffled[half:])
+
+
+def mia_nonmembers(setup: Any, config: Any, forget_images: np.ndarray) -> np.ndarray:
+  """Text ids of the MIA's non-members: test images of the audit half (`test_halves`) matched to
+  the forget images' `data.label` mix, min(|forget images|, |audit half|) of them."""
+  labels = (np.asarray(setup.dataset.image_meta[config.data.label])
+            if config.data.get("label") in setup.dataset.image_meta else None)
+  audit_half = test_halves(setup, config.seeds.unlearning)[1]
+  return setup.texts_of(mia.matched_nonmembers(forget_images, audit_half, labels,
+                                               seed=config.seeds.unlearning))
 
 
 def nonmember_cosines(ctx: base.UnlearningContext, split: str) -> np.ndarray:

@@ -93,8 +93,12 @@ def round_major(history: federated.UpdateHistory, weights: np.ndarray
 
 
 def check_full_history(rounds: np.ndarray, config: ml_collections.ConfigDict, name: str) -> None:
+  """Every round's updates from round 0 on, for every client that sent them: the union of the
+  stored rounds can be complete while a client that took part often lost its oldest updates
+  (partial participation, `fed.history_size < fed.rounds`), so the size is required too."""
   expected = np.arange(config.fed.rounds)
-  if len(rounds) != len(expected) or np.any(rounds != expected):
+  if (config.fed.history_size < config.fed.rounds or len(rounds) != len(expected)
+      or np.any(rounds != expected)):
     raise ValueError(f"{name} needs every round's stored updates from round 0 (it replays the "
                      f"training from the initial model), but the history holds rounds "
                      f"{rounds.tolist()[:5]}...; set fed.history_size ≥ fed.rounds "
