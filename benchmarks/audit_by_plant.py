@@ -38,7 +38,6 @@ from ease_jax import audit  # noqa: E402
 from ease_jax import builders  # noqa: E402
 from ease_jax import configs  # noqa: E402
 from ease_jax.data import plants as plants_lib  # noqa: E402
-from ease_jax.unlearning import base  # noqa: E402
 from ease_jax.unlearning import benchmark  # noqa: E402
 from ease_jax.unlearning import cell as cell_lib  # noqa: E402
 from ease_jax.unlearning import requests  # noqa: E402
