@@ -431,3 +431,18 @@ def test_mia_non_members_come_from_the_audit_half(tiny_setup):
   images = np.unique(tiny_setup.dataset.text_image[texts])
   assert len(images) == min(len(forget), len(audit_half))
   assert np.isin(images, audit_half).all() and not np.isin(images, calibration).any()
+
+
+def test_the_embedding_warm_up_compiles_what_the_methods_embed(trained):
+  """A resumed benchmark's first method paid `embed`'s compilation inside its timed work; the
+  cell now compiles it first, and a method's embedding of any size reuses it."""
+  from ease_jax.data import device  # pylint: disable=g-import-not-at-top
+  ctx = make_ctx(trained)
+  jax.clear_caches()
+  common.warm_up_embedding(ctx.setup, ctx.trained)
+  compiled = device._embed_chunk._cache_size()
+  assert compiled >= 1
+  common.nonmember_cosines(ctx, "test")
+  federated.matched_cosines(ctx.setup.model, ctx.setup.backbone, ctx.trained, ctx.setup.data,
+                            ctx.request.forget_texts)
+  assert device._embed_chunk._cache_size() == compiled

@@ -75,6 +75,10 @@ class Cell:
                                       workdir=pathlib.Path(request_root))
     # From the test split's audit half: the methods calibrate on the other.
     self.nonmember_texts = common.mia_nonmembers(setup, config, self.request.forget_images)
+    # Compiled here, not inside the first method's timed work (EASE's target, the ascent
+    # methods' stop level, MVI's basis embed pairs): in a resumed benchmark whose evaluated rows
+    # are cached, the first method run would otherwise pay the compilation.
+    common.warm_up_embedding(setup, self.trained.trainable)
     self.mia_score = mia_score
     self.audit_config = common.block(config, "audit", population_lib.DEFAULTS)
     tones = np.asarray(setup.dataset.image_meta.get("skin_tone", np.full(
