@@ -158,7 +158,7 @@ def lora_config_from(lora: ml_collections.ConfigDict) -> lora_lib.LoRAConfig:
                              freeze_a=lora.get("freeze_a", False))
 
 
-DATA_SPLITS = ("random", "skin_tone", "karpathy")
+DATA_SPLITS = partition_lib.SPLIT_KINDS
 
 
 def image_labels(ds: dataset_lib.CaptionDataset, data_config: ml_collections.ConfigDict,

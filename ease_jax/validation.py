@@ -13,6 +13,7 @@ import pathlib
 from typing import Any, Callable, Iterable, Mapping
 
 from ease_jax.data import karpathy
+from ease_jax.data import partition
 
 Check = Callable[[Any], "str | None"]
 
@@ -141,7 +142,7 @@ BASE_RULES: dict[str, Check] = {
     "data.max_length": _max_length,
     "data.splits": subset_of(*karpathy.VALID_SPLITS),
     "data.skin_tone_variants": boolean,
-    "data.split": one_of("random", "skin_tone", "karpathy"),
+    "data.split": one_of(*partition.SPLIT_KINDS),
     "data.public_fraction": open_fraction,
     # Not 0: the held-out test split evaluates every run and gives the MIA its non-members.
     "data.test_fraction": real(0.0, 1.0, lo_open=True, hi_open=True),

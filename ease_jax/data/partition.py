@@ -12,6 +12,10 @@ from typing import NamedTuple
 
 import numpy as np
 
+# `data.split` kinds (`builders.split_dataset`): 'random' fractions, the emoji data's fixed
+# 'skin_tone' public split, a Karpathy caption file's own 'karpathy' test split.
+SPLIT_KINDS = ("random", "skin_tone", "karpathy")
+
 SCHEMES = ("iid", "by_label", "dirichlet")
 
 
