@@ -123,8 +123,34 @@ def load_backbone(model_config: ml_collections.ConfigDict) -> tuple[Any, PyTree,
         "`python experiments/pretrain.py --config=experiments/configs/pretrain_emoji.py "
         f"--workdir=workdirs/pretrain_emoji --export_to={embedded_backbone_dir()}`.")
   clip_config, params = hf.load_clip(path)
-  tokenizer, _ = hf.load_tokenizer_and_processor(hf.resolve_checkpoint(str(path)))
+  tokenizer, processor = hf.load_tokenizer_and_processor(hf.resolve_checkpoint(str(path)))
+  problems = pixel_scaling_problems(processor)
+  if problems:
+    raise ValueError(f"{checkpoint!r}: its {hf.PREPROCESSOR_NAME} scales pixels otherwise than "
+                     f"ease-jax does ((x / 255 - CLIP_MEAN) / CLIP_STD, "
+                     f"ease_jax.data.dataset.normalize_images): {'; '.join(problems)}. The "
+                     "model would see inputs it was not trained on.")
   return clip_config, params, tokenizer
+
+
+def pixel_scaling_problems(processor: Any) -> list[str]:
+  """How a checkpoint's image processor (None: none shipped) would scale pixels differently from
+  `dataset.normalize_images`, which every ease-jax pipeline uses; [] when it agrees."""
+  if processor is None:
+    return []
+  problems = []
+  for flag in ("do_rescale", "do_normalize"):
+    if getattr(processor, flag, True) is False:
+      problems.append(f"{flag}=False")
+  factor = getattr(processor, "rescale_factor", 1 / 255)
+  if getattr(processor, "do_rescale", True) and not np.isclose(factor, 1 / 255):
+    problems.append(f"rescale_factor={factor} (ease-jax: 1/255)")
+  if getattr(processor, "do_normalize", True):
+    for name, ours in (("image_mean", dataset_lib.CLIP_MEAN), ("image_std", dataset_lib.CLIP_STD)):
+      theirs = getattr(processor, name, None)
+      if theirs is not None and not np.allclose(np.broadcast_to(theirs, 3), ours, atol=1e-4):
+        problems.append(f"{name}={list(np.broadcast_to(theirs, 3))} (ease-jax: {list(ours)})")
+  return problems
 
 
 def load_dataset(data_config: ml_collections.ConfigDict, tokenizer: Any,

@@ -1,7 +1,9 @@
 """LoRA adapters as a pytree separate from the frozen backbone.
 
 Targets are chosen big_vision-style, by regular expressions over `/`-joined parameter paths of the
-backbone's dense kernels (e.g. `vision_model/encoder/layers/3/self_attn/q_proj/kernel`). The adapter
+backbone's dense kernels (e.g. `vision_model/encoder/layers/3/self_attn/q_proj/kernel`) and of the
+ViT patch embedding (`vision_model/embeddings/patch_embedding/kernel`, a conv kernel
+`[p, p, C, hidden]` adapted as the matrix `[p·p·C, hidden]` it applies to each flattened patch). The adapter
 tree mirrors the backbone paths with `{a: [in, rank], b: [rank, out]}` in place of `kernel`:
 
     lora["vision_model"]["encoder"]["layers"]["3"]["self_attn"]["q_proj"] = {"a": ..., "b": ...}
@@ -76,13 +78,13 @@ def resolve_targets(targets: str | Sequence[str]) -> tuple[str, ...]:
 
 
 def target_paths(params: Params, targets: str | Sequence[str]) -> list[str]:
-  """Paths of the 2-D dense kernels matched by `targets`, in a stable order.
+  """Paths of the dense (2-D) and conv (4-D) kernels matched by `targets`, in a stable order.
 
   Raises:
-    ValueError: a pattern matches no dense kernel (a typo would otherwise train nothing).
+    ValueError: a pattern matches no kernel (a typo would otherwise train nothing).
   """
   flat = traverse_util.flatten_dict(params, sep="/")
-  kernels = [p for p, v in flat.items() if p.endswith("/kernel") and np.ndim(v) == 2]
+  kernels = [p for p, v in flat.items() if p.endswith("/kernel") and np.ndim(v) in (2, 4)]
   chosen: list[str] = []
   for pattern in resolve_targets(targets):
     try:
@@ -92,10 +94,16 @@ def target_paths(params: Params, targets: str | Sequence[str]) -> list[str]:
     matched = [p for p in kernels if regex.fullmatch(p)]
     if not matched:
       examples = ", ".join(kernels[:3])
-      raise ValueError(f"Unknown LoRA target: {pattern!r} matches no dense kernel of the model "
-                       f"(paths look like: {examples}, ...).")
+      raise ValueError(f"Unknown LoRA target: {pattern!r} matches no dense or conv kernel of "
+                       f"the model (paths look like: {examples}, ...).")
     chosen.extend(p for p in matched if p not in chosen)
   return sorted(chosen, key=kernels.index)
+
+
+def _matrix_shape(kernel_shape: Sequence[int]) -> tuple[int, int]:
+  """`(in, out)` of the matrix a kernel acts as: a dense `[in, out]`, or a conv
+  `[kh, kw, in_channels, out]` on flattened patches (`kh·kw·in_channels`)."""
+  return int(np.prod(kernel_shape[:-1])), int(kernel_shape[-1])
 
 
 def init_lora(key: jax.Array, params: Params, config: LoRAConfig) -> dict[str, Any]:
@@ -107,7 +115,7 @@ def init_lora(key: jax.Array, params: Params, config: LoRAConfig) -> dict[str, A
   keys = jax.random.split(key, len(paths))
   lora = {}
   for k, path in zip(keys, paths):
-    fan_in, fan_out = flat[path].shape
+    fan_in, fan_out = _matrix_shape(flat[path].shape)
     module = path[: -len("/kernel")]
     lora[module + "/a"] = config.init_std * jax.random.normal(k, (fan_in, config.rank),
                                                               jnp.float32)
@@ -134,7 +142,8 @@ def merge(params: Params, lora: Params, scale: float) -> dict[str, Any]:
   lora_flat = traverse_util.flatten_dict(lora, sep="/")
   for module in module_paths(lora):
     a, b = lora_flat[module + "/a"], lora_flat[module + "/b"]
-    flat[module + "/kernel"] = flat[module + "/kernel"] + scale * (a @ b)
+    kernel = flat[module + "/kernel"]
+    flat[module + "/kernel"] = kernel + scale * (a @ b).reshape(np.shape(kernel))
   return traverse_util.unflatten_dict(flat, sep="/")
 
 

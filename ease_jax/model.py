@@ -259,15 +259,49 @@ class VisionTransformer(nn.Module):
   def __call__(self, pixels: jax.Array) -> jax.Array:
     """pixels: [B, H, W, C] normalised -> pooled [B, hidden]."""
     cfg = self.config
-    x = _VisionEmbeddings(cfg, self.dtype, name="embeddings")(pixels)
+    x = _VisionEmbeddings(cfg, self.lora_scale, self.dtype, name="embeddings")(pixels)
     x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=self.dtype, name="pre_layrnorm")(x)
     x = Encoder(cfg, False, self.lora_scale, self.lora_mode, self.dtype, name="encoder")(x, None)
     return nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=self.dtype,
                         name="post_layernorm")(x[:, 0, :])
 
 
+class LoRAPatchEmbedding(nn.Module):
+  """The ViT patch embedding (a `p x p` stride-`p` convolution, no bias), optionally adapted.
+
+  The kernel keeps the checkpoint's conv layout `[p, p, C, hidden]`; a LoRA update
+  `lora/<path>/{a: [p·p·C, r], b: [r, hidden]}` acts on each flattened patch (row order
+  `(kh, kw, c)`, the kernel's own), so `ease_jax.lora.merge` folds it into the kernel exactly.
+  Returns `[batch, patches, hidden]`.
+  """
+  features: int
+  patch_size: int
+  lora_scale: float = 1.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, pixels: jax.Array) -> jax.Array:
+    p = self.patch_size
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (p, p, pixels.shape[-1], self.features))
+    x = pixels.astype(self.dtype)
+    out = jax.lax.conv_general_dilated(x, kernel.astype(self.dtype), (p, p), "VALID",
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    batch, rows, cols, _ = out.shape
+    out = out.reshape(batch, rows * cols, self.features)
+    if self.has_variable(LORA_COLLECTION, "a"):
+      a = self.get_variable(LORA_COLLECTION, "a").astype(self.dtype)
+      b = self.get_variable(LORA_COLLECTION, "b").astype(self.dtype)
+      # [B, rows, p, cols, p, C] -> [B, rows·cols, p·p·C] in the kernel's (kh, kw, c) order.
+      flat = x.reshape(batch, rows, p, cols, p, x.shape[-1]).transpose(0, 1, 3, 2, 4, 5)
+      flat = flat.reshape(batch, rows * cols, -1)
+      out = out + self.lora_scale * ((flat @ a) @ b)
+    return out
+
+
 class _VisionEmbeddings(nn.Module):
   config: VisionConfig
+  lora_scale: float = 1.0
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -277,11 +311,9 @@ class _VisionEmbeddings(nn.Module):
       raise ValueError(
           f"encode_image expects pixels [batch, {cfg.image_size}, {cfg.image_size}, "
           f"{cfg.num_channels}] (NHWC), got shape {pixels.shape}.")
-    patches = nn.Conv(cfg.hidden_size, (cfg.patch_size, cfg.patch_size),
-                      strides=(cfg.patch_size, cfg.patch_size), padding="VALID", use_bias=False,
-                      dtype=self.dtype, name="patch_embedding")(pixels.astype(self.dtype))
+    patches = LoRAPatchEmbedding(cfg.hidden_size, cfg.patch_size, self.lora_scale, self.dtype,
+                                 name="patch_embedding")(pixels)
     batch = patches.shape[0]
-    patches = patches.reshape(batch, -1, cfg.hidden_size)
     cls = self.param("class_embedding", nn.initializers.normal(0.02), (cfg.hidden_size,))
     cls = jnp.broadcast_to(cls.astype(self.dtype), (batch, 1, cfg.hidden_size))
     x = jnp.concatenate([cls, patches], axis=1)

@@ -13,6 +13,7 @@ from conftest import flat_params as flat
 from conftest import make_tiny_setup, make_unlearning_ctx as make_ctx, run_fedavg, tiny_config
 from ease_jax import builders
 from ease_jax import federated
+from ease_jax import lora as lora_lib
 from ease_jax import rng as rng_lib
 from ease_jax.unlearning import base
 from ease_jax.unlearning import common
@@ -389,6 +390,30 @@ def test_fedrecovery_residuals_and_method_noise(trained):
   diff = flat(noisy.trainable) - flat(clean.trainable)
   assert noisy.diagnostics["noise_std"] == 0.02
   np.testing.assert_allclose(diff.std(), 0.02, rtol=0.05)
+
+
+def test_fedrecovery_noise_leaves_frozen_lora_a_alone(trained):
+  """Under FFA-LoRA every A factor is frozen at its init: noise goes to what is trained only."""
+  cfg, setup, res = trained
+  ffa = dataclasses.replace(setup, lora_config=dataclasses.replace(setup.lora_config,
+                                                                  freeze_a=True))
+  overrides = {"fedrecovery.noise_std": 0.02}
+  clean = fr.fedrecovery(make_ctx((cfg, ffa, res)))
+  noisy = fr.fedrecovery(make_ctx((cfg, ffa, res), overrides))
+  labels = jax.tree.leaves(lora_lib.frozen_a_labels(noisy.trainable))
+  diffs = [np.asarray(n) - np.asarray(c) for n, c in
+           zip(jax.tree.leaves(noisy.trainable), jax.tree.leaves(clean.trainable))]
+  assert "frozen" in labels and "trainable" in labels
+  assert all(np.all(d == 0) for d, label in zip(diffs, labels) if label == "frozen")
+  trained_diff = np.concatenate([d.ravel() for d, label in zip(diffs, labels)
+                                 if label == "trainable"])
+  np.testing.assert_allclose(trained_diff.std(), 0.02, rtol=0.05)
+  # Without FFA-LoRA the A factors are trained, and noised.
+  free = fr.fedrecovery(make_ctx(trained, overrides))
+  free_clean = fr.fedrecovery(make_ctx(trained))
+  assert all(np.abs(np.asarray(n) - np.asarray(c)).max() > 0 for n, c, label in
+             zip(jax.tree.leaves(free.trainable), jax.tree.leaves(free_clean.trainable), labels)
+             if label == "frozen")
 
 
 def test_fedrecovery_equals_uncalibrated_federaser_under_partial_participation():

@@ -414,6 +414,8 @@ def test_karpathy_bad_inputs(tmp_path, fast_tok):
     load(write(lambda d: d["images"][3].update(filename="a.png")))
   with pytest.raises(ValueError, match="absolute path"):
     load(write(lambda d: d["images"][0].update(filepath="/etc")))
+  with pytest.raises(ValueError, match=r"images\[2\] names a path out of the image root"):
+    load(write(lambda d: d["images"][2].update(filepath="imgs/../../elsewhere")))
   with pytest.raises(ValueError, match="max_images must be >= 1"):
     karpathy.load_karpathy(path, tmp_path, "train", fast_tok, 16, 8, max_images=0)
   (tmp_path / "imgs" / "b.jpg").unlink()

@@ -232,6 +232,31 @@ def test_missing_backbone_folder_is_a_clear_error(tmp_path):
     builders.build_setup(config)
 
 
+def test_a_checkpoint_whose_processor_scales_pixels_otherwise_is_refused(tmp_path):
+  """Pixels are always scaled by `normalize_images` (CLIP's mean and std); a checkpoint whose
+  preprocessor_config.json asks for other statistics would see inputs it was not trained on."""
+  import transformers  # pylint: disable=g-import-not-at-top
+  ckpt = _tiny_backbone(tmp_path / "ckpt", image_size=32, context=24)
+  clip_config, params = hf.load_clip(ckpt)
+  tokenizer = tok_lib.load_tokenizer(dataset_lib.embedded_tokenizer_dir())
+  config = configs.from_file(ROOT / "experiments" / "configs" / "emoji_default.py")
+  for name, processor, needle in (
+      ("clip", transformers.CLIPImageProcessor(), None),  # transformers' CLIP defaults agree
+      ("imagenet", transformers.CLIPImageProcessor(image_mean=[0.485, 0.456, 0.406],
+                                                   image_std=[0.229, 0.224, 0.225]), "image_mean"),
+      ("raw", transformers.CLIPImageProcessor(do_normalize=False), "do_normalize=False"),
+      ("scaled", transformers.CLIPImageProcessor(rescale_factor=1 / 127.5), "rescale_factor")):
+    folder = tmp_path / name
+    hf.save_clip(folder, clip_config, params, tokenizer=tokenizer, image_processor=processor)
+    config.model.checkpoint = str(folder)
+    if needle is None:
+      assert builders.load_backbone(config.model)[0] == clip_config
+    else:
+      with pytest.raises(ValueError, match=needle) as raised:
+        builders.load_backbone(config.model)
+      assert hf.PREPROCESSOR_NAME in str(raised.value) and name in str(raised.value)
+
+
 def test_fine_tuning_temperature_override():
   config = configs.from_file(ROOT / "experiments" / "configs" / "emoji_default.py")
   config.model.logit_scale = 0.0  # the checkpoint's own

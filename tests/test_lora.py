@@ -282,3 +282,42 @@ def test_vmap_over_clients_equals_loop(params, batch, mode):
     np.testing.assert_allclose(np.asarray(text[c]), loop_text, atol=1e-5, rtol=0)
     np.testing.assert_allclose(np.asarray(image[c]), loop_image, atol=1e-5, rtol=0)
   assert np.abs(np.asarray(text[0] - text[1])).max() > 1e-3  # Clients differ.
+
+
+def test_lora_on_the_patch_embedding_is_a_matrix_on_flattened_patches(params, batch):
+  """The ViT patch embedding (a conv kernel [p, p, C, hidden]) can be a LoRA target: its update
+  acts on each flattened patch, so the adapted image embedding equals the plain model with the
+  merged kernel, and the patch embedding itself equals a numpy patch-by-patch matmul."""
+  target = r"vision_model/embeddings/patch_embedding/kernel"
+  assert _modules(target, params) == ["vision_model/embeddings/patch_embedding"]
+  config = lora_lib.LoRAConfig(rank=3, alpha=6.0, targets=(target, r".*/q_proj/kernel"))
+  lora = _with_random_b(lora_lib.init_lora(jax.random.key(3), params, config), seed=4, std=1.0)
+  flat_lora = traverse_util.flatten_dict(lora, sep="/")
+  p, channels = CONFIG.vision.patch_size, 3
+  module = "vision_model/embeddings/patch_embedding"
+  a, b = np.asarray(flat_lora[module + "/a"]), np.asarray(flat_lora[module + "/b"])
+  assert a.shape == (p * p * channels, 3) and b.shape == (3, CONFIG.vision.hidden_size)
+
+  clip = CLIP(CONFIG, config.scale)
+  adapted = _encode(clip, params, lora, batch)
+  merged = lora_lib.merge(params, lora, config.scale)
+  np.testing.assert_allclose(_encode(CLIP(CONFIG), merged, {}, batch)[0], adapted[0],
+                             atol=2e-5)
+  assert not np.allclose(adapted[0], _encode(CLIP(CONFIG), params, {}, batch)[0], atol=1e-4)
+
+  # Independent reference for the adapted patch embedding: every patch, flattened in (row,
+  # col, channel) order, times the [p·p·C, hidden] kernel plus scale · A B.
+  kernel = np.asarray(traverse_util.flatten_dict(params, sep="/")[module + "/kernel"])
+  pixels = np.asarray(batch[0])
+  grid = pixels.shape[1] // p
+  expected = np.stack([
+      np.stack([pixels[n, i * p:(i + 1) * p, j * p:(j + 1) * p].reshape(-1)
+                for i in range(grid) for j in range(grid)]) for n in range(len(pixels))])
+  expected = expected @ (kernel.reshape(-1, kernel.shape[-1]) + config.scale * a @ b)
+  from ease_jax.model import LoRAPatchEmbedding  # pylint: disable=g-import-not-at-top
+  got = LoRAPatchEmbedding(CONFIG.vision.hidden_size, p, config.scale).apply(
+      {"params": {"kernel": kernel}, "lora": {"a": a, "b": b}}, jnp.asarray(pixels))
+  np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-4, atol=1e-4)
+  unadapted = LoRAPatchEmbedding(CONFIG.vision.hidden_size, p).apply(
+      {"params": {"kernel": kernel}}, jnp.asarray(pixels))
+  assert np.abs(np.asarray(got - unadapted)).max() > 0.1 * np.abs(np.asarray(unadapted)).max()

@@ -113,10 +113,12 @@ def _validate_entries(path: pathlib.Path, data: Any) -> list[dict[str, Any]]:
                          "string field 'raw'")
       if not sentence["raw"].strip():
         raise ValueError(f"{path}: images[{i}] ({entry['filename']}) sentences[{j}] is empty")
-    if pathlib.PurePath(entry.get("filepath", ""), entry["filename"]).is_absolute():
-      raise ValueError(f"{path}: images[{i}] names an absolute path "
+    relative = pathlib.PurePath(entry.get("filepath", ""), entry["filename"])
+    if relative.is_absolute() or ".." in relative.parts:
+      kind = "an absolute path" if relative.is_absolute() else "a path out of the image root"
+      raise ValueError(f"{path}: images[{i}] names {kind} "
                        f"{entry.get('filepath', '')!r} / {entry['filename']!r}: image paths are "
-                       "relative to the image root")
+                       "relative to the image root, inside it")
   # One image listed twice (in train and test, say) would be trained on and tested on.
   seen: dict[str, int] = {}
   for i, entry in enumerate(entries):

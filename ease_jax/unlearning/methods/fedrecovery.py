@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from ease_jax import lora as lora_lib
 from ease_jax import rng as rng_lib
 from ease_jax import validation as check
 from ease_jax.unlearning import base
@@ -88,10 +89,24 @@ def gaussian_sigma(epsilon: float, delta: float, sensitivity: float) -> float:
 
 
 def fedrecovery_apply(global_flat: jax.Array, correction: jax.Array, key: jax.Array,
-                      noise_std: float) -> jax.Array:
-  """w^T − correction + N(0, σ² I)."""
+                      noise_std: float, noise_mask: jax.Array | None = None) -> jax.Array:
+  """w^T − correction + N(0, σ² I), the noise only where `noise_mask` (`[params]`, 1 = trained;
+  None = everywhere) is 1."""
   noise = noise_std * jax.random.normal(key, global_flat.shape, global_flat.dtype)
+  if noise_mask is not None:
+    noise = noise * noise_mask
   return global_flat - correction + noise
+
+
+def trained_mask(trainable: Any, freeze_a: bool) -> jax.Array:
+  """`[params]` float, 1 on the parameters the federation trains: under FFA-LoRA
+  (`lora.freeze_a`) every A factor stays at its init in every model, so noise there would move
+  what no client can move back (and break FedAvg's exactness for the products A·B)."""
+  if not freeze_a:
+    return jnp.ones_like(ravel_pytree(trainable)[0])
+  labels = lora_lib.frozen_a_labels(trainable)
+  ones = jax.tree.map(lambda x, label: jnp.full_like(x, label == "trainable"), trainable, labels)
+  return ravel_pytree(ones)[0]
 
 
 def fedrecovery(ctx: base.UnlearningContext) -> base.MethodResult:
@@ -113,7 +128,8 @@ def fedrecovery(ctx: base.UnlearningContext) -> base.MethodResult:
     sigma = 0.0
   flat, unravel = ravel_pytree(ctx.trained)
   key = rng_lib.jax_key(ctx.config.seeds.unlearning, rng_lib.Stream.FEDRECOVERY_NOISE)
-  theta = unravel(jax.block_until_ready(fedrecovery_apply(flat, correction, key, sigma)))
+  mask = trained_mask(ctx.trained, ctx.setup.lora_config.freeze_a)
+  theta = unravel(jax.block_until_ready(fedrecovery_apply(flat, correction, key, sigma, mask)))
   wall = time.perf_counter() - t0
   diag = dict(noise_std=sigma, correction_norm=float(jnp.linalg.norm(correction)),
               residual_norms=np.linalg.norm(np.asarray(residuals), axis=1).round(6).tolist(),
