@@ -124,13 +124,28 @@ def load_backbone(model_config: ml_collections.ConfigDict) -> tuple[Any, PyTree,
         f"--workdir=workdirs/pretrain_emoji --export_to={embedded_backbone_dir()}`.")
   clip_config, params = hf.load_clip(path)
   tokenizer, processor = hf.load_tokenizer_and_processor(hf.resolve_checkpoint(str(path)))
-  problems = pixel_scaling_problems(processor)
+  problems = tokenizer_problems(tokenizer, clip_config) + pixel_scaling_problems(processor)
   if problems:
-    raise ValueError(f"{checkpoint!r}: its {hf.PREPROCESSOR_NAME} scales pixels otherwise than "
-                     f"ease-jax does ((x / 255 - CLIP_MEAN) / CLIP_STD, "
-                     f"ease_jax.data.dataset.normalize_images): {'; '.join(problems)}. The "
-                     "model would see inputs it was not trained on.")
+    raise ValueError(f"{checkpoint!r}: its files disagree with what the model was trained on: "
+                     f"{'; '.join(problems)}.")
   return clip_config, params, tokenizer
+
+
+def tokenizer_problems(tokenizer: Any, clip_config: Any) -> list[str]:
+  """How a checkpoint's tokenizer disagrees with its text config; [] when it agrees. Ids past
+  the embedding table embed as NaN, and another EOS id makes the text pooling read position 0
+  (the start token) of every caption, so every caption would embed alike."""
+  from ease_jax.data import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
+  text = clip_config.text
+  problems = []
+  if len(tokenizer) > text.vocab_size:
+    problems.append(f"the tokenizer has {len(tokenizer)} tokens but config.json's text "
+                    f"vocab_size is {text.vocab_size}")
+  eos = tok_lib.eos_token_id(tokenizer)
+  if text.eos_token_id != 2 and eos != text.eos_token_id:  # 2: legacy configs (largest id)
+    problems.append(f"the tokenizer's end-of-text id is {eos} but config.json's text "
+                    f"eos_token_id is {text.eos_token_id}")
+  return problems
 
 
 def pixel_scaling_problems(processor: Any) -> list[str]:
@@ -150,6 +165,10 @@ def pixel_scaling_problems(processor: Any) -> list[str]:
       theirs = getattr(processor, name, None)
       if theirs is not None and not np.allclose(np.broadcast_to(theirs, 3), ours, atol=1e-4):
         problems.append(f"{name}={list(np.broadcast_to(theirs, 3))} (ease-jax: {list(ours)})")
+  if problems:
+    problems = [f"its {hf.PREPROCESSOR_NAME} scales pixels otherwise than ease-jax does "
+                f"((x / 255 - CLIP_MEAN) / CLIP_STD, dataset.normalize_images): "
+                f"{', '.join(problems)}"]
   return problems
 
 
@@ -315,15 +334,41 @@ def _files_digest(paths: tuple[str, ...], stamp: tuple[Any, ...]) -> str:
   return digest.hexdigest()
 
 
+def data_digest(data_config: ml_collections.ConfigDict) -> str:
+  """sha256 over the data files a run reads, so that a workdir does not resume (nor a cache
+  serve) on data rewritten under the same config strings: the embedded emoji npz files, or a
+  Karpathy caption file's bytes with the name and size of every file under its image root (a
+  path relative to another working directory names other files, too). Image bytes are not
+  read: sizes catch a rebuilt or replaced set at the cost of a `stat` per file."""
+  if data_config.name == "emoji":
+    files = sorted(dataset_lib.ASSETS_DIR.glob("emoji*.npz"))
+  elif data_config.name == "karpathy":
+    files = [pathlib.Path(data_config.json_path)]
+  else:
+    return ""  # load_dataset names the unknown dataset.
+  files = [f for f in files if f.is_file()]  # A missing one is named by load_dataset.
+  stamp = tuple((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+  digest = _files_digest(tuple(str(p) for p in files), stamp)
+  if data_config.name == "karpathy" and pathlib.Path(data_config.image_root).is_dir():
+    root = pathlib.Path(data_config.image_root)
+    listing = sorted((p.relative_to(root).as_posix(), p.stat().st_size)
+                     for p in root.rglob("*") if p.is_file())
+    digest = hashlib.sha256((digest + repr(listing)).encode()).hexdigest()
+  return digest
+
+
 def run_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """Config entries that determine a federated run's trajectory (not eval/logging knobs), and
-  the backbone's bytes: a path names a folder, whose weights can be rewritten in place (e.g.
-  `experiments/pretrain.py --export_to`), and a run on other weights must not resume."""
+  the bytes of the backbone and the data: a path names a folder, whose files can be rewritten
+  in place (e.g. `experiments/pretrain.py --export_to`, `build_emoji`), and a run on other
+  weights or data must not resume."""
   keep = {k: config[k] for k in ("seeds", "data", "model", "lora", "fed", "plants")
           if k in config}
   fp = checkpointing.fingerprint(keep)
   if "model" in config:
     fp["model.checkpoint_sha256"] = checkpoint_digest(config.model.checkpoint)
+  if "data" in config and config.data.get("name"):
+    fp["data.files_sha256"] = data_digest(config.data)
   for k in ("fed.backend", "fed.chunk_size"):  # Execution strategy, not the maths.
     fp.pop(k, None)
   # Requests' and methods' randomness: no federated run reads it (a request's effect on a run,

@@ -95,8 +95,15 @@ def fingerprint_hash(fp: Mapping[str, Any]) -> str:
   return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# Fingerprint keys added after checkpoints were written without them: such a checkpoint cannot
+# be checked on that key and is resumed as before (the check applies to new checkpoints).
+ADDED_LATER = frozenset({"data.files_sha256"})
+
+
 def diff_fingerprints(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-  keys = sorted(set(saved) | set(current))
+  """`"key: checkpoint=… vs now=…"` for every key whose value differs (absent counts as a
+  value, except for an `ADDED_LATER` key absent from `saved`)."""
+  keys = sorted((set(saved) | set(current)) - {k for k in ADDED_LATER if k not in saved})
   return [f"{k}: checkpoint={saved.get(k, '<absent>')!r} vs now={current.get(k, '<absent>')!r}"
           for k in keys if saved.get(k, "<absent>") != current.get(k, "<absent>")]
 
@@ -380,7 +387,10 @@ class Checkpointer:
     self.fingerprint = dict(config_fingerprint)
     self._manager = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+        # A save killed mid-write leaves a `<step>.orbax-checkpoint-tmp-*` folder; remove
+        # such leftovers when the manager opens the directory (orbax keeps them by default).
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                             cleanup_tmp_directories=True),
         item_names=("state", "meta"))
 
   def latest_step(self) -> int | None:

@@ -166,12 +166,13 @@ def save_clip(out_dir: str | os.PathLike[str], config: CLIPConfig, params: Param
 def load_tokenizer_and_processor(path_or_repo_id: str | os.PathLike[str], *,
                                  cache_dir: str | os.PathLike[str] | None = None
                                  ) -> tuple[Any, Any | None]:
-  """(`CLIPTokenizerFast` — or the slow `CLIPTokenizer` if that fails —, `CLIPImageProcessor`).
+  """(`CLIPTokenizerFast`, `CLIPImageProcessor`).
 
   The image processor is None when the folder has no `preprocessor_config.json`.
 
   Raises:
     FileNotFoundError: no folder, or no tokenizer files (`tokenizer.json` or `vocab.json`) in it.
+    ValueError: the tokenizer files or `preprocessor_config.json` cannot be read.
   """
   import transformers  # pylint: disable=g-import-not-at-top
   ckpt = resolve_checkpoint(path_or_repo_id, cache_dir)

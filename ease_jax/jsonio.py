@@ -44,7 +44,10 @@ def read_jsonl(path: str | pathlib.Path) -> list[dict[str, Any]]:
   write cut by a kill: dropped, with a warning (whoever wrote it redoes that row). Any other
   line that does not parse is an error naming the file and the line."""
   path = pathlib.Path(path)
-  text = path.read_text()
+  try:
+    text = path.read_text()
+  except UnicodeDecodeError as e:
+    raise ValueError(f"{path}: not UTF-8 text ({e}); it was damaged after it was written.") from e
   lines = text.split("\n")
   rows = []
   for number, line in enumerate(lines, 1):
@@ -66,7 +69,7 @@ def read_json(path: str | pathlib.Path) -> Any:
   path = pathlib.Path(path)
   try:
     return json.loads(path.read_text())
-  except json.JSONDecodeError as e:
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise ValueError(f"{path}: not valid JSON ({e}); it was damaged after it was written (it is "
                      "written atomically). Remove it to recompute what it describes.") from e
 

@@ -329,3 +329,19 @@ def test_newest_step_with_another_layout_is_skipped_when_an_older_one_matches(tm
   assert pathlib.Path(skipped.moved_to).is_dir()
   assert snapshot(directory / "1") == step1
   ck.close()
+
+
+def test_a_save_cut_by_a_kill_leaves_no_folder_behind(two_steps):
+  """Orbax writes a step into `<step>.orbax-checkpoint-tmp-<time>` and renames it when done; a
+  kill in between leaves that folder. The next run's checkpointer removes it, keeps the intact
+  steps and resumes from the newest."""
+  leftover = two_steps / "3.orbax-checkpoint-tmp-1700000000000000"
+  (leftover / "state").mkdir(parents=True)
+  (leftover / "state" / "partial").write_bytes(b"\0" * 1000)
+  ck = checkpointing.Checkpointer(two_steps, FP)
+  restored = ck.restore_latest(make_state(0))
+  ck.close()
+  assert restored.step == 2
+  assert_tree_equal(restored.state, make_state(2))
+  assert not leftover.exists()
+  assert sorted(p.name for p in two_steps.iterdir() if not p.name.startswith(".")) == ["1", "2"]

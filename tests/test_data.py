@@ -111,6 +111,12 @@ def test_load_emoji_missing_and_corrupt(tmp_path):
   np.savez_compressed(tmp_path / "emoji32.npz", images=np.zeros((1, 32, 32, 3), np.uint8))
   with pytest.raises(ValueError, match="captions"):
     ds_lib.load_emoji(assets_dir=tmp_path)
+  # Images of another dtype are refused, not cast (floats in [0, 1] would all become 0 or 1).
+  good = {f: np.asarray(["x"]) for f in ds_lib._EMOJI_FIELDS[1:]}  # pylint: disable=protected-access
+  for images in (np.full((1, 32, 32, 3), 0.5, np.float32), np.zeros((1, 32, 32), np.uint8)):
+    np.savez_compressed(tmp_path / "emoji32.npz", images=images, **good)
+    with pytest.raises(ValueError, match=r"'images' must be uint8 \[n, size, size, 3\]"):
+      ds_lib.load_emoji(assets_dir=tmp_path)
 
 
 def test_tokenizer_slow_equals_fast_and_round_trip(emoji, fast_tok, slow_tok):
@@ -239,6 +245,10 @@ def test_subset_images(emoji):
                                 emoji.image_meta["codepoints"][[5, 2, 9]])
   with pytest.raises(ValueError, match="indices"):
     emoji.subset_images([emoji.num_images])
+  mask = np.zeros(emoji.num_images, bool)
+  mask[[2, 5]] = True
+  with pytest.raises(ValueError, match="boolean mask"):  # would be read as images 0 and 1
+    emoji.subset_images(mask)
 
 
 def test_caption_dataset_validation():

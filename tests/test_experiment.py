@@ -1,4 +1,5 @@
 """End to end through the real loading code: HF checkpoint folders, Karpathy data, the binaries."""
+import dataclasses
 import json
 import os
 import pathlib
@@ -255,6 +256,33 @@ def test_a_checkpoint_whose_processor_scales_pixels_otherwise_is_refused(tmp_pat
       with pytest.raises(ValueError, match=needle) as raised:
         builders.load_backbone(config.model)
       assert hf.PREPROCESSOR_NAME in str(raised.value) and name in str(raised.value)
+
+
+def test_a_checkpoint_whose_tokenizer_disagrees_with_its_config_is_refused(tmp_path):
+  """Another end-of-text id makes the text pooling read the start token of every caption (all
+  captions embed alike), and ids past the embedding table embed as NaN: both refused by name."""
+  ckpt = _tiny_backbone(tmp_path / "ckpt", image_size=32, context=24)
+  clip_config, params = hf.load_clip(ckpt)
+  tokenizer = tok_lib.load_tokenizer(dataset_lib.embedded_tokenizer_dir())
+  config = configs.from_file(ROOT / "experiments" / "configs" / "emoji_default.py")
+  text = clip_config.text
+  eos = tok_lib.eos_token_id(tokenizer)
+  for name, changed, needle in (
+      ("eos", dataclasses.replace(text, eos_token_id=eos - 2), f"end-of-text id is {eos}"),
+      ("vocab", dataclasses.replace(text, vocab_size=len(tokenizer) - 4),
+       f"has {len(tokenizer)} tokens but config.json's text vocab_size is {len(tokenizer) - 4}")):
+    other = dataclasses.replace(clip_config, text=changed)
+    other_params = model_lib.CLIP(other).init(jax.random.key(0))
+    hf.save_clip(tmp_path / name, other, jax.tree.map(np.asarray, other_params),
+                 tokenizer=tokenizer)
+    config.model.checkpoint = str(tmp_path / name)
+    with pytest.raises(ValueError, match=needle):
+      builders.load_backbone(config.model)
+  # The legacy eos_token_id = 2 of old configs means "the largest id": not compared.
+  legacy = dataclasses.replace(clip_config, text=dataclasses.replace(text, eos_token_id=2))
+  hf.save_clip(tmp_path / "legacy", legacy, params, tokenizer=tokenizer)
+  config.model.checkpoint = str(tmp_path / "legacy")
+  assert builders.load_backbone(config.model)[0].text.eos_token_id == 2
 
 
 def test_fine_tuning_temperature_override():

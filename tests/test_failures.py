@@ -398,6 +398,13 @@ def test_json_lines_name_a_corrupt_line_and_append_after_a_cut_one(tmp_path):
   assert jsonio.read_jsonl(path) == [{"a": 1}]
   jsonio.append_jsonl(path, {"a": 3})  # the cut row goes; the new one gets a line of its own
   assert path.read_text() == '{"a": 1}\n{"a": 3}\n'
+  # Bytes that are not UTF-8 (a damaged disk block) are named with the file, too.
+  path.write_bytes(b'{"a": 1}\n{"a": "\xff"}\n')
+  with pytest.raises(ValueError, match=r"rows.jsonl: not UTF-8"):
+    jsonio.read_jsonl(path)
+  (tmp_path / "one.json").write_bytes(b'{"a": "\xff"}')
+  with pytest.raises(ValueError, match=r"one.json: not valid JSON"):
+    jsonio.read_json(tmp_path / "one.json")
 
 
 def test_json_written_is_strict_json_with_non_finite_numbers_as_null(tmp_path):

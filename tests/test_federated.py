@@ -5,6 +5,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import ml_collections
 import optax
 import pytest
 
@@ -13,6 +14,7 @@ from ease_jax import builders
 from ease_jax import checkpointing
 from ease_jax import federated
 from ease_jax import jsonio
+from ease_jax.data import dataset as dataset_lib
 from ease_jax.federated import driver
 
 
@@ -446,6 +448,37 @@ def test_the_run_fingerprint_holds_the_backbones_bytes(tmp_path):
   after = builders.run_fingerprint(config)
   assert [d.split(":")[0] for d in checkpointing.diff_fingerprints(before, after)] == [
       "model.checkpoint_sha256"]
+
+
+def test_the_run_fingerprint_holds_the_datas_bytes(tmp_path, monkeypatch):
+  """Data rewritten under the same config strings (a rebuilt emoji npz, a regenerated Karpathy
+  file, replaced images) is another run; checkpoints written before the key resume as before."""
+  assets = tmp_path / "assets"
+  shutil.copytree(dataset_lib.ASSETS_DIR, assets)
+  monkeypatch.setattr(dataset_lib, "ASSETS_DIR", assets)
+  config = tiny_config()
+  before = builders.run_fingerprint(config)
+  npz = assets / dataset_lib.emoji_npz_name()
+  data = bytearray(npz.read_bytes())
+  data[len(data) // 2] ^= 1
+  npz.write_bytes(bytes(data))
+  after = builders.run_fingerprint(config)
+  assert [d.split(":")[0] for d in checkpointing.diff_fingerprints(before, after)] == [
+      "data.files_sha256"]
+  older = {k: v for k, v in before.items() if k != "data.files_sha256"}
+  assert checkpointing.diff_fingerprints(older, after) == []
+
+  root = tmp_path / "flickr"
+  (root / "images").mkdir(parents=True)
+  (root / "images" / "0.jpg").write_bytes(b"x" * 10)
+  (root / "captions.json").write_text('{"images": []}')
+  karpathy = ml_collections.ConfigDict(dict(name="karpathy", json_path=str(root / "captions.json"),
+                                            image_root=str(root / "images")))
+  first = builders.data_digest(karpathy)
+  (root / "images" / "0.jpg").write_bytes(b"x" * 11)  # a replaced image
+  second = builders.data_digest(karpathy)
+  (root / "captions.json").write_text('{"images": [] }')  # a regenerated caption file
+  assert len({first, second, builders.data_digest(karpathy)}) == 3
 
 
 def test_a_plan_with_an_empty_active_client_is_refused():

@@ -138,7 +138,11 @@ class CaptionDataset:
     Returns:
       A new dataset whose `text_image` points into the subset; captions keep their original order.
     """
-    idx = np.asarray(image_indices, dtype=np.int64).reshape(-1)
+    idx = np.asarray(image_indices)
+    if idx.dtype == bool:  # A mask would be read as the indices 0 and 1.
+      raise ValueError("subset_images takes image indices, got a boolean mask (use "
+                       "np.flatnonzero(mask)).")
+    idx = idx.astype(np.int64).reshape(-1)
     if idx.size and (idx.min() < 0 or idx.max() >= self.num_images):
       raise ValueError(f"subset_images: indices must be in [0, {self.num_images}), got range "
                        f"[{idx.min()}, {idx.max()}]")
@@ -243,7 +247,12 @@ def load_emoji(tokenizer: Any = None, max_length: int = EMOJI_CONTEXT_LENGTH,
   missing = [f for f in _EMOJI_FIELDS if f not in data]
   if missing:
     raise ValueError(f"emoji dataset {path} lacks field(s) {missing}")
-  n = data["images"].shape[0]
+  images = data["images"]
+  if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or (
+      images.shape[1] != images.shape[2]):
+    raise ValueError(f"emoji dataset {path}: 'images' must be uint8 [n, size, size, 3], got "
+                     f"{images.dtype} {images.shape}")
+  n = images.shape[0]
   for f in _EMOJI_FIELDS[1:]:
     if data[f].shape != (n,):
       raise ValueError(f"emoji dataset {path}: field {f!r} has shape {data[f].shape}, "
