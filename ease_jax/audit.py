@@ -2,16 +2,20 @@
 models trained with and without D_f, and forget quality (pure numpy).
 
 A population MIA (`mia.py`) asks whether D_f *as a whole* looks like training data. A
-per-example attack is far stronger (U-LiRA, Hayes et al. 2024): for each forget example k it fits
-the distribution of its score under models trained *with* D_f (`in`) and *without* it (`out`,
-the retrain population) and asks, for a given model, which distribution the example's score came
-from. An unlearned model passes if its examples look like those of retrained models that were
+per-example attack is far stronger (Hayes et al. 2024): for each forget example k it fits the
+distribution of its score under models trained *with* D_f (`in`) and *without* it (`out`, the
+retrain population) and asks, for a given model, which distribution the example's score came
+from. This is LiRA (Carlini et al. 2022) applied to the unlearned model. Hayes et al.'s U-LiRA
+goes further: its `in` models are trained with D_f *and then unlearned by the audited method*,
+one population per method, which this audit does not train. An unlearned model passes if its examples look like those of retrained models that were
 not used in the fits (held-out retrain seeds, the negatives).
 
 * `matched_logit`: the logit-scaled matched cosine log((1 + c) / (1 − c)) (LiRA's logit scaling
   makes a cosine near ±1 Gaussian-like); the per-pair InfoNCE loss is `mia.pair_scores('loss')`.
 * `fit_gaussians` / `lira_statistic`: per-example means, and either one standard deviation
-  shared by every example and both populations ('shared', LiRA's fixed variance, robust with few
+  shared by every example and both populations ('shared': each example's deviations from its
+  own means, pooled; LiRA's fixed-variance variant takes one global std of the `in` scores,
+  which also holds the spread between examples' means, so this one is tighter; robust with few
   models: Λ is then linear in the score, so a model whose scores sit below every retrain's reads
   as *less* member-like, whichever population is more spread out) or each example's own in each
   population ('per_example'); Λ_k = log N(s_k; in) − log N(s_k; out).
@@ -29,10 +33,10 @@ not used in the fits (held-out retrain seeds, the negatives).
   population's own pairs measure how far two retrains typically are: the effective sample size
   n_eff = 2 (K_½ / median D_pairs)², K_½ the median of the Kolmogorov distribution, makes the
   median pair sit at p = ½, and the p-value is the asymptotic Kolmogorov tail at that size.
-  n_eff never exceeds the harmonic size 2nm / (n + m); below that cap the calibrated test is
-  more conservative than the exact one, at the cap it is the asymptotic Kolmogorov tail of the
-  same statistic, which can sit slightly below the exact p-value (0.329 against 0.336 for two
-  samples of 20 at D = 0.3). It matches the null's median, not its tail: where a few
+  n_eff never exceeds the harmonic size 2nm / (n + m); well below that cap the calibrated test
+  is more conservative than the exact one; at or near the cap it is the asymptotic Kolmogorov
+  tail of the same statistic, which can sit slightly below the exact p-value (0.329 against
+  0.336 for two samples of 20 at D = 0.3, and still below it at n_eff = 19.9). It matches the null's median, not its tail: where a few
   large groups carry the shifts, the pairs' statistics have a heavier tail than Kolmogorov's
   and the test flags more than its level (synthetic scores of 12 groups: 22-28% of null pairs
   at p < 0.05; 20 groups: 6%; the embedded default's retrain seeds: 4%, BENCHMARKS.md).

@@ -63,9 +63,18 @@ def evaluate_splits(setup: Any, trainable: Any, subsets: Mapping[str, np.ndarray
   return out
 
 
-def unit_rows(x: np.ndarray) -> np.ndarray:
-  """`x [..., D]` in float64 with every row scaled to unit norm."""
+def unit_rows(x: np.ndarray, name: str = "embeddings") -> np.ndarray:
+  """`x [..., D]` in float64 with every row scaled to unit norm.
+
+  Raises:
+    ValueError: `x` is empty or holds NaN or inf (a diverged model: every comparison with NaN
+      is False, so a plant's rates would read 0%, as if forgotten).
+  """
   x = np.asarray(x, np.float64)
+  if x.size == 0:
+    raise ValueError(f"no {name} to compare (shape {x.shape}).")
+  if not np.isfinite(x).all():
+    raise ValueError(f"{name} hold NaN or inf: a diverged model cannot be scored.")
   return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
@@ -84,7 +93,9 @@ def attack_success_rates(probe_emb: np.ndarray, clean_emb: np.ndarray, caption_e
     target, is the target; text→image: the share of probes that the target caption ranks first
     among the clean held-out images and that probe). Ties count as failures.
   """
-  probe, clean, captions, target = map(unit_rows, (probe_emb, clean_emb, caption_emb, target_emb))
+  probe, clean, captions, target = (unit_rows(x, name) for x, name in (
+      (probe_emb, "triggered images"), (clean_emb, "clean images"),
+      (caption_emb, "captions"), (target_emb, "target caption")))
   to_target = probe @ target                                        # [P]
   i2t = to_target > (probe @ captions.T).max(axis=1)
   t2i = to_target > (clean @ target).max()
@@ -106,7 +117,9 @@ def concept_accuracies(probe_emb: np.ndarray, clean_emb: np.ndarray, concept_emb
     text→image: the share of concept captions closer to the copy than to its source). Chance is
     50%; ties count as failures.
   """
-  probe, clean, concept, plain = map(unit_rows, (probe_emb, clean_emb, concept_emb, plain_emb))
+  probe, clean, concept, plain = (unit_rows(x, name) for x, name in (
+      (probe_emb, "concept images"), (clean_emb, "clean images"),
+      (concept_emb, "concept captions"), (plain_emb, "plain captions")))
   i2t = np.sum(probe * concept, -1) > np.sum(probe * plain, -1)
   t2i = np.sum(concept * probe, -1) > np.sum(concept * clean, -1)
   return float(100 * i2t.mean()), float(100 * t2i.mean())
@@ -156,7 +169,8 @@ def tone_accuracy(setup: Any, trainable: Any, images: np.ndarray, batch_size: in
                   embedder: Embedder | None = None) -> dict[str, float]:
   """Does the model tell the skin tone apart? For each image of `images`, its caption among the
   same emoji's images in every tone (text→image) and its image among their captions
-  (image→text): top-1 accuracy (%), and the chance level (mean 1/group size, %)."""
+  (image→text): top-1 accuracy (%; a tie is a miss), and the chance level (mean 1/group size,
+  %)."""
   ds = setup.dataset
   groups = tone_groups(ds, images)
   if not groups:
@@ -171,8 +185,12 @@ def tone_accuracy(setup: Any, trainable: Any, images: np.ndarray, batch_size: in
   for image, group in groups:
     rows = np.asarray([pos[int(g)] for g in group])
     own = pos[image]
-    t2i.append(rows[np.argmax(image_emb[rows] @ text_emb[own])] == own)
-    i2t.append(rows[np.argmax(text_emb[rows] @ image_emb[own])] == own)
+    mine = rows == own
+    # Strictly ahead of every other tone: a tie (a collapsed model) is a miss, as in every
+    # other metric, not a hit for whichever image comes first.
+    t2i_scores, i2t_scores = image_emb[rows] @ text_emb[own], text_emb[rows] @ image_emb[own]
+    t2i.append(t2i_scores[mine].max() > t2i_scores[~mine].max())
+    i2t.append(i2t_scores[mine].max() > i2t_scores[~mine].max())
     chance.append(1.0 / len(group))
   return dict(t2i=float(100 * np.mean(t2i)), i2t=float(100 * np.mean(i2t)),
               chance=float(100 * np.mean(chance)), n=len(groups))

@@ -152,11 +152,15 @@ def retrieval_ranks(image_emb: jax.Array,
     `t2i_rank [Nt]`.
 
   Raises:
-    ValueError: a NaN or inf embedding (a diverged model), or arguments of the wrong shape.
+    ValueError: a NaN or inf embedding (a diverged model), no image or no caption, or arguments
+      of the wrong shape.
   """
   text_image_np = np.asarray(text_image)
   n_img = int(np.shape(image_emb)[0])
   n_txt = int(np.shape(text_emb)[0])
+  if not n_img or not n_txt:
+    raise ValueError(f"retrieval needs at least one image and one caption, got {n_img} images "
+                     f"and {n_txt} captions (an empty evaluation subset?).")
   if text_image_np.shape != (n_txt,):
     raise ValueError(f"text_image must have shape ({n_txt},), got {text_image_np.shape}")
   if n_txt and not np.issubdtype(text_image_np.dtype, np.integer):

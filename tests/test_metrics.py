@@ -203,3 +203,11 @@ def test_retrieval_ranks_shapes():
   r = metrics.retrieval_ranks(img, txt, ti, chunk_size=4)
   assert r["i2t_rank"].shape == (5,) and r["t2i_rank"].shape == (9,)
   np.testing.assert_array_equal(r["i2t_valid"], [True, True, True, False, True])
+
+
+def test_an_empty_gallery_is_a_clear_error():
+  emb = np.ones((3, 4), np.float32)
+  with pytest.raises(ValueError, match="at least one image and one caption, got 3 images and 0"):
+    metrics.retrieval_metrics(emb, emb[:0], np.zeros(0, np.int32))
+  with pytest.raises(ValueError, match="got 0 images and 3 captions"):
+    metrics.retrieval_metrics(emb[:0], emb, np.zeros(3, np.int32))

@@ -362,6 +362,45 @@ def test_tone_groups_hold_the_same_emoji_in_every_tone(emoji):
     assert len(base) == 1  # The same emoji, only the tone differs.
 
 
+def test_tone_accuracy_counts_a_tie_as_a_miss(emoji, monkeypatch):
+  """A collapsed model (every embedding equal) tells no tone apart: 0%, not 100% for whichever
+  tone comes first in the group; a model whose own pairs stand out scores 100%."""
+  import types  # pylint: disable=g-import-not-at-top
+  ds, _ = emoji
+  # Images of every tone, so that some are the first of their group (which argmax would pick).
+  md = np.flatnonzero(np.asarray(ds.image_meta["skin_tone"]) != "")[::7]
+  setup = types.SimpleNamespace(dataset=ds)
+
+  def embedder_of(embed):
+    monkeypatch.setattr(evaluation, "_embedder", lambda *args: embed)
+    return evaluation.tone_accuracy(setup, None, md)
+
+  collapsed = embedder_of(lambda images, texts: (np.ones((len(images), 4)),
+                                                  np.ones((len(texts), 4))))
+  assert collapsed["t2i"] == collapsed["i2t"] == 0.0 and collapsed["n"] > 0
+  one_hot = lambda ids: np.eye(ds.num_images)[np.asarray(ids)]  # each image its own direction
+  first_text = ds.first_texts()
+  image_of_text = {int(t): i for i, t in enumerate(first_text)}
+  perfect = embedder_of(lambda images, texts: (
+      one_hot(images), one_hot([image_of_text[int(t)] for t in texts])))
+  assert perfect["t2i"] == perfect["i2t"] == 100.0
+
+
+def test_plant_rates_refuse_non_finite_and_empty_embeddings():
+  """NaN compares False, so a diverged model's rates would read 0%: as if it had forgotten."""
+  rng = np.random.default_rng(0)
+  probe, clean, captions, target = (rng.normal(size=(5, 4)), rng.normal(size=(6, 4)),
+                                    rng.normal(size=(6, 4)), rng.normal(size=4))
+  bad = probe.copy()
+  bad[2, 1] = np.nan
+  with pytest.raises(ValueError, match="triggered images hold NaN"):
+    evaluation.attack_success_rates(bad, clean, captions, target)
+  with pytest.raises(ValueError, match="no clean images"):
+    evaluation.attack_success_rates(probe, clean[:0], captions, target)
+  with pytest.raises(ValueError, match="concept images hold NaN"):
+    evaluation.concept_accuracies(bad, probe, probe, probe)
+
+
 def test_planted_requests_select_exactly_the_plant(tmp_path):
   """On the planted embedded config (small): the sample request of a plant forgets exactly its
   poisoned copies, the concept request and every retrieval subset leave planted copies out, and

@@ -127,8 +127,10 @@ def train(setup: builders.FederatedSetup, config: ml_collections.ConfigDict,
     saved = jsonio.read_json(ident_path)
     saved.pop("seeds", None)
     # The seeds are not part of the check: each chunk's checkpoints carry their members' seeds
-    # (`population_seeds`) and a chunk folder is named by its first and last seed, so a larger
-    # `audit.population` reuses the finished chunks and trains only the new ones.
+    # (`population_seeds`) and a chunk folder is named by its first and last seed, so with a
+    # fixed `audit.chunk` a larger `audit.population` reuses the finished chunks and trains only
+    # the new ones. With `audit.chunk=0` (one chunk of every member) the one folder's name
+    # changes with the size, and every member is trained again.
     if saved != jsonio.to_jsonable(dict(identity)):
       raise ValueError(f"{workdir} holds a population for {saved}, not {dict(identity)}; use a "
                        "new workdir.")
