@@ -8,9 +8,10 @@ Rank convention: the rank of a query's best relevant item is the number of candi
 content* that score at least as high (0-based). A query is a hit at k if that rank is < k.
 - Ties with other content count against the query. Distinct inputs tie exactly only in a
   degenerate model (every embedding equal, zero or saturated), which must not score 100%.
-- A candidate with the content of a relevant item never counts against it: the same caption
-  text on another image (e.g. one backdoor target on many copies) is as right as the query's
-  own, and so is a pixel-identical image. Contents are integer ids (equal id = identical model
+- A candidate with the content of a relevant item never counts against it, and is as right as
+  the query's own item: for an image query, the same caption text on another image (e.g. one
+  backdoor target on many copies); for a caption query, another image captioned with the same
+  text, and any image pixel-identical to a relevant one. Contents are integer ids (equal id = identical model
   input, so identical embedding: `dataset.content_ids`, `CaptionDataset.image_content` and
   `.text_content`); by default every item is its own content.
 R-precision with R relevant items: the share of them in the top R of the ranking of the
@@ -96,25 +97,43 @@ def _i2t_chunks(img: jax.Array, txt: jax.Array, text_image: jax.Array, text_cont
   return rank.reshape(-1)[:n], rprec.reshape(-1)[:n]
 
 
-@functools.partial(jax.jit, static_argnames=("chunk_size",))
-def _t2i_chunks(img: jax.Array, txt: jax.Array, text_image: jax.Array, image_content: jax.Array,
-                chunk_size: int) -> jax.Array:
-  """Per text query: rank of its image (0-based: images of other content scoring at least as
-  high). Returns `[Nt]` int32."""
+@functools.partial(jax.jit, static_argnames=("chunk_size", "num_image_contents"))
+def _t2i_chunks(img: jax.Array, txt: jax.Array, text_content: jax.Array,
+                relevant_content: jax.Array, image_content: jax.Array, chunk_size: int,
+                num_image_contents: int) -> jax.Array:
+  """Per text query: rank of its best relevant image (0-based: images of other content scoring
+  at least as high). Relevant: every image that carries a caption of the query's content (its
+  own image, and any other image captioned with the same text), and every image pixel-identical
+  to one of those.
+
+  Args:
+    img: `[Ni, D]` unit image embeddings.
+    txt: `[Nt, D]` unit text embeddings.
+    text_content: `[Nt]` content id of each caption.
+    relevant_content: `[Ni, max_relevant]` the content ids of each image's captions (-1 pads).
+    image_content: `[Ni]` dense content ids of the images, in `[0, num_image_contents)`.
+    chunk_size: queries per chunk.
+    num_image_contents: static number of distinct image contents.
+
+  Returns `[Nt]` int32."""
   n = txt.shape[0]
   n_chunks = -(-n // chunk_size)
   pad = n_chunks * chunk_size - n
   q = _pad_rows(txt, pad).reshape(n_chunks, chunk_size, -1)
-  tgt = _pad_rows(text_image, pad).reshape(n_chunks, chunk_size)
+  qc = _pad_rows(text_content, pad).reshape(n_chunks, chunk_size)
 
   def one(args):
-    q_c, t_c = args
+    q_c, qc_c = args
     s = jnp.matmul(q_c, img.T, precision=_HIGHEST)  # [chunk, Ni]
-    pos = jnp.take_along_axis(s, t_c[:, None], axis=1)
-    other = image_content[None, :] != image_content[t_c][:, None]
-    return jnp.sum(other & (s >= pos), axis=1).astype(jnp.int32)
+    captioned = jnp.any(relevant_content[None, :, :] == qc_c[:, None, None], axis=-1)
+    # Pixel-identical images embed identically: relevant together or not at all.
+    by_content = jnp.zeros((q_c.shape[0], num_image_contents), bool).at[:, image_content].max(
+        captioned)
+    rel = by_content[:, image_content]  # [chunk, Ni]
+    best = jnp.max(jnp.where(rel, s, -jnp.inf), axis=1, keepdims=True)
+    return jnp.sum(~rel & (s >= best), axis=1).astype(jnp.int32)
 
-  return jax.lax.map(one, (q, tgt)).reshape(-1)[:n]
+  return jax.lax.map(one, (q, qc)).reshape(-1)[:n]
 
 
 def _check_content(name: str, content: np.ndarray | None, n: int) -> np.ndarray:
@@ -189,7 +208,10 @@ def retrieval_ranks(image_emb: jax.Array,
   i2t_rank, i2t_rprec = _i2t_chunks(img, txt, ti, jnp.asarray(text_content),
                                     jnp.asarray(relevant_content), chunk_size=chunk_size,
                                     max_relevant=max_relevant)
-  t2i_rank = _t2i_chunks(img, txt, ti, jnp.asarray(image_content), chunk_size=chunk_size)
+  image_ids, dense_image_content = np.unique(image_content, return_inverse=True)
+  t2i_rank = _t2i_chunks(img, txt, jnp.asarray(text_content), jnp.asarray(relevant_content),
+                         jnp.asarray(dense_image_content.astype(np.int32).reshape(-1)),
+                         chunk_size=chunk_size, num_image_contents=len(image_ids))
   return {
       "i2t_rank": np.asarray(i2t_rank),
       "i2t_rprec": np.asarray(i2t_rprec),

@@ -35,9 +35,11 @@ def _np_reference(img, txt, text_image, ks=(1, 5, 10), text_content=None, image_
     i2t_rprec.append(len(set(order[:r]) & rel) / r)
   t2i_hits = {k: [] for k in ks}
   for j in range(n_txt):
-    target = int(text_image[j])
-    same = {i for i in range(n_img) if ic[i] == ic[target]}
-    pos = _ranking(s[:, j], {target}, same).index(target)
+    # Relevant: every image carrying a caption of this text, and every pixel twin of one.
+    captioned = {int(text_image[o]) for o in range(n_txt) if tc[o] == tc[j]}
+    rel = {i for i in range(n_img) if ic[i] in {ic[c] for c in captioned}}
+    order = _ranking(s[:, j], rel, rel)
+    pos = min(order.index(i) for i in rel)
     for k in ks:
       t2i_hits[k].append(pos < k)
   out = {}
@@ -152,9 +154,10 @@ def test_identical_content_is_not_a_competitor():
   np.testing.assert_array_equal(ic, [0, 0, 1, 2])
   got = metrics.retrieval_ranks(img, txt, text_image, text_content=tc, image_content=ic)
   # Image 3's caption ties with image 0's identical one: a hit. Caption 3 (of image 1) ties
-  # with image 0, its pixel twin: a hit.
+  # with image 0, its pixel twin: a hit. Caption 1 (on image 0) is the text of caption 0, on
+  # image 3, which it retrieves first: as right as its own image (and image 0's twin, 1).
   np.testing.assert_array_equal(got["i2t_rank"], [2, 0, 0, 0])
-  np.testing.assert_array_equal(got["t2i_rank"], [0, 2, 0, 0])
+  np.testing.assert_array_equal(got["t2i_rank"], [0, 0, 0, 0])
   strict = metrics.retrieval_ranks(img, txt, text_image)
   np.testing.assert_array_equal(strict["i2t_rank"], [3, 0, 0, 1])
   np.testing.assert_array_equal(strict["t2i_rank"], [0, 3, 0, 1])
@@ -211,3 +214,16 @@ def test_an_empty_gallery_is_a_clear_error():
     metrics.retrieval_metrics(emb, emb[:0], np.zeros(0, np.int32))
   with pytest.raises(ValueError, match="got 0 images and 3 captions"):
     metrics.retrieval_metrics(emb[:0], emb, np.zeros(3, np.int32))
+
+
+def test_a_caption_shared_by_several_images_retrieves_any_of_them():
+  """i2t and t2i treat one caption text on several images alike: in i2t the text on another
+  image is as right as the query's own, and in t2i so is another image with that caption."""
+  img = np.array([[1, .1, 0], [1, .2, 0], [1, .3, 0]], np.float32)
+  txt = np.ones((3, 1), np.float32) * np.array([[1, 0, 0]], np.float32)
+  content = np.zeros(3, np.int32)
+  got = metrics.retrieval_metrics(img, txt, np.arange(3), ks=(1,), text_content=content)
+  assert got["i2t_r1"] == got["t2i_r1"] == 100.0
+  # Without the content ids the three captions are different texts that tie: no hit but one.
+  strict = metrics.retrieval_metrics(img, txt, np.arange(3), ks=(1,))
+  assert strict["t2i_r1"] == pytest.approx(100 / 3)
