@@ -209,7 +209,9 @@ def pretrain_backbone(config: ml_collections.ConfigDict, out_dir: str | pathlib.
       steps=config.pretrain.steps, batch_size=config.pretrain.batch_size,
       train_time_s=train_time, loss_curve=loss_curve, eval=evals,
       num_params=lora_lib.num_params(params))
+  # The summary goes into the folder before it is renamed into place: weights and their
+  # summary appear together or not at all.
   hf.save_clip(out_dir, clip_config, jax.tree.map(np.asarray, params), tokenizer=tokenizer,
+               extra_files={"pretraining.json": jsonio.dumps(summary, indent=1).encode()},
                overwrite=overwrite)
-  jsonio.write_json_atomic(pathlib.Path(out_dir) / "pretraining.json", summary)
   return summary

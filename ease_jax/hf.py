@@ -25,6 +25,7 @@ import shutil
 import tempfile
 from typing import Any, Mapping
 
+from absl import logging
 import flax
 import jax
 import jax.numpy as jnp
@@ -117,13 +118,15 @@ def load_clip(path_or_repo_id: str | os.PathLike[str], dtype: Any = jnp.float32,
 
 def save_clip(out_dir: str | os.PathLike[str], config: CLIPConfig, params: Params,
               tokenizer: Any = None, *, image_processor: Any = None,
-              overwrite: bool = False) -> None:
+              extra_files: Mapping[str, bytes] | None = None, overwrite: bool = False) -> None:
   """Writes a checkpoint folder that `load_clip` and `FlaxCLIPModel.from_pretrained` read.
 
   Files: `config.json`, `flax_model.msgpack` (`flax.serialization.to_bytes(params)`, as
-  transformers writes it) and, when given, the tokenizer's / image processor's files. The folder is
-  assembled next to `out_dir` and renamed into place, so an interrupted save never leaves a
-  half-written checkpoint at `out_dir`.
+  transformers writes it), when given, the tokenizer's / image processor's files, and
+  `extra_files` (name -> bytes, e.g. a training summary). The folder is assembled next to
+  `out_dir` and renamed into place, so an interrupted save never leaves a half-written
+  checkpoint at `out_dir`; what an earlier save interrupted by a kill left next to it is
+  cleared first (`recover_interrupted_replace`).
 
   Raises:
     FileExistsError: `out_dir` is a file, or a non-empty folder and `overwrite` is False.
@@ -132,6 +135,8 @@ def save_clip(out_dir: str | os.PathLike[str], config: CLIPConfig, params: Param
   out = pathlib.Path(out_dir).expanduser()
   if out.is_symlink():  # the link stays; the folder it points to is what is replaced
     out = out.resolve()
+  if out.parent.is_dir():  # Before the checks: a folder put back is an existing checkpoint.
+    recover_interrupted_replace(out)
   if out.exists() and not out.is_dir():
     raise FileExistsError(f"Cannot save a checkpoint to {str(out)!r}: it is a file.")
   if out.is_dir() and any(out.iterdir()) and not overwrite:
@@ -153,6 +158,10 @@ def save_clip(out_dir: str | os.PathLike[str], config: CLIPConfig, params: Param
       tokenizer.save_pretrained(tmp)
     if image_processor is not None:
       image_processor.save_pretrained(tmp)
+    for name, data in (extra_files or {}).items():
+      if pathlib.PurePath(name).name != name:
+        raise ValueError(f"extra file name {name!r} must be a plain file name.")
+      (tmp / name).write_bytes(data)
     # mkdtemp makes the folder private (0700); a checkpoint gets a new folder's usual mode.
     umask = os.umask(0)
     os.umask(umask)
@@ -263,6 +272,24 @@ def _config_problems(config: CLIPConfig) -> list[str]:
       config.projection_dim < 1):
     problems.append(f"projection_dim must be a positive integer, got {config.projection_dim!r}")
   return problems
+
+
+def recover_interrupted_replace(dst: pathlib.Path) -> None:
+  """Clears what a save to `dst` killed mid-way left beside it: a folder being assembled
+  (`.<name>.tmp-*`, removed) and the previous `dst` moved aside by `replace_dir`
+  (`.<name>.old-*`: put back if `dst` is missing, since the kill fell between the two renames;
+  removed otherwise). Each is logged."""
+  for leftover in sorted(dst.parent.glob(f".{dst.name}.old-*")):
+    if not dst.exists():
+      leftover.rename(dst)
+      logging.warning("%s was missing after an interrupted save; restored the previous folder "
+                      "from %s.", dst, leftover)
+    else:
+      shutil.rmtree(leftover, ignore_errors=True)
+      logging.warning("Removed %s, left by an interrupted save of %s.", leftover, dst)
+  for leftover in sorted(dst.parent.glob(f".{dst.name}.tmp-*")):
+    shutil.rmtree(leftover, ignore_errors=True)
+    logging.warning("Removed %s, left by an interrupted save of %s.", leftover, dst)
 
 
 def replace_dir(src: pathlib.Path, dst: pathlib.Path) -> None:

@@ -232,6 +232,38 @@ def test_save_load_round_trip(params, inputs, tmp_path):
   assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "link"]
 
 
+def test_a_save_interrupted_by_a_kill_is_recovered_by_the_next_one(params, tmp_path, caplog):
+  """A kill between `replace_dir`'s two renames leaves the checkpoint only under `.ckpt.old-*`,
+  and one during writing leaves `.ckpt.tmp-*`: the next save puts the old folder back (so it
+  is refused without overwrite=True, not silently replaced) and removes the partial one."""
+  out = tmp_path / "ckpt"
+  hf.save_clip(out, CONFIG, params)
+  before = {p.name: p.read_bytes() for p in out.iterdir()}
+  out.rename(tmp_path / ".ckpt.old-x1")
+  (tmp_path / ".ckpt.tmp-y2").mkdir()
+  (tmp_path / ".ckpt.tmp-y2" / hf.FLAX_WEIGHTS_NAME).write_bytes(b"half")
+  other = _perturb(params, seed=5)
+  with caplog.at_level("WARNING"):
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+      hf.save_clip(out, CONFIG, other)
+  assert "restored the previous folder" in caplog.text
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+  assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+  # With the new folder in place, a stale `.old-*` beside it is only removed.
+  (tmp_path / ".ckpt.old-z3").mkdir()
+  hf.save_clip(out, CONFIG, other, overwrite=True)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+  _assert_trees_equal(hf.load_clip(out)[1], other)
+
+
+def test_extra_files_are_part_of_the_folder(params, tmp_path):
+  hf.save_clip(tmp_path / "ckpt", CONFIG, params, extra_files={"notes.json": b"{}"})
+  assert (tmp_path / "ckpt" / "notes.json").read_bytes() == b"{}"
+  with pytest.raises(ValueError, match="plain file name"):
+    hf.save_clip(tmp_path / "other", CONFIG, params, extra_files={"../x": b""})
+  assert not (tmp_path / "other").exists() and not (tmp_path / "x").exists()
+
+
 def test_save_without_tokenizer_and_processor(params, tmp_path):
   hf.save_clip(tmp_path / "ckpt", CONFIG, params)
   assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
