@@ -19,6 +19,7 @@ from ease_jax import builders
 from ease_jax import cli
 from ease_jax import configs
 from ease_jax import federated
+from ease_jax import hf
 from ease_jax import jsonio
 from ease_jax import training
 from ease_jax import validation
@@ -309,6 +310,24 @@ def test_pretrain_refuses_settings_it_would_ignore(tmp_path):
                      match=r"would be ignored: data.name='karpathy', fed.rounds=3\.$"):
     centralized.pretrain_backbone(config, tmp_path / "out")
   assert not (tmp_path / "out").exists()
+
+
+def test_pretrain_writes_a_loadable_folder_with_its_summary(tmp_path):
+  """A tiny pretraining end to end: the folder loads as a backbone, and its summary is in it
+  (written before the folder was renamed into place, so never one without the other)."""
+  from ease_jax import centralized  # pylint: disable=g-import-not-at-top
+  config = configs.from_file(CONFIGS / "pretrain_emoji.py")
+  config.arch.update(width=32, mlp_dim=64, heads=2, vision_layers=1, text_layers=1,
+                     projection_dim=16)
+  config.pretrain.update(steps=3, batch_size=16, warmup=1)
+  summary = centralized.pretrain_backbone(config, tmp_path / "out")
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+  assert json.loads((tmp_path / "out" / "pretraining.json").read_text()) == json.loads(
+      jsonio.dumps(summary))
+  clip_config, _ = hf.load_clip(tmp_path / "out")
+  assert clip_config.vision.hidden_size == 32 and len(summary["loss_curve"]) >= 1
+  config.model.checkpoint = str(tmp_path / "out")
+  assert builders.load_backbone(config.model)[0] == clip_config
 
 
 def test_verbose_shows_the_traceback(tmp_path):
