@@ -113,8 +113,9 @@ def client_optimizer(setup: "FederatedSetup", config: ml_collections.ConfigDict
                         freeze_lora_a=setup.lora_config.freeze_a)
 
 
-def load_backbone(model_config: ml_collections.ConfigDict) -> tuple[Any, PyTree, Any]:
-  """(CLIPConfig, params, tokenizer) from `model.checkpoint` ('embedded', a folder or a repo id)."""
+def load_backbone(model_config: ml_collections.ConfigDict) -> tuple[Any, PyTree, Any, Any]:
+  """(CLIPConfig, params, tokenizer, image processor or None) from `model.checkpoint`
+  ('embedded', a folder or a repo id)."""
   checkpoint = model_config.checkpoint
   path = embedded_backbone_dir() if checkpoint == EMBEDDED_BACKBONE else checkpoint
   if checkpoint == EMBEDDED_BACKBONE and not (embedded_backbone_dir() / "config.json").exists():
@@ -128,7 +129,7 @@ def load_backbone(model_config: ml_collections.ConfigDict) -> tuple[Any, PyTree,
   if problems:
     raise ValueError(f"{checkpoint!r}: its files disagree with what the model was trained on: "
                      f"{'; '.join(problems)}.")
-  return clip_config, params, tokenizer
+  return clip_config, params, tokenizer, processor
 
 
 def tokenizer_problems(tokenizer: Any, clip_config: Any) -> list[str]:
@@ -173,7 +174,10 @@ def pixel_scaling_problems(processor: Any) -> list[str]:
 
 
 def load_dataset(data_config: ml_collections.ConfigDict, tokenizer: Any,
-                 context_length: int, image_size: int) -> dataset_lib.CaptionDataset:
+                 context_length: int, image_size: int,
+                 image_processor: Any = None) -> dataset_lib.CaptionDataset:
+  """The config's dataset. `image_processor` (the checkpoint's, or None) sets how photos are
+  resized and cropped (Karpathy data; the embedded emoji are stored at the model's size)."""
   max_length = min(data_config.get("max_length", context_length) or context_length,
                    context_length)
   if data_config.name == "emoji":
@@ -188,10 +192,15 @@ def load_dataset(data_config: ml_collections.ConfigDict, tokenizer: Any,
     return ds
   if data_config.name == "karpathy":
     from ease_jax.data import karpathy  # pylint: disable=g-import-not-at-top
-    return karpathy.load_karpathy(
+    ds = karpathy.load_karpathy(
         data_config.json_path, data_config.image_root, split=tuple(data_config.splits),
         tokenizer=tokenizer, max_length=max_length, image_size=image_size,
-        max_images=data_config.get("max_images") or None)
+        image_processor=image_processor, max_images=data_config.get("max_images") or None)
+    if ds.images.shape[1:3] != (image_size, image_size):
+      raise ValueError(f"The checkpoint's {hf.PREPROCESSOR_NAME} crops images to "
+                       f"{ds.images.shape[1]}x{ds.images.shape[2]} px but its model takes "
+                       f"{image_size}x{image_size} px.")
+    return ds
   raise ValueError(f"Unknown dataset {data_config.name!r}; expected 'emoji' or 'karpathy'.")
 
 
@@ -266,7 +275,7 @@ def split_dataset(ds: dataset_lib.CaptionDataset, data_config: ml_collections.Co
 
 def build_setup(config: ml_collections.ConfigDict) -> FederatedSetup:
   """Backbone + dataset + splits + client partition, from the config and its seeds."""
-  clip_config, backbone, tokenizer = load_backbone(config.model)
+  clip_config, backbone, tokenizer, processor = load_backbone(config.model)
   logit_scale = config.model.get("logit_scale", 0.0)
   if logit_scale:
     # Fine-tuning temperature: a backbone over-fit to its small pretraining split is
@@ -277,7 +286,7 @@ def build_setup(config: ml_collections.ConfigDict) -> FederatedSetup:
                        f"{logit_scale}.")
     backbone = dict(backbone, logit_scale=np.asarray(np.log(logit_scale), np.float32))
   ds = load_dataset(config.data, tokenizer, clip_config.text.max_position_embeddings,
-                    clip_config.vision.image_size)
+                    clip_config.vision.image_size, processor)
   labels = image_labels(ds, config.data)
   splits = split_dataset(ds, config.data, config.seeds.split)
   partition_labels = (image_labels(ds, config.data, key="partition_label")

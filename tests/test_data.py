@@ -366,7 +366,8 @@ def test_image_processor_settings_we_do_not_implement_are_refused(tmp_path, fast
 
   path = _write_fixture(tmp_path)
   for proc, needle in ((CLIPImageProcessor(size={"height": 8, "width": 8}), "size="),
-                       (CLIPImageProcessor(do_center_crop=False), "do_center_crop")):
+                       (CLIPImageProcessor(do_center_crop=False), "do_center_crop"),
+                       (CLIPImageProcessor(resample=2), r"resample=2 \(only bicubic")):
     with pytest.raises(ValueError, match=needle):
       karpathy.load_karpathy(path, tmp_path, "test", fast_tok, 16, image_size=8,
                              image_processor=proc)

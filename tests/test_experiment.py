@@ -202,6 +202,34 @@ def test_train_on_karpathy_format_with_hf_checkpoint(tmp_path):
   assert 0.0 <= summary["federated"]["test/i2t_r1"] <= 100.0
 
 
+def test_the_checkpoints_processor_sets_the_karpathy_geometry(tmp_path):
+  """The binaries resize and crop photos as the checkpoint's preprocessor_config.json says (its
+  shortest edge), and refuse a crop the model cannot take."""
+  import transformers  # pylint: disable=g-import-not-at-top
+  ckpt = _tiny_backbone(tmp_path / "ckpt", image_size=16, context=16)
+  clip_config, params = hf.load_clip(ckpt)
+  tokenizer = tok_lib.load_tokenizer(dataset_lib.embedded_tokenizer_dir())
+  json_path, image_root = _karpathy_fixture(tmp_path / "flickr")
+  config = configs.from_file(ROOT / "experiments" / "configs" / "flickr30k_b32.py")
+  config.data.json_path, config.data.image_root = str(json_path), str(image_root)
+  from ease_jax.data import karpathy  # pylint: disable=g-import-not-at-top
+  for name, size, crop in (("wide", 30, 16), ("bad", 30, 12)):
+    processor = transformers.CLIPImageProcessor(size={"shortest_edge": size},
+                                                crop_size={"height": crop, "width": crop})
+    hf.save_clip(tmp_path / name, clip_config, params, tokenizer=tokenizer,
+                 image_processor=processor)
+    config.model.checkpoint = str(tmp_path / name)
+    if name == "bad":
+      with pytest.raises(ValueError, match="crops images to 12x12 px but its model takes 16x16"):
+        builders.build_setup(config)
+      continue
+    ds = builders.build_setup(config).dataset
+    first = Image.open(image_root / "0.jpg")
+    # Resized to a shortest edge of 30 (not 16), then center cropped: another part of the photo.
+    np.testing.assert_array_equal(ds.images[0], karpathy.preprocess_image(first, 30, 16, 16))
+    assert not np.array_equal(ds.images[0], karpathy.preprocess_image(first, 16, 16, 16))
+
+
 def test_missing_image_in_karpathy_data_names_the_file(tmp_path):
   ckpt = _tiny_backbone(tmp_path / "ckpt", image_size=16, context=16)
   json_path, image_root = _karpathy_fixture(tmp_path / "flickr")

@@ -23,6 +23,7 @@ from ease_jax.data import tokenizer as tok_lib
 from ease_jax.data.dataset import CaptionDataset
 
 VALID_SPLITS = ("train", "val", "test", "restval")
+_BICUBIC = 3  # PIL.Image.Resampling.BICUBIC, the resampling CLIP's processor uses
 
 
 def _target_geometry(image_size: int, image_processor: Any) -> tuple[int, int, int]:
@@ -35,10 +36,13 @@ def _target_geometry(image_size: int, image_processor: Any) -> tuple[int, int, i
                  if getattr(image_processor, name, True) is False]
   if isinstance(size, dict) and "shortest_edge" not in size:
     unsupported.append(f"size={dict(size)}")
+  resample = getattr(image_processor, "resample", _BICUBIC)
+  if resample is not None and int(resample) != _BICUBIC:
+    unsupported.append(f"resample={resample} (only bicubic, {_BICUBIC})")
   if unsupported:
     raise ValueError(f"image processor settings {unsupported} are not supported: images are "
-                     "resized on their shortest edge (size={'shortest_edge': N}) and center "
-                     "cropped, as CLIP's processor does.")
+                     "resized on their shortest edge (size={'shortest_edge': N}, bicubic) and "
+                     "center cropped, as CLIP's processor does.")
   short = size["shortest_edge"] if isinstance(size, dict) else int(size)
   if isinstance(crop, dict):
     return int(short), int(crop["height"]), int(crop["width"])
@@ -72,7 +76,7 @@ def preprocess_image(image: Any, shortest_edge: int, crop_height: int,
     new_w, new_h = shortest_edge, max(1, int(shortest_edge * h / w))
   else:
     new_w, new_h = max(1, int(shortest_edge * w / h)), shortest_edge
-  image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
+  image = image.resize((new_w, new_h), Image.Resampling(_BICUBIC))
   arr = np.asarray(image, dtype=np.uint8)
   # Pad with black if the crop is larger than the resized image (as HF's center_crop does).
   if new_h < crop_height or new_w < crop_width:
