@@ -11,12 +11,13 @@ a domain word per kind of draw (methods and requests, client sampling) that no r
 client id reaches, and the length of `extra` in it, so no named stream equals another or a
 training draw. The training draws keep the derivations the published figures were made with:
 the split and the partition `default_rng(seed)`, a client's local shuffle `[seeds.data, round,
-client]` (`schedules`), a plant's copies `[seeds.data, sum of its name's code points]`
+client]` (`schedules`), a plant's copies `[seeds.partition, sum of its name's code points]`
 (`plants`; two plants of one federation whose names have one sum are refused). Among them
 collisions stay, to keep every trained model as it was: where seeds are
 equal, the split, the partition and client 0's shuffle in round 0 draw from one generator
-(`[s, 0, 0]` is `[s]`), and a plant's copies are client 0's shuffle in the round numbered by its
-name's sum (748 for 'concept', 1571 and 1574 for the backdoors: beyond the runs here, whose
+(`[s, 0, 0]` is `[s]`), and where `seeds.partition` equals `seeds.data` (the default; the
+population member of that seed) a plant's copies are client 0's shuffle in the round numbered
+by its name's sum (748 for 'concept', 1571 and 1574 for the backdoors: beyond the runs here, whose
 FedEraser calibration rounds are fed.rounds + 1000 + r). Each draw is still uniform on its own;
 only their joint is not independent.
 """

@@ -127,10 +127,10 @@ def make_sharded_round_fn(client_update: Callable, mesh: Mesh | None = None,
 
 def split_leading_axis(tree: PyTree, devices: Sequence[jax.Device] | None = None,
                        axis_name: str = "members") -> PyTree:
-  """`tree` (leaves `[N, ...]`) with its leading axis split over as many of `devices` (default:
-  this process's) as divide N, so a computation vmapped over that axis (a population's seed
-  axis) runs each device's block at once; on one device, or for N prime to the count, `tree`
-  as it is.
+  """`tree` (leaves `[N, ...]`) with its leading axis split over the largest number of `devices`
+  (default: this process's) that divides N (N = 9 on 4 devices: over 3), so a computation
+  vmapped over that axis (a population's seed axis) runs each device's block at once; on one
+  device, or where only 1 divides, `tree` as it is.
 
   Nothing shared needs placing: jit partitions the vmapped computation along the split axis (the
   shared backbone and data are replicated) and its outputs stay split the same way. Split the

@@ -20,6 +20,7 @@ from ease_jax import federated
 from ease_jax import jsonio
 from ease_jax import lora as lora_lib
 from ease_jax import validation
+from ease_jax.data import plants as plants_lib
 from ease_jax.federated import driver
 
 PyTree = Any
@@ -62,6 +63,15 @@ def run_fedavg(setup: builders.FederatedSetup, config: ml_collections.ConfigDict
                     options or run_options(setup, config))
 
 
+def eval_subsets(setup: builders.FederatedSetup) -> dict[str, np.ndarray]:
+  """The train binary's retrieval subsets: every clean client image, and the test split.
+  Planted copies are measured by their plants' metrics, not by retrieval (copies of one target
+  caption would crowd the clients' gallery), as in `requests.UnlearningRequest.eval_subsets`."""
+  clients = setup.all_client_images
+  return {"clients": clients[~plants_lib.is_planted(setup.dataset, clients, setup.plants)],
+          "test": setup.test_images}
+
+
 def train_and_summarize(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
                         ) -> dict[str, Any]:
   """The `train` binary: pretrained-backbone baseline, federated training, summary and plot."""
@@ -72,7 +82,7 @@ def train_and_summarize(config: ml_collections.ConfigDict, workdir: str | pathli
     raise FileExistsError(f"{workdir} holds a summary.json but no checkpoints; refusing to "
                           "overwrite it. Use a new --workdir.")
   setup = builders.build_setup(config)
-  subsets = {"clients": setup.all_client_images, "test": setup.test_images}
+  subsets = eval_subsets(setup)
   batch = config.eval.get("batch_size", 256)
   pretrained = evaluation.evaluate_splits(setup, None, subsets, batch)
   result = run_fedavg(setup, config, workdir, options=run_options(setup, config, subsets))

@@ -40,6 +40,10 @@ def test_split_public_test_clients():
     np.testing.assert_array_equal(a, b)
   other = part.split_public_test_clients(1000, 0.2, 0.1, seed=1)
   assert not np.array_equal(s.public, other.public)
+  # No images, with or without (empty) labels: three empty splits, not a crash.
+  for labels in (None, []):
+    empty = part.split_public_test_clients(0, 0.2, 0.1, seed=0, labels=labels)
+    assert all(x.size == 0 and x.dtype == np.int64 for x in empty)
 
 
 def test_split_fixed_public():

@@ -362,6 +362,45 @@ def test_tone_groups_hold_the_same_emoji_in_every_tone(emoji):
     assert len(base) == 1  # The same emoji, only the tone differs.
 
 
+@pytest.mark.parametrize("block, needle", [
+    (dict(clients=[1.9]), r"plants.p.clients\[0\] must be a whole number, got 1.9"),
+    (dict(clients="12"), r"plants.p.clients must be a list of whole numbers, got '12'"),
+    (dict(num_pairs=2.9), r"plants.p.num_pairs must be a whole number, got 2.9"),
+    (dict(trigger=dict(size=8.0)), r"trigger size must be a whole number, got 8.0"),
+    (dict(trigger=dict(cell=2.5)), r"trigger cell must be a whole number"),
+    (dict(trigger=dict(position=(1.7, 2))), r"trigger position\[0\] must be a whole number"),
+    (dict(trigger=dict(colors=((300, 0, 0), (0, 0, 0)))), r"two RGB triples .* 0..255"),
+    (dict(trigger=dict(colors=((0, 0), (0, 0, 0)))), r"two RGB triples"),
+])
+def test_plant_config_values_of_the_wrong_kind_are_refused(block, needle):
+  """A float or a string in a config was truncated or split into digits (clients '12' became
+  clients 1 and 2); colours outside 0..255 failed only when stamping."""
+  spec = dict(kind="backdoor", clients=[1], num_pairs=4, target_caption="rocket",
+              trigger=dict(size=4))
+  spec.update({k: v for k, v in block.items() if k != "trigger"})
+  spec["trigger"] = dict(spec["trigger"], **block.get("trigger", {}))
+  with pytest.raises(ValueError, match=needle):
+    plants.plant_from_config("p", spec)
+
+
+def test_plant_knowledge_refuses_what_it_cannot_plant_right(emoji):
+  ds, tok = emoji
+  bd = plants.BackdoorPlant(name="bd", clients=(1, 1), num_pairs=4, trigger=plants.Trigger(),
+                            target_caption="rocket")
+  assert "names a client twice" in " ".join(bd.problems(3))
+  clients = [np.arange(0, 40), np.arange(40, 80), np.arange(80, 120)]
+  ok = dataclasses.replace(bd, clients=(1,))
+  with pytest.raises(ValueError, match=r"test images \[5, 6\] are also client images"):
+    plants.plant_knowledge(ds, clients, np.array([5, 6, 200]), [ok], tok, 16, seed=0)
+  with pytest.raises(ValueError, match="needs held-out test images"):
+    plants.plant_knowledge(ds, clients, np.zeros(0, np.int64), [ok], tok, 16, seed=0)
+  planted, planted_clients, _ = plants.plant_knowledge(ds, clients, np.array([200, 201]), [ok],
+                                                       tok, 16, seed=0)
+  with pytest.raises(ValueError, match="already carries plants"):
+    plants.plant_knowledge(planted, planted_clients, np.array([200, 201]),
+                           [dataclasses.replace(ok, name="again")], tok, 16, seed=0)
+
+
 def test_tone_accuracy_counts_a_tie_as_a_miss(emoji, monkeypatch):
   """A collapsed model (every embedding equal) tells no tone apart: 0%, not 100% for whichever
   tone comes first in the group; a model whose own pairs stand out scores 100%."""
@@ -434,6 +473,21 @@ def test_planted_requests_select_exactly_the_plant(tmp_path):
   subsets = client.eval_subsets(setup)
   for images in subsets.values():
     assert not plants.is_planted(setup.dataset, images).any()
+  # The train binary's subsets leave them out too: every clean client image, no copy.
+  from ease_jax import training  # pylint: disable=g-import-not-at-top
+  train_subsets = training.eval_subsets(setup)
+  clean = setup.all_client_images[~plants.is_planted(setup.dataset, setup.all_client_images)]
+  np.testing.assert_array_equal(train_subsets["clients"], clean)
+  assert len(clean) < len(setup.all_client_images)
+  # A random sample request draws clean pairs only (the copies belong to their plants), each
+  # client from its own stream: the order and company of the clients do not change a draw.
+  both = requests.sample_request(setup, 0.5, [0, 2], seed=3)
+  assert not plants.is_planted(setup.dataset, both.forget_images).any()
+  swapped = requests.sample_request(setup, 0.5, [2, 0], seed=3)
+  np.testing.assert_array_equal(both.forget_images, swapped.forget_images)
+  alone = requests.sample_request(setup, 0.5, [2], seed=3)
+  np.testing.assert_array_equal(np.intersect1d(both.forget_images, setup.client_images[2]),
+                                alone.forget_images)
   with pytest.raises(ValueError, match="Unknown plant 'nope'"):
     requests.plant_request(setup, "nope")
   # The concept plant: every client teaches it; its request forgets exactly its copies.

@@ -124,7 +124,8 @@ def split_public_test_clients(num_images: int, public_fraction: float, test_frac
     public.append(g[:p])
     test.append(g[p:p + t])
     clients.append(g[p + t:])
-  cat = lambda parts: np.sort(np.concatenate(parts)).astype(np.int64)
+  # `np.concatenate` needs one part at least: no labels means no groups.
+  cat = lambda parts: np.sort(np.concatenate(parts or [np.zeros(0, np.int64)])).astype(np.int64)
   return Splits(cat(public), cat(test), cat(clients))
 
 

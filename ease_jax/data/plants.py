@@ -37,6 +37,20 @@ PATTERNS = ("checker", "solid", "stripes")
 POSITIONS = ("top_left", "top_right", "bottom_left", "bottom_right", "center")
 
 
+def _whole(where: str, value: Any) -> int:
+  """`value` as an int, refused by name unless it is one (a float or string in a config would
+  be truncated or split into digits)."""
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+    raise ValueError(f"{where} must be a whole number, got {value!r}.")
+  return int(value)
+
+
+def _wholes(where: str, values: Any) -> tuple[int, ...]:
+  if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+    raise ValueError(f"{where} must be a list of whole numbers, got {values!r}.")
+  return tuple(_whole(f"{where}[{i}]", v) for i, v in enumerate(values))
+
+
 @dataclasses.dataclass(frozen=True)
 class Trigger:
   """A square patch: `pattern` of two colours, `size` px, at a named corner, `(row, col)`, or
@@ -60,6 +74,18 @@ class Trigger:
       object.__setattr__(self, "position", tuple(int(p) for p in parts))
     if self.pattern not in PATTERNS:
       raise ValueError(f"trigger pattern must be one of {PATTERNS}, got {self.pattern!r}.")
+    _whole("trigger size", self.size)
+    _whole("trigger cell", self.cell)
+    if not isinstance(self.position, str):
+      if len(_wholes("trigger position", self.position)) != 2:
+        raise ValueError(f"trigger position must be (row, col), got {self.position!r}.")
+    colors = self.colors
+    if (isinstance(colors, (str, bytes)) or len(colors) != 2 or any(
+        isinstance(c, (str, bytes)) or len(c) != 3 or not all(
+            isinstance(x, (int, np.integer)) and not isinstance(x, bool) and 0 <= x <= 255
+            for x in c) for c in colors)):
+      raise ValueError(f"trigger colors must be two RGB triples of whole numbers in 0..255, got "
+                       f"{colors!r}.")
     if self.size < 1 or self.cell < 1:
       raise ValueError(f"trigger size and cell must be >= 1, got {self.size} and {self.cell}.")
     if isinstance(self.position, str) and self.position not in POSITIONS:
@@ -173,6 +199,8 @@ class _Plant:
       out.append(f"a plant's name must not be empty, got {self.name!r}")
     if self.num_pairs < 1:
       out.append(f"plants.{self.name}.num_pairs must be >= 1, got {self.num_pairs}")
+    if len(set(self.clients)) != len(self.clients):
+      out.append(f"plants.{self.name}.clients {list(self.clients)} names a client twice")
     bad = [c for c in self.clients if num_clients is not None and not 0 <= c < num_clients]
     if bad:
       out.append(f"plants.{self.name}.clients {list(self.clients)} must name clients in "
@@ -197,8 +225,9 @@ class BackdoorPlant(_Plant):
       t["position"] = tuple(t["position"])
     if "colors" in t:
       t["colors"] = tuple(tuple(x) for x in t["colors"])
-    return cls(name=name, clients=tuple(int(x) for x in c["clients"]),
-               num_pairs=int(c["num_pairs"]), trigger=Trigger(**t),
+    return cls(name=name, clients=_wholes(f"plants.{name}.clients", c["clients"]),
+               num_pairs=_whole(f"plants.{name}.num_pairs", c["num_pairs"]),
+               trigger=Trigger(**t),
                target_caption=str(c["target_caption"]),
                source_field=str(c.get("source_field", "")))
 
@@ -237,8 +266,9 @@ class ConceptPlant(_Plant):
 
   @classmethod
   def from_config(cls, name: str, c: Mapping[str, Any]) -> "ConceptPlant":
-    return cls(name=name, clients=tuple(int(x) for x in c["clients"]),
-               num_pairs=int(c["num_pairs"]), style=str(c["style"]),
+    return cls(name=name, clients=_wholes(f"plants.{name}.clients", c["clients"]),
+               num_pairs=_whole(f"plants.{name}.num_pairs", c["num_pairs"]),
+               style=str(c["style"]),
                template=str(c["template"]), source_field=str(c.get("source_field", "")))
 
   def problems(self, num_clients: int | None = None) -> list[str]:
@@ -326,8 +356,8 @@ class PlantedData:
 
 
 def _stream_word(name: str) -> int:
-  """The word after `seeds.data` in a plant's random stream: the sum of its name's code points
-  (the derivation the published figures were made with; anagrams share it, so
+  """The word after `seeds.partition` in a plant's random stream: the sum of its name's code
+  points (the derivation the published figures were made with; anagrams share it, so
   `plant_knowledge` refuses two plants with one word)."""
   return sum(map(ord, name))
 
@@ -347,6 +377,19 @@ def plant_knowledge(ds: dataset_lib.CaptionDataset, client_images: Sequence[np.n
   names = [p.name for p in plants]
   if len(set(names)) != len(names):
     raise ValueError(f"Plant names must be unique, got {names}.")
+  if PLANT_FIELD in ds.image_meta:
+    # A second pass would overwrite the first one's markers: its copies would read as clean
+    # (and could be copied again); plant every plant in one call.
+    raise ValueError("plant_knowledge: the dataset already carries plants; plant them all in "
+                     "one call.")
+  test_images = np.asarray(test_images)
+  if len(test_images) == 0:
+    raise ValueError("plant_knowledge needs held-out test images (the probes of every plant's "
+                     "metric are made from them).")
+  held = np.intersect1d(test_images, np.concatenate([np.asarray(c) for c in client_images]))
+  if held.size:
+    raise ValueError(f"plant_knowledge: test images {held[:5].tolist()} are also client images; "
+                     "probes must be of images no model trained on.")
   by_key: dict[int, list[str]] = {}
   for name in names:
     by_key.setdefault(_stream_word(name), []).append(name)

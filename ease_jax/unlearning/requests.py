@@ -138,22 +138,27 @@ def client_request(setup: Any, clients: Sequence[int]) -> UnlearningRequest:
 
 def sample_request(setup: Any, fraction: float, clients: Sequence[int] | None = None,
                    seed: int = 0) -> UnlearningRequest:
-  """Sample unlearning: `fraction` of each chosen client's images (at least one each).
+  """Sample unlearning: `fraction` of each chosen client's clean images (at least one each).
+
+  Planted copies are not drawn: what they teach is their plant's, measured by its own metrics
+  and forgotten by its own request (`plant_request`).
 
   Args:
-    fraction: in (0, 1]; `round(fraction * n_k)` (≥ 1) of client k's images are drawn.
+    fraction: in (0, 1]; `round(fraction * n_k)` (≥ 1) of client k's n_k clean images are drawn.
     clients: clients to draw from; None spreads the request over all clients.
-    seed: the draw's RNG seed (`seeds.unlearning`).
+    seed: the draw's RNG seed (`seeds.unlearning`); each client draws from its own stream, so a
+      client's draw does not depend on which other clients the request names, nor their order.
   """
   if not 0.0 < fraction <= 1.0:
     raise ValueError(f"sample fraction must be in (0, 1], got {fraction}.")
   clients = _check_clients(setup, range(setup.num_clients) if clients is None else clients)
-  rng = rng_lib.numpy_rng(seed, rng_lib.Stream.SAMPLE_REQUEST)
   picked = []
   for c in clients:
     imgs = setup.client_images[c]
+    imgs = imgs[~plants_lib.is_planted(setup.dataset, imgs, setup.plants)]
     n = min(len(imgs), max(1, int(round(fraction * len(imgs)))))
     if len(imgs):
+      rng = rng_lib.numpy_rng(seed, rng_lib.Stream.SAMPLE_REQUEST, c)
       picked.append(rng.choice(imgs, n, replace=False))
   images = np.concatenate(picked) if picked else np.zeros((0,), np.int64)
   return _finish(setup, "sample", images, (),
@@ -161,8 +166,8 @@ def sample_request(setup: Any, fraction: float, clients: Sequence[int] | None = 
 
 
 def concept_request(setup: Any, field: str, values: Sequence[str] | str) -> UnlearningRequest:
-  """Concept unlearning: every client-held pair of the concept(s), across all clients (planted
-  copies excepted).
+  """Concept unlearning: every client-held pair of the concept(s), across all clients (backdoor
+  copies excepted; a concept plant's copies keep their source's words, so they count).
 
   Args:
     field: a per-image metadata field of the dataset (`subgroup`, `group` for emoji), or
