@@ -300,6 +300,25 @@ def test_gsd_cache_is_keyed_by_everything_gsd_reads(trained):
   assert np.asarray(fewer["result"].forget_rank).max() <= len(req.holders)  # M = 1 row each
 
 
+def test_gsd_gradients_of_a_small_forget_set_span_more_than_one_direction(trained):
+  """A holder with fewer forget pairs than a batch: minibatches of all its pairs would make its
+  M gradients one (a single forget direction per holder); at most half of them per minibatch,
+  they differ. A single pair per holder has a zero contrastive loss: refused by name."""
+  cfg, setup, _ = trained
+  req = requests.sample_request(setup, 0.3, seed=1)
+  per_holder = [len(t) for t in req.forget_client_texts(setup) if len(t)]
+  assert max(per_holder) <= cfg.fed.batch_size  # every holder's D_f fits one batch
+  assert ease.gradient_batch_size(max(per_holder), cfg.fed.batch_size) < max(per_holder)
+  # Every direction kept (no energy cut): the rank is what the gradients span.
+  g = ease.compute_gsd(make_ctx(trained, {"gsd.energy": 1.0, "gsd.max_rank": 16}, request=req))
+  assert np.asarray(g["result"].forget_rank).max() > len(req.holders)
+  assert ease.gradient_batch_size(100, 32) == 32 and ease.gradient_batch_size(1, 32) == 2
+  single = requests.sample_request(setup, 0.01, seed=1)
+  assert all(len(t) <= 1 for t in single.forget_client_texts(setup))
+  with pytest.raises(ValueError, match="GSD found no forget direction"):
+    ease.compute_gsd(make_ctx(trained, request=single))
+
+
 def test_gsd_refuses_non_finite_updates(trained):
   """A NaN in a retained client's stored updates would empty its basis silently."""
   cfg, setup, res = trained

@@ -175,7 +175,11 @@ def train_pair(setup: builders.FederatedSetup, config: ml_collections.ConfigDict
   root = pathlib.Path(root)
   # Members keep no update history (`train`), so EASE's M must not move the cache.
   federation = federation_fingerprint(base.config_with(config, {"fed.history_size": 0}))
-  tag = lambda ident: checkpointing.fingerprint_hash(dict(ident))[:10]
+  # Folder names leave out the fingerprint keys added later (the data files' digest), so caches
+  # written before them are still found; the members' checkpoints carry the whole fingerprint,
+  # so a cache of other data is refused when it is restored.
+  tag = lambda ident: checkpointing.fingerprint_hash(
+      {k: v for k, v in ident.items() if k not in checkpointing.ADDED_LATER})[:10]
   in_pop = train(setup, config, lambda c: builders.round_plan(setup, c),
                  root / f"in-{tag(federation)}", dict(kind="none"), "trained")
   out_ident = dict(federation, **{f"request.{k}": v for k, v in request.fingerprint().items()})

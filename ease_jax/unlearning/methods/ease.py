@@ -11,9 +11,10 @@
 [ours] choices, all config options (`CONFIG_BLOCKS` below is the one source of their defaults):
   * forget side of GSD: client unlearning uses the leaving clients' last M transmitted updates
     (M = `fed.history_size`); sample/concept unlearning uses M per-minibatch gradients of the
-    CLIP loss on each holder's D_f, and each holder's retain stack is replaced by M minibatch
-    gradients on its own D_r (its transmitted updates mix D_f in, which would mark forget
-    directions as shared);
+    CLIP loss on each holder's D_f (minibatches of at most half its pairs,
+    `gradient_batch_size`, so that they differ), and each holder's retain stack is replaced by M
+    minibatch gradients on its own D_r (its transmitted updates mix D_f in, which would mark
+    forget directions as shared);
   * BKE target (`bke.target`): 'unmatched' = losses.bounded_unalignment_loss's own level (mean
     cosine to the batch's other captions, identical captions left out, + margin); 'nonmember' (default) = the `bke.target_quantile` quantile of the
     matched-pair cosines of non-member pairs (`bke.calibration_split`) under the trained model,
@@ -169,7 +170,8 @@ def gsd_inputs(ctx: base.UnlearningContext, layout: proj.ModuleLayout, m: int
     retain_texts = req.retain_client_texts(setup)
     gradients = lambda texts, stream, c, n: np.asarray(grads(
         ctx.trained, setup.backbone, setup.data,
-        federated.cycled_batches(texts, n, batch_size, rng_lib.stream_seed(seed, stream, c))))
+        federated.cycled_batches(texts, n, gradient_batch_size(len(texts), batch_size),
+                                 rng_lib.stream_seed(seed, stream, c))))
     forget_flat = np.concatenate([gradients(forget_texts[h], rng_lib.Stream.GSD_FORGET_GRADIENTS,
                                             h, m) for h in req.holders])
     retain_flat = ctx.history.stack(retain)
@@ -188,6 +190,15 @@ def gsd_inputs(ctx: base.UnlearningContext, layout: proj.ModuleLayout, m: int
   forget = np.asarray(proj.to_modules(layout, jnp.asarray(forget_flat)))        # [m_f, n, d]
   retain_m = np.asarray(proj.to_modules(layout, jnp.asarray(retain_flat)))      # [k, M, n, d]
   return np.moveaxis(forget, 1, 0), np.moveaxis(retain_m, 2, 0), info
+
+
+def gradient_batch_size(num_pairs: int, batch_size: int) -> int:
+  """Pairs per minibatch of GSD's per-minibatch gradients on `num_pairs` pairs: at most half of
+  them (at least 2), so that the M minibatches are different subsets. With `fed.batch_size` or
+  more, every minibatch of a holder with few pairs would hold all of them, its M gradients
+  would be one, and its forget subspace a single direction (160 concept copies over 8 clients
+  are 20 pairs per holder)."""
+  return int(min(batch_size, max(2, num_pairs // 2)))
 
 
 def _config_key(config: ml_collections.ConfigDict, without: tuple[str, ...]) -> str:
@@ -213,6 +224,10 @@ def compute_gsd(ctx: base.UnlearningContext) -> dict[str, Any]:
   stack_s = time.perf_counter() - t0
   res, compile_s, run_s = base.TimedJit(batched_gsd)(jnp.asarray(forget), jnp.asarray(retain),
                                                        cfg=cfg)
+  if not np.any(np.asarray(res.forget_rank)):
+    raise ValueError(f"GSD found no forget direction in any module: every forget-side "
+                     f"{info['forget_side']} row is zero (a holder with a single forget pair has "
+                     "a zero contrastive loss), so EASE would excise nothing.")
   angles = np.degrees(np.asarray(res.angles))
   diag = dict(
       info, modules=list(layout.names),
