@@ -173,13 +173,37 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
   return "\n".join(lines)
 
 
+GENERATED_START = ("<!-- generated: rerunning the command below replaces the text up to the end "
+                   "mark; text after it is kept -->")
+GENERATED_END = "<!-- end of generated text -->"
+KEPT_NOTE = ("*Kept from before this section's generated text was marked (the script that "
+             "writes it never deletes text; remove what is superseded by hand):*")
+
+
 def write_section(heading: str, body: str, path: pathlib.Path = BENCHMARKS_MD) -> None:
-  """Replaces (or appends) the `## heading` section of BENCHMARKS.md, keeping the others."""
+  """Writes `body` as the generated text of the `## heading` section of BENCHMARKS.md.
+
+  Only the text between `GENERATED_START` and `GENERATED_END` is replaced, so the notes written
+  by hand around a table survive a rerun. A section written before the marks existed keeps all
+  of its old text below the new generated block (nothing is deleted); a missing section is
+  appended. The file is replaced atomically (a kill leaves the old or the new file, whole).
+  """
   text = path.read_text() if path.exists() else INTRO
-  section = f"## {heading}\n\n{body.strip()}\n"
+  block = f"{GENERATED_START}\n{body.strip()}\n{GENERATED_END}"
   pattern = re.compile(rf"^## {re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
-  if pattern.search(text):
-    text = pattern.sub(lambda _: section + "\n", text).rstrip() + "\n"
+  match = pattern.search(text)
+  if match is None:
+    text = text.rstrip() + f"\n\n## {heading}\n\n{block}\n"
   else:
-    text = text.rstrip() + "\n\n" + section
-  path.write_text(text)
+    old = match.group(0)
+    start, end = old.find(GENERATED_START), old.find(GENERATED_END)
+    if 0 <= start < end:
+      section = old[:start] + block + old[end + len(GENERATED_END):]
+    else:
+      kept = old[len(f"## {heading}\n"):].strip()
+      section = f"## {heading}\n\n{block}\n" + (f"\n{KEPT_NOTE}\n\n{kept}\n" if kept else "")
+    text = text[:match.start()] + section.rstrip() + "\n\n" + text[match.end():].lstrip("\n")
+    text = text.rstrip() + "\n"
+  tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+  tmp.write_text(text)
+  os.replace(tmp, path)

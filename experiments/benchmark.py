@@ -6,8 +6,9 @@ r"""The unlearning comparison table: every method × scenario × seed against re
 Resumable: rerun the same command after an interruption. Writes `results.jsonl` (one row per
 finished cell), `benchmark.md`, `benchmark.csv` and `benchmark.png` to the workdir and prints the
 markdown table. `--report_only` only re-aggregates the finished cells; `--benchmarks_md` also
-writes the table, command and machine to the BENCHMARKS.md section named by `--section`
-("Unlearning comparison" by default).
+writes the table, command and machine as the generated text of the BENCHMARKS.md section named
+by `--section` ("Unlearning comparison" by default); notes written by hand around it are kept
+(`benchmarks/common.write_section`).
 """
 import pathlib
 import sys
@@ -34,7 +35,8 @@ _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Aggregate finished cells
 _BENCHMARKS_MD = flags.DEFINE_bool("benchmarks_md", False,
                                    "Write the table, command and machine to BENCHMARKS.md.")
 _SECTION = flags.DEFINE_string("section", "Unlearning comparison",
-                               "The BENCHMARKS.md section --benchmarks_md replaces.")
+                               "The BENCHMARKS.md section whose generated text --benchmarks_md "
+                               "rewrites.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 

@@ -180,3 +180,26 @@ def test_b32_geometry_runs_a_round(tmp_path):
   assert row["status"] == "done" and row["size"] == "b32" and row["k"] == 4
   xla, ours = data["xla_flops_per_pair"]["b32/batch4"], data["flops_per_pair"]["b32/batch4"]
   assert abs(ours / xla - 1) < 0.02
+
+
+def test_a_generated_benchmarks_section_keeps_the_text_written_by_hand(tmp_path):
+  """Rerunning a benchmark's command rewrites only its generated text: notes written around the
+  table survive, a section from before the marks keeps all of its old text, and the file is
+  replaced whole (no temporary file left)."""
+  import common  # pylint: disable=g-import-not-at-top
+  path = tmp_path / "BENCHMARKS.md"
+  path.write_text("# Benchmarks\n\n## Old\n\nold table\n\nold notes\n\n## Other\n\nother text\n")
+  common.write_section("New", "table 1", path)
+  text = path.read_text()
+  assert text.endswith(f"## New\n\n{common.GENERATED_START}\ntable 1\n{common.GENERATED_END}\n")
+  path.write_text(text + "\nhand-written notes\n")
+  common.write_section("New", "table 2", path)
+  text = path.read_text()
+  assert "table 2" in text and "table 1" not in text and "hand-written notes" in text
+  common.write_section("Old", "new table", path)
+  text = path.read_text()
+  old = text[text.index("## Old"):text.index("## Other")]
+  assert old.index("new table") < old.index(common.KEPT_NOTE) < old.index("old table") < old.index(
+      "old notes")
+  assert "## Other\n\nother text\n" in text and text.count("## ") == 3
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["BENCHMARKS.md"]
