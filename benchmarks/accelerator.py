@@ -1054,8 +1054,13 @@ def write_outputs(ctx: Context) -> tuple[str, dict[str, Any]]:
                        if r.status == "skipped"])
   data = _clean(data)
   ctx.out.mkdir(parents=True, exist_ok=True)
-  (ctx.out / "accelerator.md").write_text(md)
-  (ctx.out / "accelerator.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
+  # Rewritten after every row: a file replaced whole, so a run stopped from outside (even
+  # mid-write) leaves the last complete table.
+  for name, text in (("accelerator.md", md),
+                     ("accelerator.json", json.dumps(data, indent=1, default=str) + "\n")):
+    tmp = ctx.out / f".{name}.tmp"
+    tmp.write_text(text)
+    os.replace(tmp, ctx.out / name)
   return md, data
 
 

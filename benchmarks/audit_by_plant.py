@@ -8,9 +8,10 @@ into the planted copies of D_f and its clean pairs (BENCHMARKS.md, "Planted comp
       plants.client_backdoor.num_pairs=100 plants.sample_backdoor.num_pairs=90
   python benchmarks/audit_by_plant.py --probe_workdir=workdirs/probe_audit_s11
 
-Reads the workdir's cached trained model, retrain reference and populations (nothing is
-trained; overrides must name the config the workdir was run with, or its caches refuse to
-load). For each seed of `experiments/configs/benchmark_emoji.py` and the `--scenario` request
+Reads the workdir's cached trained model, retrain reference and populations (a finished
+benchmark's workdir has them all; one that misses any is trained and written into the workdir,
+as the benchmark would; overrides must name the config the workdir was run with, or its caches
+refuse to load). For each seed of `experiments/configs/benchmark_emoji.py` and the `--scenario` request
 it prints one JSON line: the trained model's TPR at 1% FPR over all of D_f (the benchmark's
 `lira_tpr@0.01`), over its planted copies and over its clean pairs at the same threshold, and
 the held-out retrain negatives' false-flag rate on each part.

@@ -31,6 +31,7 @@ import numpy as np  # noqa: E402
 from ease_jax import builders  # noqa: E402
 from ease_jax import configs  # noqa: E402
 from ease_jax import evaluation  # noqa: E402
+from ease_jax import lora as lora_lib  # noqa: E402
 from ease_jax import metrics  # noqa: E402
 from ease_jax import training  # noqa: E402
 from ease_jax.data import dataset as dataset_lib  # noqa: E402
@@ -142,6 +143,10 @@ def main():
     plants_lib.plant_knowledge = plant_with_own_captions
   config = configs.from_file(CONFIG)
   config.fed.history_size = 0
+  if args.retrain_tone and args.retrain_plant:
+    raise SystemExit("--retrain_tone and --retrain_plant name two different retrains; give one.")
+  if any(o.split("=", 1)[0].strip() == "eval.every" for o in args.overrides):
+    raise SystemExit("eval.every is set by --eval_every (the learning curve); use that flag.")
   config = with_overrides(config, args.overrides)
   setup = builders.build_setup(config)
   plan = req = None
@@ -162,6 +167,8 @@ def main():
   out = dict(overrides=" ".join(args.overrides), retrain_tone=args.retrain_tone,
              retrain_plant=args.retrain_plant,
              own_captions=args.own_captions,
+             # What a regex-valued lora.targets matched (an alternation branch can match nothing).
+             lora_modules=len(lora_lib.module_paths(res.trainable)),
              train_s=round(time.perf_counter() - t0, 1),
              round_s=round(float(np.median([r["round_time_s"] for r in res.metrics])), 2),
              backend=builders.fedavg_options(setup, config, plan or builders.round_plan(
