@@ -359,11 +359,19 @@ def data_digest(data_config: ml_collections.ConfigDict) -> str:
   stamp = tuple((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
   digest = _files_digest(tuple(str(p) for p in files), stamp)
   if data_config.name == "karpathy" and pathlib.Path(data_config.image_root).is_dir():
-    root = pathlib.Path(data_config.image_root)
-    listing = sorted((p.relative_to(root).as_posix(), p.stat().st_size)
-                     for p in root.rglob("*") if p.is_file())
-    digest = hashlib.sha256((digest + repr(listing)).encode()).hexdigest()
+    digest = hashlib.sha256(
+        (digest + _image_root_listing(str(pathlib.Path(data_config.image_root).resolve())))
+        .encode()).hexdigest()
   return digest
+
+
+@functools.lru_cache(maxsize=4)
+def _image_root_listing(root: str) -> str:
+  """Every file under `root` with its size, once per process (a `stat` per image: COCO's
+  123k files take a second or two; the fingerprint is asked for once per run and member)."""
+  base = pathlib.Path(root)
+  return repr(sorted((p.relative_to(base).as_posix(), p.stat().st_size)
+                     for p in base.rglob("*") if p.is_file()))
 
 
 def run_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -476,6 +476,8 @@ def test_the_run_fingerprint_holds_the_datas_bytes(tmp_path, monkeypatch):
                                             image_root=str(root / "images")))
   first = builders.data_digest(karpathy)
   (root / "images" / "0.jpg").write_bytes(b"x" * 11)  # a replaced image
+  assert builders.data_digest(karpathy) == first  # the listing is read once per process
+  builders._image_root_listing.cache_clear()  # pylint: disable=protected-access  # a new process
   second = builders.data_digest(karpathy)
   (root / "captions.json").write_text('{"images": [] }')  # a regenerated caption file
   assert len({first, second, builders.data_digest(karpathy)}) == 3
