@@ -43,6 +43,7 @@ from ease_jax.unlearning import benchmark  # noqa: E402
 from ease_jax.unlearning import cell as cell_lib  # noqa: E402
 from ease_jax.unlearning import requests  # noqa: E402
 
+import probe_audit  # noqa: E402  (same folder: the scores' identity)
 import probe_plants  # noqa: E402  (same folder: the override parser)
 
 CONFIG = probe_plants.CONFIG.with_name("benchmark_emoji.py")
@@ -86,8 +87,8 @@ def from_benchmark(config, workdir: pathlib.Path, scenario: str) -> None:
 def from_probe(config, workdir: pathlib.Path, scenario: str) -> None:
   cfg = benchmark.scenario_config(config, scenario, config.seed)
   setup = builders.build_setup(cfg)
-  planted = planted_mask(setup, requests.from_config(setup, cfg.unlearning,
-                                                     seed=cfg.seeds.unlearning))
+  request = requests.from_config(setup, cfg.unlearning, seed=cfg.seeds.unlearning)
+  planted = planted_mask(setup, request)
   paths = sorted(workdir.glob(f"scores_{scenario}_*_*.npz"))
   if not paths:
     raise SystemExit(f"No scores_{scenario}_<score>_<variant>.npz in {workdir} "
@@ -96,6 +97,11 @@ def from_probe(config, workdir: pathlib.Path, scenario: str) -> None:
     score, variant = re.fullmatch(rf"scores_{scenario}_(\w+?)_(\w+)\.npz", path.name).groups()
     scores = np.load(path)
     trained, retrain = scores["trained"], scores["retrain"]
+    if "identity" in scores.files:  # Files written before it carry the shape check only.
+      identity = json.loads(str(scores["identity"]))
+      if identity["forget_sha256"] != probe_audit.forget_digest(request.forget_texts):
+        raise SystemExit(f"{path} holds scores of another forget set (written with overrides "
+                         f"{identity['overrides']}): pass the overrides it was run with.")
     if trained.shape[1] != planted.size:
       raise SystemExit(f"{path} holds {trained.shape[1]} examples, the {scenario} request of "
                        f"this config {planted.size}: pass the overrides it was run with.")

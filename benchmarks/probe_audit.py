@@ -21,8 +21,10 @@ Overrides are `dotted.key=value` of `experiments/configs/unlearn_emoji.py`.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
+import os
 import pathlib
 
 from ease_jax import runtime
@@ -87,6 +89,11 @@ def ks_table(in_scores: np.ndarray, out_scores: np.ndarray) -> dict[str, dict[st
               signal_median_over_members=_summary(signal_median))
 
 
+def forget_digest(forget_texts: np.ndarray) -> str:
+  """sha256 of a request's forget set (its text ids), naming what a scores file is of."""
+  return hashlib.sha256(np.asarray(forget_texts, np.int64).tobytes()).hexdigest()
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("overrides", nargs="*", help="dotted.key=value")
@@ -114,8 +121,15 @@ def main():
           raw=raw,
           centered={k: raw[k] - ref[k].mean(1, keepdims=True) for k in raw},
           standardized={k: population_lib.standardize(raw[k], ref[k]) for k in raw})
+      # What the scores are of, checked by their reader (`audit_by_plant.py --probe_workdir`):
+      # a rerun with other overrides must not pass for this one.
+      identity = json.dumps(dict(overrides=args.overrides, population=args.population,
+                                 forget_sha256=forget_digest(request.forget_texts)))
       for variant, s in variants.items():
-        np.savez(pathlib.Path(args.workdir) / f"scores_{name}_{score}_{variant}.npz", **s)
+        path = pathlib.Path(args.workdir) / f"scores_{name}_{score}_{variant}.npz"
+        tmp = path.with_name(f".{path.stem}.tmp.npz")
+        np.savez(tmp, identity=np.asarray(identity), **s)
+        os.replace(tmp, path)  # whole or not at all
         print(json.dumps(dict(request=name, score=score, variant=variant,
                               n_forget=int(s["trained"].shape[1]),
                               **ks_table(s["trained"], s["retrain"]))), flush=True)
