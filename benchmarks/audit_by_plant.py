@@ -43,7 +43,6 @@ from ease_jax.unlearning import benchmark  # noqa: E402
 from ease_jax.unlearning import cell as cell_lib  # noqa: E402
 from ease_jax.unlearning import requests  # noqa: E402
 
-import probe_audit  # noqa: E402  (same folder: the scores' identity)
 import probe_plants  # noqa: E402  (same folder: the override parser)
 
 CONFIG = probe_plants.CONFIG.with_name("benchmark_emoji.py")
@@ -99,8 +98,8 @@ def from_probe(config, workdir: pathlib.Path, scenario: str) -> None:
     trained, retrain = scores["trained"], scores["retrain"]
     if "identity" in scores.files:  # Files written before it carry the shape check only.
       identity = json.loads(str(scores["identity"]))
-      if identity["forget_sha256"] != probe_audit.forget_digest(request.forget_texts):
-        raise SystemExit(f"{path} holds scores of another forget set (written with overrides "
+      if identity["request"] != request.fingerprint():
+        raise SystemExit(f"{path} holds scores of another request (written with overrides "
                          f"{identity['overrides']}): pass the overrides it was run with.")
     if trained.shape[1] != planted.size:
       raise SystemExit(f"{path} holds {trained.shape[1]} examples, the {scenario} request of "

@@ -21,7 +21,6 @@ Overrides are `dotted.key=value` of `experiments/configs/unlearn_emoji.py`.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import itertools
 import json
 import os
@@ -89,11 +88,6 @@ def ks_table(in_scores: np.ndarray, out_scores: np.ndarray) -> dict[str, dict[st
               signal_median_over_members=_summary(signal_median))
 
 
-def forget_digest(forget_texts: np.ndarray) -> str:
-  """sha256 of a request's forget set (its text ids), naming what a scores file is of."""
-  return hashlib.sha256(np.asarray(forget_texts, np.int64).tobytes()).hexdigest()
-
-
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("overrides", nargs="*", help="dotted.key=value")
@@ -124,7 +118,7 @@ def main():
       # What the scores are of, checked by their reader (`audit_by_plant.py --probe_workdir`):
       # a rerun with other overrides must not pass for this one.
       identity = json.dumps(dict(overrides=args.overrides, population=args.population,
-                                 forget_sha256=forget_digest(request.forget_texts)))
+                                 request=request.fingerprint()))
       for variant, s in variants.items():
         path = pathlib.Path(args.workdir) / f"scores_{name}_{score}_{variant}.npz"
         tmp = path.with_name(f".{path.stem}.tmp.npz")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import json
 import pathlib
 from typing import Any, Callable, Mapping, Sequence
 
@@ -343,14 +344,15 @@ def _files_digest(paths: tuple[str, ...], stamp: tuple[Any, ...]) -> str:
   return digest.hexdigest()
 
 
-def data_digest(data_config: ml_collections.ConfigDict) -> str:
+def data_digest(data_config: ml_collections.ConfigDict, image_size: int | None = None) -> str:
   """sha256 over the data files a run reads, so that a workdir does not resume (nor a cache
-  serve) on data rewritten under the same config strings: the embedded emoji npz files, or a
-  Karpathy caption file's bytes with the name and size of every file under its image root (a
-  path relative to another working directory names other files, too). Image bytes are not
-  read: sizes catch a rebuilt or replaced set at the cost of a `stat` per file."""
+  serve) on data rewritten under the same config strings: the embedded emoji npz of
+  `image_size` px (None: every emoji npz), or a Karpathy caption file's bytes with the size of
+  every image it names (a path relative to another working directory names other files, too).
+  Image bytes are not read: sizes catch a rebuilt or replaced set at the cost of a `stat` each."""
   if data_config.name == "emoji":
-    files = sorted(dataset_lib.ASSETS_DIR.glob("emoji*.npz"))
+    files = ([dataset_lib.ASSETS_DIR / dataset_lib.emoji_npz_name(image_size)]
+             if image_size else sorted(dataset_lib.ASSETS_DIR.glob("emoji*.npz")))
   elif data_config.name == "karpathy":
     files = [pathlib.Path(data_config.json_path)]
   else:
@@ -358,20 +360,41 @@ def data_digest(data_config: ml_collections.ConfigDict) -> str:
   files = [f for f in files if f.is_file()]  # A missing one is named by load_dataset.
   stamp = tuple((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
   digest = _files_digest(tuple(str(p) for p in files), stamp)
-  if data_config.name == "karpathy" and pathlib.Path(data_config.image_root).is_dir():
-    digest = hashlib.sha256(
-        (digest + _image_root_listing(str(pathlib.Path(data_config.image_root).resolve())))
-        .encode()).hexdigest()
+  if data_config.name == "karpathy" and files:
+    listing = _karpathy_image_sizes(str(files[0].resolve()), stamp[0],
+                                    str(pathlib.Path(data_config.image_root).resolve()))
+    digest = hashlib.sha256((digest + listing).encode()).hexdigest()
   return digest
 
 
 @functools.lru_cache(maxsize=4)
-def _image_root_listing(root: str) -> str:
-  """Every file under `root` with its size, once per process (a `stat` per image: COCO's
-  123k files take a second or two; the fingerprint is asked for once per run and member)."""
-  base = pathlib.Path(root)
-  return repr(sorted((p.relative_to(base).as_posix(), p.stat().st_size)
-                     for p in base.rglob("*") if p.is_file()))
+def _karpathy_image_sizes(json_path: str, stamp: tuple[Any, ...], root: str) -> str:
+  """The size of every image a Karpathy file names under `root` (-1: missing), once per
+  process and caption file (a `stat` per image: COCO's 123k take a second or two)."""
+  del stamp  # Part of the cache key only.
+  try:
+    entries = json.loads(pathlib.Path(json_path).read_text()).get("images", [])
+  except (ValueError, AttributeError, UnicodeDecodeError):
+    return ""  # load_dataset names what is wrong with the file.
+  sizes = []
+  for entry in entries if isinstance(entries, list) else []:
+    if not isinstance(entry, dict) or not isinstance(entry.get("filename"), str):
+      continue
+    path = pathlib.Path(root, str(entry.get("filepath", "")), entry["filename"])
+    sizes.append(path.stat().st_size if path.is_file() else -1)
+  return repr(sizes)
+
+
+def _checkpoint_image_size(checkpoint: str) -> int | None:
+  """The image size in a backbone's config.json (None where it cannot be read: load_backbone
+  names that)."""
+  try:
+    path = (embedded_backbone_dir() if checkpoint == EMBEDDED_BACKBONE
+            else hf.resolve_checkpoint(checkpoint))
+    vision = json.loads((path / "config.json").read_text()).get("vision_config") or {}
+    return int(vision.get("image_size", 224))
+  except (OSError, ValueError, AttributeError, TypeError):
+    return None
 
 
 def run_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -385,7 +408,8 @@ def run_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
   if "model" in config:
     fp["model.checkpoint_sha256"] = checkpoint_digest(config.model.checkpoint)
   if "data" in config and config.data.get("name"):
-    fp["data.files_sha256"] = data_digest(config.data)
+    image_size = _checkpoint_image_size(config.model.checkpoint) if "model" in config else None
+    fp["data.files_sha256"] = data_digest(config.data, image_size)
   for k in ("fed.backend", "fed.chunk_size"):  # Execution strategy, not the maths.
     fp.pop(k, None)
   # Requests' and methods' randomness: no federated run reads it (a request's effect on a run,

@@ -279,7 +279,7 @@ def recover_interrupted_replace(dst: pathlib.Path) -> None:
   (`.<name>.tmp-*`, removed) and the previous `dst` moved aside by `replace_dir`
   (`.<name>.old-*`: put back if `dst` is missing, since the kill fell between the two renames;
   removed otherwise). Each is logged."""
-  for leftover in sorted(dst.parent.glob(f".{dst.name}.old-*")):
+  for leftover in _leftovers(dst, "old"):
     if not dst.exists():
       leftover.rename(dst)
       logging.warning("%s was missing after an interrupted save; restored the previous folder "
@@ -287,9 +287,17 @@ def recover_interrupted_replace(dst: pathlib.Path) -> None:
     else:
       shutil.rmtree(leftover, ignore_errors=True)
       logging.warning("Removed %s, left by an interrupted save of %s.", leftover, dst)
-  for leftover in sorted(dst.parent.glob(f".{dst.name}.tmp-*")):
+  for leftover in _leftovers(dst, "tmp"):
     shutil.rmtree(leftover, ignore_errors=True)
     logging.warning("Removed %s, left by an interrupted save of %s.", leftover, dst)
+
+
+def _leftovers(dst: pathlib.Path, kind: str) -> list[pathlib.Path]:
+  """The folders `save_clip` / `replace_dir` name `.<dst.name>.<kind>-<mkdtemp's 8 characters>`
+  beside `dst`, matched whole: never another folder's (`ckpt.old-x`'s backup starts with
+  `.ckpt.old-` too), and a name with glob characters is taken literally."""
+  pattern = re.compile(re.escape(f".{dst.name}.{kind}-") + r"[a-z0-9_]{8}")
+  return sorted(p for p in dst.parent.iterdir() if p.is_dir() and pattern.fullmatch(p.name))
 
 
 def replace_dir(src: pathlib.Path, dst: pathlib.Path) -> None:

@@ -36,6 +36,8 @@ TARGET_PRESETS = {
     "text_qv": (r"text_model/.*/self_attn/(q|v)_proj/kernel",),
 }
 
+# A pattern names the (conv) patch embedding only with this word in it (`target_paths`).
+CONV_TARGET_WORD = "patch_embedding"
 VISION_PREFIX = "vision_model/"
 TEXT_PREFIX = "text_model/"
 # The projection head after each tower belongs to that tower (LoRA can target it by regex).
@@ -80,18 +82,24 @@ def resolve_targets(targets: str | Sequence[str]) -> tuple[str, ...]:
 def target_paths(params: Params, targets: str | Sequence[str]) -> list[str]:
   """Paths of the dense (2-D) and conv (4-D) kernels matched by `targets`, in a stable order.
 
+  A conv kernel (the patch embedding) is taken only by a pattern that names it
+  (`CONV_TARGET_WORD` in the pattern's text): broad patterns such as `.*/kernel` keep meaning
+  the dense kernels they meant before conv kernels could be targets.
+
   Raises:
     ValueError: a pattern matches no kernel (a typo would otherwise train nothing).
   """
   flat = traverse_util.flatten_dict(params, sep="/")
   kernels = [p for p, v in flat.items() if p.endswith("/kernel") and np.ndim(v) in (2, 4)]
+  conv = {p for p in kernels if np.ndim(flat[p]) == 4}
   chosen: list[str] = []
   for pattern in resolve_targets(targets):
     try:
       regex = re.compile(pattern)
     except re.error as e:
       raise ValueError(f"Invalid LoRA target regex {pattern!r}: {e}") from e
-    matched = [p for p in kernels if regex.fullmatch(p)]
+    matched = [p for p in kernels if regex.fullmatch(p)
+               and (p not in conv or CONV_TARGET_WORD in pattern)]
     if not matched:
       examples = ", ".join(kernels[:3])
       raise ValueError(f"Unknown LoRA target: {pattern!r} matches no dense or conv kernel of "

@@ -230,8 +230,10 @@ def retrieval_metrics(image_emb: jax.Array,
   """Recall@K and R-precision for image->text and text->image retrieval, in percent.
 
   Image->text: an image query is a hit at k if any of its captions ranks in the top k; images
-  without captions are skipped. Text->image: each caption has exactly one relevant image (R = 1,
-  so its R-precision equals its Recall@1).
+  without captions are skipped. Text->image: a caption query is a hit at k if one of its
+  relevant images ranks in the top k: its own image (and, with content ids, any image carrying
+  the same text or a pixel twin). `t2i_rprec` is reported as text->image Recall@1, the
+  R-precision of R = 1, which is exact unless a caption text repeats on several images.
 
   Args:
     image_emb: `[Ni, D]` image embeddings.

@@ -259,7 +259,8 @@ class VisionTransformer(nn.Module):
   def __call__(self, pixels: jax.Array) -> jax.Array:
     """pixels: [B, H, W, C] normalised -> pooled [B, hidden]."""
     cfg = self.config
-    x = _VisionEmbeddings(cfg, self.lora_scale, self.dtype, name="embeddings")(pixels)
+    x = _VisionEmbeddings(cfg, self.lora_scale, self.lora_mode, self.dtype,
+                         name="embeddings")(pixels)
     x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=self.dtype, name="pre_layrnorm")(x)
     x = Encoder(cfg, False, self.lora_scale, self.lora_mode, self.dtype, name="encoder")(x, None)
     return nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=self.dtype,
@@ -277,21 +278,26 @@ class LoRAPatchEmbedding(nn.Module):
   features: int
   patch_size: int
   lora_scale: float = 1.0
+  lora_mode: str = "unmerged"
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, pixels: jax.Array) -> jax.Array:
     p = self.patch_size
     kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                        (p, p, pixels.shape[-1], self.features))
+                        (p, p, pixels.shape[-1], self.features)).astype(self.dtype)
     x = pixels.astype(self.dtype)
-    out = jax.lax.conv_general_dilated(x, kernel.astype(self.dtype), (p, p), "VALID",
+    has_lora = self.has_variable(LORA_COLLECTION, "a")
+    if has_lora:
+      a = self.get_variable(LORA_COLLECTION, "a").astype(self.dtype)
+      b = self.get_variable(LORA_COLLECTION, "b").astype(self.dtype)
+    if has_lora and self.lora_mode == "merged":
+      kernel = kernel + self.lora_scale * (a @ b).reshape(kernel.shape)
+    out = jax.lax.conv_general_dilated(x, kernel, (p, p), "VALID",
                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
     batch, rows, cols, _ = out.shape
     out = out.reshape(batch, rows * cols, self.features)
-    if self.has_variable(LORA_COLLECTION, "a"):
-      a = self.get_variable(LORA_COLLECTION, "a").astype(self.dtype)
-      b = self.get_variable(LORA_COLLECTION, "b").astype(self.dtype)
+    if has_lora and self.lora_mode != "merged":
       # [B, rows, p, cols, p, C] -> [B, rows·cols, p·p·C] in the kernel's (kh, kw, c) order.
       flat = x.reshape(batch, rows, p, cols, p, x.shape[-1]).transpose(0, 1, 3, 2, 4, 5)
       flat = flat.reshape(batch, rows * cols, -1)
@@ -302,6 +308,7 @@ class LoRAPatchEmbedding(nn.Module):
 class _VisionEmbeddings(nn.Module):
   config: VisionConfig
   lora_scale: float = 1.0
+  lora_mode: str = "unmerged"
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -311,8 +318,8 @@ class _VisionEmbeddings(nn.Module):
       raise ValueError(
           f"encode_image expects pixels [batch, {cfg.image_size}, {cfg.image_size}, "
           f"{cfg.num_channels}] (NHWC), got shape {pixels.shape}.")
-    patches = LoRAPatchEmbedding(cfg.hidden_size, cfg.patch_size, self.lora_scale, self.dtype,
-                                 name="patch_embedding")(pixels)
+    patches = LoRAPatchEmbedding(cfg.hidden_size, cfg.patch_size, self.lora_scale,
+                                 self.lora_mode, self.dtype, name="patch_embedding")(pixels)
     batch = patches.shape[0]
     cls = self.param("class_embedding", nn.initializers.normal(0.02), (cfg.hidden_size,))
     cls = jnp.broadcast_to(cls.astype(self.dtype), (batch, 1, cfg.hidden_size))

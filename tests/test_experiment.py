@@ -426,6 +426,22 @@ def test_unlearn_pipeline_on_emoji_with_a_checkpoint_folder(tmp_path):
     assert (tmp_path / "work" / name).stat().st_size > 0
 
 
+def test_a_methods_code_version_keys_only_its_own_rows(tmp_path, monkeypatch):
+  """A change of a method's code that moves its rows bumps its ROWS_VERSION: a resumed benchmark
+  then recomputes that method's rows (and its variants'), and keeps every other row."""
+  from ease_jax.unlearning import benchmark as benchmark_lib  # pylint: disable=g-import-not-at-top
+  from ease_jax.unlearning import methods  # pylint: disable=g-import-not-at-top
+  config = configs.from_file(ROOT / "experiments" / "configs" / "benchmark_emoji.py")
+  config.benchmark.methods = ("ease", "finetune", "ease_other")
+  config.benchmark.variants = {"ease_other": {"method": "ease",
+                                              "overrides": {"gsd": {"energy": 0.8}}}}
+  before = benchmark_lib.row_keys(config)
+  monkeypatch.setitem(methods.ROWS_VERSIONS, "ease", methods.ROWS_VERSIONS["ease"] + 1)
+  after = benchmark_lib.row_keys(config)
+  changed = {cell[2] for cell, key in after.items() if key != before[cell]}
+  assert changed == {"ease", "ease_other"}
+
+
 def test_benchmark_resumes_after_an_interruption(tmp_path, monkeypatch):
   """An interrupted comparison, rerun, redoes no finished cell and ends with the same rows as an
   uninterrupted one; a method that raises is logged and retried by the rerun."""

@@ -1,4 +1,5 @@
 """The federated engine: backends agree, padding is inert, FedAvg is a weighted mean, resume works."""
+import json
 import shutil
 from typing import NamedTuple
 
@@ -468,18 +469,26 @@ def test_the_run_fingerprint_holds_the_datas_bytes(tmp_path, monkeypatch):
   older = {k: v for k, v in before.items() if k != "data.files_sha256"}
   assert checkpointing.diff_fingerprints(older, after) == []
 
+  # Another size's emoji file (`build_emoji --size=64`) is not this run's data.
+  (assets / dataset_lib.emoji_npz_name(64)).write_bytes(b"other size")
+  assert builders.run_fingerprint(config) == after
+
   root = tmp_path / "flickr"
   (root / "images").mkdir(parents=True)
   (root / "images" / "0.jpg").write_bytes(b"x" * 10)
-  (root / "captions.json").write_text('{"images": []}')
+  (root / "images" / "unlisted.jpg").write_bytes(b"x")
+  entry = {"filename": "0.jpg", "split": "train", "sentences": [{"raw": "a"}]}
+  (root / "captions.json").write_text(json.dumps({"images": [entry]}))
   karpathy = ml_collections.ConfigDict(dict(name="karpathy", json_path=str(root / "captions.json"),
                                             image_root=str(root / "images")))
   first = builders.data_digest(karpathy)
+  (root / "images" / "unlisted.jpg").write_bytes(b"xx")  # not one of the run's images
+  assert builders.data_digest(karpathy) == first
   (root / "images" / "0.jpg").write_bytes(b"x" * 11)  # a replaced image
-  assert builders.data_digest(karpathy) == first  # the listing is read once per process
-  builders._image_root_listing.cache_clear()  # pylint: disable=protected-access  # a new process
+  assert builders.data_digest(karpathy) == first  # the sizes are read once per process
+  builders._karpathy_image_sizes.cache_clear()  # pylint: disable=protected-access  # a new one
   second = builders.data_digest(karpathy)
-  (root / "captions.json").write_text('{"images": [] }')  # a regenerated caption file
+  (root / "captions.json").write_text(json.dumps({"images": [entry]}, indent=1))  # regenerated
   assert len({first, second, builders.data_digest(karpathy)}) == 3
 
 

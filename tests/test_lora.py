@@ -290,6 +290,11 @@ def test_lora_on_the_patch_embedding_is_a_matrix_on_flattened_patches(params, ba
   merged kernel, and the patch embedding itself equals a numpy patch-by-patch matmul."""
   target = r"vision_model/embeddings/patch_embedding/kernel"
   assert _modules(target, params) == ["vision_model/embeddings/patch_embedding"]
+  # Only a pattern that names it takes the conv kernel: `.*/kernel` means the dense ones, as it
+  # did before conv kernels could be targets.
+  assert "vision_model/embeddings/patch_embedding" not in _modules(r".*/kernel", params)
+  assert "vision_model/embeddings/patch_embedding" in _modules(r".*patch_embedding/kernel",
+                                                               params)
   config = lora_lib.LoRAConfig(rank=3, alpha=6.0, targets=(target, r".*/q_proj/kernel"))
   lora = _with_random_b(lora_lib.init_lora(jax.random.key(3), params, config), seed=4, std=1.0)
   flat_lora = traverse_util.flatten_dict(lora, sep="/")
@@ -303,6 +308,8 @@ def test_lora_on_the_patch_embedding_is_a_matrix_on_flattened_patches(params, ba
   merged = lora_lib.merge(params, lora, config.scale)
   np.testing.assert_allclose(_encode(CLIP(CONFIG), merged, {}, batch)[0], adapted[0],
                              atol=2e-5)
+  in_merged_mode = _encode(CLIP(CONFIG, config.scale, lora_mode="merged"), params, lora, batch)
+  np.testing.assert_allclose(in_merged_mode[0], adapted[0], atol=2e-5)
   assert not np.allclose(adapted[0], _encode(CLIP(CONFIG), params, {}, batch)[0], atol=1e-4)
 
   # Independent reference for the adapted patch embedding: every patch, flattened in (row,

@@ -235,25 +235,36 @@ def test_save_load_round_trip(params, inputs, tmp_path):
 def test_a_save_interrupted_by_a_kill_is_recovered_by_the_next_one(params, tmp_path, caplog):
   """A kill between `replace_dir`'s two renames leaves the checkpoint only under `.ckpt.old-*`,
   and one during writing leaves `.ckpt.tmp-*`: the next save puts the old folder back (so it
-  is refused without overwrite=True, not silently replaced) and removes the partial one."""
+  is refused without overwrite=True, not silently replaced) and removes the partial one. Other
+  folders' leftovers are never touched, even where their names start alike."""
   out = tmp_path / "ckpt"
   hf.save_clip(out, CONFIG, params)
   before = {p.name: p.read_bytes() for p in out.iterdir()}
-  out.rename(tmp_path / ".ckpt.old-x1")
-  (tmp_path / ".ckpt.tmp-y2").mkdir()
-  (tmp_path / ".ckpt.tmp-y2" / hf.FLAX_WEIGHTS_NAME).write_bytes(b"half")
+  out.rename(tmp_path / ".ckpt.old-x1x1x1x1")
+  (tmp_path / ".ckpt.tmp-y2y2y2y2").mkdir()
+  (tmp_path / ".ckpt.tmp-y2y2y2y2" / hf.FLAX_WEIGHTS_NAME).write_bytes(b"half")
+  # Another folder's: the backup of a folder named `ckpt.old-x`, and a save of `ckpt.tmp-2`.
+  neighbours = [tmp_path / ".ckpt.old-x.old-abcdefgh", tmp_path / ".ckpt.tmp-2.tmp-abcdefgh"]
+  for folder in neighbours:
+    folder.mkdir()
   other = _perturb(params, seed=5)
   with caplog.at_level("WARNING"):
     with pytest.raises(FileExistsError, match="overwrite=True"):
       hf.save_clip(out, CONFIG, other)
   assert "restored the previous folder" in caplog.text
-  assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+  assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+      ["ckpt"] + [f.name for f in neighbours])
   assert {p.name: p.read_bytes() for p in out.iterdir()} == before
   # With the new folder in place, a stale `.old-*` beside it is only removed.
-  (tmp_path / ".ckpt.old-z3").mkdir()
+  (tmp_path / ".ckpt.old-z3z3z3z3").mkdir()
   hf.save_clip(out, CONFIG, other, overwrite=True)
-  assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+  assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+      ["ckpt"] + [f.name for f in neighbours])
   _assert_trees_equal(hf.load_clip(out)[1], other)
+  # A name with glob characters is taken literally: `run[1]` does not take `run1`'s leftovers.
+  (tmp_path / ".run1.old-abcdefgh").mkdir()
+  hf.save_clip(tmp_path / "run[1]", CONFIG, params)
+  assert (tmp_path / ".run1.old-abcdefgh").is_dir()
 
 
 def test_extra_files_are_part_of_the_folder(params, tmp_path):

@@ -383,6 +383,15 @@ def test_plant_config_values_of_the_wrong_kind_are_refused(block, needle):
     plants.plant_from_config("p", spec)
 
 
+def test_plant_config_values_that_are_whole_numbers_pass():
+  """Tuples, numpy ints and 1-D integer arrays (what code building a config may pass)."""
+  for clients in ((1, 2), [np.int64(1), 2], np.array([1, 2])):
+    spec = dict(kind="backdoor", clients=clients, num_pairs=np.int32(4), target_caption="rocket",
+                trigger=dict(size=np.int64(4), position=(0, np.int64(3))))
+    plant = plants.plant_from_config("p", spec)
+    assert plant.clients == (1, 2) and plant.num_pairs == 4 and plant.trigger.size == 4
+
+
 def test_plant_knowledge_refuses_what_it_cannot_plant_right(emoji):
   ds, tok = emoji
   bd = plants.BackdoorPlant(name="bd", clients=(1, 1), num_pairs=4, trigger=plants.Trigger(),

@@ -46,6 +46,8 @@ def _whole(where: str, value: Any) -> int:
 
 
 def _wholes(where: str, values: Any) -> tuple[int, ...]:
+  if isinstance(values, np.ndarray) and values.ndim == 1:
+    values = values.tolist()
   if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
     raise ValueError(f"{where} must be a list of whole numbers, got {values!r}.")
   return tuple(_whole(f"{where}[{i}]", v) for i, v in enumerate(values))

@@ -152,7 +152,8 @@ def read_rows(path: pathlib.Path) -> list[dict[str, Any]]:
 def row_keys(config: ml_collections.ConfigDict) -> dict[tuple[str, int, str], str]:
   """`(scenario, seed, method) -> key` of every row the config asks for: a hash of the cell's
   config without the `benchmark` block (which lists cells, not how they are computed), plus
-  the MIA score; a method's row also hashes every method's block and its variant overrides.
+  the MIA score; a method's row also hashes every method's block, its variant overrides and
+  its code version (`methods.ROWS_VERSIONS`, above 1 only).
   The reference rows (retrain, original) do not depend on the method blocks, so tuning one
   method keeps them. A child row (`ease+pfl`) shares its parent's key."""
   b = config.benchmark
@@ -170,6 +171,10 @@ def row_keys(config: ml_collections.ConfigDict) -> dict[tuple[str, int, str], st
         ident = dict(common, method=method)
         if method not in ("retrain", "original"):
           ident.update(method_blocks=blocks, variant=variants.get(method))
+          registered = (variants.get(method) or {}).get("method", method)
+          version = methods_lib.ROWS_VERSIONS.get(registered, 1)
+          if version > 1:  # Left out at 1: the keys of rows written before versions stay.
+            ident["rows_version"] = version
         keys[(scenario, int(seed), method)] = checkpointing.fingerprint_hash(
             checkpointing.fingerprint(jsonio.to_jsonable(ident)))
   return keys

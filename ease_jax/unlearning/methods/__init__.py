@@ -54,6 +54,10 @@ CONFIG_BLOCKS: dict[str, dict[str, Any]] = {
 }
 
 
+# Code versions of the methods' rows (a method module's `ROWS_VERSION`; 1 where it has none):
+# `benchmark.row_keys` puts a version above 1 in the row's key.
+ROWS_VERSIONS: dict[str, int] = {name: ease.ROWS_VERSION for name in ease.METHODS}
+
 # Validation rules of those blocks (`ease_jax.validation`), next to each method's defaults.
 RULES = {**ease.RULES, **finetune.RULES, **gradient_ascent.RULES, **pga.RULES, **federaser.RULES,
          **fedrecovery.RULES, **ccu.RULES, **mvi_causal.RULES}

@@ -91,6 +91,10 @@ CONFIG_BLOCKS: dict[str, dict[str, Any]] = dict(
     ),
 )
 _GSD = CONFIG_BLOCKS["gsd"]
+# Part of a benchmark row's cache key (`benchmark.row_keys`), bumped when a change of this code
+# moves the method's rows, so that a resumed benchmark recomputes them instead of keeping the
+# old ones. 2: GSD's forget-side minibatches (`gradient_batch_size`, session 25).
+ROWS_VERSION = 2
 RULES = {
     "gsd.enabled": check.boolean, "gsd.energy": check.fraction, "gsd.retain_energy": check.fraction,
     "gsd.max_rank": check.integer(1), "gsd.angle_threshold_deg": check.real(0.0, 90.0),
@@ -168,17 +172,18 @@ def gsd_inputs(ctx: base.UnlearningContext, layout: proj.ModuleLayout, m: int
                                                          identical_captions_as_negatives=True))
     forget_texts = req.forget_client_texts(setup)
     retain_texts = req.retain_client_texts(setup)
-    gradients = lambda texts, stream, c, n: np.asarray(grads(
+    gradients = lambda texts, stream, c, n, size: np.asarray(grads(
         ctx.trained, setup.backbone, setup.data,
-        federated.cycled_batches(texts, n, gradient_batch_size(len(texts), batch_size),
-                                 rng_lib.stream_seed(seed, stream, c))))
-    forget_flat = np.concatenate([gradients(forget_texts[h], rng_lib.Stream.GSD_FORGET_GRADIENTS,
-                                            h, m) for h in req.holders])
+        federated.cycled_batches(texts, n, size, rng_lib.stream_seed(seed, stream, c))))
+    forget_flat = np.concatenate([
+        gradients(forget_texts[h], rng_lib.Stream.GSD_FORGET_GRADIENTS, h, m,
+                  gradient_batch_size(len(forget_texts[h]), batch_size))
+        for h in req.holders])
     retain_flat = ctx.history.stack(retain)
     for row, c in enumerate(retain):
       if c in req.holders:  # Its updates mix D_f in: use gradients on its own D_r instead.
         retain_flat[row] = gradients(retain_texts[c], rng_lib.Stream.GSD_RETAIN_GRADIENTS, c,
-                                     retain_flat.shape[1])
+                                     retain_flat.shape[1], batch_size)
     info["forget_side"] = "per-minibatch gradients"
   # A NaN would make every singular value NaN and the client's basis silently empty: a retained
   # client would drop out of U_R, or U_u would fall back to all of U_f.
@@ -193,11 +198,12 @@ def gsd_inputs(ctx: base.UnlearningContext, layout: proj.ModuleLayout, m: int
 
 
 def gradient_batch_size(num_pairs: int, batch_size: int) -> int:
-  """Pairs per minibatch of GSD's per-minibatch gradients on `num_pairs` pairs: at most half of
-  them (at least 2), so that the M minibatches are different subsets. With `fed.batch_size` or
-  more, every minibatch of a holder with few pairs would hold all of them, its M gradients
-  would be one, and its forget subspace a single direction (160 concept copies over 8 clients
-  are 20 pairs per holder)."""
+  """Pairs per minibatch of GSD's forget-side gradients on a holder's `num_pairs` pairs: at most
+  half of them (at least 2), so that the M minibatches are different subsets. With
+  `fed.batch_size`, every minibatch of a holder with few pairs would hold all of them, its M
+  gradients would be one, and it would add a single direction to U_f (160 concept copies over
+  8 clients are 20 pairs per holder). Two or three pairs still give one or few subsets; one pair
+  gives a zero gradient (no negative), which `compute_gsd` refuses if every holder has one."""
   return int(min(batch_size, max(2, num_pairs // 2)))
 
 
