@@ -157,10 +157,10 @@ def main():
   if req is not None:
     plan = builders.round_plan(setup, config, req.retain_client_texts(setup),
                                req.retain_clients(setup))
-  clients = setup.all_client_images
-  clients = clients[~plants_lib.is_planted(setup.dataset, clients)]
+  subsets = training.eval_subsets(setup)  # the clean client images and the test split
+  clients = subsets["clients"]
   config.eval.every = args.eval_every
-  curve_subsets = dict(test=setup.test_images, clients=clients) if args.eval_every else None
+  curve_subsets = subsets if args.eval_every else None
   t0 = time.perf_counter()
   res = training.run_fedavg(setup, config, plan=plan, options=training.run_options(
       setup, config, curve_subsets, progress=False))

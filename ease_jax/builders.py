@@ -321,12 +321,17 @@ def init_trainable(setup: FederatedSetup, config: ml_collections.ConfigDict) -> 
   return trainable
 
 
+def checkpoint_dir(checkpoint: str) -> pathlib.Path:
+  """The folder of `model.checkpoint`: 'embedded', a folder, or a repo id in the HF cache."""
+  return (embedded_backbone_dir() if checkpoint == EMBEDDED_BACKBONE
+          else hf.resolve_checkpoint(checkpoint))
+
+
 def checkpoint_digest(checkpoint: str) -> str:
   """sha256 over the files of a backbone checkpoint folder (`model.checkpoint`: 'embedded', a
   folder or a cached repo id), names and bytes in name order: weights and tokenizer. Computed
   once per process for a folder whose files keep their sizes and modification times."""
-  path = (embedded_backbone_dir() if checkpoint == EMBEDDED_BACKBONE
-          else hf.resolve_checkpoint(checkpoint))
+  path = checkpoint_dir(checkpoint)
   files = sorted((p for p in path.iterdir() if p.is_file()), key=lambda p: p.name)
   stamp = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files)
   return _files_digest(tuple(str(p) for p in files), stamp)
@@ -372,6 +377,7 @@ def _karpathy_image_sizes(json_path: str, stamp: tuple[Any, ...], root: str) -> 
   """The size of every image a Karpathy file names under `root` (-1: missing), once per
   process and caption file (a `stat` per image: COCO's 123k take a second or two)."""
   del stamp  # Part of the cache key only.
+  from ease_jax.data import karpathy  # pylint: disable=g-import-not-at-top
   try:
     entries = json.loads(pathlib.Path(json_path).read_text()).get("images", [])
   except (ValueError, AttributeError, UnicodeDecodeError):
@@ -380,7 +386,7 @@ def _karpathy_image_sizes(json_path: str, stamp: tuple[Any, ...], root: str) -> 
   for entry in entries if isinstance(entries, list) else []:
     if not isinstance(entry, dict) or not isinstance(entry.get("filename"), str):
       continue
-    path = pathlib.Path(root, str(entry.get("filepath", "")), entry["filename"])
+    path = karpathy.image_path(root, entry)
     sizes.append(path.stat().st_size if path.is_file() else -1)
   return repr(sizes)
 
@@ -389,9 +395,8 @@ def _checkpoint_image_size(checkpoint: str) -> int | None:
   """The image size in a backbone's config.json (None where it cannot be read: load_backbone
   names that)."""
   try:
-    path = (embedded_backbone_dir() if checkpoint == EMBEDDED_BACKBONE
-            else hf.resolve_checkpoint(checkpoint))
-    vision = json.loads((path / "config.json").read_text()).get("vision_config") or {}
+    config = json.loads((checkpoint_dir(checkpoint) / "config.json").read_text())
+    vision = config.get("vision_config") or {}
     return int(vision.get("image_size", 224))
   except (OSError, ValueError, AttributeError, TypeError):
     return None

@@ -120,6 +120,14 @@ def activation(name: str):
   raise ValueError(f"Unknown hidden_act {name!r}; expected quick_gelu, gelu, gelu_new or relu.")
 
 
+def _lora_factors(module: nn.Module, dtype: Any) -> tuple[jax.Array, jax.Array] | None:
+  """`(A, B)` of `module` from the `lora` collection in `dtype`, or None when it has none."""
+  if not module.has_variable(LORA_COLLECTION, "a"):
+    return None
+  return (module.get_variable(LORA_COLLECTION, "a").astype(dtype),
+          module.get_variable(LORA_COLLECTION, "b").astype(dtype))
+
+
 class LoRADense(nn.Module):
   """`nn.Dense` whose kernel can carry a LoRA update from the `lora` collection.
 
@@ -138,16 +146,13 @@ class LoRADense(nn.Module):
     kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
     x = x.astype(self.dtype)
     kernel = kernel.astype(self.dtype)
-    has_lora = self.has_variable(LORA_COLLECTION, "a")
-    if has_lora:
-      a = self.get_variable(LORA_COLLECTION, "a").astype(self.dtype)
-      b = self.get_variable(LORA_COLLECTION, "b").astype(self.dtype)
-    if has_lora and self.lora_mode == "merged":
-      y = x @ (kernel + self.lora_scale * (a @ b))
-    elif has_lora:
-      y = x @ kernel + self.lora_scale * ((x @ a) @ b)
-    else:
+    factors = _lora_factors(self, self.dtype)
+    if factors is None:
       y = x @ kernel
+    elif self.lora_mode == "merged":
+      y = x @ (kernel + self.lora_scale * (factors[0] @ factors[1]))
+    else:
+      y = x @ kernel + self.lora_scale * ((x @ factors[0]) @ factors[1])
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(self.dtype)
     return y
@@ -287,21 +292,18 @@ class LoRAPatchEmbedding(nn.Module):
     kernel = self.param("kernel", nn.initializers.lecun_normal(),
                         (p, p, pixels.shape[-1], self.features)).astype(self.dtype)
     x = pixels.astype(self.dtype)
-    has_lora = self.has_variable(LORA_COLLECTION, "a")
-    if has_lora:
-      a = self.get_variable(LORA_COLLECTION, "a").astype(self.dtype)
-      b = self.get_variable(LORA_COLLECTION, "b").astype(self.dtype)
-    if has_lora and self.lora_mode == "merged":
-      kernel = kernel + self.lora_scale * (a @ b).reshape(kernel.shape)
+    factors = _lora_factors(self, self.dtype)
+    if factors is not None and self.lora_mode == "merged":
+      kernel = kernel + self.lora_scale * (factors[0] @ factors[1]).reshape(kernel.shape)
     out = jax.lax.conv_general_dilated(x, kernel, (p, p), "VALID",
                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
     batch, rows, cols, _ = out.shape
     out = out.reshape(batch, rows * cols, self.features)
-    if has_lora and self.lora_mode != "merged":
+    if factors is not None and self.lora_mode != "merged":
       # [B, rows, p, cols, p, C] -> [B, rows·cols, p·p·C] in the kernel's (kh, kw, c) order.
       flat = x.reshape(batch, rows, p, cols, p, x.shape[-1]).transpose(0, 1, 3, 2, 4, 5)
       flat = flat.reshape(batch, rows * cols, -1)
-      out = out + self.lora_scale * ((flat @ a) @ b)
+      out = out + self.lora_scale * ((flat @ factors[0]) @ factors[1])
     return out
 
 

@@ -67,8 +67,7 @@ def eval_subsets(setup: builders.FederatedSetup) -> dict[str, np.ndarray]:
   """The train binary's retrieval subsets: every clean client image, and the test split.
   Planted copies are measured by their plants' metrics, not by retrieval (copies of one target
   caption would crowd the clients' gallery), as in `requests.UnlearningRequest.eval_subsets`."""
-  clients = setup.all_client_images
-  return {"clients": clients[~plants_lib.is_planted(setup.dataset, clients, setup.plants)],
+  return {"clients": plants_lib.clean_images(setup.dataset, setup.all_client_images),
           "test": setup.test_images}
 
 

@@ -15,7 +15,7 @@ import json
 import os
 import pathlib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -24,6 +24,11 @@ from ease_jax.data.dataset import CaptionDataset
 
 VALID_SPLITS = ("train", "val", "test", "restval")
 _BICUBIC = 3  # PIL.Image.Resampling.BICUBIC, the resampling CLIP's processor uses
+
+
+def image_path(root: pathlib.Path | str, entry: Mapping[str, Any]) -> pathlib.Path:
+  """Where an entry's image lives: `root / filepath / filename` (`filepath` is COCO's)."""
+  return pathlib.Path(root, str(entry.get("filepath", "")), entry["filename"])
 
 
 def _target_geometry(image_size: int, image_processor: Any) -> tuple[int, int, int]:
@@ -192,14 +197,14 @@ def load_karpathy(json_path: str | os.PathLike[str], image_root: str | os.PathLi
   captions, text_image = [], []
   for i, entry in enumerate(tqdm(entries, desc=f"loading {path.name} {'+'.join(splits)}",
                                  unit="img", disable=len(entries) < 100)):
-    image_path = root / entry.get("filepath", "") / entry["filename"]
-    if not image_path.is_file():
-      raise FileNotFoundError(f"image file not found: {image_path}")
+    path_of_image = image_path(root, entry)
+    if not path_of_image.is_file():
+      raise FileNotFoundError(f"image file not found: {path_of_image}")
     try:
-      with Image.open(image_path) as im:
+      with Image.open(path_of_image) as im:
         images[i] = preprocess_image(im, *geometry)
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as e:
-      raise ValueError(f"cannot read image {image_path}: {e}") from e
+      raise ValueError(f"cannot read image {path_of_image}: {e}") from e
     for sentence in entry["sentences"]:
       captions.append(sentence["raw"].strip())
       text_image.append(i)

@@ -500,6 +500,13 @@ def plant_knowledge(ds: dataset_lib.CaptionDataset, client_images: Sequence[np.n
   return planted, client_images, out
 
 
+def clean_images(ds: dataset_lib.CaptionDataset, images: np.ndarray) -> np.ndarray:
+  """`images` without the planted copies: what retrieval and random draws see (a plant's
+  copies are measured by its own metrics and forgotten by its own request)."""
+  images = np.asarray(images)
+  return images[~is_planted(ds, images)]
+
+
 def is_planted(ds: dataset_lib.CaptionDataset, images: np.ndarray,
                plants: Mapping[str, PlantedData] | None = None, kind: str | None = None
                ) -> np.ndarray:

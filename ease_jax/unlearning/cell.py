@@ -83,8 +83,7 @@ class Cell:
     self.audit_config = common.block(config, "audit", population_lib.DEFAULTS)
     tones = np.asarray(setup.dataset.image_meta.get("skin_tone", np.full(
         setup.dataset.num_images, "none")))
-    clients = setup.all_client_images
-    clients = clients[~plants_lib.is_planted(setup.dataset, clients)]
+    clients = plants_lib.clean_images(setup.dataset, setup.all_client_images)
     self.tone_images = {t: clients[tones[clients] == t] for t in self.audit_config.tones
                         if np.any(tones[clients] == t)}
     self.populations = None

@@ -83,7 +83,7 @@ class UnlearningRequest:
     planted copies (a backdoor's share one target caption, which makes retrieval among them
     meaningless; a concept's are restyled duplicates of clean images; each plant's own metric,
     `evaluation.plant_metrics`, measures them)."""
-    clean = lambda images: images[~plants_lib.is_planted(setup.dataset, images)]
+    clean = lambda images: plants_lib.clean_images(setup.dataset, images)
     return dict(forget=clean(self.forget_images), retain=clean(self.retain_images(setup)),
                 test=np.asarray(setup.test_images))
 
@@ -154,8 +154,7 @@ def sample_request(setup: Any, fraction: float, clients: Sequence[int] | None = 
   clients = _check_clients(setup, range(setup.num_clients) if clients is None else clients)
   picked = []
   for c in clients:
-    imgs = setup.client_images[c]
-    imgs = imgs[~plants_lib.is_planted(setup.dataset, imgs, setup.plants)]
+    imgs = plants_lib.clean_images(setup.dataset, setup.client_images[c])
     n = min(len(imgs), max(1, int(round(fraction * len(imgs)))))
     if len(imgs):
       rng = rng_lib.numpy_rng(seed, rng_lib.Stream.SAMPLE_REQUEST, c)
