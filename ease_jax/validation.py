@@ -146,7 +146,7 @@ BASE_RULES: dict[str, Check] = {
     "data.public_fraction": open_fraction,
     # Not 0: the held-out test split evaluates every run and gives the MIA its non-members.
     "data.test_fraction": real(0.0, 1.0, lo_open=True, hi_open=True),
-    "data.partition": one_of("iid", "by_label", "dirichlet"),
+    "data.partition": one_of(*partition.SCHEMES),
     "data.dirichlet_alpha": positive,
     "data.min_client_size": integer(0),
     "model.logit_scale": non_negative,

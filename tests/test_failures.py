@@ -68,6 +68,8 @@ def _one_line_error(proc, *needles):
     ("data.max_length", 1, "config.data.max_length must be 0 (the model's context length) or "
      ">= 2"),
     ("data.splits", ("train", "tset"), "config.data.splits has unknown value(s) ['tset']"),
+    ("data.partition", "by_client", "config.data.partition must be one of 'iid', 'by_label', "
+     "'dirichlet', got 'by_client'"),
 ])
 def test_validation_names_the_key_and_the_range(key, value, needle):
   config = configs.from_file(CONFIGS / "unlearn_emoji.py")
