@@ -38,8 +38,9 @@ def one_cpu_device_per_core(cores: int | None = None) -> None:
   seed axis, `sharding.split_leading_axis`) then runs its members on every device at once. On the
   2-core CPU one run keeps only ~1.6 cores busy (XLA:CPU runs one operation at a time and not
   every operation is multi-threaded); two devices each running half the members keep ~1.9 busy,
-  which brought 16 runs batched (chunks of 8) down to 0.74x the time of the same runs one after
-  another, 0.72x after compilation, against 1.0x on one device (BENCHMARKS.md, "Population").
+  which brought 16 runs batched (chunks of 8) down to 0.64-0.74x the time of the same runs one
+  after another, depending on the processor, against 1.0x on one device (BENCHMARKS.md,
+  "Population").
   No effect on the default GPU/TPU backend. Like `avoid_cpu_hang`, it must run before JAX
   creates its CPU client.
   """
