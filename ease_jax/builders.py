@@ -471,17 +471,20 @@ def round_plan(setup: "FederatedSetup", config: ml_collections.ConfigDict,
 def fedavg_algorithm(setup: "FederatedSetup", config: ml_collections.ConfigDict,
                      plan: federated.RoundPlan, loss_fn: federated.LossFn | None = None,
                      server_transform: Callable[[PyTree], PyTree] | None = None,
-                     round_metrics: Callable[[PyTree], dict] | None = None
+                     round_metrics: Callable[[PyTree], dict] | None = None,
+                     compiler_options: tuple[tuple[str, Any], ...] = ()
                      ) -> federated.FederatedAlgorithm:
   """FedAvg of the config's client and server optimizers over the setup's clients.
 
   loss_fn: the client objective (default: the CLIP loss); server_transform / round_metrics: see
-  `federated.fedavg_algorithm` (EASE's PFL uses all three).
+  `federated.fedavg_algorithm` (EASE's PFL uses all three); compiler_options: see
+  `federated.FedAvgOptions`.
   """
   fed = config.fed
   steps = federated.local_steps(loss_fn or federated.clip_objective(setup.model),
                                 client_optimizer(setup, config))
   return federated.fedavg_algorithm(
       steps, federated.server_optimizer(fed.server_lr, fed.get("server_momentum", 0.0)),
-      setup.backbone, setup.data, fedavg_options(setup, config, plan),
+      setup.backbone, setup.data,
+      dataclasses.replace(fedavg_options(setup, config, plan), compiler_options=compiler_options),
       server_transform=server_transform, round_metrics=round_metrics)

@@ -29,6 +29,19 @@ def avoid_cpu_hang() -> None:
 
 
 HOST_DEVICE_COUNT = "xla_force_host_platform_device_count"
+# Each operation on one thread (XLA:CPU's Eigen contractions otherwise use a pool of one thread
+# per core, shared by every device).
+SINGLE_THREADED_OPS = (("xla_cpu_multi_thread_eigen", False),)
+
+
+def split_cpu_compiler_options(platform: str, devices: int) -> tuple[tuple[str, bool], ...]:
+  """XLA options for a computation split over `devices` devices of `platform` (`jax.jit`'s
+  `compiler_options`, as pairs): on several CPU devices, one per core
+  (`one_cpu_device_per_core`), each device's operations single-threaded, since the devices
+  already keep the cores busy; none otherwise (a single run keeps the multi-threaded
+  operations). BENCHMARKS.md, "Population" (session 27), measured it.
+  """
+  return SINGLE_THREADED_OPS if platform == "cpu" and devices > 1 else ()
 
 
 def one_cpu_device_per_core(cores: int | None = None) -> None:

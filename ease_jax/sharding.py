@@ -125,6 +125,13 @@ def make_sharded_round_fn(client_update: Callable, mesh: Mesh | None = None,
   return run
 
 
+def split_count(size: int, devices: Sequence[jax.Device] | None = None) -> int:
+  """Over how many of `devices` (default: this process's) `split_leading_axis` splits a leading
+  axis of `size`: the largest number that divides it."""
+  devices = jax.local_devices() if devices is None else devices
+  return max(d for d in range(1, len(devices) + 1) if size % d == 0)
+
+
 def split_leading_axis(tree: PyTree, devices: Sequence[jax.Device] | None = None,
                        axis_name: str = "members") -> PyTree:
   """`tree` (leaves `[N, ...]`) with its leading axis split over the largest number of `devices`
@@ -139,8 +146,7 @@ def split_leading_axis(tree: PyTree, devices: Sequence[jax.Device] | None = None
   `init` returns, round counter included).
   """
   devices = list(jax.local_devices() if devices is None else devices)
-  size = jax.tree.leaves(tree)[0].shape[0]
-  count = max(d for d in range(1, len(devices) + 1) if size % d == 0)
+  count = split_count(jax.tree.leaves(tree)[0].shape[0], devices)
   if count == 1:
     return tree
   mesh = Mesh(np.asarray(devices[:count]), (axis_name,))

@@ -15,6 +15,7 @@ from ease_jax import builders
 from ease_jax import checkpointing
 from ease_jax import federated
 from ease_jax import jsonio
+from ease_jax import runtime
 from ease_jax.data import dataset as dataset_lib
 from ease_jax.federated import driver
 
@@ -337,6 +338,39 @@ def test_unknown_backend_is_an_error(engine):
   _, _, client_update = engine
   with pytest.raises(ValueError, match="Unknown federated backend"):
     federated.make_round_fn(client_update, "pmap")
+
+
+@pytest.mark.parametrize("backend", ["vmap", "sequential", "chunked"])
+def test_fedavg_compiles_every_computation_with_its_compiler_options(tiny_setup, monkeypatch,
+                                                                     backend):
+  """`compiler_options` (a population split over CPU devices: single-threaded operations) reach
+  every computation a FedAvg round compiles, and leave the model as it is up to rounding."""
+  config = tiny_config(history_size=2)
+  config.fed.backend, config.fed.chunk_size = backend, 2
+  plan = builders.round_plan(tiny_setup, config)
+  start = builders.init_trainable(tiny_setup, config)
+  options = runtime.split_cpu_compiler_options("cpu", devices=2)
+  assert options == runtime.SINGLE_THREADED_OPS
+  assert runtime.split_cpu_compiler_options("cpu", devices=1) == ()
+  assert runtime.split_cpu_compiler_options("gpu", devices=2) == ()
+  jit, compiled_with = jax.jit, []
+
+  def recording_jit(fun, **kwargs):
+    compiled_with.append(kwargs.get("compiler_options"))
+    return jit(fun, **kwargs)
+
+  monkeypatch.setattr(jax, "jit", recording_jit)
+  algorithm = builders.fedavg_algorithm(tiny_setup, config, plan, compiler_options=options)
+  monkeypatch.setattr(jax, "jit", jit)
+  # The clients' update, the server step and the history's record.
+  assert compiled_with == [dict(options)] * 3
+  default = builders.fedavg_algorithm(tiny_setup, config, plan)
+  state, state_default = algorithm.init(start), default.init(start)
+  for r in range(2):
+    state, _ = algorithm.apply(state, plan.inputs(r))
+    state_default, _ = default.apply(state_default, plan.inputs(r))
+  assert _tree_allclose(state.trainable, state_default.trainable, atol=1e-6, rtol=1e-5)
+  assert not _tree_allclose(state.trainable, start)
 
 
 def test_frozen_a_trains_b_only_and_makes_fedavg_exact(tiny_setup):

@@ -19,6 +19,7 @@ or (with `nonfinite='fail'`) any update is non-finite, leaves the model unchange
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, NamedTuple
 
 import flax
@@ -95,12 +96,15 @@ class FedAvgOptions:
   num_clients / history_size: the update history's shape (client ids index its rows; size 0
     keeps none).
   nonfinite: 'drop' (a non-finite client update is dropped from the round) or 'fail'.
+  compiler_options: XLA options of every computation the algorithm compiles, as `(name, value)`
+    pairs (e.g. `runtime.split_cpu_compiler_options()` for a population split over CPU devices).
   """
   backend: str = "vmap"
   chunk_size: int = 0
   num_clients: int = 0
   history_size: int = 0
   nonfinite: str = "drop"
+  compiler_options: tuple[tuple[str, Any], ...] = ()
 
   def __post_init__(self):
     if self.nonfinite not in NONFINITE_MODES:
@@ -122,10 +126,13 @@ def fedavg_algorithm(client_update: LocalSteps, server_opt: optax.GradientTransf
     server_transform: applied to each round's aggregate before the server step.
     round_metrics: `trainable -> {name: scalar}` of the new model, added to the metrics.
   """
-  round_fn = backends.make_round_fn(client_update, options.backend, options.chunk_size)
+  compiler_options = dict(options.compiler_options) or None
+  round_fn = backends.make_round_fn(client_update, options.backend, options.chunk_size,
+                                    compiler_options)
   fail_on_nonfinite = options.nonfinite == "fail"
+  jit = functools.partial(jax.jit, compiler_options=compiler_options)
 
-  @jax.jit
+  @jit
   def server_step(state, deltas, client_loss, weights):
     finite = all_finite(deltas, axis_leading=True) & jnp.isfinite(client_loss)
     # Dropped clients: weight 0 and a zero update (NaN * 0 would still be NaN in the mean).
@@ -146,7 +153,7 @@ def fedavg_algorithm(client_update: LocalSteps, server_opt: optax.GradientTransf
         clients_dropped=jnp.sum(~finite), round_failed=failed)
     return new, finite & ~failed, metrics
 
-  @jax.jit
+  @jit
   def record(history, deltas, client_ids, round_index, keep):
     return history.record(client_ids, flatten_deltas(deltas), round_index, keep=keep)
 

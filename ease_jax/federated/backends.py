@@ -17,6 +17,7 @@ frozen backbone, the start point, the data and the context are shared (`in_axes=
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import jax
@@ -63,19 +64,24 @@ def resolve_backend(backend: str, chunk_size: int, num_clients: int,
   return "chunked", chunk_size or chunk
 
 
-def make_round_fn(client_update: Callable, backend: str = "vmap", chunk_size: int = 0
+def make_round_fn(client_update: Callable, backend: str = "vmap", chunk_size: int = 0,
+                  compiler_options: dict[str, Any] | None = None
                   ) -> Callable[..., tuple[PyTree, dict[str, jax.Array]]]:
-  """All given clients' local updates (see the module docstring)."""
+  """All given clients' local updates (see the module docstring); `compiler_options`: XLA
+  options of the computations it compiles (`jax.jit`'s)."""
   if backend not in BACKENDS:
     raise ValueError(f"Unknown federated backend {backend!r}; expected one of {BACKENDS} "
                      "(resolve 'auto' with resolve_backend first).")
   if backend == "sharded":
+    if compiler_options:
+      raise ValueError("backend='sharded' takes no compiler_options.")
     from ease_jax import sharding  # pylint: disable=g-import-not-at-top
     return sharding.make_sharded_round_fn(client_update, chunk_size=chunk_size)
+  jit = functools.partial(jax.jit, compiler_options=compiler_options)
   if backend == "vmap":
     per_client = jax.vmap(client_update, in_axes=(None, None, None, 0, None))
 
-    @jax.jit
+    @jit
     def vmapped(params, backbone, data, batches, context=None):
       return per_client(params, backbone, data, batches, context)
 
@@ -84,7 +90,7 @@ def make_round_fn(client_update: Callable, backend: str = "vmap", chunk_size: in
     if chunk_size < 1:
       raise ValueError(f"backend='chunked' needs chunk_size >= 1, got {chunk_size}.")
 
-    @jax.jit
+    @jit
     def chunked(params, backbone, data, batches, context=None):
       fn = lambda b: client_update(params, backbone, data, b, context)
       return jax.lax.map(fn, batches, batch_size=chunk_size)
@@ -92,7 +98,7 @@ def make_round_fn(client_update: Callable, backend: str = "vmap", chunk_size: in
     return chunked
 
   # One client at a time: skip its padded steps (it then costs only its real ones).
-  single = jax.jit(client_update.skipping() if hasattr(client_update, "skipping")
+  single = jit(client_update.skipping() if hasattr(client_update, "skipping")
                    else client_update)
 
   def sequential(params, backbone, data, batches, context=None):

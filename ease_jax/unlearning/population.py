@@ -6,7 +6,8 @@ seeds.data = seed_i`. The `in` population trains on everything (with D_f), an `o
 the retrain reference of one request (without D_f). The N runs are one `vmap` over the seed axis
 of the FedAvg algorithm (`federated.vmapped`), in chunks of `audit.chunk` runs to bound memory,
 each chunk's members split over the local devices (`sharding.split_leading_axis`; on a CPU the
-binaries make one device per core, `runtime.one_cpu_device_per_core`); each chunk is resumable
+binaries make one device per core, `runtime.one_cpu_device_per_core`, and each device then runs
+its operations single-threaded, `runtime.split_cpu_compiler_options`); each chunk is resumable
 from its workdir like every run. Member i equals the single run with
 seed i (tests/test_population.py).
 
@@ -31,6 +32,7 @@ from ease_jax import checkpointing
 from ease_jax import federated
 from ease_jax import jsonio
 from ease_jax import mia
+from ease_jax import runtime
 from ease_jax import sharding
 from ease_jax import validation
 from ease_jax.data import dataset as dataset_lib
@@ -138,14 +140,19 @@ def train(setup: builders.FederatedSetup, config: ml_collections.ConfigDict,
   # No update history (the audit needs the models only).
   config = base.config_with(config, {"fed.history_size": 0})
   chunk = a.chunk or len(seeds)
-  trainables, wall, algorithm, devices = [], 0.0, None, 1
+  trainables, wall, algorithms, devices = [], 0.0, {}, 1
   for start in range(0, len(seeds), chunk):
     group = seeds[start:start + chunk]
     configs = [member_config(config, s) for s in group]
     plans = federated.StackedPlan(tuple(plan_of(c) for c in configs))
-    if algorithm is None:  # One algorithm (one compilation) for every chunk of the same shape.
-      algorithm = federated.vmapped(builders.fedavg_algorithm(setup, config, plans.plans[0]),
-                                    plans.axes)
+    # Split over several CPU devices, each device's operations run single-threaded.
+    options = runtime.split_cpu_compiler_options(jax.default_backend(),
+                                                 sharding.split_count(len(group)))
+    if options not in algorithms:  # One algorithm (one compilation) for every chunk alike.
+      algorithms[options] = federated.vmapped(
+          builders.fedavg_algorithm(setup, config, plans.plans[0], compiler_options=options),
+          plans.axes)
+    algorithm = algorithms[options]
     # Members split over the local devices: each runs its block at once (a no-op on one). The
     # whole state is split, not just the start points: a leaf that `init` creates (the round
     # counter) would otherwise enter the first round unplaced and come out of it placed, and the
