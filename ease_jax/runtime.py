@@ -52,8 +52,9 @@ def one_cpu_device_per_core(cores: int | None = None) -> None:
   2-core CPU one run keeps only ~1.6 cores busy (XLA:CPU runs one operation at a time and not
   every operation is multi-threaded); two devices each running half the members keep ~1.9 busy,
   which brought 16 runs batched (chunks of 8) down to 0.64-0.74x the time of the same runs one
-  after another, depending on the processor, against 1.0x on one device (BENCHMARKS.md,
-  "Population").
+  after another, depending on the processor, against 1.0x on one device, and to 0.68x on an AMD
+  EPYC with each device's operations single-threaded (`split_cpu_compiler_options`;
+  BENCHMARKS.md, "Population").
   No effect on the default GPU/TPU backend. Like `avoid_cpu_hang`, it must run before JAX
   creates its CPU client.
   """

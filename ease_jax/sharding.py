@@ -39,6 +39,7 @@ Backbone and dataset must be the same on every process (load the same checkpoint
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Sequence
 
 import jax
@@ -69,6 +70,7 @@ def padded_size(num_clients: int, num_devices: int) -> int:
 
 def make_sharded_round_fn(client_update: Callable, mesh: Mesh | None = None,
                           chunk_size: int = 0, axis_name: str | None = None,
+                          compiler_options: tuple[tuple[str, Any], ...] = ()
                           ) -> Callable[..., tuple[PyTree, dict[str, jax.Array]]]:
   """The round function of `federated.make_round_fn`, with clients split over `mesh`.
 
@@ -83,6 +85,7 @@ def make_sharded_round_fn(client_update: Callable, mesh: Mesh | None = None,
     chunk_size: if > 0, each device runs its block with `lax.map(batch_size=chunk_size)`
       (memory bounded by `chunk_size` clients per device); 0 vmaps the whole block.
     axis_name: the mesh axis of clients (default: the mesh's only / first axis).
+    compiler_options: XLA options of the round's computation (`federated.make_round_fn`).
   """
   mesh = client_mesh() if mesh is None else mesh
   axis_name = axis_name or mesh.axis_names[0]
@@ -102,7 +105,7 @@ def make_sharded_round_fn(client_update: Callable, mesh: Mesh | None = None,
   sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(), P(), clients, P()),
                           out_specs=clients, check_vma=False)
 
-  @jax.jit
+  @functools.partial(jax.jit, compiler_options=dict(compiler_options) or None)
   def round_fn(trainable, backbone, data, batches, context=None):
     num_clients = jax.tree.leaves(batches)[0].shape[0]
     pad = padded_size(num_clients, num_devices) - num_clients

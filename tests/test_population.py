@@ -91,19 +91,30 @@ _SPLIT_SCRIPT = textwrap.dedent("""
           compiled.append(record.getMessage())
     logging.getLogger("jax").addHandler(Count())
     from conftest import flat_params as flat, make_tiny_setup, run_fedavg, tiny_config
-    from ease_jax import builders, configs
+    from ease_jax import builders, configs, runtime, sharding
     from ease_jax.unlearning import population
+    # A leading axis is split over the most devices that divide it.
+    assert [sharding.split_count(n) for n in (1, 2, 3, 4)] == [1, 2, 1, 2]
+    # The population's algorithms, and the XLA options each was built with.
+    built, fedavg_algorithm = [], builders.fedavg_algorithm
+    def recording(*args, compiler_options=(), **kwargs):
+      built.append(compiler_options)
+      return fedavg_algorithm(*args, compiler_options=compiler_options, **kwargs)
+    builders.fedavg_algorithm = recording
     for chunk in (0, 2):
       cfg = configs.add_unlearning(tiny_config(rounds=2, clients_per_round=3))
       cfg.audit.population, cfg.audit.first_seed, cfg.audit.chunk = 4, 5, chunk
       setup = make_tiny_setup(cfg)
       workdir = f"{sys.argv[1]}/chunk{chunk}"
       compiled.clear()
+      built.clear()
       pop = population.train(setup, cfg, lambda c: builders.round_plan(setup, c), workdir, {},
                              "trained")
-      # Each chunk ran split over both devices, and 2 rounds of every chunk compiled the server
-      # step once (a state leaf placed only after round 1 used to compile it again).
+      # Each chunk ran split over both devices, its operations single-threaded, and 2 rounds of
+      # every chunk compiled the server step once (a state leaf placed only after round 1 used
+      # to compile it again).
       assert pop.devices == 2
+      assert built == [runtime.SINGLE_THREADED_OPS], built
       assert len(compiled) == 1, compiled
       for i, seed in enumerate(pop.seeds):
         single = run_fedavg(setup, population.member_config(cfg, seed))
@@ -121,8 +132,9 @@ _SPLIT_SCRIPT = textwrap.dedent("""
 
 def test_population_split_over_devices_equals_the_single_runs(tmp_path):
   """With two (simulated) CPU devices each chunk's members are split over both, as the binaries
-  run them (`runtime.one_cpu_device_per_core`); members still equal their single runs and the
-  cache restores them. The device count only takes effect in a fresh process."""
+  run them (`runtime.one_cpu_device_per_core`), each device's operations single-threaded
+  (`runtime.split_cpu_compiler_options`); members still equal their single runs up to rounding
+  and the cache restores them. The device count only takes effect in a fresh process."""
   proc = run_with_cpu_devices(_SPLIT_SCRIPT, 2, str(tmp_path))
   assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout + proc.stderr[-4000:]
 

@@ -3,8 +3,9 @@
 `algorithm.init(trainable) -> state` and `algorithm.apply(state, round_inputs) -> (state,
 metrics)`; round inputs (sampled ids, schedules, weights, the round of the random streams) are
 built on the host by a separate plan (`schedules.RoundPlan`), so `apply` is a pure function of
-its arguments. With the `vmap` or `chunked` backend `apply` is jittable and safe to `jax.vmap`
-over a leading axis of independent runs (`vmapped`): a population of models in one computation.
+its arguments. With the `vmap` or `chunked` backend (and no `compiler_options`) `apply` is
+jittable; it is safe to `jax.vmap` over a leading axis of independent runs (`vmapped`): a
+population of models in one computation.
 
 `fedavg_algorithm` is FedAvg with a server optimizer; its variants are arguments, not driver
 hooks: a client objective (the local-steps loss, e.g. EASE's Forget Lock), a server transform of
@@ -97,7 +98,9 @@ class FedAvgOptions:
     keeps none).
   nonfinite: 'drop' (a non-finite client update is dropped from the round) or 'fail'.
   compiler_options: XLA options of every computation the algorithm compiles, as `(name, value)`
-    pairs (e.g. `runtime.split_cpu_compiler_options()` for a population split over CPU devices).
+    pairs (`runtime.split_cpu_compiler_options(platform, devices)` for a population split over
+    CPU devices). With options, `apply` can no longer be traced inside an outer `jax.jit` (JAX
+    takes them on top-level jits only); `jax.vmap` still works.
   """
   backend: str = "vmap"
   chunk_size: int = 0
@@ -126,11 +129,10 @@ def fedavg_algorithm(client_update: LocalSteps, server_opt: optax.GradientTransf
     server_transform: applied to each round's aggregate before the server step.
     round_metrics: `trainable -> {name: scalar}` of the new model, added to the metrics.
   """
-  compiler_options = dict(options.compiler_options) or None
   round_fn = backends.make_round_fn(client_update, options.backend, options.chunk_size,
-                                    compiler_options)
+                                    options.compiler_options)
   fail_on_nonfinite = options.nonfinite == "fail"
-  jit = functools.partial(jax.jit, compiler_options=compiler_options)
+  jit = functools.partial(jax.jit, compiler_options=dict(options.compiler_options) or None)
 
   @jit
   def server_step(state, deltas, client_loss, weights):

@@ -65,19 +65,19 @@ def resolve_backend(backend: str, chunk_size: int, num_clients: int,
 
 
 def make_round_fn(client_update: Callable, backend: str = "vmap", chunk_size: int = 0,
-                  compiler_options: dict[str, Any] | None = None
+                  compiler_options: tuple[tuple[str, Any], ...] = ()
                   ) -> Callable[..., tuple[PyTree, dict[str, jax.Array]]]:
   """All given clients' local updates (see the module docstring); `compiler_options`: XLA
-  options of the computations it compiles (`jax.jit`'s)."""
+  options of the computation it compiles, as `(name, value)` pairs (`jax.jit`'s; a jit with
+  options cannot be traced inside another jit)."""
   if backend not in BACKENDS:
     raise ValueError(f"Unknown federated backend {backend!r}; expected one of {BACKENDS} "
                      "(resolve 'auto' with resolve_backend first).")
   if backend == "sharded":
-    if compiler_options:
-      raise ValueError("backend='sharded' takes no compiler_options.")
     from ease_jax import sharding  # pylint: disable=g-import-not-at-top
-    return sharding.make_sharded_round_fn(client_update, chunk_size=chunk_size)
-  jit = functools.partial(jax.jit, compiler_options=compiler_options)
+    return sharding.make_sharded_round_fn(client_update, chunk_size=chunk_size,
+                                          compiler_options=compiler_options)
+  jit = functools.partial(jax.jit, compiler_options=dict(compiler_options) or None)
   if backend == "vmap":
     per_client = jax.vmap(client_update, in_axes=(None, None, None, 0, None))
 

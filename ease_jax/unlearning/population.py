@@ -8,8 +8,10 @@ of the FedAvg algorithm (`federated.vmapped`), in chunks of `audit.chunk` runs t
 each chunk's members split over the local devices (`sharding.split_leading_axis`; on a CPU the
 binaries make one device per core, `runtime.one_cpu_device_per_core`, and each device then runs
 its operations single-threaded, `runtime.split_cpu_compiler_options`); each chunk is resumable
-from its workdir like every run. Member i equals the single run with
-seed i (tests/test_population.py).
+from its workdir like every run. Member i equals the single run with seed i up to float rounding
+(tests/test_population.py, a tiny config); on the embedded default's 12 rounds such rounding
+differences grow into a different trajectory, as between two machines (BENCHMARKS.md,
+"Population").
 
 Population seeds start at `audit.first_seed`, away from the evaluation seeds, so the audited
 models (the trained model, the unlearned ones, the retrain reference of the cell) are never part
@@ -146,8 +148,8 @@ def train(setup: builders.FederatedSetup, config: ml_collections.ConfigDict,
     configs = [member_config(config, s) for s in group]
     plans = federated.StackedPlan(tuple(plan_of(c) for c in configs))
     # Split over several CPU devices, each device's operations run single-threaded.
-    options = runtime.split_cpu_compiler_options(jax.default_backend(),
-                                                 sharding.split_count(len(group)))
+    split = sharding.split_count(len(group))
+    options = runtime.split_cpu_compiler_options(jax.default_backend(), split)
     if options not in algorithms:  # One algorithm (one compilation) for every chunk alike.
       algorithms[options] = federated.vmapped(
           builders.fedavg_algorithm(setup, config, plans.plans[0], compiler_options=options),
@@ -158,7 +160,7 @@ def train(setup: builders.FederatedSetup, config: ml_collections.ConfigDict,
     # counter) would otherwise enter the first round unplaced and come out of it placed, and the
     # server step would compile a second time in round 2.
     start_state = sharding.split_leading_axis(algorithm.init(stacked_inits(setup, configs)))
-    devices = max(devices, len(jax.tree.leaves(start_state)[0].sharding.device_set))
+    devices = max(devices, split)
     fingerprint = dict(federation_fingerprint(config), population_seeds=list(group))
     res = driver.run(algorithm, plans, start_state, config.fed.rounds,
                      workdir / f"members_{group[0]}_{group[-1]}",
