@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 NO_CONCURRENCY_SCHEDULER = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
 
@@ -42,6 +43,12 @@ def split_cpu_compiler_options(platform: str, devices: int) -> tuple[tuple[str, 
   operations). BENCHMARKS.md, "Population" (session 27), measured it.
   """
   return SINGLE_THREADED_OPS if platform == "cpu" and devices > 1 else ()
+
+
+def jit_compiler_options(options: tuple[tuple[str, Any], ...]) -> dict[str, Any] | None:
+  """`jax.jit`'s `compiler_options` from (name, value) pairs (which stay hashable in frozen
+  options and cache keys); None for none, jit's default."""
+  return dict(options) or None
 
 
 def one_cpu_device_per_core(cores: int | None = None) -> None:

@@ -47,6 +47,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from ease_jax import runtime
+
 PyTree = Any
 CLIENT_AXIS = "clients"
 
@@ -105,7 +107,7 @@ def make_sharded_round_fn(client_update: Callable, mesh: Mesh | None = None,
   sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(), P(), clients, P()),
                           out_specs=clients, check_vma=False)
 
-  @functools.partial(jax.jit, compiler_options=dict(compiler_options) or None)
+  @functools.partial(jax.jit, compiler_options=runtime.jit_compiler_options(compiler_options))
   def round_fn(trainable, backbone, data, batches, context=None):
     num_clients = jax.tree.leaves(batches)[0].shape[0]
     pad = padded_size(num_clients, num_devices) - num_clients

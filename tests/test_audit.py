@@ -301,7 +301,7 @@ def test_forget_quality_is_the_median_over_members_and_not_one_outlier():
   population = _grouped_models(rng, 6, mu, groups=20, spread=0.5)
   population[0] += 0.6                                 # one outlying retrain seed
   held_out = _grouped_models(rng, 1, mu, groups=20, spread=0.5)[0]
-  fq = audit.forget_quality(held_out, population)
+  fq = audit.forget_quality(held_out, population, confidence=0)
   expected = []
   for j in range(6):
     rest = np.delete(population, j, 0)
@@ -313,10 +313,83 @@ def test_forget_quality_is_the_median_over_members_and_not_one_outlier():
   assert fq["p_min"] == pytest.approx(min(e["p"] for e in expected))
   assert fq["ks"] == pytest.approx(np.median([e["ks"] for e in expected]))
   assert fq["n_eff"] == pytest.approx(np.median([e["n_eff"] for e in expected]))
-  assert fq["members"] == 6
+  assert fq["members"] == 6 and fq["p_point"] == fq["p"] and fq["n_eff_point"] == fq["n_eff"]
   assert expected[0]["p"] < 0.01                       # against the outlier alone: flagged
   assert fq["p"] >= 0.05                               # against the population: cleared
   trained = _grouped_models(rng, 1, mu + 1.0, groups=20, spread=0.5)[0]
-  assert audit.forget_quality(trained, population)["p"] < 0.01
+  assert audit.forget_quality(trained, population, confidence=0)["p"] < 0.01
+  # At the bound the outlier widens the null so far that a model shifted 1.0 is not flagged:
+  # the price of a bound from 5 models of which one sits 0.6 away (`audit.forget_quality`).
+  assert audit.forget_quality(trained, population)["p"] > 0.05
   with pytest.raises(ValueError, match=">= 3 models"):
     audit.forget_quality(held_out, population[:2])
+
+
+def test_forget_quality_at_the_bound_is_the_point_test_at_the_bounds_effective_size():
+  """The default p: each member's KS statistic at the effective size of its bound, median over
+  the members; the point estimate's p beside it; the same scores give the same numbers."""
+  rng = np.random.default_rng(8)
+  mu = rng.normal(size=300)
+  population = _grouped_models(rng, 7, mu, groups=10, spread=0.5)
+  target = _grouped_models(rng, 1, mu, groups=10, spread=0.5)[0]
+  fq = audit.forget_quality(target, population)
+  assert fq == audit.forget_quality(target, population)
+  assert fq["p_point"] == audit.forget_quality(target, population, confidence=0)["p"]
+  expected = []
+  for j in range(7):
+    rest = np.delete(population, j, 0)
+    bound = audit.pair_median_bound(audit.pairwise_ks_matrix(rest), audit.FORGET_CONFIDENCE,
+                                    audit.BOOTSTRAP_RESAMPLES,
+                                    np.random.SeedSequence([audit.BOOTSTRAP_SEED, j]))
+    n_eff = 2 * (audit.KOLMOGOROV_MEDIAN / bound) ** 2
+    d = scipy.stats.ks_2samp(target, population[j]).statistic
+    expected.append(scipy.stats.kstwobign.sf(np.sqrt(n_eff / 2) * d))
+  assert fq["p"] == pytest.approx(np.median(expected), rel=1e-9)
+  assert fq["p_min"] == pytest.approx(min(expected), rel=1e-9)
+  assert fq["n_eff"] <= fq["n_eff_point"] and fq["p"] >= fq["p_point"]
+  with pytest.raises(ValueError, match="confidence must be 0"):
+    audit.forget_quality(target, population, confidence=1.0)
+
+
+def test_pair_median_bound_equals_the_exact_bootstrap_distribution():
+  """Three models with pair statistics 0.1, 0.2, 0.3: of the 27 ordered resamples the 3 that
+  drew one model are redrawn; the 18 that drew two models have that pair's statistic as their
+  median (6 each), the 6 that drew all three the median 0.2. So the resampled median is 0.1,
+  0.2 and 0.3 with probabilities 1/4, 1/2 and 1/4."""
+  d = np.array([[0.0, 0.1, 0.2], [0.1, 0.0, 0.3], [0.2, 0.3, 0.0]])
+  exact = {}
+  for draw in itertools.product(range(3), repeat=3):
+    pairs = [d[a, b] for a, b in itertools.combinations(draw, 2) if a != b]
+    if pairs:
+      exact[np.median(pairs)] = exact.get(np.median(pairs), 0) + 1
+  assert exact == {0.1: 6, 0.2: 12, 0.3: 6}
+  for confidence, value in ((0.2, 0.1), (0.5, 0.2), (0.7, 0.2), (0.95, 0.3)):
+    assert audit.pair_median_bound(d, confidence, 20000, seed=1) == value
+  # Two models: every resample that pairs them has their statistic as the median.
+  assert audit.pair_median_bound(d[:2, :2], 0.95, 100, seed=2) == 0.1
+  with pytest.raises(ValueError, match=r"\[K, K\] statistics of >= 2 models"):
+    audit.pair_median_bound(d[:1, :1], 0.95, 100, seed=0)
+  with pytest.raises(ValueError, match="confidence must be in"):
+    audit.pair_median_bound(d, 0.0, 100, seed=0)
+  with pytest.raises(ValueError, match=">= 1 bootstrap resample"):
+    audit.pair_median_bound(d, 0.95, 0, seed=0)
+
+
+def test_forget_quality_bound_clears_held_out_retrains_that_the_point_estimate_flags():
+  """Populations of 10 retrains whose scores move in 8 groups (the null's median from 36 pairs
+  moves with the draw): a retrain held out of each is flagged at p < 0.05 far more often at the
+  point estimate than at the bound, and a model shifted by the plant is still flagged."""
+  rng = np.random.default_rng(7)
+  mu = rng.normal(size=300)
+  point, bound, trained = [], [], []
+  for _ in range(40):
+    models = _grouped_models(rng, 11, mu, groups=8, spread=0.5)
+    fq = audit.forget_quality(models[0], models[1:])
+    point.append(fq["p_point"])
+    bound.append(fq["p"])
+    shifted = _grouped_models(rng, 1, mu + 1.0, groups=8, spread=0.5)[0]
+    trained.append(audit.forget_quality(shifted, models[1:])["p"])
+  point, bound, trained = map(np.array, (point, bound, trained))
+  assert np.mean(point < 0.05) >= 0.075 and np.mean(bound < 0.05) <= 0.025
+  assert np.mean(bound >= point) >= 0.9
+  assert np.mean(trained < 0.01) >= 0.8

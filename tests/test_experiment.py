@@ -387,6 +387,8 @@ def test_unlearn_pipeline_on_emoji_with_a_checkpoint_folder(tmp_path):
     assert 0.0 <= r["forget_quality"] <= 1.0 and 0.0 <= r["lira_auc"] <= 1.0
     assert 0.0 <= r["forget_quality_iid"] <= 1.0
     assert 0.0 <= r["forget_quality_min"] <= r["forget_quality"]
+    # At the bound of 3 members' pairs (their largest statistic) the test is the more lenient.
+    assert r["forget_quality_point"] <= r["forget_quality"]
   assert rows["retrain"]["asr/client_backdoor/i2t_gap"] == 0.0
   assert results["populations"]["seeds"] == [100, 101, 102, 103]
   # The backbone row is the pretrained model alone: evaluate it independently on the clean

@@ -166,6 +166,12 @@ def test_benchmark_aggregation_and_resume_rows(tmp_path):
   assert m["speedup_vs_retrain"][0] == pytest.approx(10.0)
   md = benchmark.format_markdown(table, ["client"])
   assert "| m |" in md and "11.0 ± 1.4" in md
+  # Forget quality's cell: the mean p at the calibration bound, (point estimate; exact) beside it.
+  for r, (p, point, iid) in zip([r for r in rows if r["method"] == "m"],
+                                [(0.4, 0.1, 0.01), (0.6, 0.3, 0.03)]):
+    r.update(forget_quality=p, forget_quality_point=point, forget_quality_iid=iid)
+  md = benchmark.format_markdown(benchmark.aggregate(rows, ["client"]), ["client"])
+  assert "forget quality (point; iid)" in md and "| 0.5 (0.2; 0.02) |" in md
   # A value one seed lacks is not averaged as if all seeds had it, and one value has no spread.
   rows[3]["mia_auc"] = None
   m = [r for r in benchmark.aggregate(rows, ["client"]) if r["method"] == "m"][0]

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ease_jax import runtime
 from ease_jax.data.device import DeviceData
 from ease_jax.federated import backends
 from ease_jax.federated.history import UpdateHistory, flatten_deltas, num_params
@@ -132,7 +133,8 @@ def fedavg_algorithm(client_update: LocalSteps, server_opt: optax.GradientTransf
   round_fn = backends.make_round_fn(client_update, options.backend, options.chunk_size,
                                     options.compiler_options)
   fail_on_nonfinite = options.nonfinite == "fail"
-  jit = functools.partial(jax.jit, compiler_options=dict(options.compiler_options) or None)
+  jit = functools.partial(jax.jit, compiler_options=runtime.jit_compiler_options(
+      options.compiler_options))
 
   @jit
   def server_step(state, deltas, client_loss, weights):

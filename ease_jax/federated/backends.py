@@ -23,6 +23,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from ease_jax import runtime
+
 PyTree = Any
 BACKENDS = ("vmap", "chunked", "sequential", "sharded")
 AUTO = "auto"
@@ -77,7 +79,7 @@ def make_round_fn(client_update: Callable, backend: str = "vmap", chunk_size: in
     from ease_jax import sharding  # pylint: disable=g-import-not-at-top
     return sharding.make_sharded_round_fn(client_update, chunk_size=chunk_size,
                                           compiler_options=compiler_options)
-  jit = functools.partial(jax.jit, compiler_options=dict(compiler_options) or None)
+  jit = functools.partial(jax.jit, compiler_options=runtime.jit_compiler_options(compiler_options))
   if backend == "vmap":
     per_client = jax.vmap(client_update, in_axes=(None, None, None, 0, None))
 

@@ -51,8 +51,8 @@ METRICS = (
     + [f"{s}/mean_r1" for s in SPLITS]
     + [f"{s}/mean_r1_gap" for s in SPLITS]
     + ["mia_auc", "mia_auc_gap", "wall_time_s", "speedup_vs_retrain"]
-    + ["forget_quality", "forget_quality_iid", "forget_quality_min", "lira_auc", "lira_tpr@0.01",
-       "lira_tpr@0.001"])
+    + ["forget_quality", "forget_quality_point", "forget_quality_iid", "forget_quality_min",
+       "lira_auc", "lira_tpr@0.01", "lira_tpr@0.001"])
 
 
 def scenario_config(config: ml_collections.ConfigDict, scenario: str, seed: int
@@ -351,7 +351,7 @@ def format_markdown(table: Sequence[dict[str, Any]], scenarios: Sequence[str]) -
     knowledge = rows[0].get("knowledge") or []
     short = lambda k: k.split("/", 1)[1].replace("/", " ")
     head = ("| method | " + "".join(f"{short(k)} | " for k in knowledge)
-            + "Δ knowledge | forget R@1 (Δ) | Δretain | Δtest | forget quality (iid) | "
+            + "Δ knowledge | forget R@1 (Δ) | Δretain | Δtest | forget quality (point; iid) | "
             "LiRA AUC | TPR@1%FPR | MIA AUC (Δ) | time (s) | speed-up |")
     parts.append(f"**{scenario} unlearning** ({max(len(r['seeds']) for r in rows)} seeds; "
                  "Δ = method − retrain; knowledge in %, R@1 = mean of both directions)\n")
@@ -364,10 +364,11 @@ def format_markdown(table: Sequence[dict[str, Any]], scenarios: Sequence[str]) -
       mia_cell = pm("mia_auc", 3) + (f" ({r['mia_auc_gap'][0]:+.3f})"
                                      if r.get("mia_auc_gap") else "")
       speed = "—" if r["speedup_vs_retrain"] is None else f"{r['speedup_vs_retrain'][0]:.1f}×"
-      fq = r.get("forget_quality")
-      fq_iid = r.get("forget_quality_iid")
-      fq_cell = "—" if fq is None else f"{fq[0]:.2g}" + (
-          "" if fq_iid is None else f" ({fq_iid[0]:.2g})")
+      fq, fq_point, fq_iid = (r.get(f"forget_quality{k}") for k in ("", "_point", "_iid"))
+      # Rows written before the calibration bound have no point estimate beside the p-value.
+      extra = [f"{v[0]:.2g}" for v in (fq_point, fq_iid) if v is not None]
+      fq_cell = "—" if fq is None else f"{fq[0]:.2g}" + (f" ({'; '.join(extra)})" if extra
+                                                          else "")
       parts.append(
           f"| {r['method']} | " + "".join(f"{pm(k)} | " for k in knowledge)
           + f"{gaps} | {forget} | {pm('retain/mean_r1_gap')} | {pm('test/mean_r1_gap')} | "

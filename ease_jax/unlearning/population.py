@@ -62,6 +62,10 @@ DEFAULTS: dict[str, Any] = dict(
     variance="shared",   # Gaussian fits: 'shared' (one pooled std, LiRA's fixed variance,
                          # robust with few models) | 'per_example' (each example's own)
     tones=("medium-dark",),  # skin tones whose tone accuracy every row reports
+    # Forget quality's calibration: the effective size at this upper confidence bound of the
+    # retrain pairs' median KS statistic (bootstrap over the members), 0 = at its point
+    # estimate, which moves with the population's draw (`audit.forget_quality`).
+    forget_confidence=audit.FORGET_CONFIDENCE,
 )
 RULES = {
     "audit.population": lambda v: (None if isinstance(v, int) and (v == 0 or v >= 4)
@@ -71,6 +75,7 @@ RULES = {
     "audit.score": validation.one_of(*SCORES),
     "audit.variance": validation.one_of(*audit.VARIANCES),
     "audit.calibrate": validation.boolean,
+    "audit.forget_confidence": validation.real(0.0, 1.0, hi_open=True),  # 0: point estimate
     # A misspelt tone would silently report no tone row.
     "audit.tones": lambda v: (None if isinstance(v, (tuple, list)) and not v else
                               validation.subset_of(*dataset_lib.SKIN_TONES)(v)),
@@ -232,22 +237,26 @@ def standardize(scores_: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
 def audit_row(target: np.ndarray, in_scores: np.ndarray, out_scores: np.ndarray,
               variance: str, in_seeds: Sequence[int] | None = None,
-              out_seeds: Sequence[int] | None = None) -> dict[str, Any]:
+              out_seeds: Sequence[int] | None = None,
+              forget_confidence: float = audit.FORGET_CONFIDENCE) -> dict[str, Any]:
   """A model's audit on D_f: forget quality and the per-example LiRA against the populations
   (`target [n]`, `in_scores`, `out_scores` `[models, n]`; the model is in neither). The members'
   seeds, when given, keep each retrained member's twin (the `in` member with its seed) out of
   the fit that judges it (`audit.lira_folds`); `train_pair`'s populations share their seeds.
 
   Forget quality is TOFU's KS test between the model's scores and a held-out retrain's, each
-  member of the retrain population in turn, at the effective size measured on the pairs of the
-  other members, and its median over the members (`audit.forget_quality`): `forget_quality`.
-  `forget_quality_iid` is the median exact p-value, which takes the n scores as independent
-  draws and flags most pairs of retrain seeds; `forget_quality_min` the smallest calibrated p
-  (BENCHMARKS.md, "Forget quality against the population").
+  member of the retrain population in turn, at the effective size that the pairs of the other
+  members support at `forget_confidence`, and its median over the members
+  (`audit.forget_quality`): `forget_quality`. `forget_quality_point` is the same at the
+  effective size's point estimate, `forget_quality_iid` the median exact p-value, which takes
+  the n scores as independent draws and flags most pairs of retrain seeds; `forget_quality_min`
+  the smallest calibrated p (BENCHMARKS.md, "Forget quality against the population" and "Forget
+  quality: a calibration that does not move with the draw").
   """
-  fq = audit.forget_quality(target, out_scores)
-  row = dict(forget_quality=fq["p"], forget_quality_iid=fq["p_iid"],
-             forget_quality_min=fq["p_min"], forget_ks=fq["ks"], forget_ks_n_eff=fq["n_eff"])
+  fq = audit.forget_quality(target, out_scores, confidence=forget_confidence)
+  row = dict(forget_quality=fq["p"], forget_quality_point=fq["p_point"],
+             forget_quality_iid=fq["p_iid"], forget_quality_min=fq["p_min"], forget_ks=fq["ks"],
+             forget_ks_n_eff=fq["n_eff"], forget_ks_n_eff_point=fq["n_eff_point"])
   row.update(audit.lira_audit(target, in_scores, out_scores, variance, in_seeds=in_seeds,
                               out_seeds=out_seeds))
   return row
