@@ -292,8 +292,8 @@ def pair_median_bound(pair_statistics: np.ndarray, confidence: float, resamples:
 
   Args:
     pair_statistics: `[K, K]` symmetric, the statistic of every pair of K >= 2 models.
-    confidence: in (0, 1); the bound is the `confidence` quantile (inverted CDF: always a value
-      some resample had) of the resampled medians.
+    confidence: in [0.5, 1); the bound is the `confidence` quantile (inverted CDF: always a
+      value some resample had) of the resampled medians, and never below the median itself.
     resamples: bootstrap resamples (each K models drawn with replacement).
     seed: the resamples' random stream (`np.random.default_rng(seed)`: an int or a
       `SeedSequence`).
@@ -301,17 +301,22 @@ def pair_median_bound(pair_statistics: np.ndarray, confidence: float, resamples:
   The models are the independent units, not the pairs: one model that sits apart from the rest
   is in K − 1 of the pairs. In a resample a model drawn twice is not paired with itself (that
   pair says nothing about two models' distance); a resample that drew one model only has no
-  pair and is drawn again.
+  pair and is drawn again. With K = 2 the bound is the one pair's statistic (the point
+  estimate); with K = 3, above confidence 0.75, the largest of the three.
   """
   d = _finite("pair_statistics", pair_statistics)
   k = d.shape[0] if d.ndim else 0
   if d.ndim != 2 or d.shape != (k, k) or k < 2:
     raise ValueError(f"pair_median_bound needs the [K, K] statistics of >= 2 models, got shape "
                      f"{d.shape}.")
-  if not 0.0 < confidence < 1.0:
-    raise ValueError(f"The bound's confidence must be in (0, 1), got {confidence}.")
-  if resamples < 1:
-    raise ValueError(f"The bound needs >= 1 bootstrap resample, got {resamples}.")
+  if not np.array_equal(d, d.T):
+    raise ValueError("pair_median_bound needs the symmetric [K, K] matrix of pair statistics "
+                     "(e.g. `pairwise_ks_matrix`), got an asymmetric one.")
+  if not 0.5 <= confidence < 1.0:
+    raise ValueError(f"The bound's confidence must be in [0.5, 1), got {confidence}.")
+  if not isinstance(resamples, (int, np.integer)) or resamples < 1:
+    raise ValueError(f"The bound needs an integer >= 1 of bootstrap resamples, got "
+                     f"{resamples!r}.")
   rng = np.random.default_rng(seed)
   first, second = np.triu_indices(k, 1)
   medians = []
@@ -322,7 +327,8 @@ def pair_median_bound(pair_statistics: np.ndarray, confidence: float, resamples:
     keep = distinct.any(axis=1)
     pairs = np.where(distinct, d[a, b], np.nan)[keep]
     medians.extend(np.nanmedian(pairs, axis=1).tolist())
-  return float(np.quantile(medians[:resamples], confidence, method="inverted_cdf"))
+  point = float(np.median(d[first, second]))
+  return max(point, float(np.quantile(medians[:resamples], confidence, method="inverted_cdf")))
 
 
 FORGET_CONFIDENCE = 0.95    # forget quality's calibration bound (`forget_quality`)
@@ -339,9 +345,9 @@ def forget_quality(target: Sequence[float], retrain_scores: np.ndarray,
   Args:
     target: `[n]` the audited model's scores on D_f (the model is not in the population).
     retrain_scores: `[M, n]` retrained models (M >= 3).
-    confidence: the calibration's bound (see below); 0 takes the point estimate.
+    confidence: the calibration's bound, in [0.5, 1) (see below); 0 takes the point estimate.
     resamples, seed: the bound's bootstrap (`pair_median_bound`; member j's stream is
-      `[seed, j]`).
+      `[seed, j]`, so the members' order moves p by the bootstrap's Monte-Carlo noise).
 
   Returns:
     Over the members j, the KS test of the target against member j at an effective size from
@@ -363,11 +369,13 @@ def forget_quality(target: Sequence[float], retrain_scores: np.ndarray,
   populations of 9 on the embedded default at p < 0.05. `p` takes the effective size at the
   upper `confidence` bound of the median pair statistic, by the bootstrap over the members: a
   retrain is flagged only if it is far under every null the population supports at that
-  confidence (Berger & Boos 1994 bound a nuisance parameter in the same way), and the test gets
-  more conservative the fewer members there are (BENCHMARKS.md, "Forget quality: a calibration
-  that does not move with the draw"). The price is power where the population is small and holds
-  an outlier: among 5 synthetic members one shifted 0.6 widens the bound so far that a model
-  shifted 1.0 reads p > 0.05, where the point estimate flags it at p < 0.01 (tests/test_audit.py).
+  confidence (Berger & Boos 1994 bound a nuisance parameter in the same way), and from 4
+  members on the test gets more conservative the fewer members there are (BENCHMARKS.md,
+  "Forget quality: a calibration that does not move with the draw"). With 3 members each
+  calibration has one pair, whose statistic is its own bound: `p` is then `p_point`. The price
+  is power where the population is small and holds an outlier: in a synthetic population of 6,
+  one member shifted 0.6 widens the bound so far that a model shifted 1.0 reads p > 0.05, where
+  the point estimate flags it at p < 0.01 (tests/test_audit.py).
   """
   scores = np.asarray(retrain_scores, np.float64)
   if scores.ndim != 2 or scores.shape[0] < 3:
@@ -378,9 +386,9 @@ def forget_quality(target: Sequence[float], retrain_scores: np.ndarray,
                      f"{scores.shape[1]} examples, got shape {np.shape(target)}.")
   if scores.shape[1] == 0:
     raise ValueError("forget_quality needs >= 1 forget example, got none.")
-  if not (confidence == 0 or 0.0 < confidence < 1.0):
-    raise ValueError(f"forget_quality's confidence must be 0 (the point estimate) or in (0, 1), "
-                     f"got {confidence}.")
+  if not (confidence == 0 or 0.5 <= confidence < 1.0):
+    raise ValueError(f"forget_quality's confidence must be 0 (the point estimate) or in "
+                     f"[0.5, 1), got {confidence}.")
   m, n = scores.shape
   pairs = pairwise_ks_matrix(scores)
   tests = []

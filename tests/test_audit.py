@@ -349,6 +349,26 @@ def test_forget_quality_at_the_bound_is_the_point_test_at_the_bounds_effective_s
   assert fq["n_eff"] <= fq["n_eff_point"] and fq["p"] >= fq["p_point"]
   with pytest.raises(ValueError, match="confidence must be 0"):
     audit.forget_quality(target, population, confidence=1.0)
+  with pytest.raises(ValueError, match="confidence must be 0"):
+    audit.forget_quality(target, population, confidence=0.3)
+  # Three members: each calibration is one pair, its own bound, so p is the point estimate's.
+  three = audit.forget_quality(target, population[:3])
+  assert three["p"] == three["p_point"] and three["n_eff"] == three["n_eff_point"]
+
+
+def test_audit_row_reads_forget_quality_at_the_configured_confidence():
+  from ease_jax.unlearning import population as population_lib  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(9)
+  mu = rng.normal(size=200)
+  ins = _grouped_models(rng, 5, mu + 1.0, groups=10, spread=0.5)
+  outs = _grouped_models(rng, 5, mu, groups=10, spread=0.5)
+  target = _grouped_models(rng, 1, mu + 1.0, groups=10, spread=0.5)[0]
+  point = population_lib.audit_row(target, ins, outs, "shared", forget_confidence=0)
+  bound = population_lib.audit_row(target, ins, outs, "shared")
+  assert point["forget_quality"] == point["forget_quality_point"] == bound["forget_quality_point"]
+  assert bound["forget_ks_n_eff"] < bound["forget_ks_n_eff_point"]
+  assert bound["forget_quality"] > bound["forget_quality_point"]
+  assert bound["forget_quality"] == audit.forget_quality(target, outs)["p"]
 
 
 def test_pair_median_bound_equals_the_exact_bootstrap_distribution():
@@ -363,16 +383,45 @@ def test_pair_median_bound_equals_the_exact_bootstrap_distribution():
     if pairs:
       exact[np.median(pairs)] = exact.get(np.median(pairs), 0) + 1
   assert exact == {0.1: 6, 0.2: 12, 0.3: 6}
-  for confidence, value in ((0.2, 0.1), (0.5, 0.2), (0.7, 0.2), (0.95, 0.3)):
-    assert audit.pair_median_bound(d, confidence, 20000, seed=1) == value
+  # At 0.3 a bootstrap that kept the zero self-pairs would give 0.1.
+  for confidence, value in ((0.5, 0.2), (0.3, None), (0.7, 0.2), (0.95, 0.3)):
+    if value is not None:
+      assert audit.pair_median_bound(d, confidence, 20000, seed=1) == value
+  assert np.quantile(np.repeat([0.1, 0.2, 0.3], [6, 12, 6]), 0.3, method="inverted_cdf") == 0.2
   # Two models: every resample that pairs them has their statistic as the median.
   assert audit.pair_median_bound(d[:2, :2], 0.95, 100, seed=2) == 0.1
   with pytest.raises(ValueError, match=r"\[K, K\] statistics of >= 2 models"):
     audit.pair_median_bound(d[:1, :1], 0.95, 100, seed=0)
-  with pytest.raises(ValueError, match="confidence must be in"):
-    audit.pair_median_bound(d, 0.0, 100, seed=0)
-  with pytest.raises(ValueError, match=">= 1 bootstrap resample"):
+  with pytest.raises(ValueError, match=r"confidence must be in \[0.5, 1\)"):
+    audit.pair_median_bound(d, 0.3, 100, seed=0)
+  with pytest.raises(ValueError, match=">= 1 of bootstrap resamples"):
     audit.pair_median_bound(d, 0.95, 0, seed=0)
+  with pytest.raises(ValueError, match="asymmetric"):
+    audit.pair_median_bound(np.triu(d), 0.95, 100, seed=0)
+
+
+def test_pair_median_bound_resamples_models_not_pairs():
+  """Four models, one far from the rest: the bound equals the quantile of the exact bootstrap
+  distribution over the 256 ordered draws of models (brute force), which differs from a
+  bootstrap of the six pairs."""
+  d = np.array([[0.0, 0.10, 0.12, 0.50],
+                [0.10, 0.0, 0.14, 0.55],
+                [0.12, 0.14, 0.0, 0.60],
+                [0.50, 0.55, 0.60, 0.0]])
+  medians = []
+  for draw in itertools.product(range(4), repeat=4):
+    pairs = [d[a, b] for a, b in itertools.combinations(draw, 2) if a != b]
+    if pairs:
+      medians.append(np.median(pairs))
+  medians = np.sort(medians)                    # 252 draws (4 drew one model only)
+  cdf = lambda v: np.mean(medians <= v)
+  for confidence in (0.6, 0.85, 0.97):
+    exact = np.quantile(medians, confidence, method="inverted_cdf")
+    # Far enough from a jump of the exact CDF for 20000 resamples to land on the same value.
+    assert abs(cdf(exact) - confidence) > 0.01 and abs(
+        np.mean(medians < exact) - confidence) > 0.01
+    assert audit.pair_median_bound(d, confidence, 20000, seed=3) == exact
+  assert audit.pair_median_bound(d, 0.85, 20000, seed=3) > 0.5  # the outlier's pairs
 
 
 def test_forget_quality_bound_clears_held_out_retrains_that_the_point_estimate_flags():

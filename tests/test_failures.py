@@ -65,7 +65,10 @@ def _one_line_error(proc, *needles):
     ("fed.client_weight_decay", 0.1,
      "config.fed.client_weight_decay (0.1) needs fed.client_optimizer='adamw', got 'adam'"),
     ("audit.population", 2, "config.audit.population must be 0 (no audit) or >= 4, got 2"),
-    ("audit.forget_confidence", 1.0, "config.audit.forget_confidence must be < 1"),
+    ("audit.forget_confidence", 1.0, "config.audit.forget_confidence must be 0 (the point "
+     "estimate) or in [0.5, 1), got 1.0"),
+    ("audit.forget_confidence", 0.3, "config.audit.forget_confidence must be 0 (the point "
+     "estimate) or in [0.5, 1), got 0.3"),
     ("data.max_length", 1, "config.data.max_length must be 0 (the model's context length) or "
      ">= 2"),
     ("data.splits", ("train", "tset"), "config.data.splits has unknown value(s) ['tset']"),

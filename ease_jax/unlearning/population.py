@@ -75,7 +75,10 @@ RULES = {
     "audit.score": validation.one_of(*SCORES),
     "audit.variance": validation.one_of(*audit.VARIANCES),
     "audit.calibrate": validation.boolean,
-    "audit.forget_confidence": validation.real(0.0, 1.0, hi_open=True),  # 0: point estimate
+    "audit.forget_confidence": lambda v: (
+        None if validation.real(0.0, 0.0)(v) is None
+        or validation.real(0.5, 1.0, hi_open=True)(v) is None
+        else f"must be 0 (the point estimate) or in [0.5, 1), got {v!r}"),
     # A misspelt tone would silently report no tone row.
     "audit.tones": lambda v: (None if isinstance(v, (tuple, list)) and not v else
                               validation.subset_of(*dataset_lib.SKIN_TONES)(v)),
