@@ -52,15 +52,12 @@ def draw_scores(config, setup, scenario: str, workdir: pathlib.Path, first_seed:
   cfg = benchmark_lib.scenario_config(config, scenario, config.benchmark.seeds[0])
   cfg = base.config_with(cfg, {"audit.first_seed": first_seed})
   request = requests.from_config(setup, cfg.unlearning, seed=cfg.seeds.unlearning)
-  in_pop, out_pop = population_lib.train_pair(setup, cfg, request, workdir / "population")
-  a = common.block(cfg, "audit", population_lib.DEFAULTS)
-  nonmembers = (common.mia_nonmembers(setup, cfg, request.forget_images) if a.calibrate
+  calibrate = common.block(cfg, "audit", population_lib.DEFAULTS).calibrate
+  nonmembers = (common.mia_nonmembers(setup, cfg, request.forget_images) if calibrate
                 else None)
-  score = lambda pop: np.stack([
-      population_lib.scores(setup, pop.member(i), request.forget_texts, a.score, nonmembers)
-      for i in range(len(pop.seeds))])
-  return dict(trained=score(in_pop), retrain=score(out_pop), seeds=np.asarray(out_pop.seeds))
-
+  pair = population_lib.scored_pair(setup, cfg, request, workdir / "population", nonmembers)
+  return dict(trained=pair["in_scores"], retrain=pair["out_scores"],
+              seeds=np.asarray(pair["out_seeds"]))
 
 def summary(ps: list[float]) -> dict[str, float]:
   ps = np.asarray(ps)

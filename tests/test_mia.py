@@ -1,4 +1,5 @@
 """Membership inference: the Mann–Whitney AUC, matched non-members and the per-pair scores."""
+import csv
 import json
 import types
 
@@ -166,12 +167,26 @@ def test_benchmark_aggregation_and_resume_rows(tmp_path):
   assert m["speedup_vs_retrain"][0] == pytest.approx(10.0)
   md = benchmark.format_markdown(table, ["client"])
   assert "| m |" in md and "11.0 ± 1.4" in md
-  # Forget quality's cell: the mean p at the calibration bound, (point estimate; exact) beside it.
+  # Forget quality's cell: the range over seeds of p at the calibration bound, the medians of
+  # (point estimate; exact) beside it; never a mean of p-values.
   for r, (p, point, iid) in zip([r for r in rows if r["method"] == "m"],
-                                [(0.4, 0.1, 0.01), (0.6, 0.3, 0.03)]):
+                                [(0.004, 0.1, 0.01), (0.6, 0.3, 0.03)]):
     r.update(forget_quality=p, forget_quality_point=point, forget_quality_iid=iid)
-  md = benchmark.format_markdown(benchmark.aggregate(rows, ["client"]), ["client"])
-  assert "forget quality (point; iid)" in md and "| 0.5 (0.2; 0.02) |" in md
+  table = benchmark.aggregate(rows, ["client"])
+  m = [r for r in table if r["method"] == "m"][0]
+  assert m["forget_quality_over_seeds"] == pytest.approx((0.302, 0.004, 0.6))
+  assert m["forget_quality_min_over_seeds"] is None
+  md = benchmark.format_markdown(table, ["client"])
+  assert "forget quality: range over seeds (medians: point; iid)" in md
+  assert "| 0.004–0.6 (0.2; 0.02) |" in md
+  one_seed = benchmark.aggregate([r for r in rows if r["seed"] == 0], ["client"])
+  assert "| 0.004 (0.1; 0.01) |" in benchmark.format_markdown(one_seed, ["client"])
+  benchmark.write_csv(tmp_path / "p.csv", table)
+  with (tmp_path / "p.csv").open() as f:
+    csv_m = [r for r in csv.DictReader(f) if r["method"] == "m"][0]
+  assert (float(csv_m["forget_quality_median"]), float(csv_m["forget_quality_min"]),
+          float(csv_m["forget_quality_max"])) == pytest.approx((0.302, 0.004, 0.6))
+  assert csv_m["forget_quality_min_median"] == ""
   # A value one seed lacks is not averaged as if all seeds had it, and one value has no spread.
   rows[3]["mia_auc"] = None
   m = [r for r in benchmark.aggregate(rows, ["client"]) if r["method"] == "m"][0]

@@ -8,6 +8,7 @@ from conftest import flat_params as flat
 from conftest import make_tiny_setup, run_fedavg, run_with_cpu_devices, tiny_config
 from ease_jax import builders
 from ease_jax import configs
+from ease_jax import federated
 from ease_jax.unlearning import population
 from ease_jax.unlearning import requests
 from ease_jax.unlearning import retrain as retrain_lib
@@ -73,6 +74,30 @@ def test_population_pair_members_equal_their_single_runs(tmp_path):
   retrained = run_fedavg(setup, member_cfg, plan=retrain_lib.retrain_plan(setup, member_cfg, req))
   np.testing.assert_allclose(flat(out_pop.member(1)), flat(retrained.trainable), atol=1e-5,
                              rtol=1e-5)
+  # `scored_pair` (what the benchmark's cells and the calibration probe audit with): the cached
+  # pair, each member's scores on D_f against numpy's logit-scaled matched cosine of its own
+  # embeddings, standardised by its scores on the calibration pairs.
+  calibration = np.setdiff1d(setup.texts_of(setup.test_images), req.forget_texts)[:8]
+  pair = population.scored_pair(setup, cfg, req, tmp_path, calibration)
+  assert pair["seeds"] == in_pop.seeds and pair["out_seeds"] == out_pop.seeds
+
+  def numpy_scores(trainable):
+    def logits(texts):
+      images = np.asarray(setup.data.text_image)[texts]
+      img, txt = federated.Embedder(setup.model, setup.backbone, trainable, setup.data)(
+          images, texts)
+      img, txt = (np.asarray(x, np.float64) for x in (img, txt))
+      c = np.sum(img * txt, 1) / np.linalg.norm(img, axis=1) / np.linalg.norm(txt, axis=1)
+      return np.log((1 + c) / (1 - c))
+    forget, ref = logits(np.asarray(req.forget_texts)), logits(calibration)
+    return (forget - ref.mean()) / ref.std()
+
+  for key, pop in (("in_scores", in_pop), ("out_scores", out_pop)):
+    assert pair[key].shape == (len(pop.seeds), len(req.forget_texts))
+    for i in range(len(pop.seeds)):
+      np.testing.assert_allclose(pair[key][i], numpy_scores(pop.member(i)), rtol=1e-4,
+                                 atol=1e-4)
+  assert not np.allclose(pair["in_scores"], pair["out_scores"])
   folders = sorted(p.name for p in tmp_path.iterdir())
   cfg.fed.history_size = cfg.fed.history_size + 3
   population.train_pair(setup, cfg, req, tmp_path)

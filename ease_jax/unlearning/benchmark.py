@@ -5,7 +5,8 @@
   seed{s}/train/                 FedAvg before unlearning (shared by the scenarios of a seed)
   seed{s}/{scenario}/retrain/    the retrain reference of that request
   results.jsonl                  one row per finished (scenario, seed, method) cell
-  benchmark.md, benchmark.csv    mean ± std over seeds (sample std, ddof = 1)
+  benchmark.md, benchmark.csv    mean ± std over seeds (sample std, ddof = 1); p-values as
+                                 their median and range over seeds
   benchmark.png                  Δ forget R@1 vs Δ retain R@1 to retrain, per scenario
 
 Resumable: the federated runs resume from their orbax checkpoints, and cells already in
@@ -53,6 +54,10 @@ METRICS = (
     + ["mia_auc", "mia_auc_gap", "wall_time_s", "speedup_vs_retrain"]
     + ["forget_quality", "forget_quality_point", "forget_quality_iid", "forget_quality_min",
        "lira_auc", "lira_tpr@0.01", "lira_tpr@0.001"])
+# p-values are summarised over seeds by their median and range, not a mean: the audit's decision
+# is per seed (flagged at p < 0.01 on every seed iff the largest is; cleared at p >= 0.05 iff
+# the smallest is), and a mean of p-values is none of these.
+P_VALUES = ("forget_quality", "forget_quality_point", "forget_quality_iid", "forget_quality_min")
 
 
 def scenario_config(config: ml_collections.ConfigDict, scenario: str, seed: int
@@ -287,7 +292,8 @@ def aggregate(rows: Sequence[dict[str, Any]], scenarios: Sequence[str]
   """Mean and sample std (ddof = 1; 0 for a single seed) over seeds of each (scenario, method).
 
   Returns rows `{scenario, method, seeds, <metric>: (mean, std) or None}` in scenario order, the
-  method order of first appearance (retrain, original, then the methods).
+  method order of first appearance (retrain, original, then the methods); the p-values
+  (`P_VALUES`) also as `<key>_over_seeds`: (median, min, max) or None.
   """
   rows = with_gaps(rows)
   # Last row wins for a cell written twice (e.g. a cell redone after a partial line).
@@ -319,6 +325,9 @@ def aggregate(rows: Sequence[dict[str, Any]], scenarios: Sequence[str]
                   ) if vals else None
         if 0 < len(vals) < len(group):  # a seed without the value: say so in the table
           agg["counts"][k] = len(vals)
+      for k in P_VALUES:
+        vals = [float(r[k]) for r in group if r.get(k) is not None]
+        agg[f"{k}_over_seeds"] = (float(np.median(vals)), min(vals), max(vals)) if vals else None
       out.append(agg)
   return out
 
@@ -340,9 +349,23 @@ def _pm(v: tuple[float, float] | None, digits: int = 1, row: Mapping[str, Any] |
   return text
 
 
+def _p_cell(row: Mapping[str, Any]) -> str:
+  """Forget quality over seeds: the range of the calibrated p-value (its largest decides
+  "flagged on every seed", its smallest "cleared on every seed"), then the medians of the point
+  estimate and the exact p-value; one value for a single seed."""
+  fq, point, iid = (row.get(f"forget_quality{k}_over_seeds") for k in ("", "_point", "_iid"))
+  if fq is None:
+    return "—"
+  text = f"{fq[1]:.2g}" if fq[1] == fq[2] else f"{fq[1]:.2g}–{fq[2]:.2g}"
+  # Rows written before the calibration bound have no point estimate beside the p-value.
+  extra = [f"{v[0]:.2g}" for v in (point, iid) if v is not None]
+  return text + (f" ({'; '.join(extra)})" if extra else "")
+
+
 def format_markdown(table: Sequence[dict[str, Any]], scenarios: Sequence[str]) -> str:
-  """One markdown table per scenario (mean ± std over seeds): the forgotten knowledge (attack
-  success rates or tone accuracy, and their gap to retrain), retrieval gaps, the audit, time."""
+  """One markdown table per scenario (mean ± std over seeds; forget quality's p-values by their
+  range and medians): the forgotten knowledge (attack success rates or tone accuracy, and their
+  gap to retrain), retrieval gaps, the audit, time."""
   parts = []
   for scenario in scenarios:
     rows = [r for r in table if r["scenario"] == scenario]
@@ -351,7 +374,8 @@ def format_markdown(table: Sequence[dict[str, Any]], scenarios: Sequence[str]) -
     knowledge = rows[0].get("knowledge") or []
     short = lambda k: k.split("/", 1)[1].replace("/", " ")
     head = ("| method | " + "".join(f"{short(k)} | " for k in knowledge)
-            + "Δ knowledge | forget R@1 (Δ) | Δretain | Δtest | forget quality (point; iid) | "
+            + "Δ knowledge | forget R@1 (Δ) | Δretain | Δtest | forget quality: range over "
+            "seeds (medians: point; iid) | "
             "LiRA AUC | TPR@1%FPR | MIA AUC (Δ) | time (s) | speed-up |")
     parts.append(f"**{scenario} unlearning** ({max(len(r['seeds']) for r in rows)} seeds; "
                  "Δ = method − retrain; knowledge in %, R@1 = mean of both directions)\n")
@@ -364,11 +388,7 @@ def format_markdown(table: Sequence[dict[str, Any]], scenarios: Sequence[str]) -
       mia_cell = pm("mia_auc", 3) + (f" ({r['mia_auc_gap'][0]:+.3f})"
                                      if r.get("mia_auc_gap") else "")
       speed = "—" if r["speedup_vs_retrain"] is None else f"{r['speedup_vs_retrain'][0]:.1f}×"
-      fq, fq_point, fq_iid = (r.get(f"forget_quality{k}") for k in ("", "_point", "_iid"))
-      # Rows written before the calibration bound have no point estimate beside the p-value.
-      extra = [f"{v[0]:.2g}" for v in (fq_point, fq_iid) if v is not None]
-      fq_cell = "—" if fq is None else f"{fq[0]:.2g}" + (f" ({'; '.join(extra)})" if extra
-                                                          else "")
+      fq_cell = _p_cell(r)
       parts.append(
           f"| {r['method']} | " + "".join(f"{pm(k)} | " for k in knowledge)
           + f"{gaps} | {forget} | {pm('retain/mean_r1_gap')} | {pm('test/mean_r1_gap')} | "
@@ -414,8 +434,10 @@ def ease_diagnostics(rows: Sequence[dict[str, Any]], scenarios: Sequence[str],
 
 
 def write_csv(path: pathlib.Path, table: Sequence[dict[str, Any]]) -> None:
-  cols = ["scenario", "method", "num_seeds"] + [f"{k}_{s}" for k in METRICS
-                                                for s in ("mean", "std")]
+  over_seeds = ("median", "min", "max")
+  cols = (["scenario", "method", "num_seeds"]
+          + [f"{k}_{s}" for k in METRICS for s in ("mean", "std")]
+          + [f"{k}_{s}" for k in P_VALUES for s in over_seeds])
   with path.open("w", newline="") as f:
     w = csv.writer(f)
     w.writerow(cols)
@@ -423,6 +445,9 @@ def write_csv(path: pathlib.Path, table: Sequence[dict[str, Any]]) -> None:
       vals = []
       for k in METRICS:
         vals += ["", ""] if r[k] is None else [f"{r[k][0]:.6g}", f"{r[k][1]:.6g}"]
+      for k in P_VALUES:
+        v = r.get(f"{k}_over_seeds")
+        vals += [""] * len(over_seeds) if v is None else [f"{x:.6g}" for x in v]
       w.writerow([r["scenario"], r["method"], len(r["seeds"])] + vals)
 
 

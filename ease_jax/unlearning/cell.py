@@ -92,15 +92,11 @@ class Cell:
           pathlib.Path(population_root or pathlib.Path(train_root) / "population"))
 
   def _train_populations(self, root: pathlib.Path) -> dict[str, Any]:
-    """The `in` and `out` populations (`population.train_pair`, cached under `root`) and every
-    member's scores on D_f."""
-    in_pop, out_pop = population_lib.train_pair(self.setup, self.config, self.request, root)
-    score = self.forget_scores
-    return dict(seeds=in_pop.seeds, out_seeds=out_pop.seeds, in_time_s=in_pop.wall_time_s,
-                out_time_s=out_pop.wall_time_s,
-                in_scores=np.stack([score(in_pop.member(i)) for i in range(len(in_pop.seeds))]),
-                out_scores=np.stack([score(out_pop.member(i))
-                                     for i in range(len(out_pop.seeds))]))
+    """The `in` and `out` populations (cached under `root`) and every member's scores on D_f
+    (`population.scored_pair`)."""
+    return population_lib.scored_pair(
+        self.setup, self.config, self.request, root,
+        self.nonmember_texts if self.audit_config.calibrate else None)
 
   def embedder(self, trainable: PyTree, shared: federated.Embedder | None = None
                ) -> federated.Embedder:

@@ -205,6 +205,27 @@ def train_pair(setup: builders.FederatedSetup, config: ml_collections.ConfigDict
   return in_pop, out_pop
 
 
+def scored_pair(setup: builders.FederatedSetup, config: ml_collections.ConfigDict,
+                request: requests.UnlearningRequest, root: str | pathlib.Path,
+                calibration_texts: np.ndarray | None = None) -> dict[str, Any]:
+  """`train_pair` and every member's per-example scores on D_f: `in_scores` and `out_scores`
+  `[members, n]` (the audit's `score`, standardised by `calibration_texts` when given), the
+  members' `seeds` and `out_seeds`, and the two training times."""
+  in_pop, out_pop = train_pair(setup, config, request, root)
+  score = common.block(config, "audit", DEFAULTS).score
+  batch_size = config.eval.get("batch_size", 256)
+
+  def member_scores(trainable: PyTree) -> np.ndarray:
+    embedder = federated.embedder_for(setup.model, setup.backbone, trainable, setup.data,
+                                      batch_size=batch_size)
+    return scores(setup, trainable, request.forget_texts, score, calibration_texts, embedder)
+
+  stacked = lambda pop: np.stack([member_scores(pop.member(i)) for i in range(len(pop.seeds))])
+  return dict(seeds=in_pop.seeds, out_seeds=out_pop.seeds, in_time_s=in_pop.wall_time_s,
+              out_time_s=out_pop.wall_time_s, in_scores=stacked(in_pop),
+              out_scores=stacked(out_pop))
+
+
 def raw_scores(setup: builders.FederatedSetup, trainable: PyTree, texts: np.ndarray,
                score: str = "cosine", embedder: federated.Embedder | None = None
                ) -> np.ndarray:
