@@ -9,6 +9,7 @@ BENCHMARKS.md, "Planting knowledge").
   python benchmarks/probe_plants.py --retrain_plant=concept   # a plant's retrain
   python benchmarks/probe_plants.py --own_captions   # control: copies without the backdoor
   python benchmarks/probe_plants.py --eval_every=2   # + the learning curve (test, clients R@1)
+  python benchmarks/probe_plants.py --backbone   # no training: the fresh adapters (B = 0)
 
 Overrides are `dotted.key=value` of `experiments/configs/unlearn_emoji.py` (values parsed as
 Python literals where they parse, else kept as strings).
@@ -134,7 +135,13 @@ def main():
                       help="also evaluate test and clean-client R@1 every this many rounds: "
                            "the JSON line gains `curve`, [round, test, clients] rows (train_s then "
                            "includes the evaluations)")
+  parser.add_argument("--backbone", action="store_true",
+                      help="no training: measure the pretrained model alone (fresh adapters, "
+                           "B = 0), what FedAvg starts from")
   args = parser.parse_intermixed_args()
+  if args.backbone and (args.retrain_tone or args.retrain_plant or args.own_captions
+                        or args.eval_every):
+    raise SystemExit("--backbone trains nothing; it takes no retrain, caption or curve flag.")
   if args.own_captions:
     plant = plants_lib.plant_knowledge
     def plant_with_own_captions(ds, *a, **k):
@@ -161,26 +168,32 @@ def main():
   clients = subsets["clients"]
   config.eval.every = args.eval_every
   curve_subsets = subsets if args.eval_every else None
-  t0 = time.perf_counter()
-  res = training.run_fedavg(setup, config, plan=plan, options=training.run_options(
-      setup, config, curve_subsets, progress=False))
   out = dict(overrides=" ".join(args.overrides), retrain_tone=args.retrain_tone,
-             retrain_plant=args.retrain_plant,
-             own_captions=args.own_captions,
-             # What a regex-valued lora.targets matched (an alternation branch can match nothing).
-             lora_modules=len(lora_lib.module_paths(res.trainable)),
-             train_s=round(time.perf_counter() - t0, 1),
-             round_s=round(float(np.median([r["round_time_s"] for r in res.metrics])), 2),
-             backend=builders.fedavg_options(setup, config, plan or builders.round_plan(
-                 setup, config)).backend)
-  if args.eval_every:
-    out["curve"] = [[r["round"], round(r["test/mean_r1"], 1), round(r["clients/mean_r1"], 1)]
-                    for r in res.metrics if "test/mean_r1" in r]
+             retrain_plant=args.retrain_plant, own_captions=args.own_captions,
+             backbone=args.backbone)
+  final_eval = None
+  if args.backbone:
+    trainable = builders.init_trainable(setup, config)
+  else:
+    t0 = time.perf_counter()
+    res = training.run_fedavg(setup, config, plan=plan, options=training.run_options(
+        setup, config, curve_subsets, progress=False))
+    trainable, final_eval = res.trainable, res.final_eval
+    out.update(
+        # What a regex-valued lora.targets matched (an alternation branch can match nothing).
+        lora_modules=len(lora_lib.module_paths(res.trainable)),
+        train_s=round(time.perf_counter() - t0, 1),
+        round_s=round(float(np.median([r["round_time_s"] for r in res.metrics])), 2),
+        backend=builders.fedavg_options(setup, config, plan or builders.round_plan(
+            setup, config)).backend)
+    if args.eval_every:
+      out["curve"] = [[r["round"], round(r["test/mean_r1"], 1), round(r["clients/mean_r1"], 1)]
+                      for r in res.metrics if "test/mean_r1" in r]
   # One embedding pass for every metric below (as the benchmark's rows).
-  embedder = device_lib.Embedder(setup.model, setup.backbone, res.trainable, setup.data)
+  embedder = device_lib.Embedder(setup.model, setup.backbone, trainable, setup.data)
   # With the curve, the driver has evaluated the final model on the same subsets already.
-  ev = res.final_eval or evaluation.evaluate_splits(
-      setup, res.trainable, dict(test=setup.test_images, clients=clients), embedder=embedder)
+  ev = final_eval or evaluation.evaluate_splits(
+      setup, trainable, dict(test=setup.test_images, clients=clients), embedder=embedder)
   out.update({k: round(v, 1) for k, v in ev.items() if k.endswith("mean_r1")})
   out.update({f"test/{k}": round(v, 3) for k, v in
               concentration(setup, embedder, setup.test_images).items()})
@@ -188,10 +201,10 @@ def main():
               name_and_tone(setup, embedder, setup.test_images).items()})
   for plant in setup.plants.values():
     out.update({k: round(v, 1) for k, v in
-                evaluation.plant_metrics(setup, res.trainable, plant, embedder=embedder).items()})
+                evaluation.plant_metrics(setup, trainable, plant, embedder=embedder).items()})
   tones = np.asarray(setup.dataset.image_meta["skin_tone"])
   for tone in dataset_lib.SKIN_TONES:
-    t = evaluation.tone_accuracy(setup, res.trainable, clients[tones[clients] == tone],
+    t = evaluation.tone_accuracy(setup, trainable, clients[tones[clients] == tone],
                                  embedder=embedder)
     out.update({f"tone/{tone}/{d}": round(t[d], 1) for d in ("t2i", "i2t")})
   print(json.dumps(out), flush=True)
