@@ -59,6 +59,7 @@ def draw_scores(config, setup, scenario: str, workdir: pathlib.Path, first_seed:
   return dict(trained=pair["in_scores"], retrain=pair["out_scores"],
               seeds=np.asarray(pair["out_seeds"]))
 
+
 def summary(ps: list[float]) -> dict[str, float]:
   ps = np.asarray(ps)
   return dict(n=int(ps.size), below_0_05=float(np.mean(ps < 0.05)),

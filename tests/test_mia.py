@@ -168,25 +168,38 @@ def test_benchmark_aggregation_and_resume_rows(tmp_path):
   md = benchmark.format_markdown(table, ["client"])
   assert "| m |" in md and "11.0 ± 1.4" in md
   # Forget quality's cell: the range over seeds of p at the calibration bound, the medians of
-  # (point estimate; exact) beside it; never a mean of p-values.
-  for r, (p, point, iid) in zip([r for r in rows if r["method"] == "m"],
-                                [(0.004, 0.1, 0.01), (0.6, 0.3, 0.03)]):
+  # (point estimate; exact) beside it; never a mean of p-values (three seeds, skewed values: a
+  # mean would read otherwise).
+  third = [dict(r, seed=2) for r in rows if r["seed"] == 0]
+  p_rows = rows + third
+  for r, (p, point, iid) in zip([r for r in p_rows if r["method"] == "m"],
+                                [(0.004, 0.1, 0.01), (0.6, 0.3, 0.03), (0.05, 0.9, 0.5)]):
     r.update(forget_quality=p, forget_quality_point=point, forget_quality_iid=iid)
-  table = benchmark.aggregate(rows, ["client"])
-  m = [r for r in table if r["method"] == "m"][0]
-  assert m["forget_quality_over_seeds"] == pytest.approx((0.302, 0.004, 0.6))
-  assert m["forget_quality_min_over_seeds"] is None
-  md = benchmark.format_markdown(table, ["client"])
+  p_table = benchmark.aggregate(p_rows, ["client"])
+  m = [r for r in p_table if r["method"] == "m"][0]
+  assert m["forget_quality_over_seeds"] == pytest.approx((0.05, 0.004, 0.6))
+  assert m["forget_quality_point_over_seeds"] == pytest.approx((0.3, 0.1, 0.9))
+  assert m["forget_quality_min_over_seeds"] is None and "forget_quality" not in m
+  md = benchmark.format_markdown(p_table, ["client"])
   assert "forget quality: range over seeds (medians: point; iid)" in md
-  assert "| 0.004–0.6 (0.2; 0.02) |" in md
-  one_seed = benchmark.aggregate([r for r in rows if r["seed"] == 0], ["client"])
+  assert "| 0.004–0.6 (0.3; 0.03) |" in md
+  # One seed, or seeds that read the same at the cell's precision: one value.
+  one_seed = benchmark.aggregate([r for r in p_rows if r["seed"] == 0], ["client"])
   assert "| 0.004 (0.1; 0.01) |" in benchmark.format_markdown(one_seed, ["client"])
-  benchmark.write_csv(tmp_path / "p.csv", table)
+  m_same = dict(m, forget_quality_over_seeds=(0.311, 0.31, 0.312))
+  assert "| 0.31 (0.3; 0.03) |" in benchmark.format_markdown([m_same], ["client"])
+  # A p-value only some seeds have says so.
+  p_rows[-1]["forget_quality"] = None
+  m = [r for r in benchmark.aggregate(p_rows, ["client"]) if r["method"] == "m"][0]
+  assert m["counts"]["forget_quality"] == 2
+  assert "| 0.004–0.6 (0.3; 0.03) (2/3 seeds) |" in benchmark.format_markdown([m], ["client"])
+  benchmark.write_csv(tmp_path / "p.csv", p_table)
   with (tmp_path / "p.csv").open() as f:
-    csv_m = [r for r in csv.DictReader(f) if r["method"] == "m"][0]
+    csv_rows = list(csv.DictReader(f))
+  csv_m = [r for r in csv_rows if r["method"] == "m"][0]
   assert (float(csv_m["forget_quality_median"]), float(csv_m["forget_quality_min"]),
-          float(csv_m["forget_quality_max"])) == pytest.approx((0.302, 0.004, 0.6))
-  assert csv_m["forget_quality_min_median"] == ""
+          float(csv_m["forget_quality_max"])) == pytest.approx((0.05, 0.004, 0.6))
+  assert csv_m["forget_quality_min_median"] == "" and "forget_quality_mean" not in csv_m
   # A value one seed lacks is not averaged as if all seeds had it, and one value has no spread.
   rows[3]["mia_auc"] = None
   m = [r for r in benchmark.aggregate(rows, ["client"]) if r["method"] == "m"][0]

@@ -52,11 +52,10 @@ METRICS = (
     + [f"{s}/mean_r1" for s in SPLITS]
     + [f"{s}/mean_r1_gap" for s in SPLITS]
     + ["mia_auc", "mia_auc_gap", "wall_time_s", "speedup_vs_retrain"]
-    + ["forget_quality", "forget_quality_point", "forget_quality_iid", "forget_quality_min",
-       "lira_auc", "lira_tpr@0.01", "lira_tpr@0.001"])
-# p-values are summarised over seeds by their median and range, not a mean: the audit's decision
-# is per seed (flagged at p < 0.01 on every seed iff the largest is; cleared at p >= 0.05 iff
-# the smallest is), and a mean of p-values is none of these.
+    + ["lira_auc", "lira_tpr@0.01", "lira_tpr@0.001"])
+# The audit's p-values, summarised over seeds by their median and range (`<key>_over_seeds`),
+# never a mean: the audit decides per seed (flagged at p < 0.01 on every seed iff the largest
+# is; cleared at p >= 0.05 iff the smallest is), and a mean of p-values is neither.
 P_VALUES = ("forget_quality", "forget_quality_point", "forget_quality_iid", "forget_quality_min")
 
 
@@ -328,6 +327,8 @@ def aggregate(rows: Sequence[dict[str, Any]], scenarios: Sequence[str]
       for k in P_VALUES:
         vals = [float(r[k]) for r in group if r.get(k) is not None]
         agg[f"{k}_over_seeds"] = (float(np.median(vals)), min(vals), max(vals)) if vals else None
+        if 0 < len(vals) < len(group):
+          agg["counts"][k] = len(vals)
       out.append(agg)
   return out
 
@@ -351,15 +352,19 @@ def _pm(v: tuple[float, float] | None, digits: int = 1, row: Mapping[str, Any] |
 
 def _p_cell(row: Mapping[str, Any]) -> str:
   """Forget quality over seeds: the range of the calibrated p-value (its largest decides
-  "flagged on every seed", its smallest "cleared on every seed"), then the medians of the point
-  estimate and the exact p-value; one value for a single seed."""
+  "flagged on every seed", its smallest "cleared on every seed"; one value where both read the
+  same), then the medians of the point estimate and the exact p-value, and `(k/n seeds)` when
+  only k of the row's n seeds have the p-value."""
   fq, point, iid = (row.get(f"forget_quality{k}_over_seeds") for k in ("", "_point", "_iid"))
   if fq is None:
     return "—"
-  text = f"{fq[1]:.2g}" if fq[1] == fq[2] else f"{fq[1]:.2g}–{fq[2]:.2g}"
+  low, high = f"{fq[1]:.2g}", f"{fq[2]:.2g}"
+  text = low if low == high else f"{low}–{high}"
   # Rows written before the calibration bound have no point estimate beside the p-value.
   extra = [f"{v[0]:.2g}" for v in (point, iid) if v is not None]
-  return text + (f" ({'; '.join(extra)})" if extra else "")
+  text += f" ({'; '.join(extra)})" if extra else ""
+  seeds, have = len(row["seeds"]), row.get("counts", {}).get("forget_quality")
+  return text + (f" ({have}/{seeds} seeds)" if have is not None else "")
 
 
 def format_markdown(table: Sequence[dict[str, Any]], scenarios: Sequence[str]) -> str:
