@@ -52,9 +52,7 @@ def draw_scores(config, setup, scenario: str, workdir: pathlib.Path, first_seed:
   cfg = benchmark_lib.scenario_config(config, scenario, config.benchmark.seeds[0])
   cfg = base.config_with(cfg, {"audit.first_seed": first_seed})
   request = requests.from_config(setup, cfg.unlearning, seed=cfg.seeds.unlearning)
-  calibrate = common.block(cfg, "audit", population_lib.DEFAULTS).calibrate
-  nonmembers = (common.mia_nonmembers(setup, cfg, request.forget_images) if calibrate
-                else None)
+  nonmembers = common.mia_nonmembers(setup, cfg, request.forget_images)
   pair = population_lib.scored_pair(setup, cfg, request, workdir / "population", nonmembers)
   return dict(trained=pair["in_scores"], retrain=pair["out_scores"],
               seeds=np.asarray(pair["out_seeds"]))

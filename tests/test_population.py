@@ -78,6 +78,7 @@ def test_population_pair_members_equal_their_single_runs(tmp_path):
   # pair, each member's scores on D_f against numpy's logit-scaled matched cosine of its own
   # embeddings, standardised by its scores on the calibration pairs.
   calibration = np.setdiff1d(setup.texts_of(setup.test_images), req.forget_texts)[:8]
+  cfg.audit.calibrate = True
   pair = population.scored_pair(setup, cfg, req, tmp_path, calibration)
   assert pair["seeds"] == in_pop.seeds and pair["out_seeds"] == out_pop.seeds
 

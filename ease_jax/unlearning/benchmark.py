@@ -317,17 +317,14 @@ def aggregate(rows: Sequence[dict[str, Any]], scenarios: Sequence[str]
                                                                for d in cell_lib.DIRECTIONS))]
       agg["knowledge"] = list(group[0].get("knowledge", []))
       agg["counts"] = {}
-      for k in (*METRICS, *knowledge):
-        vals = [r.get(k) for r in group]
-        vals = [float(v) for v in vals if v is not None]
-        agg[k] = (float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
-                  ) if vals else None
-        if 0 < len(vals) < len(group):  # a seed without the value: say so in the table
-          agg["counts"][k] = len(vals)
-      for k in P_VALUES:
+      for k in (*METRICS, *knowledge, *P_VALUES):
         vals = [float(r[k]) for r in group if r.get(k) is not None]
-        agg[f"{k}_over_seeds"] = (float(np.median(vals)), min(vals), max(vals)) if vals else None
-        if 0 < len(vals) < len(group):
+        if k in P_VALUES:
+          agg[f"{k}_over_seeds"] = (float(np.median(vals)), min(vals), max(vals)) if vals else None
+        else:
+          agg[k] = (float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+                    ) if vals else None
+        if 0 < len(vals) < len(group):  # a seed without the value: say so in the table
           agg["counts"][k] = len(vals)
       out.append(agg)
   return out

@@ -86,6 +86,10 @@ class Cell:
     clients = plants_lib.clean_images(setup.dataset, setup.all_client_images)
     self.tone_images = {t: clients[tones[clients] == t] for t in self.audit_config.tones
                         if np.any(tones[clients] == t)}
+    # `forget_scores(trainable, embedder=None) -> [n]`: the audit's per-example scores on D_f,
+    # as the populations' members are scored.
+    self.forget_scores = population_lib.forget_scorer(setup, config, self.request.forget_texts,
+                                                      self.nonmember_texts)
     self.populations = None
     if self.audit_config.population:
       self.populations = self._train_populations(
@@ -94,9 +98,8 @@ class Cell:
   def _train_populations(self, root: pathlib.Path) -> dict[str, Any]:
     """The `in` and `out` populations (cached under `root`) and every member's scores on D_f
     (`population.scored_pair`)."""
-    return population_lib.scored_pair(
-        self.setup, self.config, self.request, root,
-        self.nonmember_texts if self.audit_config.calibrate else None)
+    return population_lib.scored_pair(self.setup, self.config, self.request, root,
+                                      self.nonmember_texts)
 
   def embedder(self, trainable: PyTree, shared: federated.Embedder | None = None
                ) -> federated.Embedder:
@@ -104,14 +107,6 @@ class Cell:
     it belongs to another trainable tree), else a fresh one at the eval batch size."""
     return federated.embedder_for(self.setup.model, self.setup.backbone, trainable,
                                   self.setup.data, shared, self.config.eval.get("batch_size", 256))
-
-  def forget_scores(self, trainable: PyTree, embedder: federated.Embedder | None = None
-                    ) -> np.ndarray:
-    """`[n]` the audit's per-example scores on D_f (calibrated by the non-member pairs)."""
-    return population_lib.scores(
-        self.setup, trainable, self.request.forget_texts, self.audit_config.score,
-        self.nonmember_texts if self.audit_config.calibrate else None,
-        self.embedder(trainable, embedder))
 
   @property
   def forgotten_knowledge(self) -> list[str]:

@@ -205,22 +205,35 @@ def train_pair(setup: builders.FederatedSetup, config: ml_collections.ConfigDict
   return in_pop, out_pop
 
 
-def scored_pair(setup: builders.FederatedSetup, config: ml_collections.ConfigDict,
-                request: requests.UnlearningRequest, root: str | pathlib.Path,
-                calibration_texts: np.ndarray | None = None) -> dict[str, Any]:
-  """`train_pair` and every member's per-example scores on D_f: `in_scores` and `out_scores`
-  `[members, n]` (the audit's `score`, standardised by `calibration_texts` when given), the
-  members' `seeds` and `out_seeds`, and the two training times."""
-  in_pop, out_pop = train_pair(setup, config, request, root)
-  score = common.block(config, "audit", DEFAULTS).score
+def forget_scorer(setup: builders.FederatedSetup, config: ml_collections.ConfigDict,
+                  forget_texts: np.ndarray, nonmember_texts: np.ndarray | None = None
+                  ) -> Callable[..., np.ndarray]:
+  """`score(trainable, embedder=None) -> [n]`: a model's per-example audit scores on the pairs
+  of `forget_texts` (`audit.score`), standardised by its own scores on `nonmember_texts` when
+  `audit.calibrate` is on. `embedder`, when given, is a shared `Embedder` of that trainable;
+  else one at the eval batch size. One definition for the populations' members and the audited
+  models, so both are scored alike."""
+  a = common.block(config, "audit", DEFAULTS)
+  calibration = nonmember_texts if a.calibrate else None
   batch_size = config.eval.get("batch_size", 256)
 
-  def member_scores(trainable: PyTree) -> np.ndarray:
+  def score(trainable: PyTree, embedder: federated.Embedder | None = None) -> np.ndarray:
     embedder = federated.embedder_for(setup.model, setup.backbone, trainable, setup.data,
-                                      batch_size=batch_size)
-    return scores(setup, trainable, request.forget_texts, score, calibration_texts, embedder)
+                                      embedder, batch_size)
+    return scores(setup, trainable, forget_texts, a.score, calibration, embedder)
 
-  stacked = lambda pop: np.stack([member_scores(pop.member(i)) for i in range(len(pop.seeds))])
+  return score
+
+
+def scored_pair(setup: builders.FederatedSetup, config: ml_collections.ConfigDict,
+                request: requests.UnlearningRequest, root: str | pathlib.Path,
+                nonmember_texts: np.ndarray | None = None) -> dict[str, Any]:
+  """`train_pair` and every member's per-example scores on D_f (`forget_scorer`): `in_scores`
+  and `out_scores` `[members, n]`, the members' `seeds` and `out_seeds`, and the two training
+  times."""
+  in_pop, out_pop = train_pair(setup, config, request, root)
+  score = forget_scorer(setup, config, request.forget_texts, nonmember_texts)
+  stacked = lambda pop: np.stack([score(pop.member(i)) for i in range(len(pop.seeds))])
   return dict(seeds=in_pop.seeds, out_seeds=out_pop.seeds, in_time_s=in_pop.wall_time_s,
               out_time_s=out_pop.wall_time_s, in_scores=stacked(in_pop),
               out_scores=stacked(out_pop))
