@@ -145,7 +145,11 @@ def test_auto_backend_follows_the_measured_rule():
   assert federated.resolve_backend("sequential", 0, 8) == ("sequential", 0)
   with pytest.raises(ValueError, match="pmap"):
     federated.resolve_backend("pmap", 0, 8)
-  # The default config runs 'auto', and a tiny run resolves and trains with it.
+  # Clients of unequal sizes: on a CPU the loop that skips their padded steps, below 85% real.
+  assert federated.resolve_backend("auto", 0, 8, "cpu", utilization=0.84) == ("sequential", 0)
+  assert federated.resolve_backend("auto", 0, 8, "cpu", utilization=0.85) == ("vmap", 0)
+  assert federated.resolve_backend("auto", 0, 8, "gpu", utilization=0.3) == ("vmap", 0)
+  # The default config runs 'auto' (every tiny run of the suite trains with it).
   assert tiny_config().fed.backend == "auto"
 
 

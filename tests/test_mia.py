@@ -48,14 +48,26 @@ def test_matched_nonmembers_follow_the_concept_mix():
   labels = np.array(["a"] * 50 + ["b"] * 50 + ["c"] * 50)
   members = np.r_[0:10, 50:55]           # 10 'a', 5 'b'
   cands = np.r_[20:40, 70:90, 120:150]   # 20 a, 20 b, 30 c
+  distinct_candidates = lambda picked, cands: (
+      len(np.unique(picked)) == len(picked) and np.all(np.isin(picked, cands)))
   picked = mia.matched_nonmembers(members, cands, labels, seed=0)
-  assert len(picked) == 15 and np.all(np.isin(picked, cands))
+  assert len(picked) == 15 and distinct_candidates(picked, cands)
   assert (labels[picked] == "a").sum() == 10 and (labels[picked] == "b").sum() == 5
   # Too few of a label: the rest is filled from other candidates, same count.
-  picked = mia.matched_nonmembers(np.r_[0:30], np.r_[40:45, 60:100], labels, seed=0)
+  cands = np.r_[40:45, 60:100]
+  picked = mia.matched_nonmembers(np.r_[0:30], cands, labels, seed=0)
   assert len(picked) == 30 and (labels[picked] == "a").sum() == 5
+  assert distinct_candidates(picked, cands)
   # Fewer candidates than members: all candidates.
-  assert len(mia.matched_nonmembers(np.arange(10), np.arange(20, 25), None)) == 5
+  np.testing.assert_array_equal(
+      mia.matched_nonmembers(np.arange(10), np.arange(20, 25), None), np.arange(20, 25))
+  # Without labels: distinct candidates, drawn from the seed's stream.
+  picked = mia.matched_nonmembers(np.arange(10), np.arange(20, 60), None, seed=1)
+  assert len(picked) == 10 and distinct_candidates(picked, np.arange(20, 60))
+  np.testing.assert_array_equal(
+      picked, mia.matched_nonmembers(np.arange(10), np.arange(20, 60), None, seed=1))
+  assert not np.array_equal(
+      picked, mia.matched_nonmembers(np.arange(10), np.arange(20, 60), None, seed=2))
   with pytest.raises(ValueError, match="empty"):
     mia.matched_nonmembers(np.arange(3), np.array([], int), None)
 
@@ -213,6 +225,54 @@ def test_benchmark_aggregation_and_resume_rows(tmp_path):
   assert len(benchmark.read_rows(path)) == len(rows)
   benchmark.write_csv(tmp_path / "b.csv", table)
   assert (tmp_path / "b.csv").read_text().startswith("scenario,method,num_seeds")
+
+
+def test_benchmark_table_cells_carry_their_own_metrics():
+  """Every split, direction, knowledge key and audit column has its own values, so a column
+  that reads another's (the retain gap printing the forget gap, t2i under i2t) fails; each cell
+  of the method's line against means, sample stds and gaps worked out here with numpy."""
+  from ease_jax.unlearning import benchmark
+  knowledge = ["asr/client_backdoor/i2t", "asr/client_backdoor/t2i"]
+  per_seed = {  # key: ((retrain seed 0, seed 1), (method seed 0, seed 1))
+      "forget/mean_r1": ((20.0, 22.0), (30.0, 34.0)),
+      "retain/mean_r1": ((50.0, 51.0), (48.0, 50.0)),
+      "test/mean_r1": ((40.0, 43.0), (35.0, 41.0)),
+      knowledge[0]: ((1.0, 3.0), (80.0, 90.0)),
+      knowledge[1]: ((0.0, 2.0), (70.0, 76.0)),
+      "mia_auc": ((0.5, 0.52), (0.6, 0.7)),
+      "lira_auc": ((0.5, 0.5), (0.8, 0.9)),
+      "lira_tpr@0.01": ((0.01, 0.01), (0.2, 0.4)),
+      "wall_time_s": ((100.0, 120.0), (10.0, 20.0)),
+  }
+  rows = []
+  for seed in (0, 1):
+    for m, method in enumerate(("retrain", "m")):
+      r = {k: v[m][seed] for k, v in per_seed.items()}
+      for s, offset in zip(benchmark.SPLITS, (1.0, 2.0, 3.0)):  # directions differ from the mean
+        r[f"{s}/i2t_r1"], r[f"{s}/t2i_r1"] = r[f"{s}/mean_r1"] + offset, r[f"{s}/mean_r1"] - offset
+      rows.append(dict(r, scenario="client", seed=seed, method=method, knowledge=knowledge))
+  table = benchmark.aggregate(rows, ["client"])
+  line = [l for l in benchmark.format_markdown(table, ["client"]).splitlines()
+          if l.startswith("| m |")][0]
+  cells = [c.strip() for c in line.split("|")[1:-1]]
+  value = lambda k: np.array(per_seed[k][1])
+  gap = lambda k: np.array(per_seed[k][1]) - np.array(per_seed[k][0])
+  pm = lambda v, d=1: f"{np.mean(v):.{d}f} ± {np.std(v, ddof=1):.{d}f}"
+  speedup = np.array(per_seed["wall_time_s"][0]) / np.array(per_seed["wall_time_s"][1])
+  assert cells == [
+      "m", pm(value(knowledge[0])), pm(value(knowledge[1])),
+      f"{pm(gap(knowledge[0]))} / {pm(gap(knowledge[1]))}",
+      f"{pm(value('forget/mean_r1'))} ({pm(gap('forget/mean_r1'))})",
+      pm(gap("retain/mean_r1")), pm(gap("test/mean_r1")), "—",
+      pm(value("lira_auc"), 3), pm(value("lira_tpr@0.01"), 3),
+      f"{pm(value('mia_auc'), 3)} ({np.mean(gap('mia_auc')):+.3f})",
+      pm(value("wall_time_s"), 2), f"{np.mean(speedup):.1f}×"]
+  m = [r for r in table if r["method"] == "m"][0]
+  for s, offset in zip(benchmark.SPLITS, (1.0, 2.0, 3.0)):
+    assert m[f"{s}/i2t_r1"][0] == pytest.approx(np.mean(value(f"{s}/mean_r1")) + offset)
+    assert m[f"{s}/t2i_r1"][0] == pytest.approx(np.mean(value(f"{s}/mean_r1")) - offset)
+    assert m[f"{s}/mean_r1_gap"] == pytest.approx((np.mean(gap(f"{s}/mean_r1")),
+                                                   np.std(gap(f"{s}/mean_r1"), ddof=1)))
 
 
 def test_ease_diagnostics_summarise_the_gsd_ranks():

@@ -145,7 +145,7 @@ def test_plant_errors(emoji, spec, needle):
 
 
 def test_plants_whose_names_would_share_a_random_stream_are_refused(emoji):
-  """A plant's copies draw from `[seeds.data, sum of its name's code points]` (kept for the
+  """A plant's copies draw from `[seeds.partition, sum of its name's code points]` (kept for the
   published models): 'bd12' and 'bd21' would copy the very same images."""
   ds, tokenizer = emoji
   clients = [np.arange(10), np.arange(10, 20)]
@@ -209,6 +209,33 @@ def test_concept_plant_copies_clean_images_restyled_under_the_template(emoji):
   assert [planted.captions[t] for t in concept.probe_texts] == [
       "inverted " + ds.captions[first[s]] for s in test]
   assert info["door"].metric == "asr" and info["door"].kind == "backdoor"
+  # Training reads token ids: every new caption's row is the Hugging Face tokenizer's ids for
+  # that caption, cut at the context length with the EOS kept last (CLIP pools at the first
+  # EOS), then padding.
+  eos, pad, cut = tokenizer.eos_token_id, tokenizer.pad_token_id, 0
+  for row, caption in enumerate(planted.captions[ds.num_texts:], start=ds.num_texts):
+    ids = tokenizer(caption)["input_ids"]
+    if len(ids) > 16:
+      ids, cut = ids[:15] + [eos], cut + 1
+    assert planted.input_ids[row].tolist() == ids + [pad] * (16 - len(ids)), caption
+    assert planted.attention_mask[row].tolist() == [1] * len(ids) + [0] * (16 - len(ids))
+  assert 0 < cut < len(planted.captions) - ds.num_texts
+
+
+def test_plant_copies_follow_the_seed_and_the_plants_name(emoji):
+  """The same seed and name copy the same images; another seed, or another name, others."""
+  ds, tokenizer = emoji
+  test, clients = _random_split(ds, 3, 10, 60, 2)
+
+  def sources(name, seed):
+    spec = plants.BackdoorPlant(name, (0, 1), 12, plants.Trigger(), "rocket")
+    planted, _, info = plants.plant_knowledge(ds, clients, test, [spec], tokenizer, 16, seed)
+    return planted.image_meta[plants.SOURCE_FIELD][info[name].poison_images]
+
+  first = sources("door", 0)
+  np.testing.assert_array_equal(sources("door", 0), first)
+  assert not np.array_equal(sources("door", 1), first)
+  assert not np.array_equal(sources("gate", 0), first)
 
 
 @pytest.mark.parametrize("spec,needle", [

@@ -1,6 +1,7 @@
 """Unlearning requests, the retrain reference and EASE (GSD + BKE + PFL) on a tiny random CLIP."""
 
 import dataclasses
+import functools
 import pathlib
 
 import jax
@@ -197,6 +198,40 @@ def test_module_layout_roundtrip(trained):
   lora_a = tree["vision_model"]["encoder"]["layers"]["0"]["self_attn"]["q_proj"]["a"]
   row = layout.names.index("vision_model/encoder/layers/0/self_attn/q_proj")
   np.testing.assert_array_equal(np.asarray(mods[row, :lora_a.size]), np.ravel(lora_a))
+
+
+def test_projections_equal_numpy_per_module(trained):
+  """P_u and (I − P_u) of a random tree against numpy: each module's (A, B), raveled in that
+  order, projected on its own basis columns (those its mask keeps); leaves outside every module
+  untouched by the complement and zero under P_u."""
+  _, _, res = trained
+  tree = dict(res.trainable, logit_scale=jnp.zeros(()))  # and a leaf outside every module
+  layout = projection.module_layout(tree)
+  basis, _ = _random_projector(layout, 3, seed=3)
+  valid = jnp.asarray(np.random.default_rng(0).random((layout.num_modules, 3)) < 0.7)
+  valid = valid.at[0].set(True).at[1].set(False)  # a module with every column, one with none
+  leaves, treedef = jax.tree.flatten(tree)
+  keys = jax.random.split(jax.random.key(4), len(leaves))
+  delta = treedef.unflatten([jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)])
+  p_tree = projection.project_tree(layout, basis, valid, delta)
+  c_tree = projection.complement_tree(layout, basis, valid, delta)
+  node = lambda tree, name: functools.reduce(lambda t, k: t[k], name.split("/"), tree)
+  for m, name in enumerate(layout.names):
+    v = np.concatenate([np.ravel(node(delta, name)["a"]), np.ravel(node(delta, name)["b"])])
+    u = np.asarray(basis)[m, :v.size][:, np.asarray(valid)[m]]
+    want = u @ (u.T @ v)
+    got = np.concatenate([np.ravel(node(p_tree, name)["a"]), np.ravel(node(p_tree, name)["b"])])
+    np.testing.assert_allclose(got, want, atol=1e-5, err_msg=name)
+    rest = np.concatenate([np.ravel(node(c_tree, name)["a"]), np.ravel(node(c_tree, name)["b"])])
+    np.testing.assert_allclose(rest, v - want, atol=1e-5, err_msg=name)
+  assert np.abs(want).max() > 0  # the last module kept some columns
+  path_of = lambda path: "/".join(str(getattr(k, "key", k)) for k in path)
+  outside = [path_of(pth) for pth, _ in jax.tree_util.tree_leaves_with_path(delta)
+             if not any(path_of(pth).startswith(n + "/") for n in layout.names)]
+  assert outside == ["logit_scale"]
+  for name in outside:
+    assert not np.asarray(node(p_tree, name)).any(), name
+    np.testing.assert_array_equal(node(c_tree, name), node(delta, name))
 
 
 def _random_projector(layout, rank, seed=0):
