@@ -81,8 +81,12 @@ def test_population_pair_members_equal_their_single_runs(tmp_path):
   cfg.audit.calibrate = True
   pair = population.scored_pair(setup, cfg, req, tmp_path, calibration)
   assert pair["seeds"] == in_pop.seeds and pair["out_seeds"] == out_pop.seeds
+  # The default (`audit.calibrate=False`): the logits themselves, the calibration pairs unused.
+  cfg.audit.calibrate = False
+  plain = population.scored_pair(setup, cfg, req, tmp_path, calibration)
 
-  def numpy_scores(trainable, calibrated=True):
+  def numpy_scores(trainable):
+    """(standardised, raw) logits of the forget pairs."""
     def logits(texts):
       images = np.asarray(setup.data.text_image)[texts]
       img, txt = federated.Embedder(setup.model, setup.backbone, trainable, setup.data)(
@@ -91,21 +95,15 @@ def test_population_pair_members_equal_their_single_runs(tmp_path):
       c = np.sum(img * txt, 1) / np.linalg.norm(img, axis=1) / np.linalg.norm(txt, axis=1)
       return np.log((1 + c) / (1 - c))
     forget, ref = logits(np.asarray(req.forget_texts)), logits(calibration)
-    return (forget - ref.mean()) / ref.std() if calibrated else forget
+    return (forget - ref.mean()) / ref.std(), forget
 
   for key, pop in (("in_scores", in_pop), ("out_scores", out_pop)):
     assert pair[key].shape == (len(pop.seeds), len(req.forget_texts))
     for i in range(len(pop.seeds)):
-      np.testing.assert_allclose(pair[key][i], numpy_scores(pop.member(i)), rtol=1e-4,
-                                 atol=1e-4)
+      calibrated, raw = numpy_scores(pop.member(i))
+      np.testing.assert_allclose(pair[key][i], calibrated, rtol=1e-4, atol=1e-4)
+      np.testing.assert_allclose(plain[key][i], raw, rtol=1e-4, atol=1e-4)
   assert not np.allclose(pair["in_scores"], pair["out_scores"])
-  # The default (`audit.calibrate=False`): the logits themselves, the calibration pairs unused.
-  cfg.audit.calibrate = False
-  plain = population.scored_pair(setup, cfg, req, tmp_path, calibration)
-  for key, pop in (("in_scores", in_pop), ("out_scores", out_pop)):
-    for i in range(len(pop.seeds)):
-      np.testing.assert_allclose(plain[key][i], numpy_scores(pop.member(i), calibrated=False),
-                                 rtol=1e-4, atol=1e-4)
   folders = sorted(p.name for p in tmp_path.iterdir())
   cfg.fed.history_size = cfg.fed.history_size + 3
   population.train_pair(setup, cfg, req, tmp_path)

@@ -381,6 +381,8 @@ def test_cs_eager_equals_jit():
   np.testing.assert_allclose(out.cos, ref.cos, atol=1e-6)
   np.testing.assert_allclose(out.sin, ref.sin, atol=1e-6)
   np.testing.assert_array_equal(out.q_valid, ref.q_valid)
+  np.testing.assert_allclose(_proj_np(np.asarray(out.q)), _proj_np(np.asarray(ref.q)),
+                             atol=1e-5)
 
 
 # Small principal angles in float32 (issue: arccos of the cosines returned 0 or 0.02-0.06 deg for

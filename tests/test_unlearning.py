@@ -1,13 +1,13 @@
 """Unlearning requests, the retrain reference and EASE (GSD + BKE + PFL) on a tiny random CLIP."""
 
 import dataclasses
-import functools
 import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import traverse_util
 
 from conftest import flat_params as flat
 from conftest import make_tiny_setup, make_unlearning_ctx as make_ctx, run_fedavg, tiny_config
@@ -213,25 +213,23 @@ def test_projections_equal_numpy_per_module(trained):
   leaves, treedef = jax.tree.flatten(tree)
   keys = jax.random.split(jax.random.key(4), len(leaves))
   delta = treedef.unflatten([jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)])
-  p_tree = projection.project_tree(layout, basis, valid, delta)
-  c_tree = projection.complement_tree(layout, basis, valid, delta)
-  node = lambda tree, name: functools.reduce(lambda t, k: t[k], name.split("/"), tree)
+  flat_of = lambda t: traverse_util.flatten_dict(t, sep="/")  # path -> leaf, as `lora` reads it
+  d, p, c = (flat_of(t) for t in (delta, projection.project_tree(layout, basis, valid, delta),
+                                  projection.complement_tree(layout, basis, valid, delta)))
+  module = lambda flat, name: np.concatenate([np.ravel(flat[f"{name}/a"]),
+                                              np.ravel(flat[f"{name}/b"])])
   for m, name in enumerate(layout.names):
-    v = np.concatenate([np.ravel(node(delta, name)["a"]), np.ravel(node(delta, name)["b"])])
+    v = module(d, name)
     u = np.asarray(basis)[m, :v.size][:, np.asarray(valid)[m]]
     want = u @ (u.T @ v)
-    got = np.concatenate([np.ravel(node(p_tree, name)["a"]), np.ravel(node(p_tree, name)["b"])])
-    np.testing.assert_allclose(got, want, atol=1e-5, err_msg=name)
-    rest = np.concatenate([np.ravel(node(c_tree, name)["a"]), np.ravel(node(c_tree, name)["b"])])
-    np.testing.assert_allclose(rest, v - want, atol=1e-5, err_msg=name)
+    np.testing.assert_allclose(module(p, name), want, atol=1e-5, err_msg=name)
+    np.testing.assert_allclose(module(c, name), v - want, atol=1e-5, err_msg=name)
   assert np.abs(want).max() > 0  # the last module kept some columns
-  path_of = lambda path: "/".join(str(getattr(k, "key", k)) for k in path)
-  outside = [path_of(pth) for pth, _ in jax.tree_util.tree_leaves_with_path(delta)
-             if not any(path_of(pth).startswith(n + "/") for n in layout.names)]
+  outside = [k for k in d if k.rsplit("/", 1)[-1] not in ("a", "b")]
   assert outside == ["logit_scale"]
   for name in outside:
-    assert not np.asarray(node(p_tree, name)).any(), name
-    np.testing.assert_array_equal(node(c_tree, name), node(delta, name))
+    assert not np.asarray(p[name]).any(), name
+    np.testing.assert_array_equal(c[name], d[name])
 
 
 def _random_projector(layout, rank, seed=0):
