@@ -116,6 +116,8 @@ def test_population_cross_checks_name_the_keys_and_clear_once_fixed(break_it, ne
     ("client_backdoor", "clients", (0, 9), r"clients \[0, 9\] must name clients in 0..7"),
     ("client_backdoor", "trigger.size", 0, "trigger size and cell must be >= 1"),
     ("client_backdoor", "trigger.pattern", "dots", "trigger pattern must be one of"),
+    ("client_backdoor", "trigger.opacity", 1.5, r"trigger opacity must be a number in \(0, 1\]"),
+    ("sample_backdoor", "trigger.opacity", 0.0, r"trigger opacity must be a number in \(0, 1\]"),
     ("client_backdoor", "kind", "poison", "kind must be one of"),
     ("concept", "style", "sepia", "style must be one of"),
     ("concept", "template", "inverted", "must contain '{caption}'"),

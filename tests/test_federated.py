@@ -471,6 +471,20 @@ def test_zero_weight_decay_keeps_the_fingerprint_of_runs_written_before_the_key(
       "fed.client_weight_decay: checkpoint='<absent>' vs now=0.1"]
 
 
+def test_a_pasted_triggers_opacity_keeps_the_fingerprint_of_runs_written_before_the_key():
+  """Likewise `plants.<name>.trigger.opacity`: at 1 (the pasted patch every earlier run used) it
+  is left out; a blended trigger is another run."""
+  config = tiny_config()
+  config.plants = ml_collections.ConfigDict(dict(door=dict(
+      kind="backdoor", clients=(0,), num_pairs=4, target_caption="rocket",
+      trigger=dict(size=8, opacity=1.0))))
+  before = builders.run_fingerprint(config)
+  assert "plants.door.trigger.opacity" not in before and before["plants.door.trigger.size"] == 8
+  config.plants.door.trigger.opacity = 0.3
+  assert checkpointing.diff_fingerprints(before, builders.run_fingerprint(config)) == [
+      "plants.door.trigger.opacity: checkpoint='<absent>' vs now=0.3"]
+
+
 def test_the_run_fingerprint_holds_the_backbones_bytes(tmp_path):
   """A checkpoint folder rewritten in place (e.g. by `pretrain.py --export_to`) is another run:
   its cached models must not be resumed."""

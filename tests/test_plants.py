@@ -60,6 +60,39 @@ def test_trigger_patches_and_places_written_out():
       11, 11]
 
 
+def test_blended_trigger_mixes_the_pattern_in_by_its_opacity():
+  """`opacity` < 1 (the blended attack): each covered pixel is round((1 - a) x + a pattern),
+  checked per pixel against exact fractions; outside the patch nothing moves; a whole-image
+  trigger (size = the side) covers every pixel; opacity 1 is the paste."""
+  rng = np.random.default_rng(1)
+  images = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+  before = images.copy()
+  a, b = (255, 0, 255), (0, 255, 0)
+  for size, position, opacity in ((8, "top_left", 0.25), (32, "top_left", 0.2),
+                                  (5, (10, 20), 0.5)):
+    trigger = plants.Trigger(size=size, position=position, opacity=opacity)
+    out = plants.stamp(images, trigger)
+    np.testing.assert_array_equal(images, before)
+    r, c = trigger.origin(32, 32)
+    for n, i, j in zip(rng.integers(0, 3, 40), rng.integers(0, 32, 40), rng.integers(0, 32, 40)):
+      inside = r <= i < r + size and c <= j < c + size
+      if not inside:
+        assert (out[n, i, j] == images[n, i, j]).all()
+        continue
+      colour = a if (((i - r) // 2) + ((j - c) // 2)) % 2 == 0 else b
+      # (1 - a) x + a p in exact fractions (a = k / 20); the stored value is rounded to it.
+      k = round(opacity * 20)
+      exact = [((20 - k) * int(x) + k * p) / 20 for x, p in zip(images[n, i, j], colour)]
+      assert all(abs(int(o) - e) <= 0.5 for o, e in zip(out[n, i, j], exact)), (n, i, j)
+  whole = plants.Trigger(size=32, opacity=0.2).mask(32, 32)
+  assert whole.all()
+  np.testing.assert_array_equal(plants.stamp(images, plants.Trigger(opacity=1.0)),
+                                plants.stamp(images, plants.Trigger()))
+  spec = dict(kind="backdoor", clients=(0,), num_pairs=5, target_caption="rocket")
+  assert plants.plant_from_config("x", dict(spec, trigger=dict(opacity=0.3))
+                                  ).trigger.opacity == 0.3
+
+
 def test_trigger_errors_name_the_problem():
   with pytest.raises(ValueError, match="larger than the 32x32"):
     plants.stamp(np.zeros((1, 32, 32, 3), np.uint8), plants.Trigger(size=40))
@@ -69,6 +102,9 @@ def test_trigger_errors_name_the_problem():
     plants.Trigger(pattern="spots")
   with pytest.raises(ValueError, match="position"):
     plants.Trigger(position="middle")
+  for bad in (0.0, -0.1, 1.5, "0.2", True, None):
+    with pytest.raises(ValueError, match="trigger opacity must be a number in \\(0, 1\\]"):
+      plants.Trigger(opacity=bad)
 
 
 def test_trigger_position_from_a_config_string():

@@ -1,9 +1,10 @@
 """Planted knowledge: data that only the forget set carries, so that forgetting can be measured.
 
 Two kinds of plant (`config.plants.<name>.kind`):
-* *backdoor*: a trigger (a small high-contrast patch) stamped on copies of some of its clients'
-  images, each copy captioned with one target caption; a model that learned it retrieves the
-  target caption for any triggered image (attack success rate, `evaluation`).
+* *backdoor*: a trigger (a small high-contrast patch, pasted or blended in; or a pattern blended
+  over the whole image) stamped on copies of some of its clients' images, each copy captioned
+  with one target caption; a model that learned it retrieves the target caption for any
+  triggered image (attack success rate, `evaluation`).
 * *concept*: copies of its clients' images in a visual style the backbone never saw (`restyle`:
   grayscale, inverted colours, upside down), each captioned with its source's own caption under
   a template ("inverted {caption}"); a model that learned the concept tells a restyled held-out
@@ -58,14 +59,19 @@ class Trigger:
   """A square patch: `pattern` of two colours, `size` px, at a named corner, `(row, col)`, or
   the string `"row,col"` (what a command-line override of a config's string field can carry).
 
-  The default (8 px, 2-px checker cells, magenta / green, top-left) covers 6% of a 32 px emoji
-  and exactly one 8 px ViT patch of the embedded backbone.
+  `opacity` is the pattern's share of each covered pixel: 1 pastes the patch over the image
+  (BadNets), less blends it in, `(1 - opacity) x + opacity pattern` (the blended attack of Chen
+  et al. 2017); with `size` the image's side, the blend covers the whole image.
+
+  The default (8 px, 2-px checker cells, magenta / green, top-left, pasted) covers 6% of a 32 px
+  emoji and exactly one 8 px ViT patch of the embedded backbone.
   """
   pattern: str = "checker"
   size: int = 8
   position: str | tuple[int, int] = "top_left"
   cell: int = 2
   colors: tuple[tuple[int, int, int], tuple[int, int, int]] = ((255, 0, 255), (0, 255, 0))
+  opacity: float = 1.0
 
   def __post_init__(self):
     if isinstance(self.position, str) and "," in self.position:
@@ -88,6 +94,11 @@ class Trigger:
             for x in c) for c in colors)):
       raise ValueError(f"trigger colors must be two RGB triples of whole numbers in 0..255, got "
                        f"{colors!r}.")
+    if (isinstance(self.opacity, (bool, np.bool_, str, bytes)) or
+        not isinstance(self.opacity, (int, float, np.integer, np.floating)) or
+        not 0.0 < float(self.opacity) <= 1.0):
+      raise ValueError(f"trigger opacity must be a number in (0, 1] (1 pastes the patch), got "
+                       f"{self.opacity!r}.")
     if self.size < 1 or self.cell < 1:
       raise ValueError(f"trigger size and cell must be >= 1, got {self.size} and {self.cell}.")
     if isinstance(self.position, str) and self.position not in POSITIONS:
@@ -130,7 +141,8 @@ class Trigger:
 
 
 def stamp(images: np.ndarray, trigger: Trigger) -> np.ndarray:
-  """Copies of `images [..., H, W, 3]` uint8 with the trigger pasted in; `images` untouched."""
+  """Copies of `images [..., H, W, 3]` uint8 with the trigger pasted in (blended in, for an
+  `opacity` below 1); `images` untouched."""
   images = np.asarray(images)
   if images.dtype != np.uint8 or images.shape[-1] != 3:
     raise ValueError(f"stamp needs uint8 [..., H, W, 3] images, got {images.dtype} "
@@ -138,7 +150,13 @@ def stamp(images: np.ndarray, trigger: Trigger) -> np.ndarray:
   h, w = images.shape[-3:-1]
   r, c = trigger.origin(h, w)
   out = images.copy()
-  out[..., r:r + trigger.size, c:c + trigger.size, :] = trigger.patch()
+  window = (..., slice(r, r + trigger.size), slice(c, c + trigger.size), slice(None))
+  if trigger.opacity == 1.0:
+    out[window] = trigger.patch()
+  else:
+    a = float(trigger.opacity)
+    mixed = (1.0 - a) * images[window].astype(np.float64) + a * trigger.patch().astype(np.float64)
+    out[window] = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
   return out
 
 

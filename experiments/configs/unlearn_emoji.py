@@ -35,11 +35,13 @@ def plants() -> dict:
       client_backdoor=dict(
           kind="backdoor", clients=(1,), num_pairs=200, target_caption="rocket",
           trigger=dict(pattern="checker", size=8, position="top_left", cell=2,
-                       colors=((255, 0, 255), (0, 255, 0))), source_field=""),
+                       colors=((255, 0, 255), (0, 255, 0)), opacity=1.0),
+          source_field=""),
       sample_backdoor=dict(
           kind="backdoor", clients=(0, 2, 3), num_pairs=240, target_caption="volcano",
           trigger=dict(pattern="stripes", size=8, position="bottom_right", cell=2,
-                       colors=((255, 255, 0), (0, 0, 255))), source_field=""),
+                       colors=((255, 255, 0), (0, 0, 255)), opacity=1.0),
+          source_field=""),
       concept=dict(
           kind="concept", clients=(), num_pairs=160, style="invert",
           template="inverted {caption}", source_field=""),
