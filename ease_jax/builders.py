@@ -424,10 +424,6 @@ def run_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
   # Left out at zero: checkpoints written before the key existed describe exactly that run.
   if not fp.get("fed.client_weight_decay"):
     fp.pop("fed.client_weight_decay", None)
-  # Left out at 1 (a pasted patch), likewise: a trigger's opacity came later.
-  for k in [k for k in fp if k.startswith("plants.") and k.endswith(".trigger.opacity")]:
-    if fp[k] == 1.0:
-      fp.pop(k)
   # Which clients a round samples changed stream (rng.Domain.CLIENT_SAMPLING): a run with
   # partial participation written before that must not resume on the new sampling.
   fed = config.get("fed") or {}

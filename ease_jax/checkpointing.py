@@ -76,8 +76,15 @@ class RestoredCheckpoint:
   verified: bool = True  # False for checkpoints written without checksums.
 
 
+# Config entries added after runs were fingerprinted without them, with a value that every earlier
+# run had: left out of every fingerprint at that value, so those runs' checkpoints, populations
+# and benchmark rows still match (`(dotted key regex, value)`).
+LEFT_OUT_AT = ((re.compile(r"plants\.[^.]+\.trigger\.opacity"), 1.0),)  # 1: a pasted patch
+
+
 def fingerprint(config: Mapping[str, Any]) -> dict[str, Any]:
-  """JSON-able, flat `{dotted.key: value}` view of the config entries that define a run."""
+  """JSON-able, flat `{dotted.key: value}` view of the config entries that define a run
+  (without the `LEFT_OUT_AT` entries at their value)."""
   flat: dict[str, Any] = {}
 
   def visit(prefix, value):
@@ -88,6 +95,10 @@ def fingerprint(config: Mapping[str, Any]) -> dict[str, Any]:
       flat[prefix] = value if isinstance(value, (int, float, str, bool, type(None))) else repr(value)
 
   visit("", config)
+  for pattern, value in LEFT_OUT_AT:
+    for k in [k for k in flat if pattern.fullmatch(k)]:
+      if not isinstance(flat[k], bool) and flat[k] == value:
+        del flat[k]
   return flat
 
 

@@ -466,6 +466,23 @@ def test_a_methods_code_version_keys_only_its_own_rows(tmp_path, monkeypatch):
   assert changed == {"ease", "ease_other"}
 
 
+def test_a_pasted_triggers_opacity_keeps_the_benchmarks_row_keys():
+  """`trigger.opacity` came after rows were written: at 1 (the pasted patch of every earlier
+  row) the keys are those of the config without the key, so a resumed benchmark keeps its rows;
+  a blended trigger keys every row anew."""
+  from ease_jax.unlearning import benchmark as benchmark_lib  # pylint: disable=g-import-not-at-top
+  config = configs.from_file(ROOT / "experiments" / "configs" / "benchmark_emoji.py")
+  config.benchmark.methods = ("finetune",)
+  with_key = benchmark_lib.row_keys(config)
+  for name in ("client_backdoor", "sample_backdoor"):
+    assert config.plants[name].trigger.opacity == 1.0
+    del config.plants[name].trigger["opacity"]
+  assert benchmark_lib.row_keys(config) == with_key
+  config.plants.client_backdoor.trigger.opacity = 0.3
+  blended = benchmark_lib.row_keys(config)
+  assert all(blended[cell] != key for cell, key in with_key.items())
+
+
 def test_benchmark_resumes_after_an_interruption(tmp_path, monkeypatch):
   """An interrupted comparison, rerun, redoes no finished cell and ends with the same rows as an
   uninterrupted one; a method that raises is logged and retried by the rerun."""

@@ -472,8 +472,9 @@ def test_zero_weight_decay_keeps_the_fingerprint_of_runs_written_before_the_key(
 
 
 def test_a_pasted_triggers_opacity_keeps_the_fingerprint_of_runs_written_before_the_key():
-  """Likewise `plants.<name>.trigger.opacity`: at 1 (the pasted patch every earlier run used) it
-  is left out; a blended trigger is another run."""
+  """Likewise `plants.<name>.trigger.opacity` (`checkpointing.LEFT_OUT_AT`): at 1, the pasted
+  patch every earlier run used, it is left out of every fingerprint; a blended trigger is
+  another run. Other keys named alike stay."""
   config = tiny_config()
   config.plants = ml_collections.ConfigDict(dict(door=dict(
       kind="backdoor", clients=(0,), num_pairs=4, target_caption="rocket",
@@ -483,6 +484,11 @@ def test_a_pasted_triggers_opacity_keeps_the_fingerprint_of_runs_written_before_
   config.plants.door.trigger.opacity = 0.3
   assert checkpointing.diff_fingerprints(before, builders.run_fingerprint(config)) == [
       "plants.door.trigger.opacity: checkpoint='<absent>' vs now=0.3"]
+  assert checkpointing.fingerprint({"plants": {"a": {"trigger": {"opacity": 1}}},
+                                    "x": {"trigger": {"opacity": 1.0}},
+                                    "plants2": {"a": {"trigger": {"opacity": 1.0}}}}) == {
+                                        "x.trigger.opacity": 1.0,
+                                        "plants2.a.trigger.opacity": 1.0}
 
 
 def test_the_run_fingerprint_holds_the_backbones_bytes(tmp_path):

@@ -61,32 +61,32 @@ def test_trigger_patches_and_places_written_out():
 
 
 def test_blended_trigger_mixes_the_pattern_in_by_its_opacity():
-  """`opacity` < 1 (the blended attack): each covered pixel is round((1 - a) x + a pattern),
-  checked per pixel against exact fractions; outside the patch nothing moves; a whole-image
-  trigger (size = the side) covers every pixel; opacity 1 is the paste."""
+  """`opacity` < 1 (the blended attack): every covered pixel is (1 - a) x + a pattern, rounded,
+  against a reference built here in exact integers (a = k / 20, the checker written out by its
+  cell formula); every other pixel is untouched; a whole-image trigger (size = the side) covers
+  every pixel; opacity 1 is the paste."""
   rng = np.random.default_rng(1)
   images = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
   before = images.copy()
-  a, b = (255, 0, 255), (0, 255, 0)
+  a, b = np.array((255, 0, 255)), np.array((0, 255, 0))
   for size, position, opacity in ((8, "top_left", 0.25), (32, "top_left", 0.2),
                                   (5, (10, 20), 0.5)):
     trigger = plants.Trigger(size=size, position=position, opacity=opacity)
     out = plants.stamp(images, trigger)
     np.testing.assert_array_equal(images, before)
     r, c = trigger.origin(32, 32)
-    for n, i, j in zip(rng.integers(0, 3, 40), rng.integers(0, 32, 40), rng.integers(0, 32, 40)):
-      inside = r <= i < r + size and c <= j < c + size
-      if not inside:
-        assert (out[n, i, j] == images[n, i, j]).all()
-        continue
-      colour = a if (((i - r) // 2) + ((j - c) // 2)) % 2 == 0 else b
-      # (1 - a) x + a p in exact fractions (a = k / 20); the stored value is rounded to it.
-      k = round(opacity * 20)
-      exact = [((20 - k) * int(x) + k * p) / 20 for x, p in zip(images[n, i, j], colour)]
-      assert all(abs(int(o) - e) <= 0.5 for o, e in zip(out[n, i, j], exact)), (n, i, j)
-  whole = plants.Trigger(size=32, opacity=0.2).mask(32, 32)
-  assert whole.all()
-  np.testing.assert_array_equal(plants.stamp(images, plants.Trigger(opacity=1.0)),
+    inside = np.zeros((32, 32), bool)
+    inside[r:r + size, c:c + size] = True
+    np.testing.assert_array_equal(out[:, ~inside], images[:, ~inside])
+    ii, jj = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    pattern = np.where(((ii // 2 + jj // 2) % 2 == 0)[..., None], a, b)  # [size, size, 3]
+    k = round(opacity * 20)
+    twenty_x = (20 - k) * images[:, r:r + size, c:c + size].astype(np.int64) + k * pattern
+    # The stored value is the exact one rounded: within half a level of it.
+    assert (np.abs(20 * out[:, r:r + size, c:c + size].astype(np.int64) - twenty_x) <= 10).all()
+    assert not np.array_equal(out[:, r:r + size, c:c + size], images[:, r:r + size, c:c + size])
+  assert plants.Trigger(size=32, opacity=0.2).mask(32, 32).all()
+  np.testing.assert_array_equal(plants.stamp(images, plants.Trigger(opacity=1)),
                                 plants.stamp(images, plants.Trigger()))
   spec = dict(kind="backdoor", clients=(0,), num_pairs=5, target_caption="rocket")
   assert plants.plant_from_config("x", dict(spec, trigger=dict(opacity=0.3))
