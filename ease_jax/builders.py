@@ -422,6 +422,8 @@ def run_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
   # share one population per request.
   fp.pop("seeds.unlearning", None)
   # Left out at zero: checkpoints written before the key existed describe exactly that run.
+  # (Here, not in `checkpointing.LEFT_OUT_AT`: the benchmark's row keys have held it since it was
+  # added, and leaving it out there would re-key those rows.)
   if not fp.get("fed.client_weight_decay"):
     fp.pop("fed.client_weight_decay", None)
   # Which clients a round samples changed stream (rng.Domain.CLIENT_SAMPLING): a run with

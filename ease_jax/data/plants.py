@@ -94,7 +94,7 @@ class Trigger:
             for x in c) for c in colors)):
       raise ValueError(f"trigger colors must be two RGB triples of whole numbers in 0..255, got "
                        f"{colors!r}.")
-    if (isinstance(self.opacity, (bool, np.bool_, str, bytes)) or
+    if (isinstance(self.opacity, bool) or  # a bool is an int, and True would read as 1
         not isinstance(self.opacity, (int, float, np.integer, np.floating)) or
         not 0.0 < float(self.opacity) <= 1.0):
       raise ValueError(f"trigger opacity must be a number in (0, 1] (1 pastes the patch), got "
