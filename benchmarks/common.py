@@ -123,6 +123,22 @@ def block(x):
   return jax.block_until_ready(x)
 
 
+def paired_difference(a, b, confidence: float = 0.95) -> dict[str, float]:
+  """Mean, std, standard error and `confidence` t-interval of `a - b` (`[n]` each, paired by
+  member), in the units of `a`."""
+  import scipy.stats  # pylint: disable=g-import-not-at-top
+  a, b = np.asarray(a, float), np.asarray(b, float)
+  if a.ndim != 1 or a.shape != b.shape or a.size < 2:
+    raise ValueError(f"paired_difference needs two 1-D arrays of one length >= 2, got shapes "
+                     f"{a.shape} and {b.shape}")
+  d = a - b
+  std = float(d.std(ddof=1))
+  se = std / np.sqrt(d.size)
+  half = float(scipy.stats.t.ppf(0.5 + confidence / 2, d.size - 1)) * se
+  mean = float(d.mean())
+  return dict(n=int(d.size), mean=mean, std=std, se=se, lo=mean - half, hi=mean + half)
+
+
 def time_fn(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> tuple[float, float]:
   """(median seconds over `repeats`, seconds of the first (compile) call)."""
   t0 = time.perf_counter()

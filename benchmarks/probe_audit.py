@@ -43,10 +43,16 @@ from ease_jax.unlearning import requests  # noqa: E402
 
 import probe_plants  # noqa: E402  (same folder: the config and the override parser)
 
-REQUESTS = dict(client=dict(kind="client", clients=(1,)),
-                sample=dict(kind="sample", plant="sample_backdoor"),
+# The client request is the config's backdoored client's (`_request`).
+REQUESTS = dict(sample=dict(kind="sample", plant="sample_backdoor"),
                 concept=dict(kind="concept", plant="concept"),
                 tone=dict(kind="concept", field="skin_tone", concepts=("medium-dark",)))
+
+
+def _request(config, name: str) -> dict:
+  if name == "client":
+    return dict(kind="client", clients=tuple(config.plants.client_backdoor.clients))
+  return dict(REQUESTS[name])
 
 
 def _summary(ps: list[float]) -> dict[str, float]:
@@ -102,7 +108,7 @@ def main():
   config.audit.population = args.population
   setup = builders.build_setup(config)
   for name in args.requests.split(","):
-    config = base.config_with(config, {"unlearning": dict(REQUESTS[name])})
+    config = base.config_with(config, {"unlearning": _request(config, name)})
     request = requests.from_config(setup, config.unlearning, seed=config.seeds.unlearning)
     in_pop, out_pop = population_lib.train_pair(setup, config, request, args.workdir)
     nonmembers = common.mia_nonmembers(setup, config, request.forget_images)

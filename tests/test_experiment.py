@@ -82,6 +82,31 @@ def test_probe_seed_override_drives_the_seeds():
   assert (c.seed, c.seeds.partition, c.seeds.init, c.seeds.data) == (3, 3, 4, 3)
 
 
+def test_paired_difference_matches_scipys_paired_t_test():
+  """The utility populations' summary: mean, std, standard error and the t-interval of the
+  paired difference, against scipy's paired t-test; unpaired or too short input is an error."""
+  sys.path.insert(0, str(ROOT / "benchmarks"))
+  try:
+    import common
+  finally:
+    sys.path.remove(str(ROOT / "benchmarks"))
+  import scipy.stats  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  a = rng.normal(12.0, 3.0, 24)
+  b = a + rng.normal(1.5, 2.0, 24)
+  got = common.paired_difference(a, b)
+  ref = scipy.stats.ttest_rel(a, b)
+  interval = ref.confidence_interval(0.95)
+  assert got["n"] == 24 and got["mean"] == pytest.approx(np.mean(a - b))
+  assert got["std"] == pytest.approx(np.std(a - b, ddof=1))
+  assert got["se"] == pytest.approx(got["mean"] / ref.statistic)
+  assert (got["lo"], got["hi"]) == pytest.approx((interval.low, interval.high))
+  assert common.paired_difference(a, b, 0.5)["hi"] < got["hi"]
+  for bad in ((a, b[:5]), (a[:1], b[:1]), (a.reshape(4, 6), b.reshape(4, 6))):
+    with pytest.raises(ValueError, match="paired_difference needs two 1-D arrays"):
+      common.paired_difference(*bad)
+
+
 def test_config_file_errors_name_the_file(tmp_path):
   with pytest.raises(FileNotFoundError, match="nope.py"):
     configs.from_file(tmp_path / "nope.py")

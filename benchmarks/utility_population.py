@@ -1,0 +1,118 @@
+"""What do the plants cost the clean data? Paired populations instead of a handful of seeds.
+
+  python benchmarks/utility_population.py --population 24 --workdir workdirs/utility
+  python benchmarks/utility_population.py --arms planted,none <overrides>
+
+One run of the embedded default moves its test R@1 (178 held-out images) by 2-3 points between
+seeds, and a planted run and an unplanted one with the same seeds follow different trajectories,
+so their difference has a seed std of about 3 points: three or six seeds cannot tell a 1-point
+cost from none (BENCHMARKS.md, "Planting costs utility"). Here every arm is one population
+(`population.train`, one batched computation per chunk, cached and resumable in `--workdir`),
+member i of every arm running with the same seeds (LoRA init, client sampling, shuffles: seed
+`audit.first_seed + i`, away from the evaluation seeds). The arms:
+  * `planted`: the federation with its plants (the trained model of every request);
+  * `none`: the same federation without any plant (`plants={}`): the strict reading;
+  * `without:<plant>`: the planted federation without that plant's poisoned pairs (the holders
+    keep their clean data): the per-request reading.
+Each member's test and clean-client R@1 (mean of both directions, the probes' `test/mean_r1`
+and `clients/mean_r1`) and, for `planted`, its plants' attack success or concept accuracy are
+printed as JSON lines; the last line is the summary: for `planted` against each other arm, the
+paired difference's mean, std, standard error and 95% t-interval
+(`common.paired_difference`).
+Overrides are `dotted.key=value` of `experiments/configs/unlearn_emoji.py`, applied to every arm.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+
+from ease_jax import runtime
+
+runtime.avoid_cpu_hang()
+runtime.one_cpu_device_per_core()
+
+
+from ease_jax import builders  # noqa: E402
+from ease_jax import checkpointing  # noqa: E402
+from ease_jax import configs  # noqa: E402
+from ease_jax import evaluation  # noqa: E402
+from ease_jax import training  # noqa: E402
+from ease_jax.data import device as device_lib  # noqa: E402
+from ease_jax.unlearning import base  # noqa: E402
+from ease_jax.unlearning import population as population_lib  # noqa: E402
+from ease_jax.unlearning import requests  # noqa: E402
+from ease_jax.unlearning import retrain as retrain_lib  # noqa: E402
+
+import common  # noqa: E402  (same folder)
+import probe_plants  # noqa: E402  (same folder: the config and the override parser)
+
+METRICS = ("test/mean_r1", "clients/mean_r1")
+
+
+def arm_population(config, arm: str, workdir: pathlib.Path):
+  """`(setup, population)` of one arm, cached under `workdir/<arm>-<federation tag>`."""
+  if arm == "none":
+    config = base.config_with(config, {"plants": {}})
+  setup = builders.build_setup(config)
+  tag = checkpointing.fingerprint_hash(population_lib.federation_fingerprint(
+      base.config_with(config, {"fed.history_size": 0})))[:10]
+  if arm in ("planted", "none"):
+    plan_of, identity = (lambda c: builders.round_plan(setup, c)), dict(kind="none")
+  elif arm.startswith("without:"):
+    request = requests.plant_request(setup, arm.split(":", 1)[1])
+    plan_of = lambda c: retrain_lib.retrain_plan(setup, c, request)
+    identity = request.fingerprint()
+  else:
+    raise SystemExit(f"Unknown arm {arm!r}: planted, none or without:<plant>.")
+  folder = workdir / f"{arm.replace(':', '-')}-{tag}"
+  return setup, population_lib.train(setup, config, plan_of, folder, identity, arm)
+
+
+def member_rows(setup, pop, with_plants: bool) -> list[dict[str, float]]:
+  """Every member's clean retrieval (and, `with_plants`, its plants' metrics)."""
+  subsets = training.eval_subsets(setup)
+  rows = []
+  for i, seed in enumerate(pop.seeds):
+    trainable = pop.member(i)
+    embedder = device_lib.Embedder(setup.model, setup.backbone, trainable, setup.data)
+    ev = evaluation.evaluate_splits(setup, trainable, subsets, embedder=embedder)
+    row = dict(seed=seed, **{k: float(ev[k]) for k in METRICS})
+    if with_plants:
+      for plant in setup.plants.values():
+        row.update(evaluation.plant_metrics(setup, trainable, plant, embedder=embedder))
+    rows.append(row)
+  return rows
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("overrides", nargs="*", help="dotted.key=value")
+  parser.add_argument("--population", type=int, default=24)
+  parser.add_argument("--chunk", type=int, default=8, help="members per batched computation")
+  parser.add_argument("--workdir", default="workdirs/utility_population")
+  parser.add_argument("--arms", default="planted,none,without:client_backdoor")
+  args = parser.parse_args()
+  arms = args.arms.split(",")
+  if arms[0] != "planted":
+    raise SystemExit("--arms starts with planted: the other arms are its references.")
+  config = probe_plants.with_overrides(configs.from_file(probe_plants.CONFIG), args.overrides)
+  config = base.config_with(config, {"audit.population": args.population,
+                                     "audit.chunk": args.chunk})
+  workdir = pathlib.Path(args.workdir)
+  results = {}
+  for arm in arms:
+    setup, pop = arm_population(config, arm, workdir)
+    results[arm] = member_rows(setup, pop, with_plants=arm == "planted")
+    for row in results[arm]:
+      print(json.dumps(dict(arm=arm, **row)), flush=True)
+  summary = dict(overrides=" ".join(args.overrides), population=args.population)
+  for arm in arms[1:]:
+    for metric in METRICS:
+      summary[f"planted-{arm}/{metric}"] = common.paired_difference(
+          [r[metric] for r in results["planted"]], [r[metric] for r in results[arm]])
+  print(json.dumps(summary), flush=True)
+
+
+if __name__ == "__main__":
+  main()
