@@ -133,7 +133,7 @@ def paired_difference(a, b, confidence: float = 0.95) -> dict[str, float]:
                      f"{a.shape} and {b.shape}")
   d = a - b
   std = float(d.std(ddof=1))
-  se = std / np.sqrt(d.size)
+  se = float(std / np.sqrt(d.size))
   half = float(scipy.stats.t.ppf(0.5 + confidence / 2, d.size - 1)) * se
   mean = float(d.mean())
   return dict(n=int(d.size), mean=mean, std=std, se=se, lo=mean - half, hi=mean + half)

@@ -51,7 +51,12 @@ REQUESTS = dict(sample=dict(kind="sample", plant="sample_backdoor"),
 
 def _request(config, name: str) -> dict:
   if name == "client":
+    if "client_backdoor" not in (config.get("plants") or {}):
+      raise SystemExit("The client request forgets the client of config.plants.client_backdoor, "
+                       "and the config has no such plant.")
     return dict(kind="client", clients=tuple(config.plants.client_backdoor.clients))
+  if name not in REQUESTS:
+    raise SystemExit(f"Unknown request {name!r}: client or one of {sorted(REQUESTS)}.")
   return dict(REQUESTS[name])
 
 

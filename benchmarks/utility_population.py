@@ -7,9 +7,11 @@ One run of the embedded default moves its test R@1 (178 held-out images) by 2-3 
 seeds, and a planted run and an unplanted one with the same seeds follow different trajectories,
 so their difference has a seed std of about 3 points: three or six seeds cannot tell a 1-point
 cost from none (BENCHMARKS.md, "Planting costs utility"). Here every arm is one population
-(`population.train`, one batched computation per chunk, cached and resumable in `--workdir`),
-member i of every arm running with the same seeds (LoRA init, client sampling, shuffles: seed
-`audit.first_seed + i`, away from the evaluation seeds). The arms:
+(`population.train`: one batched computation per chunk), member i of every arm running with the
+same seeds (LoRA init, client sampling, shuffles: seed `audit.first_seed + i`, away from the
+evaluation seeds). Populations are cached and resumable in `--workdir`, in the audit's folders
+(`population.in_population`, `out_population`; with the same `--population` and `--chunk`, a
+benchmark workdir's `population/` is reused). The arms:
   * `planted`: the federation with its plants (the trained model of every request);
   * `none`: the same federation without any plant (`plants={}`): the strict reading;
   * `without:<plant>`: the planted federation without that plant's poisoned pairs (the holders
@@ -34,7 +36,6 @@ runtime.one_cpu_device_per_core()
 
 
 from ease_jax import builders  # noqa: E402
-from ease_jax import checkpointing  # noqa: E402
 from ease_jax import configs  # noqa: E402
 from ease_jax import evaluation  # noqa: E402
 from ease_jax import training  # noqa: E402
@@ -42,7 +43,6 @@ from ease_jax.data import device as device_lib  # noqa: E402
 from ease_jax.unlearning import base  # noqa: E402
 from ease_jax.unlearning import population as population_lib  # noqa: E402
 from ease_jax.unlearning import requests  # noqa: E402
-from ease_jax.unlearning import retrain as retrain_lib  # noqa: E402
 
 import common  # noqa: E402  (same folder)
 import probe_plants  # noqa: E402  (same folder: the config and the override parser)
@@ -50,23 +50,33 @@ import probe_plants  # noqa: E402  (same folder: the config and the override par
 METRICS = ("test/mean_r1", "clients/mean_r1")
 
 
-def arm_population(config, arm: str, workdir: pathlib.Path):
-  """`(setup, population)` of one arm, cached under `workdir/<arm>-<federation tag>`."""
+def arm_setups(config, arms: list[str]) -> dict[str, object]:
+  """The setup of every arm, each arm checked before anything trains: `planted` and every
+  `without:<plant>` share the planted setup, `none` has its own."""
+  planted = builders.build_setup(config)
+  setups = {}
+  for arm in arms:
+    if arm == "none":
+      setups[arm] = builders.build_setup(base.config_with(config, {"plants": {}}))
+    elif arm == "planted" or (arm.startswith("without:") and
+                              arm.split(":", 1)[1] in planted.plants):
+      setups[arm] = planted
+    else:
+      raise SystemExit(f"Unknown arm {arm!r}: planted, none or without:<plant>, a plant of "
+                       f"config.plants ({sorted(planted.plants)}).")
+  return setups
+
+
+def arm_population(setup, config, arm: str, workdir: pathlib.Path):
+  """One arm's population, cached under `workdir` as the audit caches its populations (`planted`
+  is the `in` population, `without:<plant>` the `out` one of that plant's request, `none` the
+  `in` population of the federation without plants)."""
   if arm == "none":
     config = base.config_with(config, {"plants": {}})
-  setup = builders.build_setup(config)
-  tag = checkpointing.fingerprint_hash(population_lib.federation_fingerprint(
-      base.config_with(config, {"fed.history_size": 0})))[:10]
-  if arm in ("planted", "none"):
-    plan_of, identity = (lambda c: builders.round_plan(setup, c)), dict(kind="none")
-  elif arm.startswith("without:"):
+  if arm.startswith("without:"):
     request = requests.plant_request(setup, arm.split(":", 1)[1])
-    plan_of = lambda c: retrain_lib.retrain_plan(setup, c, request)
-    identity = request.fingerprint()
-  else:
-    raise SystemExit(f"Unknown arm {arm!r}: planted, none or without:<plant>.")
-  folder = workdir / f"{arm.replace(':', '-')}-{tag}"
-  return setup, population_lib.train(setup, config, plan_of, folder, identity, arm)
+    return population_lib.out_population(setup, config, request, workdir)
+  return population_lib.in_population(setup, config, workdir)
 
 
 def member_rows(setup, pop, with_plants: bool) -> list[dict[str, float]]:
@@ -100,10 +110,13 @@ def main():
   config = base.config_with(config, {"audit.population": args.population,
                                      "audit.chunk": args.chunk})
   workdir = pathlib.Path(args.workdir)
+  setups = arm_setups(config, arms)
   results = {}
   for arm in arms:
-    setup, pop = arm_population(config, arm, workdir)
-    results[arm] = member_rows(setup, pop, with_plants=arm == "planted")
+    pop = arm_population(setups[arm], config, arm, workdir)
+    results[arm] = member_rows(setups[arm], pop, with_plants=arm == "planted")
+    # Paired by member: every arm's member i ran with the same seeds.
+    assert [r["seed"] for r in results[arm]] == [r["seed"] for r in results[arms[0]]]
     for row in results[arm]:
       print(json.dumps(dict(arm=arm, **row)), flush=True)
   summary = dict(overrides=" ".join(args.overrides), population=args.population)

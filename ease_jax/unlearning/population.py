@@ -183,26 +183,46 @@ def train(setup: builders.FederatedSetup, config: ml_collections.ConfigDict,
   return Population(seeds, stacked, wall, devices)
 
 
+def cache_tag(identity: dict[str, Any]) -> str:
+  """A population folder's name suffix: the hash of what defines it. Folder names leave out the
+  fingerprint keys added later (the data files' digest), so caches written before them are still
+  found; the members' checkpoints carry the whole fingerprint, so a cache of other data is
+  refused when it is restored."""
+  return checkpointing.fingerprint_hash(
+      {k: v for k, v in identity.items() if k not in checkpointing.ADDED_LATER})[:10]
+
+
+def _federation(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  # Members keep no update history (`train`), so EASE's M must not move the cache.
+  return federation_fingerprint(base.config_with(config, {"fed.history_size": 0}))
+
+
+def in_population(setup: builders.FederatedSetup, config: ml_collections.ConfigDict,
+                  root: str | pathlib.Path) -> Population:
+  """The population trained on everything (with every request's D_f), cached under `root` by
+  the federation alone, so every request (and every benchmark seed) of a federation shares it."""
+  return train(setup, config, lambda c: builders.round_plan(setup, c),
+               pathlib.Path(root) / f"in-{cache_tag(_federation(config))}", dict(kind="none"),
+               "trained")
+
+
+def out_population(setup: builders.FederatedSetup, config: ml_collections.ConfigDict,
+                   request: requests.UnlearningRequest, root: str | pathlib.Path) -> Population:
+  """The population retrained without `request`'s D_f, cached under `root` by the federation
+  and the request."""
+  out_ident = dict(_federation(config),
+                   **{f"request.{k}": v for k, v in request.fingerprint().items()})
+  return train(setup, config, lambda c: retrain_lib.retrain_plan(setup, c, request),
+               pathlib.Path(root) / f"out-{cache_tag(out_ident)}", request.fingerprint(),
+               "retrain")
+
+
 def train_pair(setup: builders.FederatedSetup, config: ml_collections.ConfigDict,
                request: requests.UnlearningRequest, root: str | pathlib.Path
                ) -> tuple[Population, Population]:
   """The `in` population (trained with D_f) and the `out` population of `request` (retrained
-  without it), cached under `root` by what defines them: the `in` one by the federation alone,
-  so every request (and every benchmark seed) of a federation shares it."""
-  root = pathlib.Path(root)
-  # Members keep no update history (`train`), so EASE's M must not move the cache.
-  federation = federation_fingerprint(base.config_with(config, {"fed.history_size": 0}))
-  # Folder names leave out the fingerprint keys added later (the data files' digest), so caches
-  # written before them are still found; the members' checkpoints carry the whole fingerprint,
-  # so a cache of other data is refused when it is restored.
-  tag = lambda ident: checkpointing.fingerprint_hash(
-      {k: v for k, v in ident.items() if k not in checkpointing.ADDED_LATER})[:10]
-  in_pop = train(setup, config, lambda c: builders.round_plan(setup, c),
-                 root / f"in-{tag(federation)}", dict(kind="none"), "trained")
-  out_ident = dict(federation, **{f"request.{k}": v for k, v in request.fingerprint().items()})
-  out_pop = train(setup, config, lambda c: retrain_lib.retrain_plan(setup, c, request),
-                  root / f"out-{tag(out_ident)}", request.fingerprint(), "retrain")
-  return in_pop, out_pop
+  without it), cached under `root` (`in_population`, `out_population`)."""
+  return in_population(setup, config, root), out_population(setup, config, request, root)
 
 
 def forget_scorer(setup: builders.FederatedSetup, config: ml_collections.ConfigDict,
