@@ -50,29 +50,28 @@ import probe_plants  # noqa: E402  (same folder: the config and the override par
 METRICS = ("test/mean_r1", "clients/mean_r1")
 
 
-def arm_setups(config, arms: list[str]) -> dict[str, object]:
-  """The setup of every arm, each arm checked before anything trains: `planted` and every
-  `without:<plant>` share the planted setup, `none` has its own."""
-  planted = builders.build_setup(config)
-  setups = {}
+def arm_setups(config, arms: list[str]) -> dict[str, tuple]:
+  """`{arm: (config, setup)}`, every arm checked before anything trains: `planted` and every
+  `without:<plant>` share the planted config and setup; `none` has `plants={}` and its own."""
+  planted = (config, builders.build_setup(config))
+  by_arm = {}
   for arm in arms:
     if arm == "none":
-      setups[arm] = builders.build_setup(base.config_with(config, {"plants": {}}))
+      unplanted = base.config_with(config, {"plants": {}})
+      by_arm[arm] = (unplanted, builders.build_setup(unplanted))
     elif arm == "planted" or (arm.startswith("without:") and
-                              arm.split(":", 1)[1] in planted.plants):
-      setups[arm] = planted
+                              arm.split(":", 1)[1] in planted[1].plants):
+      by_arm[arm] = planted
     else:
       raise SystemExit(f"Unknown arm {arm!r}: planted, none or without:<plant>, a plant of "
-                       f"config.plants ({sorted(planted.plants)}).")
-  return setups
+                       f"config.plants ({sorted(planted[1].plants)}).")
+  return by_arm
 
 
-def arm_population(setup, config, arm: str, workdir: pathlib.Path):
+def arm_population(config, setup, arm: str, workdir: pathlib.Path):
   """One arm's population, cached under `workdir` as the audit caches its populations (`planted`
-  is the `in` population, `without:<plant>` the `out` one of that plant's request, `none` the
-  `in` population of the federation without plants)."""
-  if arm == "none":
-    config = base.config_with(config, {"plants": {}})
+  and `none` are the `in` population of their federation, `without:<plant>` the `out` one of
+  that plant's request)."""
   if arm.startswith("without:"):
     request = requests.plant_request(setup, arm.split(":", 1)[1])
     return population_lib.out_population(setup, config, request, workdir)
@@ -113,8 +112,9 @@ def main():
   setups = arm_setups(config, arms)
   results = {}
   for arm in arms:
-    pop = arm_population(setups[arm], config, arm, workdir)
-    results[arm] = member_rows(setups[arm], pop, with_plants=arm == "planted")
+    arm_config, setup = setups[arm]
+    pop = arm_population(arm_config, setup, arm, workdir)
+    results[arm] = member_rows(setup, pop, with_plants=arm == "planted")
     # Paired by member: every arm's member i ran with the same seeds.
     assert [r["seed"] for r in results[arm]] == [r["seed"] for r in results[arms[0]]]
     for row in results[arm]:
