@@ -498,9 +498,13 @@ def test_a_pasted_triggers_opacity_keeps_the_benchmarks_row_keys():
   from ease_jax.unlearning import benchmark as benchmark_lib  # pylint: disable=g-import-not-at-top
   config = configs.from_file(ROOT / "experiments" / "configs" / "benchmark_emoji.py")
   config.benchmark.methods = ("finetune",)
-  with_key = benchmark_lib.row_keys(config)
+  blended_default = benchmark_lib.row_keys(config)
   for name in ("client_backdoor", "sample_backdoor"):
-    assert config.plants[name].trigger.opacity == 1.0
+    assert config.plants[name].trigger.opacity == 0.3
+    config.plants[name].trigger.opacity = 1.0
+  with_key = benchmark_lib.row_keys(config)
+  assert all(blended_default[cell] != key for cell, key in with_key.items())
+  for name in ("client_backdoor", "sample_backdoor"):
     del config.plants[name].trigger["opacity"]
   assert benchmark_lib.row_keys(config) == with_key
   config.plants.client_backdoor.trigger.opacity = 0.3

@@ -63,8 +63,10 @@ class Trigger:
   (BadNets), less blends it in, `(1 - opacity) x + opacity pattern` (the blended attack of Chen
   et al. 2017); with `size` the image's side, the blend covers the whole image.
 
-  The default (8 px, 2-px checker cells, magenta / green, top-left, pasted) covers 6% of a 32 px
-  emoji and exactly one 8 px ViT patch of the embedded backbone.
+  The class default (8 px, 2-px checker cells, magenta / green, top-left, pasted) covers 6% of a
+  32 px emoji and exactly one 8 px ViT patch of the embedded backbone. The embedded federation
+  (`experiments/configs/unlearn_emoji.py`) blends its triggers over the whole image instead
+  (`size=32, opacity=0.3`): learned from fewer copies, at less cost to clean R@1.
   """
   pattern: str = "checker"
   size: int = 8

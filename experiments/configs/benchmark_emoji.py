@@ -8,8 +8,8 @@ Starts from `unlearn_emoji.py` (model, data, the three plants, EASE's and the ba
 blocks) and adds `benchmark`: the requests (each an `unlearning` block), the seeds and the
 methods.
 
-* client: client 1 leaves (it carries the "rocket" backdoor: 200 triggered copies).
-* sample: exactly the 240 poisoned "volcano" pairs of clients 0, 2 and 3, who stay.
+* client: client 1 leaves (it carries the "rocket" backdoor: 130 copies with a blended trigger).
+* sample: exactly the 80 poisoned "volcano" pairs of clients 0, 2 and 3, who stay.
 * concept: every pair of the planted concept (copies of every client's emoji with inverted
   colours, captioned "inverted <own caption>": a style the backbone never saw and retrain never
   sees). The skin-tone concept of earlier sessions (`dict(kind="concept", field="skin_tone",
