@@ -5,6 +5,8 @@ import re
 import subprocess
 import sys
 
+from conftest import FAST_COMPILE_FLAGS
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
@@ -20,8 +22,8 @@ def test_the_using_the_library_example_runs(tmp_path):
   (tmp_path / "experiments").symlink_to(ROOT / "experiments")
   script = tmp_path / "example.py"
   script.write_text(_example())
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)  # The example sets what it needs itself.
+  # The example sets what it needs itself (`avoid_cpu_hang`); the suite's compile flags only.
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=FAST_COMPILE_FLAGS)
   proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
                         capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
