@@ -17,8 +17,8 @@ the trained model whose seed std is a large share of it (issue 14's std/gap ≤ 
 trained model learns of a candidate needs its own training run (`probe_plants.py` with the
 same overrides). One JSON line per candidate: the members' mean, std and values (%), both
 directions. Members run with seeds `audit.first_seed + i` (away from the evaluation seeds) and
-share one partition, so their spread leaves out what a new partition adds between benchmark
-seeds.
+share the partition and plants, as the benchmark's seeds do (`benchmark_emoji.py`): their spread
+is the one the benchmark's three seeds are drawn from.
 """
 from __future__ import annotations
 
