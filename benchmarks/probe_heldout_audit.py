@@ -1,0 +1,100 @@
+"""How often does the audit flag a retrain? Every retrain population member in turn as the
+held-out retrain of issue 14's sanity bound (LiRA TPR@1%FPR ≤ 3%, forget quality p ≥ 0.05).
+
+  python benchmarks/probe_heldout_audit.py --population_root workdirs/benchmark_emoji/population
+  python benchmarks/probe_heldout_audit.py --population_root workdirs/benchmark_emoji/population \
+      --extra_root workdirs/utility_population --extra_population 16 --requests sample,concept
+
+The benchmark audits each seed's retrain reference against populations of `audit.population`
+members (`population.scored_pair`, cached under the benchmark workdir's `population/`): one draw
+per request and seed. This script reads the cached populations (nothing is trained when they
+are complete) and audits each retrained member j against the other members, without j's twin
+in the `in` population (the member with j's seed: the audited retrains have none there), as
+`population.audit_row` audits a row. With `--extra_root`, the out members of a larger cached
+population of the same federation (`utility_population.py --arms planted,without:<plant>`; a
+sample or concept plant, whose request is `requests.plant_request`) that are in neither of
+the benchmark's populations are audited too, against the full populations, as a benchmark
+seed's retrain is. One JSON line per request: each audited retrain's TPR@1%FPR and forget
+quality, and how many exceed the bound. The config is `benchmark_emoji.py` at `--seed` (its
+seed sets the audit's non-member half).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+
+from ease_jax import runtime
+
+runtime.avoid_cpu_hang()
+runtime.one_cpu_device_per_core()
+
+import numpy as np  # noqa: E402
+
+from ease_jax import builders  # noqa: E402
+from ease_jax import configs  # noqa: E402
+from ease_jax.unlearning import base  # noqa: E402
+from ease_jax.unlearning import common  # noqa: E402
+from ease_jax.unlearning import population as population_lib  # noqa: E402
+from ease_jax.unlearning import requests  # noqa: E402
+
+CONFIG = (pathlib.Path(__file__).resolve().parent.parent / "experiments" / "configs" /
+          "benchmark_emoji.py")
+TPR_BOUND, P_BOUND = 0.03, 0.05  # Issue 14's "a held-out retrain seed is not flagged".
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--population_root", required=True,
+                      help="a benchmark workdir's population/ folder")
+  parser.add_argument("--requests", default="client,sample,concept",
+                      help="scenarios of benchmark.scenario_blocks")
+  parser.add_argument("--seed", type=int, default=1, help="the benchmark seed's config")
+  parser.add_argument("--extra_root", default="", help="a larger cached population's workdir")
+  parser.add_argument("--extra_population", type=int, default=16)
+  parser.add_argument("--extra_chunk", type=int, default=8)
+  args = parser.parse_args()
+  config = configs.from_file(CONFIG)
+  keys = config.benchmark.seed_keys
+  config = base.config_with(config, {f"seeds.{k}": args.seed for k in keys})
+  setup = builders.build_setup(config)
+  a = common.block(config, "audit", population_lib.DEFAULTS)
+  for name in args.requests.split(","):
+    block = dict(config.benchmark.scenario_blocks[name])
+    if "plant" in block:
+      request = requests.plant_request(setup, block["plant"])
+    else:
+      request = requests.client_request(setup, list(block["clients"]))
+    nonmembers = common.mia_nonmembers(setup, config, request.forget_images)
+    pops = population_lib.scored_pair(setup, config, request, args.population_root, nonmembers)
+    ins, outs = pops["in_scores"], pops["out_scores"]
+    in_seeds, out_seeds = np.asarray(pops["seeds"]), np.asarray(pops["out_seeds"])
+    audited = []  # (seed, how, row)
+    for j, seed in enumerate(out_seeds):
+      keep_in, keep_out = in_seeds != seed, out_seeds != seed
+      audited.append((int(seed), "left out", population_lib.audit_row(
+          outs[j], ins[keep_in], outs[keep_out], a.variance, in_seeds=in_seeds[keep_in],
+          out_seeds=out_seeds[keep_out], forget_confidence=a.forget_confidence)))
+    if args.extra_root and "plant" in block:
+      extra_config = base.config_with(config, {"audit.population": args.extra_population,
+                                               "audit.chunk": args.extra_chunk})
+      extra = population_lib.out_population(setup, extra_config, request, args.extra_root)
+      score = population_lib.forget_scorer(setup, config, request.forget_texts, nonmembers)
+      for i, seed in enumerate(extra.seeds):
+        if seed in in_seeds or seed in out_seeds:
+          continue
+        audited.append((int(seed), "extra", population_lib.audit_row(
+            score(extra.member(i)), ins, outs, a.variance, in_seeds=in_seeds,
+            out_seeds=out_seeds, forget_confidence=a.forget_confidence)))
+    tpr = np.array([r["lira_tpr@0.01"] for _, _, r in audited])
+    fq = np.array([r["forget_quality"] for _, _, r in audited])
+    print(json.dumps(dict(
+        request=name, forget_pairs=int(outs.shape[1]), seeds=[s for s, _, _ in audited],
+        how=[h for _, h, _ in audited], tpr_at_1pct=[round(float(t), 4) for t in tpr],
+        forget_quality=[round(float(p), 3) for p in fq],
+        over_tpr_bound=int((tpr > TPR_BOUND).sum()), under_p_bound=int((fq < P_BOUND).sum()),
+        audited=len(audited))), flush=True)
+
+
+if __name__ == "__main__":
+  main()
