@@ -34,6 +34,7 @@ import numpy as np  # noqa: E402
 from ease_jax import builders  # noqa: E402
 from ease_jax import configs  # noqa: E402
 from ease_jax.unlearning import base  # noqa: E402
+from ease_jax.unlearning import benchmark  # noqa: E402
 from ease_jax.unlearning import common  # noqa: E402
 from ease_jax.unlearning import population as population_lib  # noqa: E402
 from ease_jax.unlearning import requests  # noqa: E402
@@ -54,17 +55,14 @@ def main():
   parser.add_argument("--extra_population", type=int, default=16)
   parser.add_argument("--extra_chunk", type=int, default=8)
   args = parser.parse_args()
-  config = configs.from_file(CONFIG)
-  keys = config.benchmark.seed_keys
-  config = base.config_with(config, {f"seeds.{k}": args.seed for k in keys})
-  setup = builders.build_setup(config)
-  a = common.block(config, "audit", population_lib.DEFAULTS)
+  bench_config = configs.from_file(CONFIG)
   for name in args.requests.split(","):
-    block = dict(config.benchmark.scenario_blocks[name])
-    if "plant" in block:
-      request = requests.plant_request(setup, block["plant"])
-    else:
-      request = requests.client_request(setup, list(block["clients"]))
+    # The benchmark's own cell config and request (the partition and plants, so the setup, do
+    # not move with the scenario).
+    config = benchmark.scenario_config(bench_config, name, args.seed)
+    setup = builders.build_setup(config)
+    a = common.block(config, "audit", population_lib.DEFAULTS)
+    request = requests.from_config(setup, config.unlearning, seed=config.seeds.unlearning)
     nonmembers = common.mia_nonmembers(setup, config, request.forget_images)
     pops = population_lib.scored_pair(setup, config, request, args.population_root, nonmembers)
     ins, outs = pops["in_scores"], pops["out_scores"]
@@ -75,7 +73,7 @@ def main():
       audited.append((int(seed), "left out", population_lib.audit_row(
           outs[j], ins[keep_in], outs[keep_out], a.variance, in_seeds=in_seeds[keep_in],
           out_seeds=out_seeds[keep_out], forget_confidence=a.forget_confidence)))
-    if args.extra_root and "plant" in block:
+    if args.extra_root and config.unlearning.plant:
       extra_config = base.config_with(config, {"audit.population": args.extra_population,
                                                "audit.chunk": args.extra_chunk})
       extra = population_lib.out_population(setup, extra_config, request, args.extra_root)
