@@ -463,11 +463,19 @@ def round_plan(setup: "FederatedSetup", config: ml_collections.ConfigDict,
   texts = tuple(np.asarray(t, np.int32) for t in texts)
   if active_clients is None:
     active_clients = [c for c, t in enumerate(texts) if len(t)]
-  return federated.RoundPlan(
+  plan = federated.RoundPlan(
       client_texts=texts, active_clients=np.asarray(sorted(active_clients), np.int64),
       clients_per_round=fed.clients_per_round, batch_size=fed.batch_size,
       local_epochs=fed.local_epochs, sampling_seed=config.seeds.sampling,
       data_seed=config.seeds.data, round_offset=round_offset)
+  # Where padded steps cost nothing (skipped), pad to the whole federation's largest client, so
+  # that a subset of it reuses the whole federation's compiled client update instead of
+  # compiling its own (a retrain, the retrain population, FedAvg continued after unlearning).
+  if fedavg_options(setup, config, plan).backend == "sequential":
+    whole = max(federated.num_local_steps(len(t), fed.batch_size, fed.local_epochs)
+                for t in setup.client_texts())
+    plan = dataclasses.replace(plan, min_steps=whole)
+  return plan
 
 
 def fedavg_algorithm(setup: "FederatedSetup", config: ml_collections.ConfigDict,

@@ -1,4 +1,5 @@
 """The federated engine: backends agree, padding is inert, FedAvg is a weighted mean, resume works."""
+import dataclasses
 import json
 import shutil
 from typing import NamedTuple
@@ -77,6 +78,34 @@ def test_padding_does_not_change_real_clients(tiny_setup, engine):
                      federated.Batches(jnp.asarray(idx), jnp.asarray(mask)))
   assert _tree_allclose(jax.tree.map(lambda x: x[:-1], with_ghost), base, atol=1e-6)
   assert all(float(jnp.abs(x[-1]).max()) == 0 for x in jax.tree.leaves(with_ghost))
+
+
+@pytest.mark.parametrize("backend", ["sequential", "vmap"])
+def test_a_plan_on_part_of_the_data_pads_to_the_whole_federation_where_padding_is_skipped(
+    tiny_setup, backend):
+  """A retrain-like plan (a subset of every client's texts) is padded to the whole federation's
+  local steps only where padded steps are skipped, so it reuses the whole federation's compiled
+  client update; its real batches and its training are those of the unpadded plan."""
+  config = tiny_config(batch_size=4)
+  config.fed.backend = backend
+  part = [t[:5] for t in tiny_setup.client_texts()]  # 2 local steps each, against 4
+  whole = builders.round_plan(tiny_setup, config)
+  plan = builders.round_plan(tiny_setup, config, client_texts=part)
+  own = dataclasses.replace(plan, min_steps=0)
+  assert (whole.num_steps, own.num_steps) == (4, 2)
+  assert plan.num_steps == (4 if backend == "sequential" else 2)
+  padded, unpadded = plan.inputs(1), own.inputs(1)
+  np.testing.assert_array_equal(padded.batches.text_indices[:, :2], unpadded.batches.text_indices)
+  np.testing.assert_array_equal(padded.batches.mask[:, :2], unpadded.batches.mask)
+  assert not padded.batches.mask[:, 2:].any()
+  start = builders.init_trainable(tiny_setup, config)
+  trained = []
+  for p in (plan, own):
+    algorithm = builders.fedavg_algorithm(tiny_setup, config, p)
+    state, _ = algorithm.apply(algorithm.init(start), p.inputs(1))
+    trained.append(state.trainable)
+  np.testing.assert_array_equal(flat(trained[0]), flat(trained[1]))
+  assert not _tree_allclose(trained[0], start)
 
 
 def test_client_update_trains_only_the_adapter(tiny_setup, engine):

@@ -131,6 +131,10 @@ class RoundPlan:
     sampling_seed, data_seed: `seeds.sampling` and `seeds.data`.
     round_offset: added to the round index in the random streams (training continued after
       unlearning draws fresh samples and shuffles).
+    min_steps: pad every client to at least this many local steps. A backend that skips padded
+      steps (`sequential`) then runs a federation without its largest client (a retrain, FedAvg
+      continued after unlearning) on the same compiled client update as the whole federation.
+      The shuffles do not depend on it, so the real steps are the same.
   """
   client_texts: tuple[np.ndarray, ...]
   active_clients: np.ndarray
@@ -140,6 +144,7 @@ class RoundPlan:
   sampling_seed: int
   data_seed: int
   round_offset: int = 0
+  min_steps: int = 0
 
   def __post_init__(self):
     if len(self.active_clients) == 0:
@@ -157,14 +162,15 @@ class RoundPlan:
 
   @property
   def num_steps(self) -> int:
-    """Padded local steps of every client (the largest active client's), fixed for the run."""
-    return max(self.client_steps)
+    """Padded local steps of every client (the largest active client's, at least `min_steps`),
+    fixed for the run."""
+    return max(max(self.client_steps), self.min_steps)
 
   @property
   def step_utilization(self) -> float:
     """The share of a round's padded client steps that are real (all active clients)."""
     steps = self.client_steps
-    return float(sum(steps) / (len(steps) * max(steps)))
+    return float(sum(steps) / (len(steps) * self.num_steps))
 
   def inputs(self, round_index: int) -> RoundInputs:
     r = round_index + self.round_offset
