@@ -76,7 +76,10 @@ def test_padding_does_not_change_real_clients(tiny_setup, engine):
   mask = np.concatenate([sched.mask, np.zeros_like(sched.mask[:1])])
   with_ghost, _ = fn(trainable, tiny_setup.backbone, tiny_setup.data,
                      federated.Batches(jnp.asarray(idx), jnp.asarray(mask)))
-  assert _tree_allclose(jax.tree.map(lambda x: x[:-1], with_ghost), base, atol=1e-6)
+  # The client axis' length changes how XLA vectorizes the clients' reductions, so the real
+  # clients agree up to float rounding (3e-6 on deltas of 2e-2 with the suite's compile flags),
+  # the tolerance of vmap == sequential above; ghost data leaking in would move them by ~1e-2.
+  assert _tree_allclose(jax.tree.map(lambda x: x[:-1], with_ghost), base)
   assert all(float(jnp.abs(x[-1]).max()) == 0 for x in jax.tree.leaves(with_ghost))
 
 
