@@ -47,12 +47,21 @@ def test_population_member_equals_the_single_run_with_its_seed(tmp_path, chunk):
                      tmp_path / "out", other.fingerprint(), "retrain")
   if chunk:
     # A larger population reuses the finished chunk (its checkpoint is not rewritten) and
-    # trains the new members only.
+    # trains the new members only; given the algorithms of an earlier call, it runs those
+    # (already compiled) instead of building its own.
     done = tmp_path / "out" / "members_5_6"
     before = {p: p.stat().st_mtime_ns for p in (done / "checkpoints").rglob("*") if p.is_file()}
+    algorithms = {}
+    population.train(setup, cfg, lambda c: retrain_lib.retrain_plan(setup, c, req),
+                     tmp_path / "out", req.fingerprint(), "retrain", algorithms=algorithms)
+    built = dict(algorithms)
+    assert len(built) == 1
     larger = population.train(setup, _config(n=4, chunk=chunk),
                               lambda c: retrain_lib.retrain_plan(setup, c, req),
-                              tmp_path / "out", req.fingerprint(), "retrain")
+                              tmp_path / "out", req.fingerprint(), "retrain",
+                              algorithms=algorithms)
+    assert algorithms.keys() == built.keys()
+    assert all(algorithms[k] is built[k] for k in built)
     assert larger.seeds == (5, 6, 7, 8)
     assert {p: p.stat().st_mtime_ns for p in (done / "checkpoints").rglob("*")
             if p.is_file()} == before

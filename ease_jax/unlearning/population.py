@@ -120,10 +120,15 @@ class Population:
 
 def train(setup: builders.FederatedSetup, config: ml_collections.ConfigDict,
           plan_of: Callable[[ml_collections.ConfigDict], federated.RoundPlan],
-          workdir: str | pathlib.Path, identity: dict[str, Any], desc: str) -> Population:
+          workdir: str | pathlib.Path, identity: dict[str, Any], desc: str,
+          algorithms: dict[Any, Any] | None = None) -> Population:
   """The population of `audit.population` runs of `plan_of(member_config)`, cached in `workdir`.
 
   `identity` (e.g. the request's fingerprint) guards the cache like the retrain reference's.
+  `algorithms`, when given, is where the batched algorithm is kept between calls on the same
+  federation and config (keyed by its compiler options), so that a later call, e.g. one that
+  grows `audit.population` by a chunk, runs the programs already compiled instead of tracing and
+  compiling them again.
   """
   a = common.block(config, "audit", DEFAULTS)
   seeds = tuple(a.first_seed + i for i in range(a.population))
@@ -150,7 +155,8 @@ def train(setup: builders.FederatedSetup, config: ml_collections.ConfigDict,
   # No update history (the audit needs the models only).
   config = base.config_with(config, {"fed.history_size": 0})
   chunk = a.chunk or len(seeds)
-  trainables, wall, algorithms, devices = [], 0.0, {}, 1
+  trainables, wall, devices = [], 0.0, 1
+  algorithms = {} if algorithms is None else algorithms
   for start in range(0, len(seeds), chunk):
     group = seeds[start:start + chunk]
     configs = [member_config(config, s) for s in group]
