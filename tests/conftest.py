@@ -122,16 +122,6 @@ def make_unlearning_ctx(trained, overrides=None, request=None, setup=None):
       trained=res.trainable, history=res.history, eval_subsets=request.eval_subsets(setup))
 
 
-# Tolerance for LoRA factors after client Adam steps, compared between two programs that compute
-# the same thing in another order (jit against eager, other compiler options, the guard's
-# average against an independent one). Adam divides by sqrt(v), so where a gradient is near zero
-# a float32 rounding difference reaches the update magnified: up to 2.5e-6 on an Intel Xeon
-# with AVX-512 (family 6 model 167, session 39), where 1e-6 had held on AMD EPYCs. 1e-5 is a
-# thousandth of one step at the tests' client_lr of 1e-2; a dropped or mis-weighted client moves
-# the factors by far more.
-ADAM_ROUNDING_ATOL = 1e-5
-
-
 def flat_params(tree) -> np.ndarray:
   """All leaves of a pytree as one flat numpy vector."""
   from jax.flatten_util import ravel_pytree  # pylint: disable=g-import-not-at-top
