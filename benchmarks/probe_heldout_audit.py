@@ -16,7 +16,15 @@ sample or concept plant, whose request is `requests.plant_request`) that are in 
 the benchmark's populations are audited too, against the full populations, as a benchmark
 seed's retrain is. One JSON line per request: each audited retrain's TPR@1%FPR and forget
 quality, and how many exceed the bound. The config is `benchmark_emoji.py` at `--seed` (its
-seed sets the audit's non-member half).
+seed sets the audit's non-member half) with the `dotted.key=value` overrides, e.g.
+`audit.score=loss audit.calibrate=True` to audit the same cached members under another score
+(an override of a training key trains other populations).
+
+The other half of the bound, that the trained model is flagged (TPR@1% ≥ 20%, p < 0.01), is
+read on the trained members: each `in` member against the other `in` members and the retrains
+without its twin (`trained_tpr_at_1pct`, `trained_forget_quality`). The line also gives the
+retrain population's `model_effect_share` (`audit.model_effect_share`): how much one
+retrain's scores move together, which `probe_lira_bound.py` turns into the bound's miss rate.
 """
 from __future__ import annotations
 
@@ -31,6 +39,7 @@ runtime.one_cpu_device_per_core()
 
 import numpy as np  # noqa: E402
 
+from ease_jax import audit  # noqa: E402
 from ease_jax import builders  # noqa: E402
 from ease_jax import configs  # noqa: E402
 from ease_jax.unlearning import base  # noqa: E402
@@ -39,9 +48,12 @@ from ease_jax.unlearning import common  # noqa: E402
 from ease_jax.unlearning import population as population_lib  # noqa: E402
 from ease_jax.unlearning import requests  # noqa: E402
 
+import probe_plants  # noqa: E402  (same folder: the override parser)
+
 CONFIG = (pathlib.Path(__file__).resolve().parent.parent / "experiments" / "configs" /
           "benchmark_emoji.py")
 TPR_BOUND, P_BOUND = 0.03, 0.05  # Issue 14's "a held-out retrain seed is not flagged".
+TRAINED_TPR, TRAINED_P = 0.20, 0.01  # ... and "the trained model is flagged".
 
 
 def main():
@@ -54,12 +66,14 @@ def main():
   parser.add_argument("--extra_root", default="", help="a larger cached population's workdir")
   parser.add_argument("--extra_population", type=int, default=16)
   parser.add_argument("--extra_chunk", type=int, default=8)
+  parser.add_argument("overrides", nargs="*", help="dotted.key=value")
   args = parser.parse_args()
   bench_config = configs.from_file(CONFIG)
   for name in args.requests.split(","):
     # The benchmark's own cell config and request (the partition and plants, so the setup, do
     # not move with the scenario).
-    config = benchmark.scenario_config(bench_config, name, args.seed)
+    config = probe_plants.with_overrides(benchmark.scenario_config(bench_config, name, args.seed),
+                                         args.overrides)
     setup = builders.build_setup(config)
     a = common.block(config, "audit", population_lib.DEFAULTS)
     request = requests.from_config(setup, config.unlearning, seed=config.seeds.unlearning)
@@ -84,14 +98,27 @@ def main():
         audited.append((int(seed), "extra", population_lib.audit_row(
             score(extra.member(i)), ins, outs, a.variance, in_seeds=in_seeds,
             out_seeds=out_seeds, forget_confidence=a.forget_confidence)))
+    trained = [population_lib.audit_row(
+        ins[j], ins[in_seeds != seed], outs[out_seeds != seed], a.variance,
+        in_seeds=in_seeds[in_seeds != seed], out_seeds=out_seeds[out_seeds != seed],
+        forget_confidence=a.forget_confidence) for j, seed in enumerate(in_seeds)]
+    trained_tpr = np.array([r["lira_tpr@0.01"] for r in trained])
+    trained_fq = np.array([r["forget_quality"] for r in trained])
     tpr = np.array([r["lira_tpr@0.01"] for _, _, r in audited])
     fq = np.array([r["forget_quality"] for _, _, r in audited])
     print(json.dumps(dict(
-        request=name, forget_pairs=int(outs.shape[1]), seeds=[s for s, _, _ in audited],
+        request=name, forget_pairs=int(outs.shape[1]),
+        # How much one retrain's scores move together (`probe_lira_bound.py` turns it into the
+        # bound's miss rate).
+        model_effect_share=round(audit.model_effect_share(outs), 4),
+        score=a.score, calibrate=bool(a.calibrate), seeds=[s for s, _, _ in audited],
         how=[h for _, h, _ in audited], tpr_at_1pct=[round(float(t), 4) for t in tpr],
         forget_quality=[round(float(p), 3) for p in fq],
         over_tpr_bound=int((tpr > TPR_BOUND).sum()), under_p_bound=int((fq < P_BOUND).sum()),
-        audited=len(audited))), flush=True)
+        audited=len(audited), trained_tpr_at_1pct=[round(float(t), 4) for t in trained_tpr],
+        trained_forget_quality=[float(f"{p:.3g}") for p in trained_fq],
+        trained_not_flagged=int(((trained_tpr < TRAINED_TPR) | (trained_fq >= TRAINED_P)).sum()),
+        trained_audited=len(trained))), flush=True)
 
 
 if __name__ == "__main__":

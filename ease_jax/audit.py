@@ -23,6 +23,10 @@ not used in the fits (held-out retrain seeds, the negatives).
   by example groups).
 * `roc_auc`, `tpr_at_fpr` (`fpr_threshold`): of positives (the audited model's Λ) against
   negatives (held-out retrain models' Λ).
+* `model_effect_share`: how much of a population's per-example spread one model's scores
+  share (the intraclass correlation of a model × example layout). Where it is high, a model's
+  examples cross the pooled threshold together, so one model's TPR at a low FPR scatters far
+  more than n independent examples would make it (`benchmarks/probe_lira_bound.py`).
 * `ks_2samp`: the two-sample Kolmogorov–Smirnov statistic with its exact two-sided p-value;
   forget quality (TOFU) = that p-value between the model's and a held-out retrain's scores.
 * `calibrated_ks`: the same statistic judged against the retrain population. The exact p-value
@@ -137,6 +141,26 @@ def lira_statistic(scores: np.ndarray, in_scores: np.ndarray, out_scores: np.nda
                      f"same n examples, got shapes {s.shape}, {np.shape(in_scores)} and "
                      f"{np.shape(out_scores)}.")
   return _log_normal(s, mu_in, sd_in) - _log_normal(s, mu_out, sd_out)
+
+
+def model_effect_share(scores: np.ndarray) -> float:
+  """The share of `scores [models, n]`'s spread that is a shift shared by all of one model's
+  examples: the intraclass correlation τ² / (τ² + σ²) of s_mk = μ_k + b_m + e_mk, b_m ~ (0, τ²),
+  e_mk ~ (0, σ²), by the two-way ANOVA without replication (models × examples): τ̂² =
+  (MS_models − MS_residual) / n, at least 0, and σ̂² = MS_residual. Needs >= 2 models and >= 2
+  examples; 0 where every score is equal.
+  """
+  x = _check_scores("scores", scores, 2)
+  m, n = x.shape
+  if n < 2:
+    raise ValueError(f"model_effect_share needs >= 2 examples per model, got shape {x.shape}.")
+  centred = x - x.mean(axis=0)                 # without each example's own mean
+  shift = centred.mean(axis=1, keepdims=True)  # [models, 1] each model's b_m + noise
+  ms_models = n * float(np.sum(np.square(shift))) / (m - 1)
+  ms_residual = float(np.sum(np.square(centred - shift))) / ((m - 1) * (n - 1))
+  tau2 = max(0.0, (ms_models - ms_residual) / n)
+  total = tau2 + ms_residual
+  return tau2 / total if total > 0 else 0.0
 
 
 def roc_auc(positives: np.ndarray, negatives: np.ndarray) -> float:

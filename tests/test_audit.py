@@ -456,3 +456,33 @@ def test_forget_quality_bound_clears_held_out_retrains_that_the_point_estimate_f
   assert np.mean(point < 0.05) >= 0.075 and np.mean(bound < 0.05) <= 0.025
   assert np.mean(bound >= point) >= 0.9
   assert np.mean(trained < 0.01) >= 0.8
+
+
+def test_model_effect_share_equals_the_anova_of_a_hand_made_layout():
+  # Rows shift by ±a, the residual ±r is orthogonal to rows and columns: MS_models = 4a²,
+  # MS_residual = 4r² (1 degree of freedom each), so τ² = (4a² − 4r²) / 2 and σ² = 4r².
+  a, r = 2.0, 1.0
+  scores = np.array([[a + r, a - r], [-a - r, -a + r]]) + np.array([5.0, -3.0])  # + μ_k
+  tau2, sigma2 = (4 * a * a - 4 * r * r) / 2, 4 * r * r
+  np.testing.assert_allclose(audit.model_effect_share(scores), tau2 / (tau2 + sigma2),
+                             rtol=1e-12)
+  # More residual than shift: no shared part (τ̂² is clipped at 0); every score equal: 0.
+  assert audit.model_effect_share(np.array([[r + 0.1, -r - 0.1], [-r, r]])) == 0.0
+  assert audit.model_effect_share(np.ones((3, 4))) == 0.0
+
+
+@pytest.mark.parametrize("icc", [0.0, 0.3, 0.8])
+def test_model_effect_share_recovers_the_intraclass_correlation(icc):
+  rng = np.random.default_rng(11)
+  models, n = 400, 200
+  mu = rng.normal(0, 3, n)
+  scores = (mu + rng.normal(0, np.sqrt(icc), (models, 1))
+            + rng.normal(0, np.sqrt(1 - icc), (models, n)))
+  assert abs(audit.model_effect_share(scores) - icc) < 0.04
+
+
+def test_model_effect_share_refuses_too_few_models_or_examples():
+  with pytest.raises(ValueError, match=">= 2 models"):
+    audit.model_effect_share(np.zeros((1, 5)))
+  with pytest.raises(ValueError, match=">= 2 examples"):
+    audit.model_effect_share(np.zeros((4, 1)))
