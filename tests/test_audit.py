@@ -383,7 +383,9 @@ def test_audit_row_reads_forget_quality_at_the_configured_confidence():
                  forget_ks_n_eff_point="n_eff_point")
   assert {k: row[k] for k in columns} == {k: fq[v] for k, v in columns.items()}
   lira = audit.lira_audit(target, ins, outs, "shared", in_seeds=seeds, out_seeds=seeds)
-  assert {k: row[k] for k in lira} == lira and set(row) == set(columns) | set(lira)
+  assert row["lira_model_effect_share"] == audit.model_effect_share(outs)
+  assert {k: row[k] for k in lira} == lira and set(row) == (set(columns) | set(lira)
+                                                            | {"lira_model_effect_share"})
   assert audit.lira_audit(target, ins, outs, "shared") != lira
   assert audit.lira_audit(target, outs, ins, "shared", in_seeds=seeds, out_seeds=seeds) != lira
 

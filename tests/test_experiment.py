@@ -413,6 +413,7 @@ def test_unlearn_pipeline_on_emoji_with_a_checkpoint_folder(tmp_path):
     assert 0.0 <= r["forget_quality_iid"] <= 1.0
   assert rows["retrain"]["asr/client_backdoor/i2t_gap"] == 0.0
   assert results["populations"]["seeds"] == [100, 101, 102, 103]
+  assert 0.0 <= results["populations"]["model_effect_share"] <= 1.0
   # The backbone row is the pretrained model alone: evaluate it independently on the clean
   # images of client 0 (its planted copies are measured by the attack success rates).
   setup = builders.build_setup(config)

@@ -178,7 +178,12 @@ def test_benchmark_aggregation_and_resume_rows(tmp_path):
   assert m["mia_auc_gap"][0] == pytest.approx(0.15)
   assert m["speedup_vs_retrain"][0] == pytest.approx(10.0)
   md = benchmark.format_markdown(table, ["client"])
-  assert "| m |" in md and "11.0 ± 1.4" in md
+  assert "| m |" in md and "11.0 ± 1.4" in md and "model-effect share" not in md
+  # The retrain population's model-effect share (one per request: every row of a scenario reads
+  # the same population) goes in the request's heading.
+  shared = [dict(r, lira_model_effect_share=0.357) for r in rows]
+  assert "model-effect share 0.36:" in benchmark.format_markdown(
+      benchmark.aggregate(shared, ["client"]), ["client"]).splitlines()[0]
   # Forget quality's cell: the range over seeds of p at the calibration bound, the medians of
   # (point estimate; exact) beside it; never a mean of p-values (three seeds, skewed values: a
   # mean would read otherwise).

@@ -52,7 +52,7 @@ METRICS = (
     + [f"{s}/mean_r1" for s in SPLITS]
     + [f"{s}/mean_r1_gap" for s in SPLITS]
     + ["mia_auc", "mia_auc_gap", "wall_time_s", "speedup_vs_retrain"]
-    + ["lira_auc", "lira_tpr@0.01", "lira_tpr@0.001"])
+    + ["lira_auc", "lira_tpr@0.01", "lira_tpr@0.001", "lira_model_effect_share"])
 # The audit's p-values, summarised over seeds by their median and range (`<key>_over_seeds`),
 # never a mean: the audit decides per seed (flagged at p < 0.01 on every seed iff the largest
 # is; cleared at p >= 0.05 iff the smallest is), and a mean of p-values is neither.
@@ -379,8 +379,14 @@ def format_markdown(table: Sequence[dict[str, Any]], scenarios: Sequence[str]) -
             + "Δ knowledge | forget R@1 (Δ) | Δretain | Δtest | forget quality: range over "
             "seeds (medians: point; iid) | "
             "LiRA AUC | TPR@1%FPR | MIA AUC (Δ) | time (s) | speed-up |")
+    share = next((r["lira_model_effect_share"][0] for r in rows
+                  if r.get("lira_model_effect_share")), None)
+    share_note = ("" if share is None else
+                  f"; the retrain population's model-effect share {share:.2f}: the higher, the "
+                  "further one retrain's TPR@1% strays from 1%")
     parts.append(f"**{scenario} unlearning** ({max(len(r['seeds']) for r in rows)} seeds; "
-                 "Δ = method − retrain; knowledge in %, R@1 = mean of both directions)\n")
+                 "Δ = method − retrain; knowledge in %, R@1 = mean of both directions"
+                 f"{share_note})\n")
     parts += [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
       pm = lambda key, digits=1, r=r: _pm(r.get(key), digits, r, key)

@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 import ml_collections
 import numpy as np
 
+from ease_jax import audit
 from ease_jax import jsonio
 from ease_jax import validation
 from ease_jax.unlearning import cell as cell_lib
@@ -152,7 +153,10 @@ def run_unlearning(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
       forgotten_knowledge=cell.forgotten_knowledge,
       populations=(None if cell.populations is None else dict(
           seeds=list(cell.populations["seeds"]), in_time_s=cell.populations["in_time_s"],
-          out_time_s=cell.populations["out_time_s"])),
+          out_time_s=cell.populations["out_time_s"],
+          # How much one retrain's scores on D_f move together: the higher, the further one
+          # model's TPR@1% can stray from 1% with nothing wrong (`audit.model_effect_share`).
+          model_effect_share=audit.model_effect_share(cell.populations["out_scores"]))),
       subsets={k: int(len(v)) for k, v in cell.subsets.items()},
       train_timing=cell.train_timing, retrain_timing=cell.retrain_timing, table=rows,
       methods=details, config=config.to_dict())

@@ -315,6 +315,11 @@ def audit_row(target: np.ndarray, in_scores: np.ndarray, out_scores: np.ndarray,
   the n scores as independent draws and flags most pairs of retrain seeds; `forget_quality_min`
   the smallest calibrated p (BENCHMARKS.md, "Forget quality against the population" and "Forget
   quality: a calibration that does not move with the draw").
+
+  `lira_model_effect_share` is the retrain population's `audit.model_effect_share`: where one
+  model's scores move together, a single model's TPR at a low FPR scatters far beyond the FPR
+  (on the embedded default's sample request, share 0.36, a retrain outside the population reads
+  TPR@1% > 3% about one time in ten, whatever the population's size).
   """
   fq = audit.forget_quality(target, out_scores, confidence=forget_confidence)
   row = dict(forget_quality=fq["p"], forget_quality_point=fq["p_point"],
@@ -322,4 +327,7 @@ def audit_row(target: np.ndarray, in_scores: np.ndarray, out_scores: np.ndarray,
              forget_ks_n_eff=fq["n_eff"], forget_ks_n_eff_point=fq["n_eff_point"])
   row.update(audit.lira_audit(target, in_scores, out_scores, variance, in_seeds=in_seeds,
                               out_seeds=out_seeds))
+  # A property of the retrain population, not of the model: how far one retrain's TPR can
+  # stray from the FPR (BENCHMARKS.md, "Why a retrain crosses the bound").
+  row["lira_model_effect_share"] = audit.model_effect_share(out_scores)
   return row
