@@ -469,7 +469,7 @@ def test_model_effect_share_equals_the_anova_of_a_hand_made_layout():
   np.testing.assert_allclose(audit.model_effect_share(scores), tau2 / (tau2 + sigma2),
                              rtol=1e-12)
   # More residual than shift: no shared part (τ̂² is clipped at 0); every score equal: 0.
-  assert audit.model_effect_share(np.array([[r + 0.1, -r - 0.1], [-r, r]])) == 0.0
+  assert audit.model_effect_share(np.array([[r + 0.1, -r + 0.1], [-r - 0.1, r - 0.1]])) == 0.0
   assert audit.model_effect_share(np.ones((3, 4))) == 0.0
 
 

@@ -318,8 +318,9 @@ def audit_row(target: np.ndarray, in_scores: np.ndarray, out_scores: np.ndarray,
 
   `lira_model_effect_share` is the retrain population's `audit.model_effect_share`: where one
   model's scores move together, a single model's TPR at a low FPR scatters far beyond the FPR
-  (on the embedded default's sample request, share 0.36, a retrain outside the population reads
-  TPR@1% > 3% about one time in ten, whatever the population's size).
+  (at the embedded default's sample request's share, 0.36, the synthetic probe
+  `benchmarks/probe_lira_bound.py` puts a retrain outside the population over TPR@1% 3% about
+  one time in ten, at 10 to 80 members).
   """
   fq = audit.forget_quality(target, out_scores, confidence=forget_confidence)
   row = dict(forget_quality=fq["p"], forget_quality_point=fq["p_point"],
