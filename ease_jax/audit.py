@@ -143,13 +143,9 @@ def lira_statistic(scores: np.ndarray, in_scores: np.ndarray, out_scores: np.nda
   return _log_normal(s, mu_in, sd_in) - _log_normal(s, mu_out, sd_out)
 
 
-def model_effect_share(scores: np.ndarray) -> float:
-  """The share of `scores [models, n]`'s spread that is a shift shared by all of one model's
-  examples: the intraclass correlation τ² / (τ² + σ²) of s_mk = μ_k + b_m + e_mk, b_m ~ (0, τ²),
-  e_mk ~ (0, σ²), by the two-way ANOVA without replication (models × examples): τ̂² =
-  (MS_models − MS_residual) / n, at least 0, and σ̂² = MS_residual. Needs >= 2 models and >= 2
-  examples; 0 where every score is equal.
-  """
+def _model_effect_anova(scores: np.ndarray) -> tuple[float, float, int, int]:
+  """(MS_models, MS_residual, models, examples) of the two-way ANOVA without replication of
+  `scores [models, n]` (>= 2 of each)."""
   x = _check_scores("scores", scores, 2)
   m, n = x.shape
   if n < 2:
@@ -158,9 +154,47 @@ def model_effect_share(scores: np.ndarray) -> float:
   shift = centred.mean(axis=1, keepdims=True)  # [models, 1] each model's b_m + noise
   ms_models = n * float(np.sum(np.square(shift))) / (m - 1)
   ms_residual = float(np.sum(np.square(centred - shift))) / ((m - 1) * (n - 1))
-  tau2 = max(0.0, (ms_models - ms_residual) / n)
-  total = tau2 + ms_residual
-  return tau2 / total if total > 0 else 0.0
+  return ms_models, ms_residual, m, n
+
+
+def _share_at(f: float, n: int) -> float:
+  """The share τ² / (τ² + σ²) where MS_models / MS_residual = `f`, clipped to [0, 1]."""
+  return float(np.clip((f - 1.0) / (f + n - 1.0), 0.0, 1.0))
+
+
+def model_effect_share(scores: np.ndarray) -> float:
+  """The share of `scores [models, n]`'s spread that is a shift shared by all of one model's
+  examples: the intraclass correlation τ² / (τ² + σ²) of s_mk = μ_k + b_m + e_mk, b_m ~ (0, τ²),
+  e_mk ~ (0, σ²), by the two-way ANOVA without replication (models × examples): τ̂² =
+  (MS_models − MS_residual) / n, at least 0, and σ̂² = MS_residual (McGraw & Wong's ICC(C, 1)
+  with the models as subjects). Needs >= 2 models and >= 2 examples; 0 where every score is
+  equal. A shift shared by only some of the examples counts as residual.
+  """
+  ms_models, ms_residual, _, n = _model_effect_anova(scores)
+  if ms_residual <= 0:
+    return 0.0 if ms_models <= 0 else 1.0
+  return _share_at(ms_models / ms_residual, n)
+
+
+def model_effect_share_interval(scores: np.ndarray, confidence: float = 0.95
+                                ) -> tuple[float, float]:
+  """The exact `confidence` interval of `model_effect_share` under normal b and e (McGraw &
+  Wong 1996, ICC(C, 1)): F = MS_models / MS_residual over the F quantiles of (M − 1, (M − 1)(n − 1))
+  degrees of freedom. With few models it is wide: 10 models at a share of 0.36 over 80
+  examples give about 0.20-0.65."""
+  from scipy import stats  # pylint: disable=g-import-not-at-top  (jax's own dependency)
+  if not 0.0 < confidence < 1.0:
+    raise ValueError(f"The interval's confidence must be in (0, 1), got {confidence}.")
+  ms_models, ms_residual, m, n = _model_effect_anova(scores)
+  if ms_residual <= 0:
+    share = 0.0 if ms_models <= 0 else 1.0
+    return share, share
+  f = ms_models / ms_residual
+  df_models, df_residual = m - 1, (m - 1) * (n - 1)
+  tail = (1.0 - confidence) / 2.0
+  low = f / stats.f.ppf(1.0 - tail, df_models, df_residual)
+  high = f * stats.f.ppf(1.0 - tail, df_residual, df_models)
+  return _share_at(low, n), _share_at(high, n)
 
 
 def roc_auc(positives: np.ndarray, negatives: np.ndarray) -> float:

@@ -349,3 +349,27 @@ def test_shipped_benchmark_config_builds_every_request():
       assert len(req.forget_texts) > 0
       kinds.add(req.kind)
   assert kinds == {"client", "sample", "concept"}
+
+
+def test_matched_cosines_pairs_each_text_with_the_given_image(tiny_setup):
+  """Without `images`, caption i meets its own image; with them, image i (a pair the dataset
+  need not hold), against cosines computed here from `embed`'s rows."""
+  setup = tiny_setup
+  trainable = builders.init_trainable(setup, tiny_config())
+  texts = np.arange(0, len(setup.dataset.text_image), 3)[:12]
+  images = np.random.default_rng(1).permutation(setup.dataset.num_images)[:len(texts)]
+  image_emb, text_emb = device_lib.embed(setup.model, setup.backbone, trainable, setup.data,
+                                         images, texts)
+  unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
+  want = np.sum(unit(image_emb) * unit(text_emb), axis=1)
+  got = federated.matched_cosines(setup.model, setup.backbone, trainable, setup.data, texts,
+                                  images=images)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  own = np.asarray(setup.dataset.text_image)[texts]
+  np.testing.assert_array_equal(
+      federated.matched_cosines(setup.model, setup.backbone, trainable, setup.data, texts),
+      federated.matched_cosines(setup.model, setup.backbone, trainable, setup.data, texts,
+                                images=own))
+  with pytest.raises(ValueError, match="pairs text i with image i"):
+    federated.matched_cosines(setup.model, setup.backbone, trainable, setup.data, texts,
+                              images=images[:-1])

@@ -129,11 +129,17 @@ def embedder_for(model: "CLIP", backbone: PyTree, trainable: PyTree, data: Devic
 
 
 def matched_cosines(model: "CLIP", backbone: PyTree, trainable: PyTree, data: DeviceData,
-                    texts: np.ndarray, embedder: Embedder | None = None) -> np.ndarray:
+                    texts: np.ndarray, embedder: Embedder | None = None,
+                    images: np.ndarray | None = None) -> np.ndarray:
   """`[n]` cosine of each caption with its own image under (backbone, trainable); `embedder`,
-  when given, is a shared `Embedder` of that pair."""
+  when given, is a shared `Embedder` of that pair. `images [n]`, when given, pairs caption i
+  with image i instead (pairs the dataset does not hold, e.g. a caption on another image)."""
   texts = np.asarray(texts, np.int32)
-  images = np.asarray(data.text_image)[texts]
+  if images is None:
+    images = np.asarray(data.text_image)[texts]
+  elif np.shape(images) != texts.shape:
+    raise ValueError(f"matched_cosines pairs text i with image i: got {texts.shape[0]} texts and "
+                     f"images of shape {np.shape(images)}.")
   ie, te = embedder_for(model, backbone, trainable, data, embedder)(images, texts)
   ie = ie / np.linalg.norm(ie, axis=1, keepdims=True)
   te = te / np.linalg.norm(te, axis=1, keepdims=True)
