@@ -80,8 +80,10 @@ def main():
   rng = np.random.default_rng(args.seed)
   for spec in args.requests.split(","):
     name, _, shape = spec.rpartition("=")
-    examples, icc, *rest = shape.split(":")
-    examples, icc, groups = int(examples), float(icc), int(rest[0]) if rest else 1
+    fields = shape.split(":")
+    if len(fields) not in (2, 3):
+      raise ValueError(f"A request is [name=]examples:icc[:groups], got {spec!r}.")
+    examples, icc, groups = int(fields[0]), float(fields[1]), int(fields[2]) if fields[2:] else 1
     if examples < 1 or not 0.0 <= icc < 1.0 or not 1 <= groups <= examples:
       raise ValueError(f"A request needs >= 1 example, a model-effect share in [0, 1) and 1 to "
                        f"examples groups, got {spec!r}.")

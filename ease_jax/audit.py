@@ -154,6 +154,11 @@ def _model_effect_anova(scores: np.ndarray) -> tuple[float, float, int, int]:
   shift = centred.mean(axis=1, keepdims=True)  # [models, 1] each model's b_m + noise
   ms_models = n * float(np.sum(np.square(shift))) / (m - 1)
   ms_residual = float(np.sum(np.square(centred - shift))) / ((m - 1) * (n - 1))
+  # Equal rows (or equal scores) leave rounding alone in both mean squares, whose ratio would
+  # read as any share: below this, both are zero.
+  rounding = 1e-20 * max(float(np.mean(np.square(x))), np.finfo(np.float64).tiny)
+  if ms_models + ms_residual <= rounding:
+    return 0.0, 0.0, m, n
   return ms_models, ms_residual, m, n
 
 

@@ -471,6 +471,11 @@ def test_model_effect_share_equals_the_anova_of_a_hand_made_layout():
   # More residual than shift: no shared part (τ̂² is clipped at 0); every score equal: 0.
   assert audit.model_effect_share(np.array([[r + 0.1, -r + 0.1], [-r - 0.1, r - 0.1]])) == 0.0
   assert audit.model_effect_share(np.ones((3, 4))) == 0.0
+  # Scores whose means are not exact in floating point: rounding is not a shared shift.
+  assert audit.model_effect_share(np.full((10, 80), 0.1)) == 0.0
+  same_rows = np.tile(np.random.default_rng(2).normal(size=80), (10, 1))
+  assert audit.model_effect_share(same_rows) == 0.0
+  assert audit.model_effect_share_interval(same_rows) == (0.0, 0.0)
 
 
 @pytest.mark.parametrize("icc", [0.0, 0.3, 0.8])
