@@ -66,6 +66,10 @@ def main():
   parser.add_argument("--extra_root", default="", help="a larger cached population's workdir")
   parser.add_argument("--extra_population", type=int, default=16)
   parser.add_argument("--extra_chunk", type=int, default=8)
+  parser.add_argument("--extra_first_seed", type=int, default=-1,
+                      help="the larger population's first member seed (-1: the config's, "
+                           "audit.first_seed); members the benchmark's populations hold are "
+                           "skipped either way")
   parser.add_argument("overrides", nargs="*", help="dotted.key=value")
   args = parser.parse_args()
   bench_config = configs.from_file(CONFIG)
@@ -90,6 +94,9 @@ def main():
     if args.extra_root and config.unlearning.plant:
       extra_config = base.config_with(config, {"audit.population": args.extra_population,
                                                "audit.chunk": args.extra_chunk})
+      if args.extra_first_seed >= 0:
+        extra_config = base.config_with(extra_config,
+                                        {"audit.first_seed": args.extra_first_seed})
       extra = population_lib.out_population(setup, extra_config, request, args.extra_root)
       score = population_lib.forget_scorer(setup, config, request.forget_texts, nonmembers)
       for i, seed in enumerate(extra.seeds):
