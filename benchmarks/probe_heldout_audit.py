@@ -20,6 +20,11 @@ seed sets the audit's non-member half) with the `dotted.key=value` overrides, e.
 `audit.score=loss audit.calibrate=True` to audit the same cached members under another score
 (an override of a training key trains other populations).
 
+With extra retrains, `--redraws` also draws the benchmark's population size at random from
+all the retrains (the population's and the extra ones), audits the rest against each draw, and
+reports the mean share over the bound and its spread over draws (`redrawn_miss_rate`): the
+real-data counterpart of `probe_lira_bound.py`'s simulated rate.
+
 The other half of the bound, that the trained model is flagged (TPR@1% ≥ 20%, p < 0.01), is
 read on the trained members: each `in` member against the other `in` members and the retrains
 without its twin (`trained_tpr_at_1pct`, `trained_forget_quality`). The line also gives the
@@ -56,6 +61,30 @@ TPR_BOUND, P_BOUND = 0.03, 0.05  # Issue 14's "a held-out retrain seed is not fl
 TRAINED_TPR, TRAINED_P = 0.20, 0.01  # ... and "the trained model is flagged".
 
 
+def redrawn_miss_rates(in_scores: np.ndarray, in_seeds: np.ndarray, retrains: np.ndarray,
+                       retrain_seeds: np.ndarray, members: int, draws: int,
+                       rng: np.random.Generator, variance: str) -> np.ndarray:
+  """`[draws]` for each random draw of `members` of the `retrains [R, n]` as the retrain
+  population: the share of the other R − members retrains whose LiRA TPR@1% exceeds the
+  bound. Twins leave the `in` fit, the population members' (`audit.lira_folds`) and the audited
+  retrain's own: a benchmark seed's retrain has none there. The real-data counterpart of
+  `probe_lira_bound.py`'s rate, which averages over population draws; the benchmark's one draw
+  can sit anywhere in this spread."""
+  rates = np.empty(draws)
+  for d in range(draws):
+    chosen = np.zeros(len(retrains), bool)
+    chosen[rng.choice(len(retrains), members, replace=False)] = True
+    pop, pop_seeds = retrains[chosen], retrain_seeds[chosen]
+    over = []
+    for target, seed in zip(retrains[~chosen], retrain_seeds[~chosen]):
+      no_twin = in_seeds != seed
+      over.append(audit.lira_audit(target, in_scores[no_twin], pop, variance, fprs=(0.01,),
+                                   in_seeds=in_seeds[no_twin], out_seeds=pop_seeds
+                                   )["lira_tpr@0.01"] > TPR_BOUND)
+    rates[d] = np.mean(over)
+  return rates
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--population_root", required=True,
@@ -70,6 +99,9 @@ def main():
                       help="the larger population's first member seed (-1: the config's, "
                            "audit.first_seed); members the benchmark's populations hold are "
                            "skipped either way")
+  parser.add_argument("--redraws", type=int, default=200,
+                      help="with --extra_root: random draws of the benchmark's population size "
+                           "from all the retrains, each auditing the rest (0: none)")
   parser.add_argument("overrides", nargs="*", help="dotted.key=value")
   args = parser.parse_args()
   bench_config = configs.from_file(CONFIG)
@@ -86,6 +118,7 @@ def main():
     ins, outs = pops["in_scores"], pops["out_scores"]
     in_seeds, out_seeds = np.asarray(pops["seeds"]), np.asarray(pops["out_seeds"])
     audited = []  # (seed, how, row)
+    all_retrains, all_seeds = [outs], [out_seeds]  # the population's and the extra ones
     for j, seed in enumerate(out_seeds):
       keep_in, keep_out = in_seeds != seed, out_seeds != seed
       audited.append((int(seed), "left out", population_lib.audit_row(
@@ -102,9 +135,26 @@ def main():
       for i, seed in enumerate(extra.seeds):
         if seed in in_seeds or seed in out_seeds:
           continue
+        extra_scores = score(extra.member(i))
+        all_retrains.append(extra_scores[None])
+        all_seeds.append(np.asarray([seed]))
         audited.append((int(seed), "extra", population_lib.audit_row(
-            score(extra.member(i)), ins, outs, a.variance, in_seeds=in_seeds,
+            extra_scores, ins, outs, a.variance, in_seeds=in_seeds,
             out_seeds=out_seeds, forget_confidence=a.forget_confidence)))
+    redraw = {}
+    if len(all_retrains) > 1 and args.redraws:
+      # The population's seed is the benchmark seed's, so the same cache gives the same draws.
+      retrains = np.concatenate(all_retrains)
+      rates = redrawn_miss_rates(ins, in_seeds, retrains,
+                                 np.concatenate(all_seeds), len(out_seeds), args.redraws,
+                                 np.random.default_rng(args.seed), a.variance)
+      redraw = dict(retrains=len(retrains),
+                    model_effect_share_all=round(audit.model_effect_share(retrains), 4),
+                    model_effect_share_all_95=[round(v, 3) for v in
+                                               audit.model_effect_share_interval(retrains)],
+                    redraws=args.redraws, redrawn_miss_rate=round(float(rates.mean()), 4),
+                    redrawn_miss_rate_5_50_95=[round(float(q), 4) for q in
+                                               np.quantile(rates, (0.05, 0.5, 0.95))])
     trained = [population_lib.audit_row(
         ins[j], ins[in_seeds != seed], outs[out_seeds != seed], a.variance,
         in_seeds=in_seeds[in_seeds != seed], out_seeds=out_seeds[out_seeds != seed],
@@ -125,7 +175,7 @@ def main():
         audited=len(audited), trained_tpr_at_1pct=[round(float(t), 4) for t in trained_tpr],
         trained_forget_quality=[float(f"{p:.3g}") for p in trained_fq],
         trained_not_flagged=int(((trained_tpr < TRAINED_TPR) | (trained_fq >= TRAINED_P)).sum()),
-        trained_audited=len(trained))), flush=True)
+        trained_audited=len(trained), **redraw)), flush=True)
 
 
 if __name__ == "__main__":
