@@ -21,7 +21,8 @@ seed sets the audit's non-member half) with the `dotted.key=value` overrides, e.
 (an override of a training key trains other populations).
 
 With extra retrains, `--redraws` also draws the benchmark's population size at random from
-all the retrains (the population's and the extra ones), audits the rest against each draw, and
+all the retrains (the population's and the extra ones; the `in` population stays the
+benchmark's), audits the rest against each draw, and
 reports the mean share over the bound and its spread over draws (`redrawn_miss_rate`): the
 real-data counterpart of `probe_lira_bound.py`'s simulated rate.
 
@@ -66,8 +67,9 @@ def redrawn_miss_rates(in_scores: np.ndarray, in_seeds: np.ndarray, retrains: np
                        rng: np.random.Generator, variance: str) -> np.ndarray:
   """`[draws]` for each random draw of `members` of the `retrains [R, n]` as the retrain
   population: the share of the other R − members retrains whose LiRA TPR@1% exceeds the
-  bound. Twins leave the `in` fit, the population members' (`audit.lira_folds`) and the audited
-  retrain's own: a benchmark seed's retrain has none there. The real-data counterpart of
+  bound. The `in` population stays the benchmark's in every draw. Twins leave its fit, the
+  population members' (`audit.lira_folds`) and the audited retrain's own: an extra retrain, like
+  a benchmark seed's, has no twin there. The real-data counterpart of
   `probe_lira_bound.py`'s rate, which averages over population draws; the benchmark's one draw
   can sit anywhere in this spread."""
   rates = np.empty(draws)
@@ -143,7 +145,8 @@ def main():
             out_seeds=out_seeds, forget_confidence=a.forget_confidence)))
     redraw = {}
     if len(all_retrains) > 1 and args.redraws:
-      # The population's seed is the benchmark seed's, so the same cache gives the same draws.
+      # Seeded by --seed: the same cache, --seed and extras give the same draws (the same for
+      # every request).
       retrains = np.concatenate(all_retrains)
       rates = redrawn_miss_rates(ins, in_seeds, retrains,
                                  np.concatenate(all_seeds), len(out_seeds), args.redraws,
