@@ -62,6 +62,18 @@ TPR_BOUND, P_BOUND = 0.03, 0.05  # Issue 14's "a held-out retrain seed is not fl
 TRAINED_TPR, TRAINED_P = 0.20, 0.01  # ... and "the trained model is flagged".
 
 
+def audit_without_seed(target: np.ndarray, seed: int, in_scores: np.ndarray,
+                       in_seeds: np.ndarray, out_scores: np.ndarray, out_seeds: np.ndarray,
+                       variance: str, forget_confidence: float) -> dict:
+  """`population.audit_row` of a model with `seed` against the populations without their
+  members of that seed: its twin in `in` and, for a retrain member, itself in `out` (a retrain
+  from outside the populations, like a benchmark seed's, loses nothing)."""
+  keep_in, keep_out = in_seeds != seed, out_seeds != seed
+  return population_lib.audit_row(target, in_scores[keep_in], out_scores[keep_out], variance,
+                                  in_seeds=in_seeds[keep_in], out_seeds=out_seeds[keep_out],
+                                  forget_confidence=forget_confidence)
+
+
 def redrawn_miss_rates(in_scores: np.ndarray, in_seeds: np.ndarray, retrains: np.ndarray,
                        retrain_seeds: np.ndarray, members: int, draws: int,
                        rng: np.random.Generator, variance: str) -> np.ndarray:
@@ -121,11 +133,10 @@ def main():
     in_seeds, out_seeds = np.asarray(pops["seeds"]), np.asarray(pops["out_seeds"])
     audited = []  # (seed, how, row)
     all_retrains, all_seeds = [outs], [out_seeds]  # the population's and the extra ones
+    held_out = lambda target, seed: audit_without_seed(
+        target, seed, ins, in_seeds, outs, out_seeds, a.variance, a.forget_confidence)
     for j, seed in enumerate(out_seeds):
-      keep_in, keep_out = in_seeds != seed, out_seeds != seed
-      audited.append((int(seed), "left out", population_lib.audit_row(
-          outs[j], ins[keep_in], outs[keep_out], a.variance, in_seeds=in_seeds[keep_in],
-          out_seeds=out_seeds[keep_out], forget_confidence=a.forget_confidence)))
+      audited.append((int(seed), "left out", held_out(outs[j], seed)))
     if args.extra_root and config.unlearning.plant:
       extra_config = base.config_with(config, {"audit.population": args.extra_population,
                                                "audit.chunk": args.extra_chunk})
@@ -140,9 +151,7 @@ def main():
         extra_scores = score(extra.member(i))
         all_retrains.append(extra_scores[None])
         all_seeds.append(np.asarray([seed]))
-        audited.append((int(seed), "extra", population_lib.audit_row(
-            extra_scores, ins, outs, a.variance, in_seeds=in_seeds,
-            out_seeds=out_seeds, forget_confidence=a.forget_confidence)))
+        audited.append((int(seed), "extra", held_out(extra_scores, seed)))
     redraw = {}
     if len(all_retrains) > 1 and args.redraws:
       # Seeded by --seed: the same cache, --seed and extras give the same draws (the same for
@@ -158,10 +167,7 @@ def main():
                     redraws=args.redraws, redrawn_miss_rate=round(float(rates.mean()), 4),
                     redrawn_miss_rate_5_50_95=[round(float(q), 4) for q in
                                                np.quantile(rates, (0.05, 0.5, 0.95))])
-    trained = [population_lib.audit_row(
-        ins[j], ins[in_seeds != seed], outs[out_seeds != seed], a.variance,
-        in_seeds=in_seeds[in_seeds != seed], out_seeds=out_seeds[out_seeds != seed],
-        forget_confidence=a.forget_confidence) for j, seed in enumerate(in_seeds)]
+    trained = [held_out(ins[j], seed) for j, seed in enumerate(in_seeds)]
     trained_tpr = np.array([r["lira_tpr@0.01"] for r in trained])
     trained_fq = np.array([r["forget_quality"] for r in trained])
     tpr = np.array([r["lira_tpr@0.01"] for _, _, r in audited])

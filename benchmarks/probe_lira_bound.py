@@ -32,6 +32,7 @@ import json
 import math
 
 import numpy as np
+from scipy import stats
 
 from ease_jax import audit
 
@@ -45,7 +46,7 @@ def binomial_tail(n: int, rate: float = FPR, bound: float = TPR_BOUND) -> float:
   """P(more than `bound` · n of n independent examples land above a threshold each crosses with
   probability `rate`): the bound's miss rate without any model effect."""
   k_max = math.floor(bound * n + 1e-9)  # the most examples that may cross
-  return 1.0 - sum(math.comb(n, k) * rate ** k * (1 - rate) ** (n - k) for k in range(k_max + 1))
+  return float(stats.binom.sf(k_max, n, rate))
 
 
 def p_over_bound(rng: np.random.Generator, examples: int, icc: float, members: int, gap: float,
