@@ -24,7 +24,10 @@ With extra retrains, `--redraws` also draws the benchmark's population size at r
 all the retrains (the population's and the extra ones; the `in` population stays the
 benchmark's), audits the rest against each draw, and
 reports the mean share over the bound and its spread over draws (`redrawn_miss_rate`): the
-real-data counterpart of `probe_lira_bound.py`'s simulated rate.
+real-data counterpart of `probe_lira_bound.py`'s simulated rate. Those draws keep the
+benchmark's `in` population, so most drawn retrains have no twin in it; with `--extra_in` the
+extra seeds' trained members are trained too, and `paired_redraw_miss_rate` draws seeds that
+have both members and takes both populations from them, as the benchmark's share their seeds.
 
 The other half of the bound, that the trained model is flagged (TPR@1% ≥ 20%, p < 0.01), is
 read on the trained members: each `in` member against the other `in` members and the retrains
@@ -99,6 +102,29 @@ def redrawn_miss_rates(in_scores: np.ndarray, in_seeds: np.ndarray, retrains: np
   return rates
 
 
+def paired_redraw_miss_rates(in_scores: np.ndarray, in_seeds: np.ndarray, retrains: np.ndarray,
+                             retrain_seeds: np.ndarray, members: int, draws: int,
+                             rng: np.random.Generator, variance: str) -> np.ndarray:
+  """`[draws]` as `redrawn_miss_rates`, but each draw picks `members` seeds that have both a
+  trained and a retrained member and takes both populations from those seeds, the twins the
+  benchmark's populations are (its `in` and `out` members share seeds `audit.first_seed`...):
+  `redrawn_miss_rates` keeps one `in` population, so most of its drawn retrains have no twin
+  there. Audited: every retrain whose seed is not drawn."""
+  both = np.intersect1d(in_seeds, retrain_seeds)
+  if len(both) <= members:
+    raise ValueError(f"{len(both)} seeds have both members; a draw of {members} leaves none.")
+  rates = np.empty(draws)
+  for d in range(draws):
+    drawn = rng.choice(both, members, replace=False)
+    pick_in, pick_out = np.isin(in_seeds, drawn), np.isin(retrain_seeds, drawn)
+    over = [audit.lira_audit(target, in_scores[pick_in], retrains[pick_out], variance,
+                             fprs=(0.01,), in_seeds=in_seeds[pick_in],
+                             out_seeds=retrain_seeds[pick_out])["lira_tpr@0.01"] > TPR_BOUND
+            for target in retrains[~pick_out]]
+    rates[d] = np.mean(over)
+  return rates
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--population_root", required=True,
@@ -116,6 +142,10 @@ def main():
   parser.add_argument("--redraws", type=int, default=200,
                       help="with --extra_root: random draws of the benchmark's population size "
                            "from all the retrains, each auditing the rest (0: none)")
+  parser.add_argument("--extra_in", action="store_true",
+                      help="with --extra_root: also train the extra seeds' trained members "
+                           "(`in`, one population for every request), for the paired redraws "
+                           "(`paired_redraw_miss_rates`)")
   parser.add_argument("overrides", nargs="*", help="dotted.key=value")
   args = parser.parse_args()
   bench_config = configs.from_file(CONFIG)
@@ -152,7 +182,22 @@ def main():
         all_retrains.append(extra_scores[None])
         all_seeds.append(np.asarray([seed]))
         audited.append((int(seed), "extra", held_out(extra_scores, seed)))
+    all_in, all_in_seeds = [ins], [in_seeds]
+    if args.extra_in and args.extra_root and config.unlearning.plant:
+      extra_in = population_lib.in_population(setup, extra_config, args.extra_root)
+      for i, seed in enumerate(extra_in.seeds):
+        if seed not in in_seeds:
+          all_in.append(score(extra_in.member(i))[None])
+          all_in_seeds.append(np.asarray([seed]))
     redraw = {}
+    if len(all_in) > 1 and args.redraws:
+      rates = paired_redraw_miss_rates(
+          np.concatenate(all_in), np.concatenate(all_in_seeds), np.concatenate(all_retrains),
+          np.concatenate(all_seeds), len(out_seeds), args.redraws,
+          np.random.default_rng(args.seed), a.variance)
+      redraw.update(paired_redraw_miss_rate=round(float(rates.mean()), 4),
+                    paired_redraw_miss_rate_5_50_95=[round(float(q), 4) for q in
+                                                     np.quantile(rates, (0.05, 0.5, 0.95))])
     if len(all_retrains) > 1 and args.redraws:
       # Seeded by --seed: the same cache, --seed and extras give the same draws (the same for
       # every request).
@@ -160,7 +205,7 @@ def main():
       rates = redrawn_miss_rates(ins, in_seeds, retrains,
                                  np.concatenate(all_seeds), len(out_seeds), args.redraws,
                                  np.random.default_rng(args.seed), a.variance)
-      redraw = dict(retrains=len(retrains),
+      redraw.update(retrains=len(retrains),
                     model_effect_share_all=round(audit.model_effect_share(retrains), 4),
                     model_effect_share_all_95=[round(v, 3) for v in
                                                audit.model_effect_share_interval(retrains)],

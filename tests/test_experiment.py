@@ -82,6 +82,42 @@ def test_probe_seed_override_drives_the_seeds():
   assert (c.seed, c.seeds.partition, c.seeds.init, c.seeds.data) == (3, 3, 4, 3)
 
 
+def test_paired_redraws_take_twin_populations(monkeypatch):
+  """`probe_heldout_audit.paired_redraw_miss_rates`: every draw's `in` and `out` populations
+  hold the same seeds, each audited retrain is one whose seed was not drawn, and the rate is the
+  share of those over the bound; too few seeds with both members is an error."""
+  monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # the import sets it
+  sys.path.insert(0, str(ROOT / "benchmarks"))
+  try:
+    import probe_heldout_audit
+  finally:
+    sys.path.remove(str(ROOT / "benchmarks"))
+  rng = np.random.default_rng(0)
+  in_seeds, out_seeds = np.arange(100, 108), np.arange(100, 110)  # 108, 109: retrains only
+  retrains = rng.normal(size=(10, 5))
+  calls = []
+
+  def fake_audit(target, ins, outs, variance, fprs, in_seeds, out_seeds):
+    calls.append((target, sorted(in_seeds), sorted(out_seeds), len(ins), len(outs)))
+    # Over the bound exactly when the target is retrain 109's.
+    return {"lira_tpr@0.01": 0.5 if np.array_equal(target, retrains[9]) else 0.0}
+
+  monkeypatch.setattr(probe_heldout_audit.audit, "lira_audit", fake_audit)
+  rates = probe_heldout_audit.paired_redraw_miss_rates(
+      rng.normal(size=(8, 5)), in_seeds, retrains, out_seeds, 3, 4,
+      np.random.default_rng(1), "shared")
+  assert len(calls) == 4 * 7
+  for target, ins, outs, n_in, n_out in calls:
+    assert ins == outs and (n_in, n_out) == (3, 3) and set(ins) <= set(in_seeds.tolist())
+    audited_seed = int(out_seeds[[np.array_equal(target, r) for r in retrains]][0])
+    assert audited_seed not in outs
+  np.testing.assert_allclose(rates, 1 / 7)  # 109 is never drawn, so audited in every draw
+  with pytest.raises(ValueError, match="seeds have both members"):
+    probe_heldout_audit.paired_redraw_miss_rates(
+        rng.normal(size=(3, 5)), in_seeds[:3], retrains, out_seeds, 3, 1,
+        np.random.default_rng(1), "shared")
+
+
 def test_paired_difference_matches_scipys_paired_t_test():
   """The utility populations' summary: mean, std, standard error and the t-interval of the
   paired difference, against scipy's paired t-test; unpaired or too short input is an error."""
