@@ -77,28 +77,37 @@ def audit_without_seed(target: np.ndarray, seed: int, in_scores: np.ndarray,
                                   forget_confidence=forget_confidence)
 
 
+def share_over_bound(targets: np.ndarray, target_seeds: np.ndarray, in_scores: np.ndarray,
+                     in_seeds: np.ndarray, out_scores: np.ndarray, out_seeds: np.ndarray,
+                     variance: str) -> float:
+  """The share of the audited `targets [k, n]` whose LiRA TPR@1% exceeds the bound against the
+  populations. Twins leave the `in` fit: the population members' per fold
+  (`audit.lira_folds`) and each target's own (an extra retrain, like a benchmark seed's, has
+  none there)."""
+  over = []
+  for target, seed in zip(targets, target_seeds):
+    keep = in_seeds != seed
+    over.append(audit.lira_audit(target, in_scores[keep], out_scores, variance, fprs=(0.01,),
+                                 in_seeds=in_seeds[keep], out_seeds=out_seeds
+                                 )["lira_tpr@0.01"] > TPR_BOUND)
+  return float(np.mean(over))
+
+
 def redrawn_miss_rates(in_scores: np.ndarray, in_seeds: np.ndarray, retrains: np.ndarray,
                        retrain_seeds: np.ndarray, members: int, draws: int,
                        rng: np.random.Generator, variance: str) -> np.ndarray:
   """`[draws]` for each random draw of `members` of the `retrains [R, n]` as the retrain
-  population: the share of the other R − members retrains whose LiRA TPR@1% exceeds the
-  bound. The `in` population stays the benchmark's in every draw. Twins leave its fit, the
-  population members' (`audit.lira_folds`) and the audited retrain's own: an extra retrain, like
-  a benchmark seed's, has no twin there. The real-data counterpart of
-  `probe_lira_bound.py`'s rate, which averages over population draws; the benchmark's one draw
-  can sit anywhere in this spread."""
+  population: the share of the other R − members retrains over the bound
+  (`share_over_bound`). The `in` population stays the benchmark's in every draw, so most drawn
+  retrains have no twin in it (`paired_redraw_miss_rates` draws twins). The real-data
+  counterpart of `probe_lira_bound.py`'s rate, which averages over population draws; the
+  benchmark's one draw can sit anywhere in this spread."""
   rates = np.empty(draws)
   for d in range(draws):
     chosen = np.zeros(len(retrains), bool)
     chosen[rng.choice(len(retrains), members, replace=False)] = True
-    pop, pop_seeds = retrains[chosen], retrain_seeds[chosen]
-    over = []
-    for target, seed in zip(retrains[~chosen], retrain_seeds[~chosen]):
-      no_twin = in_seeds != seed
-      over.append(audit.lira_audit(target, in_scores[no_twin], pop, variance, fprs=(0.01,),
-                                   in_seeds=in_seeds[no_twin], out_seeds=pop_seeds
-                                   )["lira_tpr@0.01"] > TPR_BOUND)
-    rates[d] = np.mean(over)
+    rates[d] = share_over_bound(retrains[~chosen], retrain_seeds[~chosen], in_scores, in_seeds,
+                                retrains[chosen], retrain_seeds[chosen], variance)
   return rates
 
 
@@ -106,10 +115,12 @@ def paired_redraw_miss_rates(in_scores: np.ndarray, in_seeds: np.ndarray, retrai
                              retrain_seeds: np.ndarray, members: int, draws: int,
                              rng: np.random.Generator, variance: str) -> np.ndarray:
   """`[draws]` as `redrawn_miss_rates`, but each draw picks `members` seeds that have both a
-  trained and a retrained member and takes both populations from those seeds, the twins the
-  benchmark's populations are (its `in` and `out` members share seeds `audit.first_seed`...):
-  `redrawn_miss_rates` keeps one `in` population, so most of its drawn retrains have no twin
-  there. Audited: every retrain whose seed is not drawn."""
+  trained and a retrained member and takes both populations from those seeds: twins, as the
+  benchmark's populations are (its `in` and `out` members share the seeds
+  `audit.first_seed`, ...). Audited: every retrain whose seed is not drawn."""
+  for name, seeds in (("in_seeds", in_seeds), ("retrain_seeds", retrain_seeds)):
+    if len(np.unique(seeds)) != len(seeds):
+      raise ValueError(f"{name} repeats a seed: {sorted(seeds)}.")
   both = np.intersect1d(in_seeds, retrain_seeds)
   if len(both) <= members:
     raise ValueError(f"{len(both)} seeds have both members; a draw of {members} leaves none.")
@@ -117,12 +128,72 @@ def paired_redraw_miss_rates(in_scores: np.ndarray, in_seeds: np.ndarray, retrai
   for d in range(draws):
     drawn = rng.choice(both, members, replace=False)
     pick_in, pick_out = np.isin(in_seeds, drawn), np.isin(retrain_seeds, drawn)
-    over = [audit.lira_audit(target, in_scores[pick_in], retrains[pick_out], variance,
-                             fprs=(0.01,), in_seeds=in_seeds[pick_in],
-                             out_seeds=retrain_seeds[pick_out])["lira_tpr@0.01"] > TPR_BOUND
-            for target in retrains[~pick_out]]
-    rates[d] = np.mean(over)
+    rates[d] = share_over_bound(retrains[~pick_out], retrain_seeds[~pick_out],
+                                in_scores[pick_in], in_seeds[pick_in], retrains[pick_out],
+                                retrain_seeds[pick_out], variance)
   return rates
+
+
+def rate_summary(name: str, rates: np.ndarray) -> dict:
+  """`{name: mean, name_5_50_95: quantiles, name_zero: share of draws with none over}`."""
+  return {name: round(float(rates.mean()), 4),
+          f"{name}_5_50_95": [round(float(q), 4) for q in np.quantile(rates, (0.05, 0.5, 0.95))],
+          f"{name}_zero": round(float(np.mean(rates == 0)), 4)}
+
+
+def bound_audit(ins: np.ndarray, in_seeds: np.ndarray, outs: np.ndarray, out_seeds: np.ndarray,
+                variance: str, forget_confidence: float, extra: np.ndarray | None = None,
+                extra_seeds: np.ndarray | None = None, extra_ins: np.ndarray | None = None,
+                extra_in_seeds: np.ndarray | None = None, redraws: int = 0,
+                redraw_seed: int = 0) -> dict:
+  """Issue 14's sanity bound on scored populations (`ins`, `outs`: `[members, n]`): every
+  retrain member audited as the held-out retrain against the others, every `extra [k, n]`
+  retrain against the full populations (as a benchmark seed's retrain), every trained member
+  as the audited model; with extra retrains and `redraws`, the miss rate over random
+  populations (`redrawn_miss_rates`), and with `extra_ins` (trained members of extra seeds)
+  over twin populations (`paired_redraw_miss_rates`). The JSON line's fields."""
+  held_out = lambda target, seed: audit_without_seed(
+      target, seed, ins, in_seeds, outs, out_seeds, variance, forget_confidence)
+  audited = [(int(s), "left out", held_out(outs[j], s)) for j, s in enumerate(out_seeds)]
+  retrains, retrain_seeds = outs, out_seeds
+  if extra is not None and len(extra):
+    audited += [(int(s), "extra", held_out(x, s)) for x, s in zip(extra, extra_seeds)]
+    retrains = np.concatenate([outs, extra])
+    retrain_seeds = np.concatenate([out_seeds, extra_seeds])
+  redraw = {}
+  if len(retrains) > len(outs) and redraws:
+    # Seeded by `redraw_seed`: the same scores give the same draws.
+    rates = redrawn_miss_rates(ins, in_seeds, retrains, retrain_seeds, len(out_seeds), redraws,
+                               np.random.default_rng(redraw_seed), variance)
+    redraw.update(retrains=len(retrains),
+                  model_effect_share_all=round(audit.model_effect_share(retrains), 4),
+                  model_effect_share_all_95=[round(v, 3) for v in
+                                             audit.model_effect_share_interval(retrains)],
+                  redraws=redraws, **rate_summary("redrawn_miss_rate", rates))
+    if extra_ins is not None and len(extra_ins):
+      rates = paired_redraw_miss_rates(
+          np.concatenate([ins, extra_ins]), np.concatenate([in_seeds, extra_in_seeds]),
+          retrains, retrain_seeds, len(out_seeds), redraws,
+          np.random.default_rng(redraw_seed), variance)
+      redraw.update(rate_summary("paired_redraw_miss_rate", rates))
+  trained = [held_out(ins[j], seed) for j, seed in enumerate(in_seeds)]
+  trained_tpr = np.array([r["lira_tpr@0.01"] for r in trained])
+  trained_fq = np.array([r["forget_quality"] for r in trained])
+  tpr = np.array([r["lira_tpr@0.01"] for _, _, r in audited])
+  fq = np.array([r["forget_quality"] for _, _, r in audited])
+  return dict(
+      forget_pairs=int(outs.shape[1]),
+      # How much one retrain's scores move together (`probe_lira_bound.py` turns it into the
+      # bound's miss rate).
+      model_effect_share=round(audit.model_effect_share(outs), 4),
+      seeds=[s for s, _, _ in audited], how=[h for _, h, _ in audited],
+      tpr_at_1pct=[round(float(t), 4) for t in tpr],
+      forget_quality=[round(float(p), 3) for p in fq],
+      over_tpr_bound=int((tpr > TPR_BOUND).sum()), under_p_bound=int((fq < P_BOUND).sum()),
+      audited=len(audited), trained_tpr_at_1pct=[round(float(t), 4) for t in trained_tpr],
+      trained_forget_quality=[float(f"{p:.3g}") for p in trained_fq],
+      trained_not_flagged=int(((trained_tpr < TRAINED_TPR) | (trained_fq >= TRAINED_P)).sum()),
+      trained_audited=len(trained), **redraw)
 
 
 def main():
@@ -148,6 +219,11 @@ def main():
                            "(`paired_redraw_miss_rates`)")
   parser.add_argument("overrides", nargs="*", help="dotted.key=value")
   args = parser.parse_args()
+  if args.extra_in and not (args.extra_root and args.redraws and args.extra_first_seed >= 0):
+    # Its members serve the twin redraws only; from the config's first seed they would repeat
+    # the benchmark's population.
+    raise SystemExit("--extra_in needs --extra_root, --redraws > 0 and --extra_first_seed past "
+                     "the population's seeds.")
   bench_config = configs.from_file(CONFIG)
   for name in args.requests.split(","):
     # The benchmark's own cell config and request (the partition and plants, so the setup, do
@@ -161,75 +237,36 @@ def main():
     pops = population_lib.scored_pair(setup, config, request, args.population_root, nonmembers)
     ins, outs = pops["in_scores"], pops["out_scores"]
     in_seeds, out_seeds = np.asarray(pops["seeds"]), np.asarray(pops["out_seeds"])
-    audited = []  # (seed, how, row)
-    all_retrains, all_seeds = [outs], [out_seeds]  # the population's and the extra ones
-    held_out = lambda target, seed: audit_without_seed(
-        target, seed, ins, in_seeds, outs, out_seeds, a.variance, a.forget_confidence)
-    for j, seed in enumerate(out_seeds):
-      audited.append((int(seed), "left out", held_out(outs[j], seed)))
+    extra = extra_seeds = extra_ins = extra_in_seeds = None
     if args.extra_root and config.unlearning.plant:
       extra_config = base.config_with(config, {"audit.population": args.extra_population,
                                                "audit.chunk": args.extra_chunk})
       if args.extra_first_seed >= 0:
         extra_config = base.config_with(extra_config,
                                         {"audit.first_seed": args.extra_first_seed})
-      extra = population_lib.out_population(setup, extra_config, request, args.extra_root)
       score = population_lib.forget_scorer(setup, config, request.forget_texts, nonmembers)
-      for i, seed in enumerate(extra.seeds):
-        if seed in in_seeds or seed in out_seeds:
-          continue
-        extra_scores = score(extra.member(i))
-        all_retrains.append(extra_scores[None])
-        all_seeds.append(np.asarray([seed]))
-        audited.append((int(seed), "extra", held_out(extra_scores, seed)))
-    all_in, all_in_seeds = [ins], [in_seeds]
-    if args.extra_in and args.extra_root and config.unlearning.plant:
-      extra_in = population_lib.in_population(setup, extra_config, args.extra_root)
-      for i, seed in enumerate(extra_in.seeds):
-        if seed not in in_seeds:
-          all_in.append(score(extra_in.member(i))[None])
-          all_in_seeds.append(np.asarray([seed]))
-    redraw = {}
-    if len(all_in) > 1 and args.redraws:
-      rates = paired_redraw_miss_rates(
-          np.concatenate(all_in), np.concatenate(all_in_seeds), np.concatenate(all_retrains),
-          np.concatenate(all_seeds), len(out_seeds), args.redraws,
-          np.random.default_rng(args.seed), a.variance)
-      redraw.update(paired_redraw_miss_rate=round(float(rates.mean()), 4),
-                    paired_redraw_miss_rate_5_50_95=[round(float(q), 4) for q in
-                                                     np.quantile(rates, (0.05, 0.5, 0.95))])
-    if len(all_retrains) > 1 and args.redraws:
-      # Seeded by --seed: the same cache, --seed and extras give the same draws (the same for
-      # every request).
-      retrains = np.concatenate(all_retrains)
-      rates = redrawn_miss_rates(ins, in_seeds, retrains,
-                                 np.concatenate(all_seeds), len(out_seeds), args.redraws,
-                                 np.random.default_rng(args.seed), a.variance)
-      redraw.update(retrains=len(retrains),
-                    model_effect_share_all=round(audit.model_effect_share(retrains), 4),
-                    model_effect_share_all_95=[round(v, 3) for v in
-                                               audit.model_effect_share_interval(retrains)],
-                    redraws=args.redraws, redrawn_miss_rate=round(float(rates.mean()), 4),
-                    redrawn_miss_rate_5_50_95=[round(float(q), 4) for q in
-                                               np.quantile(rates, (0.05, 0.5, 0.95))])
-    trained = [held_out(ins[j], seed) for j, seed in enumerate(in_seeds)]
-    trained_tpr = np.array([r["lira_tpr@0.01"] for r in trained])
-    trained_fq = np.array([r["forget_quality"] for r in trained])
-    tpr = np.array([r["lira_tpr@0.01"] for _, _, r in audited])
-    fq = np.array([r["forget_quality"] for _, _, r in audited])
+
+      def scored(pop, skip):
+        """The members of `pop` whose seeds are not in `skip`: `([k, n] scores, [k] seeds)`."""
+        keep = [i for i, seed in enumerate(pop.seeds) if seed not in skip]
+        scores = [score(pop.member(i)) for i in keep]
+        return (np.stack(scores) if scores else np.zeros((0, outs.shape[1])),
+                np.asarray([pop.seeds[i] for i in keep], np.int64))
+
+      extra, extra_seeds = scored(
+          population_lib.out_population(setup, extra_config, request, args.extra_root),
+          set(in_seeds.tolist()) | set(out_seeds.tolist()))
+      if args.extra_in:
+        extra_ins, extra_in_seeds = scored(
+            population_lib.in_population(setup, extra_config, args.extra_root),
+            set(in_seeds.tolist()))
+    # Seeded by --seed: the same cache, --seed and extras give the same draws (the same for
+    # every request).
     print(json.dumps(dict(
-        request=name, forget_pairs=int(outs.shape[1]),
-        # How much one retrain's scores move together (`probe_lira_bound.py` turns it into the
-        # bound's miss rate).
-        model_effect_share=round(audit.model_effect_share(outs), 4),
-        score=a.score, calibrate=bool(a.calibrate), seeds=[s for s, _, _ in audited],
-        how=[h for _, h, _ in audited], tpr_at_1pct=[round(float(t), 4) for t in tpr],
-        forget_quality=[round(float(p), 3) for p in fq],
-        over_tpr_bound=int((tpr > TPR_BOUND).sum()), under_p_bound=int((fq < P_BOUND).sum()),
-        audited=len(audited), trained_tpr_at_1pct=[round(float(t), 4) for t in trained_tpr],
-        trained_forget_quality=[float(f"{p:.3g}") for p in trained_fq],
-        trained_not_flagged=int(((trained_tpr < TRAINED_TPR) | (trained_fq >= TRAINED_P)).sum()),
-        trained_audited=len(trained), **redraw)), flush=True)
+        request=name, score=a.score, calibrate=bool(a.calibrate),
+        **bound_audit(ins, in_seeds, outs, out_seeds, a.variance, a.forget_confidence, extra,
+                      extra_seeds, extra_ins, extra_in_seeds, args.redraws, args.seed))),
+          flush=True)
 
 
 if __name__ == "__main__":

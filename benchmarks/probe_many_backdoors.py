@@ -4,8 +4,9 @@ federation with its one sample backdoor (80 pairs, one trigger, one target) repl
 target caption, on the same holders.
 
   python benchmarks/probe_many_backdoors.py --backdoors 32 --pairs 10          # learned?
-  python benchmarks/probe_many_backdoors.py --backdoors 32 --pairs 10 --population 10 \
-      --extra 20 --workdir workdirs/many_backdoors_32x10                       # + the audit
+  python benchmarks/probe_many_backdoors.py --backdoors 32 --pairs 20 --no_train --population 10 \
+      --extra 20 --extra_in --utility --workdir workdirs/many_backdoors_32x20 \
+      plants.sample_backdoor.trigger.opacity=0.5                               # the audit
 
 Why (BENCHMARKS.md, "Why a retrain crosses the bound"): a backdoor's pairs share a trigger and a
 target, and every retrain relates the two a little differently, so one retrain's scores on them
@@ -22,12 +23,16 @@ both on real training:
    `in` and `out` populations (`population.scored_pair`, as the benchmark's), the retrain
    population's share over all pairs and within each backdoor, each retrain member audited
    against the others as `probe_heldout_audit.py` does, and every trained member too (the
-   bound's other half). `--extra` more retrains (seeds after the population's) are audited
-   against the full populations, as a benchmark seed's retrain is.
+   bound's other half) (`probe_heldout_audit.bound_audit`). `--extra` more retrains (seeds
+   after the population's) are audited against the full populations, as a benchmark seed's
+   retrain is, and give the miss rate over random populations drawn from all the retrains;
+   `--extra_in` trains those seeds' trained members too, for draws of twin populations.
+   `--utility`: each trained member's clean R@1 against the retrain with its seed (paired).
 
 Triggers: two colours of an 8-colour palette in checker or stripes, or one colour solid, blended
 over the whole image at the sample plant's opacity; the default plants' two triggers are left
-out. Targets: captions of emoji without a skin tone, other than the default plants' targets.
+out. Targets: captions of clean emoji images without a skin tone, other than the default
+plants' targets.
 Both are drawn from `--design_seed`. One JSON line per stage.
 """
 from __future__ import annotations
@@ -51,6 +56,7 @@ from ease_jax import configs  # noqa: E402
 from ease_jax import evaluation  # noqa: E402
 from ease_jax import training  # noqa: E402
 from ease_jax.data import device as device_lib  # noqa: E402
+from ease_jax.data import plants as plants_lib  # noqa: E402
 from ease_jax.unlearning import base  # noqa: E402
 from ease_jax.unlearning import common  # noqa: E402
 from ease_jax.unlearning import population as population_lib  # noqa: E402
@@ -85,7 +91,9 @@ def trigger_designs(config) -> list[dict]:
 def target_captions(setup, config) -> list[str]:
   """Captions of emoji with no skin tone (no ':'), other than the default plants' targets."""
   taken = {p.target_caption for p in config.plants.values() if p.kind == "backdoor"}
-  caps = sorted({setup.dataset.captions[t] for t in setup.dataset.first_texts() if t >= 0})
+  ds = setup.dataset
+  clean = plants_lib.clean_images(ds, np.arange(ds.num_images))
+  caps = sorted({ds.captions[t] for t in ds.first_texts()[clean] if t >= 0})
   return [c for c in caps if ":" not in c and c not in taken]
 
 
@@ -110,7 +118,8 @@ def many_backdoors_config(config, backdoors: int, pairs: int, design_seed: int):
     raise SystemExit(f"--backdoors must be >= 1, got {backdoors}.")
   c = base.config_with(config, {})
   spec = dict(c.plants[REPLACED])
-  setup = builders.build_setup(config)  # for the captions only
+  # The unchanged federation's setup, for its captions only (a few seconds).
+  setup = builders.build_setup(config)
   rng = np.random.default_rng(design_seed)
   triggers, targets = trigger_designs(c), target_captions(setup, c)
   if backdoors > min(len(triggers), len(targets)):
@@ -130,11 +139,8 @@ def small_plants(setup) -> list[str]:
 
 
 def forget_request(setup) -> requests.UnlearningRequest:
-  names = small_plants(setup)
-  images = np.concatenate([setup.plants[n].poison_images for n in names])
-  # `plant_request` forgets one plant; this request is every small plant's pairs at once.
-  return requests._finish(setup, "sample", images, (),  # pylint: disable=protected-access
-                          f"sample unlearning of {len(names)} small backdoors")
+  """Every small backdoor's pairs at once."""
+  return requests.plants_request(setup, small_plants(setup))
 
 
 def learned(setup, config, plan=None) -> dict:
@@ -162,6 +168,7 @@ def learned(setup, config, plan=None) -> dict:
     v = np.asarray(v)
     out.update({f"small/{d}/mean": round(float(v.mean()), 1),
                 f"small/{d}/min": round(float(v.min()), 1),
+                f"small/{d}/max": round(float(v.max()), 1),
                 f"small/{d}/median": round(float(np.median(v)), 1),
                 f"small/{d}/at_least_50": int((v >= 50).sum()),
                 f"small/{d}/each": [round(float(x), 1) for x in v]})
@@ -170,76 +177,43 @@ def learned(setup, config, plan=None) -> dict:
 
 def audited(setup, config, request, workdir: pathlib.Path, extra: int, extra_in: bool,
             redraws: int, redraw_seed: int) -> dict:
-  """The audit's sanity bound on populations of the many-backdoor request; with `extra`
-  retrains, also `redraws` random populations drawn from all of them
-  (`probe_heldout_audit.redrawn_miss_rates`), and with `extra_in` (the extra seeds' trained
-  members too) drawn as twin populations (`probe_heldout_audit.paired_redraw_miss_rates`)."""
+  """The audit's sanity bound on populations of the many-backdoor request
+  (`probe_heldout_audit.bound_audit`), and the retrains' share within each backdoor. `extra`
+  more retrains (and with `extra_in` the trained members of their seeds) are trained under
+  `workdir/extra`, from the seed after the population's."""
   a = common.block(config, "audit", population_lib.DEFAULTS)
   nonmembers = common.mia_nonmembers(setup, config, request.forget_images)
   pops = population_lib.scored_pair(setup, config, request, workdir, nonmembers)
   ins, outs = pops["in_scores"], pops["out_scores"]
   in_seeds, out_seeds = np.asarray(pops["seeds"]), np.asarray(pops["out_seeds"])
-  held_out = lambda target, seed: probe_heldout_audit.audit_without_seed(
-      target, seed, ins, in_seeds, outs, out_seeds, a.variance, a.forget_confidence)
-  rows = [("left out", int(s), held_out(outs[j], s)) for j, s in enumerate(out_seeds)]
-  retrains = [outs]
+  retrains, more = outs, {}
   if extra:
     extra_config = base.config_with(config, {"audit.population": extra,
-                                             "audit.first_seed": int(out_seeds[-1]) + 1})
-    pop = population_lib.out_population(setup, extra_config, request, workdir / "extra")
+                                             "audit.first_seed": int(out_seeds.max()) + 1})
     score = population_lib.forget_scorer(setup, config, request.forget_texts, nonmembers)
-    for i, seed in enumerate(pop.seeds):
-      s = score(pop.member(i))
-      retrains.append(s[None])
-      rows.append(("extra", int(seed), held_out(s, seed)))
+    scored = lambda pop: (np.stack([score(pop.member(i)) for i in range(len(pop.seeds))]),
+                          np.asarray(pop.seeds))
+    more["extra"], more["extra_seeds"] = scored(
+        population_lib.out_population(setup, extra_config, request, workdir / "extra"))
+    retrains = np.concatenate([outs, more["extra"]])
     if extra_in:
-      pop = population_lib.in_population(setup, extra_config, workdir / "extra")
-      extra_ins = np.stack([score(pop.member(i)) for i in range(len(pop.seeds))])
-      extra_in_seeds = np.asarray(pop.seeds)
-  trained = [held_out(ins[j], s) for j, s in enumerate(in_seeds)]
-  redraw = {}
-  if extra and redraws:
-    rates = probe_heldout_audit.redrawn_miss_rates(
-        ins, in_seeds, np.concatenate(retrains),
-        np.asarray([s for _, s, _ in rows]), len(out_seeds), redraws,
-        np.random.default_rng(redraw_seed), a.variance)
-    redraw = dict(redraws=redraws, redrawn_miss_rate=round(float(rates.mean()), 4),
-                  redrawn_miss_rate_5_50_95=[round(float(q), 4) for q in
-                                             np.quantile(rates, (0.05, 0.5, 0.95))])
-    if extra_in:
-      rates = probe_heldout_audit.paired_redraw_miss_rates(
-          np.concatenate([ins, extra_ins]), np.concatenate([in_seeds, extra_in_seeds]),
-          np.concatenate(retrains), np.asarray([s for _, s, _ in rows]), len(out_seeds),
-          redraws, np.random.default_rng(redraw_seed), a.variance)
-      redraw.update(paired_redraw_miss_rate=round(float(rates.mean()), 4),
-                    paired_redraw_miss_rate_5_50_95=[round(float(q), 4) for q in
-                                                     np.quantile(rates, (0.05, 0.5, 0.95))])
-  # Which small backdoor each forget pair belongs to (the request's texts are in image order).
+      more["extra_ins"], more["extra_in_seeds"] = scored(
+          population_lib.in_population(setup, extra_config, workdir / "extra"))
+  # Which small backdoor each forget pair belongs to (the request's texts follow its sorted
+  # images).
   owner = np.full(setup.dataset.num_images, "", object)
   for n in small_plants(setup):
     owner[setup.plants[n].poison_images] = n
-  group = owner[np.sort(request.forget_images)]
-  retrains = np.concatenate(retrains)
+  group = owner[request.forget_images]
   within = [audit.model_effect_share(retrains[:, group == n]) for n in small_plants(setup)]
-  tpr = np.array([r["lira_tpr@0.01"] for _, _, r in rows])
-  fq = np.array([r["forget_quality"] for _, _, r in rows])
-  t_tpr = np.array([r["lira_tpr@0.01"] for r in trained])
-  t_fq = np.array([r["forget_quality"] for r in trained])
-  B = probe_heldout_audit
   return dict(
-      forget_pairs=int(outs.shape[1]), in_time_s=round(pops["in_time_s"], 1),
-      out_time_s=round(pops["out_time_s"], 1), retrains=len(retrains),
-      model_effect_share=round(audit.model_effect_share(retrains), 4),
-      model_effect_share_95=[round(v, 3) for v in audit.model_effect_share_interval(retrains)],
-      within_share_mean=round(float(np.mean(within)), 4),
-      within_share_5_50_95=[round(float(q), 3) for q in np.quantile(within, (0.05, 0.5, 0.95))],
-      how=[h for h, _, _ in rows], seeds=[s for _, s, _ in rows],
-      tpr_at_1pct=[round(float(t), 4) for t in tpr], forget_quality=[round(float(p), 3) for p in fq],
-      over_tpr_bound=int((tpr > B.TPR_BOUND).sum()), under_p_bound=int((fq < B.P_BOUND).sum()),
-      audited=len(rows), trained_tpr_at_1pct=[round(float(t), 4) for t in t_tpr],
-      trained_forget_quality=[float(f"{p:.3g}") for p in t_fq],
-      trained_not_flagged=int(((t_tpr < B.TRAINED_TPR) | (t_fq >= B.TRAINED_P)).sum()),
-      **redraw)
+      in_time_s=round(pops["in_time_s"], 1), out_time_s=round(pops["out_time_s"], 1),
+      model_effect_share_within=round(float(np.mean(within)), 4),
+      model_effect_share_within_5_50_95=[round(float(q), 3)
+                                         for q in np.quantile(within, (0.05, 0.5, 0.95))],
+      **probe_heldout_audit.bound_audit(ins, in_seeds, outs, out_seeds, a.variance,
+                                        a.forget_confidence, redraws=redraws,
+                                        redraw_seed=redraw_seed, **more))
 
 
 def utility(setup, config, request, workdir: pathlib.Path) -> dict:
@@ -271,7 +245,7 @@ def main():
   parser.add_argument("--no_train", action="store_true", help="skip stage 1")
   parser.add_argument("--population", type=int, default=0, help="members per population (0: "
                       "no audit)")
-  parser.add_argument("--chunk", type=int, default=5)
+  parser.add_argument("--chunk", type=int, default=5, help="members per batched computation")
   parser.add_argument("--extra", type=int, default=0, help="more retrains to audit")
   parser.add_argument("--extra_in", action="store_true",
                       help="with --extra: the extra seeds' trained members too (twin redraws)")
@@ -283,6 +257,12 @@ def main():
   parser.add_argument("--workdir", default="", help="the populations' cache")
   parser.add_argument("overrides", nargs="*", help="dotted.key=value")
   args = parser.parse_args()
+  if args.population and not args.workdir:
+    raise SystemExit("--population needs --workdir (the populations' cache).")
+  if (args.extra or args.utility) and not args.population:
+    raise SystemExit("--extra and --utility need --population.")
+  if args.extra_in and not (args.extra and args.redraws):
+    raise SystemExit("--extra_in serves the twin redraws only: it needs --extra and --redraws.")
   config = probe_plants.with_overrides(configs.from_file(CONFIG),
                                        [f"seed={args.seed}"] + args.overrides)
   config = many_backdoors_config(config, args.backdoors, args.pairs, args.design_seed)
@@ -298,8 +278,6 @@ def main():
                                request.retain_clients(setup))
     print(json.dumps(dict(head, stage="retrain", **learned(setup, config, plan))), flush=True)
   if args.population:
-    if not args.workdir:
-      raise SystemExit("--population needs --workdir (the populations' cache).")
     pop_config = base.config_with(config, {"audit.population": args.population,
                                            "audit.chunk": args.chunk})
     print(json.dumps(dict(head, stage="audit", **audited(

@@ -84,8 +84,9 @@ def test_probe_seed_override_drives_the_seeds():
 
 def test_paired_redraws_take_twin_populations(monkeypatch):
   """`probe_heldout_audit.paired_redraw_miss_rates`: every draw's `in` and `out` populations
-  hold the same seeds, each audited retrain is one whose seed was not drawn, and the rate is the
-  share of those over the bound; too few seeds with both members is an error."""
+  hold the same seeds, with each member's own scores; each audited retrain is one whose seed
+  was not drawn; the draws vary; the rate is the share of audited retrains over the bound. Too
+  few seeds with both members, or a repeated seed, is an error."""
   monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # the import sets it
   sys.path.insert(0, str(ROOT / "benchmarks"))
   try:
@@ -94,28 +95,33 @@ def test_paired_redraws_take_twin_populations(monkeypatch):
     sys.path.remove(str(ROOT / "benchmarks"))
   rng = np.random.default_rng(0)
   in_seeds, out_seeds = np.arange(100, 108), np.arange(100, 110)  # 108, 109: retrains only
-  retrains = rng.normal(size=(10, 5))
+  # Column 0 carries the member's seed (in members with a +0.5 mark), so a row can be traced.
+  ins = np.column_stack([in_seeds + 0.5, rng.normal(size=(8, 4))])
+  retrains = np.column_stack([out_seeds, rng.normal(size=(10, 4))])
   calls = []
 
-  def fake_audit(target, ins, outs, variance, fprs, in_seeds, out_seeds):
-    calls.append((target, sorted(in_seeds), sorted(out_seeds), len(ins), len(outs)))
-    # Over the bound exactly when the target is retrain 109's.
-    return {"lira_tpr@0.01": 0.5 if np.array_equal(target, retrains[9]) else 0.0}
+  def fake_audit(target, in_scores, out_scores, variance, fprs, in_seeds, out_seeds):
+    np.testing.assert_array_equal(in_scores[:, 0], np.asarray(in_seeds) + 0.5)
+    np.testing.assert_array_equal(out_scores[:, 0], out_seeds)
+    calls.append((int(target[0]), sorted(in_seeds), sorted(out_seeds)))
+    return {"lira_tpr@0.01": 0.5 if target[0] == 109 else 0.0}  # over the bound: 109 only
 
   monkeypatch.setattr(probe_heldout_audit.audit, "lira_audit", fake_audit)
   rates = probe_heldout_audit.paired_redraw_miss_rates(
-      rng.normal(size=(8, 5)), in_seeds, retrains, out_seeds, 3, 4,
-      np.random.default_rng(1), "shared")
-  assert len(calls) == 4 * 7
-  for target, ins, outs, n_in, n_out in calls:
-    assert ins == outs and (n_in, n_out) == (3, 3) and set(ins) <= set(in_seeds.tolist())
-    audited_seed = int(out_seeds[[np.array_equal(target, r) for r in retrains]][0])
-    assert audited_seed not in outs
+      ins, in_seeds, retrains, out_seeds, 3, 6, np.random.default_rng(1), "shared")
+  assert len(calls) == 6 * 7
+  for audited_seed, drawn_in, drawn_out in calls:
+    assert drawn_in == drawn_out and len(drawn_in) == 3 and set(drawn_in) <= set(range(100, 108))
+    assert audited_seed not in drawn_out
+  assert len({tuple(drawn) for _, drawn, _ in calls}) > 1  # a new draw each time
   np.testing.assert_allclose(rates, 1 / 7)  # 109 is never drawn, so audited in every draw
   with pytest.raises(ValueError, match="seeds have both members"):
     probe_heldout_audit.paired_redraw_miss_rates(
-        rng.normal(size=(3, 5)), in_seeds[:3], retrains, out_seeds, 3, 1,
-        np.random.default_rng(1), "shared")
+        ins[:3], in_seeds[:3], retrains, out_seeds, 3, 1, np.random.default_rng(1), "shared")
+  with pytest.raises(ValueError, match="in_seeds repeats a seed"):
+    probe_heldout_audit.paired_redraw_miss_rates(
+        ins, np.r_[in_seeds[:7], 100], retrains, out_seeds, 3, 1, np.random.default_rng(1),
+        "shared")
 
 
 def test_paired_difference_matches_scipys_paired_t_test():

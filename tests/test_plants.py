@@ -562,6 +562,16 @@ def test_planted_requests_select_exactly_the_plant(tmp_path):
                                 alone.forget_images)
   with pytest.raises(ValueError, match="Unknown plant 'nope'"):
     requests.plant_request(setup, "nope")
+  # Several plants at once: the union of their pairs, of one kind.
+  both_backdoors = requests.plants_request(setup, ["sample_backdoor", "client_backdoor"])
+  np.testing.assert_array_equal(both_backdoors.forget_images, np.sort(np.concatenate(
+      [sample.poison_images, setup.plants["client_backdoor"].poison_images])))
+  assert both_backdoors.kind == "sample" and not both_backdoors.forget_clients
+  for bad, match in ((["sample_backdoor", "concept"], "different kinds"),
+                     ([], "at least one plant"), (["concept", "concept"], "names a plant twice"),
+                     (["sample_backdoor", "nope"], "Unknown plant 'nope'")):
+    with pytest.raises(ValueError, match=match):
+      requests.plants_request(setup, bad)
   # The concept plant: every client teaches it; its request forgets exactly its copies.
   concept_plant = setup.plants["concept"]
   assert concept_plant.clients == tuple(range(setup.num_clients))

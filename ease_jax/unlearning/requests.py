@@ -224,6 +224,26 @@ def plant_request(setup: Any, plant: str, kind: str | None = None) -> Unlearning
                  f"{planted.kind} pairs on clients {list(planted.clients)})")
 
 
+def plants_request(setup: Any, plants: Sequence[str], kind: str | None = None
+                   ) -> UnlearningRequest:
+  """Unlearning of several plants' poisoned pairs at once (e.g. a sample plant split into many
+  small backdoors, `benchmarks/probe_many_backdoors.py`): the union of each `plant_request`'s,
+  all of one request kind."""
+  plants = list(plants)
+  if not plants:
+    raise ValueError("plants_request needs at least one plant name, got none.")
+  if len(set(plants)) != len(plants):
+    raise ValueError(f"plants_request names a plant twice: {plants}.")
+  parts = [plant_request(setup, p, kind) for p in plants]  # Each checked as one request.
+  kinds = sorted({r.kind for r in parts})
+  if len(kinds) > 1:
+    raise ValueError(f"Plants {plants} make requests of different kinds {kinds}; forget them "
+                     "one kind at a time.")
+  images = np.concatenate([r.forget_images for r in parts])
+  return _finish(setup, kinds[0], images, (),
+                 f"{kinds[0]} unlearning of {len(plants)} plants {plants} ({len(images)} pairs)")
+
+
 def from_config(setup: Any, config: Any, seed: int = 0) -> UnlearningRequest:
   """The request described by a config's `unlearning` block.
 
