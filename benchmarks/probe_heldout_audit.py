@@ -245,21 +245,12 @@ def main():
         extra_config = base.config_with(extra_config,
                                         {"audit.first_seed": args.extra_first_seed})
       score = population_lib.forget_scorer(setup, config, request.forget_texts, nonmembers)
-
-      def scored(pop, skip):
-        """The members of `pop` whose seeds are not in `skip`: `([k, n] scores, [k] seeds)`."""
-        keep = [i for i, seed in enumerate(pop.seeds) if seed not in skip]
-        scores = [score(pop.member(i)) for i in keep]
-        return (np.stack(scores) if scores else np.zeros((0, outs.shape[1])),
-                np.asarray([pop.seeds[i] for i in keep], np.int64))
-
-      extra, extra_seeds = scored(
-          population_lib.out_population(setup, extra_config, request, args.extra_root),
-          set(in_seeds.tolist()) | set(out_seeds.tolist()))
+      extra, extra_seeds = population_lib.out_population(
+          setup, extra_config, request, args.extra_root).scores(
+              score, skip=np.concatenate([in_seeds, out_seeds]).tolist())
       if args.extra_in:
-        extra_ins, extra_in_seeds = scored(
-            population_lib.in_population(setup, extra_config, args.extra_root),
-            set(in_seeds.tolist()))
+        extra_ins, extra_in_seeds = population_lib.in_population(
+            setup, extra_config, args.extra_root).scores(score, skip=in_seeds.tolist())
     # Seeded by --seed: the same cache, --seed and extras give the same draws (the same for
     # every request).
     print(json.dumps(dict(

@@ -53,9 +53,7 @@ import numpy as np  # noqa: E402
 from ease_jax import audit  # noqa: E402
 from ease_jax import builders  # noqa: E402
 from ease_jax import configs  # noqa: E402
-from ease_jax import evaluation  # noqa: E402
 from ease_jax import training  # noqa: E402
-from ease_jax.data import device as device_lib  # noqa: E402
 from ease_jax.data import plants as plants_lib  # noqa: E402
 from ease_jax.unlearning import base  # noqa: E402
 from ease_jax.unlearning import common  # noqa: E402
@@ -129,13 +127,18 @@ def many_backdoors_config(config, backdoors: int, pairs: int, design_seed: int):
   plants = {k: dict(v) for k, v in c.plants.items() if k != REPLACED}
   for i, name in enumerate(plant_names(list(plants), backdoors)):
     plants[name] = dict(spec, num_pairs=pairs, trigger=triggers[chosen_t[i]],
-                                 target_caption=targets[chosen_c[i]])
+                        target_caption=targets[chosen_c[i]])
   c.plants = plants
   return c
 
 
 def small_plants(setup) -> list[str]:
   return [n for n in setup.plants if n.startswith("small_")]
+
+
+def small_asr(setup, row: dict, direction: str) -> np.ndarray:
+  """`[backdoors]` each small backdoor's attack success rate in `direction` from a `model_row`."""
+  return np.asarray([row[f"asr/{n}/{direction}"] for n in small_plants(setup)])
 
 
 def forget_request(setup) -> requests.UnlearningRequest:
@@ -149,23 +152,11 @@ def learned(setup, config, plan=None) -> dict:
   res = training.run_fedavg(setup, config, plan=plan, options=training.run_options(
       setup, config, None, progress=False))
   train_s = time.perf_counter() - t0
-  embedder = device_lib.Embedder(setup.model, setup.backbone, res.trainable, setup.data)
-  subsets = training.eval_subsets(setup)
-  ev = evaluation.evaluate_splits(setup, res.trainable, dict(test=setup.test_images,
-                                                             clients=subsets["clients"]),
-                                  embedder=embedder)
-  out = dict(train_s=round(train_s, 1),
-             **{k: round(v, 1) for k, v in ev.items() if k.endswith("mean_r1")})
-  asr = {d: [] for d in ("i2t", "t2i")}
-  for name, plant in setup.plants.items():
-    m = evaluation.plant_metrics(setup, res.trainable, plant, embedder=embedder)
-    if name.startswith("small_"):
-      for d in asr:
-        asr[d].append(m[f"asr/{name}/{d}"])
-    else:
-      out.update({k: round(v, 1) for k, v in m.items()})
-  for d, v in asr.items():
-    v = np.asarray(v)
+  row = utility_population.model_row(setup, res.trainable, with_plants=True)
+  out = dict(train_s=round(train_s, 1), **{k: round(v, 1) for k, v in row.items()
+                                            if not k.startswith("asr/small_")})
+  for d in ("i2t", "t2i"):
+    v = small_asr(setup, row, d)
     out.update({f"small/{d}/mean": round(float(v.mean()), 1),
                 f"small/{d}/min": round(float(v.min()), 1),
                 f"small/{d}/max": round(float(v.max()), 1),
@@ -191,14 +182,12 @@ def audited(setup, config, request, workdir: pathlib.Path, extra: int, extra_in:
     extra_config = base.config_with(config, {"audit.population": extra,
                                              "audit.first_seed": int(out_seeds.max()) + 1})
     score = population_lib.forget_scorer(setup, config, request.forget_texts, nonmembers)
-    scored = lambda pop: (np.stack([score(pop.member(i)) for i in range(len(pop.seeds))]),
-                          np.asarray(pop.seeds))
-    more["extra"], more["extra_seeds"] = scored(
-        population_lib.out_population(setup, extra_config, request, workdir / "extra"))
+    more["extra"], more["extra_seeds"] = population_lib.out_population(
+        setup, extra_config, request, workdir / "extra").scores(score)
     retrains = np.concatenate([outs, more["extra"]])
     if extra_in:
-      more["extra_ins"], more["extra_in_seeds"] = scored(
-          population_lib.in_population(setup, extra_config, workdir / "extra"))
+      more["extra_ins"], more["extra_in_seeds"] = population_lib.in_population(
+          setup, extra_config, workdir / "extra").scores(score)
   # Which small backdoor each forget pair belongs to (the request's texts follow its sorted
   # images).
   owner = np.full(setup.dataset.num_images, "", object)
@@ -230,9 +219,8 @@ def utility(setup, config, request, workdir: pathlib.Path) -> dict:
     out[f"in-out/{metric}"] = {k: round(v, 3) for k, v in bench_common.paired_difference(
         [r[metric] for r in with_plants], [r[metric] for r in without]).items()}
   for d in ("i2t", "t2i"):
-    out[f"small/{d}/mean_per_member"] = [
-        round(float(np.mean([r[f"asr/{n}/{d}"] for n in small_plants(setup)])), 1)
-        for r in with_plants]
+    out[f"small/{d}/mean_per_member"] = [round(float(small_asr(setup, r, d).mean()), 1)
+                                         for r in with_plants]
   return out
 
 

@@ -78,20 +78,23 @@ def arm_population(config, setup, arm: str, workdir: pathlib.Path):
   return population_lib.in_population(setup, config, workdir)
 
 
+def model_row(setup, trainable, with_plants: bool) -> dict[str, float]:
+  """One model's clean retrieval, test and clean-client R@1 (and, `with_plants`, its plants'
+  metrics), from one embedding pass."""
+  embedder = device_lib.Embedder(setup.model, setup.backbone, trainable, setup.data)
+  ev = evaluation.evaluate_splits(setup, trainable, training.eval_subsets(setup),
+                                  embedder=embedder)
+  row = {k: float(ev[k]) for k in METRICS}
+  if with_plants:
+    for plant in setup.plants.values():
+      row.update(evaluation.plant_metrics(setup, trainable, plant, embedder=embedder))
+  return row
+
+
 def member_rows(setup, pop, with_plants: bool) -> list[dict[str, float]]:
-  """Every member's clean retrieval (and, `with_plants`, its plants' metrics)."""
-  subsets = training.eval_subsets(setup)
-  rows = []
-  for i, seed in enumerate(pop.seeds):
-    trainable = pop.member(i)
-    embedder = device_lib.Embedder(setup.model, setup.backbone, trainable, setup.data)
-    ev = evaluation.evaluate_splits(setup, trainable, subsets, embedder=embedder)
-    row = dict(seed=seed, **{k: float(ev[k]) for k in METRICS})
-    if with_plants:
-      for plant in setup.plants.values():
-        row.update(evaluation.plant_metrics(setup, trainable, plant, embedder=embedder))
-    rows.append(row)
-  return rows
+  """Every member's `model_row`, with its seed."""
+  return [dict(seed=seed, **model_row(setup, pop.member(i), with_plants))
+          for i, seed in enumerate(pop.seeds)]
 
 
 def main():

@@ -113,6 +113,12 @@ def test_population_pair_members_equal_their_single_runs(tmp_path):
       np.testing.assert_allclose(pair[key][i], calibrated, rtol=1e-4, atol=1e-4)
       np.testing.assert_allclose(plain[key][i], raw, rtol=1e-4, atol=1e-4)
   assert not np.allclose(pair["in_scores"], pair["out_scores"])
+  # `Population.scores` without some seeds: the other members' rows, in order, with their seeds.
+  score = population.forget_scorer(setup, cfg, req.forget_texts)
+  rest, rest_seeds = out_pop.scores(score, skip=[out_pop.seeds[0]])
+  np.testing.assert_array_equal(rest_seeds, out_pop.seeds[1:])
+  np.testing.assert_allclose(rest, plain["out_scores"][1:], rtol=1e-6, atol=1e-6)
+  assert out_pop.scores(score, skip=out_pop.seeds)[0].shape == (0, 0)
   folders = sorted(p.name for p in tmp_path.iterdir())
   cfg.fed.history_size = cfg.fed.history_size + 3
   population.train_pair(setup, cfg, req, tmp_path)

@@ -117,6 +117,16 @@ class Population:
   def member(self, i: int) -> PyTree:
     return jax.tree.map(lambda x: x[i], self.trainables)
 
+  def scores(self, score: Callable[[PyTree], np.ndarray], skip: Sequence[int] = ()
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """`([k, n] scores, [k] seeds)`: `score` (e.g. `forget_scorer`'s) of every member whose
+    seed is not in `skip` (`[0, 0]` scores when none is left)."""
+    skip = set(skip)
+    keep = [i for i, seed in enumerate(self.seeds) if seed not in skip]
+    rows = [score(self.member(i)) for i in keep]
+    return (np.stack(rows) if rows else np.zeros((0, 0)),
+            np.asarray([self.seeds[i] for i in keep], np.int64))
+
 
 def train(setup: builders.FederatedSetup, config: ml_collections.ConfigDict,
           plan_of: Callable[[ml_collections.ConfigDict], federated.RoundPlan],
@@ -259,10 +269,9 @@ def scored_pair(setup: builders.FederatedSetup, config: ml_collections.ConfigDic
   times."""
   in_pop, out_pop = train_pair(setup, config, request, root)
   score = forget_scorer(setup, config, request.forget_texts, nonmember_texts)
-  stacked = lambda pop: np.stack([score(pop.member(i)) for i in range(len(pop.seeds))])
   return dict(seeds=in_pop.seeds, out_seeds=out_pop.seeds, in_time_s=in_pop.wall_time_s,
-              out_time_s=out_pop.wall_time_s, in_scores=stacked(in_pop),
-              out_scores=stacked(out_pop))
+              out_time_s=out_pop.wall_time_s, in_scores=in_pop.scores(score)[0],
+              out_scores=out_pop.scores(score)[0])
 
 
 def raw_scores(setup: builders.FederatedSetup, trainable: PyTree, texts: np.ndarray,
