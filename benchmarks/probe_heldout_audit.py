@@ -34,6 +34,14 @@ read on the trained members: each `in` member against the other `in` members and
 without its twin (`trained_tpr_at_1pct`, `trained_forget_quality`). The line also gives the
 retrain population's `model_effect_share` (`audit.model_effect_share`): how much one
 retrain's scores move together, which `probe_lira_bound.py` turns into the bound's miss rate.
+
+`--centre` scores each D_f pair relative to the audited model itself: its logit-scaled matched
+cosine minus the model's mean over held-out reference pairs of the pair's stratum
+(`plant_strata`, `centred_scorer`): a plant's poison copies against the plant's probes (held-out
+test images under the same trigger or style, with the plant's target caption or their concept
+captions), clean pairs against the audit's non-member pairs. No model trained on a reference
+pair, so a shift that a model carries on everything of the plant cancels, and what is left is
+how much more member-like D_f's own pairs are than held-out pairs of the same kind.
 """
 from __future__ import annotations
 
@@ -51,6 +59,8 @@ import numpy as np  # noqa: E402
 from ease_jax import audit  # noqa: E402
 from ease_jax import builders  # noqa: E402
 from ease_jax import configs  # noqa: E402
+from ease_jax import federated  # noqa: E402
+from ease_jax.data import plants as plants_lib  # noqa: E402
 from ease_jax.unlearning import base  # noqa: E402
 from ease_jax.unlearning import benchmark  # noqa: E402
 from ease_jax.unlearning import common  # noqa: E402
@@ -63,6 +73,60 @@ CONFIG = (pathlib.Path(__file__).resolve().parent.parent / "experiments" / "conf
           "benchmark_emoji.py")
 TPR_BOUND, P_BOUND = 0.03, 0.05  # Issue 14's "a held-out retrain seed is not flagged".
 TRAINED_TPR, TRAINED_P = 0.20, 0.01  # ... and "the trained model is flagged".
+
+
+def plant_strata(setup: builders.FederatedSetup, forget_texts: np.ndarray,
+                 nonmember_texts: np.ndarray
+                 ) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+  """D_f's strata, each with held-out reference pairs that no model trained on:
+  `(name, mask [n] over forget_texts, images [m], texts [m])`. A plant's poison copies take the
+  plant's probes with its target caption (backdoor) or their own concept captions (concept);
+  clean pairs take the `nonmember_texts` pairs. Every pair of D_f is in exactly one stratum."""
+  dataset = setup.dataset
+  forget_texts = np.asarray(forget_texts)
+  plant_of = np.asarray(dataset.image_meta.get(plants_lib.PLANT_FIELD, np.full(
+      dataset.num_images, "")))[np.asarray(dataset.text_image)[forget_texts]]
+  strata = []
+  for name in np.unique(plant_of).tolist():
+    if name == "":
+      nonmember_texts = np.asarray(nonmember_texts)
+      if not len(nonmember_texts):
+        raise ValueError("D_f has clean pairs, and there are no non-member pairs to centre them.")
+      images, texts = np.asarray(dataset.text_image)[nonmember_texts], nonmember_texts
+    else:
+      plant = setup.plants[name]
+      images = np.asarray(plant.probe_images)
+      texts = (np.asarray(plant.probe_texts) if plant.kind == "concept"
+               else np.full(len(images), plant.target_text))
+    strata.append((name or "clean", plant_of == name, images, texts))
+  return strata
+
+
+def centred_scorer(setup: builders.FederatedSetup, config, forget_texts: np.ndarray,
+                   nonmember_texts: np.ndarray):
+  """`score(trainable, embedder=None) -> [n]`: `population.forget_scorer`'s logit-scaled matched
+  cosines of D_f, each minus the model's mean over its stratum's reference pairs
+  (`plant_strata`). Only for `audit.score='cosine'` without `audit.calibrate`: the loss needs a
+  gallery, and the calibration standardises by the non-member pairs already."""
+  a = common.block(config, "audit", population_lib.DEFAULTS)
+  if a.score != "cosine" or a.calibrate:
+    raise ValueError("--centre takes audit.score=cosine and audit.calibrate=False, got "
+                     f"{a.score!r} and {a.calibrate!r}.")
+  raw = population_lib.forget_scorer(setup, config, forget_texts)
+  strata = plant_strata(setup, forget_texts, nonmember_texts)
+  batch_size = config.eval.get("batch_size", 256)
+
+  def score(trainable, embedder=None) -> np.ndarray:
+    embedder = federated.embedder_for(setup.model, setup.backbone, trainable, setup.data,
+                                      embedder, batch_size)
+    s = raw(trainable, embedder)
+    for _, mask, images, texts in strata:
+      s[mask] -= audit.matched_logit(federated.matched_cosines(
+          setup.model, setup.backbone, trainable, setup.data, texts, embedder,
+          images=images)).mean()
+    return s
+
+  return score
 
 
 def audit_without_seed(target: np.ndarray, seed: int, in_scores: np.ndarray,
@@ -217,6 +281,9 @@ def main():
                       help="with --extra_root: also train the extra seeds' trained members "
                            "(`in`, one population for every request), for the paired redraws "
                            "(`paired_redraw_miss_rates`)")
+  parser.add_argument("--centre", action="store_true",
+                      help="score D_f relative to each model's held-out pairs of the same "
+                           "stratum (`centred_scorer`)")
   parser.add_argument("overrides", nargs="*", help="dotted.key=value")
   args = parser.parse_args()
   if args.extra_in and not (args.extra_root and args.redraws and args.extra_first_seed >= 0):
@@ -234,9 +301,11 @@ def main():
     a = common.block(config, "audit", population_lib.DEFAULTS)
     request = requests.from_config(setup, config.unlearning, seed=config.seeds.unlearning)
     nonmembers = common.mia_nonmembers(setup, config, request.forget_images)
-    pops = population_lib.scored_pair(setup, config, request, args.population_root, nonmembers)
-    ins, outs = pops["in_scores"], pops["out_scores"]
-    in_seeds, out_seeds = np.asarray(pops["seeds"]), np.asarray(pops["out_seeds"])
+    score = (centred_scorer(setup, config, request.forget_texts, nonmembers) if args.centre
+             else population_lib.forget_scorer(setup, config, request.forget_texts, nonmembers))
+    in_pop, out_pop = population_lib.train_pair(setup, config, request, args.population_root)
+    ins, in_seeds = in_pop.scores(score)
+    outs, out_seeds = out_pop.scores(score)
     extra = extra_seeds = extra_ins = extra_in_seeds = None
     if args.extra_root and config.unlearning.plant:
       extra_config = base.config_with(config, {"audit.population": args.extra_population,
@@ -244,7 +313,6 @@ def main():
       if args.extra_first_seed >= 0:
         extra_config = base.config_with(extra_config,
                                         {"audit.first_seed": args.extra_first_seed})
-      score = population_lib.forget_scorer(setup, config, request.forget_texts, nonmembers)
       extra, extra_seeds = population_lib.out_population(
           setup, extra_config, request, args.extra_root).scores(
               score, skip=np.concatenate([in_seeds, out_seeds]).tolist())
@@ -254,7 +322,7 @@ def main():
     # Seeded by --seed: the same cache, --seed and extras give the same draws (the same for
     # every request).
     print(json.dumps(dict(
-        request=name, score=a.score, calibrate=bool(a.calibrate),
+        request=name, score=a.score, calibrate=bool(a.calibrate), centre=args.centre,
         **bound_audit(ins, in_seeds, outs, out_seeds, a.variance, a.forget_confidence, extra,
                       extra_seeds, extra_ins, extra_in_seeds, args.redraws, args.seed))),
           flush=True)

@@ -28,6 +28,8 @@ both on real training:
    retrain is, and give the miss rate over random populations drawn from all the retrains;
    `--extra_in` trains those seeds' trained members too, for draws of twin populations.
    `--utility`: each trained member's clean R@1 against the retrain with its seed (paired).
+   `--centre` scores each model relative to its own held-out probes of each backdoor
+   (`probe_heldout_audit.centred_scorer`).
 
 Triggers: two colours of an 8-colour palette in checker or stripes, or one colour solid, blended
 over the whole image at the sample plant's opacity; the default plants' two triggers are left
@@ -167,21 +169,23 @@ def learned(setup, config, plan=None) -> dict:
 
 
 def audited(setup, config, request, workdir: pathlib.Path, extra: int, extra_in: bool,
-            redraws: int, redraw_seed: int) -> dict:
+            redraws: int, redraw_seed: int, centre: bool = False) -> dict:
   """The audit's sanity bound on populations of the many-backdoor request
   (`probe_heldout_audit.bound_audit`), and the retrains' share within each backdoor. `extra`
   more retrains (and with `extra_in` the trained members of their seeds) are trained under
-  `workdir/extra`, from the seed after the population's."""
+  `workdir/extra`, from the seed after the population's. `centre`: each model's scores
+  relative to its own held-out probes of each backdoor (`probe_heldout_audit.centred_scorer`)."""
   a = common.block(config, "audit", population_lib.DEFAULTS)
   nonmembers = common.mia_nonmembers(setup, config, request.forget_images)
-  pops = population_lib.scored_pair(setup, config, request, workdir, nonmembers)
-  ins, outs = pops["in_scores"], pops["out_scores"]
-  in_seeds, out_seeds = np.asarray(pops["seeds"]), np.asarray(pops["out_seeds"])
+  score = (probe_heldout_audit.centred_scorer if centre else population_lib.forget_scorer)(
+      setup, config, request.forget_texts, nonmembers)
+  in_pop, out_pop = population_lib.train_pair(setup, config, request, workdir)
+  ins, in_seeds = in_pop.scores(score)
+  outs, out_seeds = out_pop.scores(score)
   retrains, more = outs, {}
   if extra:
     extra_config = base.config_with(config, {"audit.population": extra,
                                              "audit.first_seed": int(out_seeds.max()) + 1})
-    score = population_lib.forget_scorer(setup, config, request.forget_texts, nonmembers)
     more["extra"], more["extra_seeds"] = population_lib.out_population(
         setup, extra_config, request, workdir / "extra").scores(score)
     retrains = np.concatenate([outs, more["extra"]])
@@ -196,7 +200,8 @@ def audited(setup, config, request, workdir: pathlib.Path, extra: int, extra_in:
   group = owner[request.forget_images]
   within = [audit.model_effect_share(retrains[:, group == n]) for n in small_plants(setup)]
   return dict(
-      in_time_s=round(pops["in_time_s"], 1), out_time_s=round(pops["out_time_s"], 1),
+      centre=centre, in_time_s=round(in_pop.wall_time_s, 1),
+      out_time_s=round(out_pop.wall_time_s, 1),
       model_effect_share_within=round(float(np.mean(within)), 4),
       model_effect_share_within_5_50_95=[round(float(q), 3)
                                          for q in np.quantile(within, (0.05, 0.5, 0.95))],
@@ -242,6 +247,10 @@ def main():
   parser.add_argument("--utility", action="store_true",
                       help="with --population: each member's clean R@1, trained against "
                            "retrained (paired by seed)")
+  parser.add_argument("--centre", action="store_true",
+                      help="with --population: score each model's pairs relative to its own "
+                           "held-out probes of each backdoor (`probe_heldout_audit.centred_"
+                           "scorer`)")
   parser.add_argument("--workdir", default="", help="the populations' cache")
   parser.add_argument("overrides", nargs="*", help="dotted.key=value")
   args = parser.parse_args()
@@ -270,7 +279,7 @@ def main():
                                            "audit.chunk": args.chunk})
     print(json.dumps(dict(head, stage="audit", **audited(
         setup, pop_config, request, pathlib.Path(args.workdir), args.extra, args.extra_in,
-        args.redraws, args.seed))), flush=True)
+        args.redraws, args.seed, args.centre))), flush=True)
     if args.utility:
       print(json.dumps(dict(head, stage="utility", **utility(
           setup, pop_config, request, pathlib.Path(args.workdir)))), flush=True)

@@ -124,6 +124,61 @@ def test_paired_redraws_take_twin_populations(monkeypatch):
         "shared")
 
 
+def test_centred_scores_subtract_each_strata_held_out_mean(tmp_path, monkeypatch):
+  """`probe_heldout_audit.centred_scorer` on the small planted federation's client request
+  (clean pairs, client-backdoor copies and concept copies): the strata partition D_f; a
+  backdoor's references are its probes with its target caption, the concept's its probes with
+  their concept captions, the clean pairs' the non-member pairs; each score equals a brute-force
+  logit-scaled matched cosine (`federated.embed`, numpy) minus its stratum's mean. Another
+  audit score is refused."""
+  monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # the import sets it
+  sys.path.insert(0, str(ROOT / "benchmarks"))
+  try:
+    import probe_heldout_audit
+  finally:
+    sys.path.remove(str(ROOT / "benchmarks"))
+  from ease_jax import audit, federated  # pylint: disable=g-import-not-at-top
+  from ease_jax.unlearning import common, requests  # pylint: disable=g-import-not-at-top
+  config = _small_emoji_run(tmp_path, "unlearn_emoji.py", 0.85)
+  setup = builders.build_setup(config)
+  request = requests.client_request(setup, [0])
+  nonmembers = common.mia_nonmembers(setup, config, request.forget_images)
+  texts = np.asarray(request.forget_texts)
+  strata = probe_heldout_audit.plant_strata(setup, texts, nonmembers)
+  assert {name for name, *_ in strata} == {"clean", "client_backdoor", "concept"}
+  masks = np.stack([mask for _, mask, _, _ in strata])
+  np.testing.assert_array_equal(masks.sum(0), 1)  # every pair in exactly one stratum
+  by_name = {name: (mask, images, refs) for name, mask, images, refs in strata}
+  backdoor, concept = setup.plants["client_backdoor"], setup.plants["concept"]
+  images_of = np.asarray(setup.dataset.text_image)
+  np.testing.assert_array_equal(np.sort(images_of[texts[by_name["client_backdoor"][0]]]),
+                                np.sort(backdoor.poison_images))
+  np.testing.assert_array_equal(by_name["client_backdoor"][1], backdoor.probe_images)
+  assert set(by_name["client_backdoor"][2].tolist()) == {backdoor.target_text}
+  np.testing.assert_array_equal(by_name["concept"][1], concept.probe_images)
+  np.testing.assert_array_equal(by_name["concept"][2], concept.probe_texts)
+  np.testing.assert_array_equal(by_name["clean"][2], nonmembers)
+  trainable = builders.init_trainable(setup, config)
+  # A non-zero adapter, so the scores are the adapted model's, not the backbone's.
+  trainable = jax.tree.map(lambda x: x + 0.01 * np.sin(np.arange(x.size).reshape(x.shape)),
+                           trainable)
+
+  def logits(images, txts):
+    ie, te = federated.embed(setup.model, setup.backbone, trainable, setup.data, images, txts)
+    ie = ie / np.linalg.norm(ie, axis=1, keepdims=True)
+    te = te / np.linalg.norm(te, axis=1, keepdims=True)
+    return audit.matched_logit(np.sum(ie * te, axis=1))
+
+  expected = logits(images_of[texts], texts)
+  for mask, images, refs in by_name.values():
+    expected[mask] -= logits(images, refs).mean()
+  score = probe_heldout_audit.centred_scorer(setup, config, texts, nonmembers)
+  np.testing.assert_allclose(score(trainable), expected, atol=1e-4)
+  config.audit.score = "loss"
+  with pytest.raises(ValueError, match="--centre takes audit.score=cosine"):
+    probe_heldout_audit.centred_scorer(setup, config, texts, nonmembers)
+
+
 def test_paired_difference_matches_scipys_paired_t_test():
   """The utility populations' summary: mean, std, standard error and the t-interval of the
   paired difference, against scipy's paired t-test; unpaired or too short input is an error."""
