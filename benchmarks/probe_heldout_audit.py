@@ -31,7 +31,10 @@ have both members and takes both populations from them, as the benchmark's share
 
 The other half of the bound, that the trained model is flagged (TPR@1% ≥ 20%, p < 0.01), is
 read on the trained members: each `in` member against the other `in` members and the retrains
-without its twin (`trained_tpr_at_1pct`, `trained_forget_quality`). The line also gives the
+without its twin (`trained_tpr_at_1pct`, `trained_forget_quality`). Beside it, for comparison,
+the model-level test (`audit.model_mean_test`: the model's mean score against the retrains'
+means) of every audited retrain and trained member (`model_level_p`, `trained_model_level_p`;
+the counts at p < 0.01). The line also gives the
 retrain population's `model_effect_share` (`audit.model_effect_share`): how much one
 retrain's scores move together, which `probe_lira_bound.py` turns into the bound's miss rate.
 
@@ -39,9 +42,10 @@ retrain's scores move together, which `probe_lira_bound.py` turns into the bound
 cosine minus the model's mean over held-out reference pairs of the pair's stratum
 (`plant_strata`, `centred_scorer`): a plant's poison copies against the plant's probes (held-out
 test images under the same trigger or style, with the plant's target caption or their concept
-captions), clean pairs against the audit's non-member pairs. No model trained on a reference
-pair, so a shift that a model carries on everything of the plant cancels, and what is left is
-how much more member-like D_f's own pairs are than held-out pairs of the same kind.
+captions), clean pairs against the audit's non-member pairs. Any offset a model has on a whole
+stratum cancels by construction; no model trained on a reference pair, so where the references
+carry the same shift as D_f, what is left is how much more member-like D_f's own pairs are
+than held-out pairs of the same kind.
 """
 from __future__ import annotations
 
@@ -73,6 +77,10 @@ CONFIG = (pathlib.Path(__file__).resolve().parent.parent / "experiments" / "conf
           "benchmark_emoji.py")
 TPR_BOUND, P_BOUND = 0.03, 0.05  # Issue 14's "a held-out retrain seed is not flagged".
 TRAINED_TPR, TRAINED_P = 0.20, 0.01  # ... and "the trained model is flagged".
+MODEL_P = 0.01  # The model-level test's level (`audit.model_mean_test`), for comparison only.
+
+
+CLEAN = "(clean)"  # The stratum of D_f's pairs that no plant made.
 
 
 def plant_strata(setup: builders.FederatedSetup, forget_texts: np.ndarray,
@@ -81,7 +89,8 @@ def plant_strata(setup: builders.FederatedSetup, forget_texts: np.ndarray,
   """D_f's strata, each with held-out reference pairs that no model trained on:
   `(name, mask [n] over forget_texts, images [m], texts [m])`. A plant's poison copies take the
   plant's probes with its target caption (backdoor) or their own concept captions (concept);
-  clean pairs take the `nonmember_texts` pairs. Every pair of D_f is in exactly one stratum."""
+  clean pairs (`CLEAN`) take the `nonmember_texts` pairs. Every pair of D_f is in exactly one
+  stratum."""
   dataset = setup.dataset
   forget_texts = np.asarray(forget_texts)
   plant_of = np.asarray(dataset.image_meta.get(plants_lib.PLANT_FIELD, np.full(
@@ -89,41 +98,52 @@ def plant_strata(setup: builders.FederatedSetup, forget_texts: np.ndarray,
   strata = []
   for name in np.unique(plant_of).tolist():
     if name == "":
-      nonmember_texts = np.asarray(nonmember_texts)
-      if not len(nonmember_texts):
-        raise ValueError("D_f has clean pairs, and there are no non-member pairs to centre them.")
-      images, texts = np.asarray(dataset.text_image)[nonmember_texts], nonmember_texts
+      texts = np.asarray(nonmember_texts)
+      images = np.asarray(dataset.text_image)[texts]
+    elif name not in setup.plants:
+      raise ValueError(f"D_f holds copies of plant {name!r}, which the setup does not know "
+                       f"(its plants: {sorted(setup.plants)}).")
     else:
       plant = setup.plants[name]
       images = np.asarray(plant.probe_images)
       texts = (np.asarray(plant.probe_texts) if plant.kind == "concept"
                else np.full(len(images), plant.target_text))
-    strata.append((name or "clean", plant_of == name, images, texts))
+    if not len(images):
+      raise ValueError(f"D_f's {name or CLEAN} pairs have no held-out reference pairs to centre "
+                       "them by.")
+    strata.append((name or CLEAN, plant_of == name, images, texts))
   return strata
 
 
 def centred_scorer(setup: builders.FederatedSetup, config, forget_texts: np.ndarray,
                    nonmember_texts: np.ndarray):
-  """`score(trainable, embedder=None) -> [n]`: `population.forget_scorer`'s logit-scaled matched
-  cosines of D_f, each minus the model's mean over its stratum's reference pairs
-  (`plant_strata`). Only for `audit.score='cosine'` without `audit.calibrate`: the loss needs a
-  gallery, and the calibration standardises by the non-member pairs already."""
+  """`score(trainable, embedder=None) -> [n]`: the logit-scaled matched cosines of D_f
+  (`population.forget_scorer`'s), each minus the model's mean over its stratum's reference
+  pairs (`plant_strata`). Centring cancels any offset a model has on a whole stratum by
+  construction; what it tests is whether the held-out references carry the offset that D_f
+  carries. Only for `audit.score='cosine'` without `audit.calibrate`: the loss needs a gallery,
+  and the calibration standardises by the non-member pairs already."""
   a = common.block(config, "audit", population_lib.DEFAULTS)
   if a.score != "cosine" or a.calibrate:
     raise ValueError("--centre takes audit.score=cosine and audit.calibrate=False, got "
                      f"{a.score!r} and {a.calibrate!r}.")
   raw = population_lib.forget_scorer(setup, config, forget_texts)
   strata = plant_strata(setup, forget_texts, nonmember_texts)
+  # Every stratum's references in one embedding pass: `stratum_of` maps each to its stratum.
+  ref_images = np.concatenate([images for _, _, images, _ in strata])
+  ref_texts = np.concatenate([texts for _, _, _, texts in strata])
+  stratum_of = np.repeat(np.arange(len(strata)), [len(images) for _, _, images, _ in strata])
   batch_size = config.eval.get("batch_size", 256)
 
   def score(trainable, embedder=None) -> np.ndarray:
     embedder = federated.embedder_for(setup.model, setup.backbone, trainable, setup.data,
                                       embedder, batch_size)
+    refs = population_lib.raw_scores(setup, trainable, ref_texts, "cosine", embedder,
+                                     ref_images)
+    means = np.bincount(stratum_of, refs) / np.bincount(stratum_of)
     s = raw(trainable, embedder)
-    for _, mask, images, texts in strata:
-      s[mask] -= audit.matched_logit(federated.matched_cosines(
-          setup.model, setup.backbone, trainable, setup.data, texts, embedder,
-          images=images)).mean()
+    for (_, mask, _, _), mean in zip(strata, means):
+      s[mask] -= mean
     return s
 
   return score
@@ -241,6 +261,12 @@ def bound_audit(ins: np.ndarray, in_seeds: np.ndarray, outs: np.ndarray, out_see
           np.random.default_rng(redraw_seed), variance)
       redraw.update(rate_summary("paired_redraw_miss_rate", rates))
   trained = [held_out(ins[j], seed) for j, seed in enumerate(in_seeds)]
+  # The model-level reading (`audit.model_mean_test`) beside the per-example one, each model
+  # against the retrains without its seed, as above.
+  model_p = lambda target, seed: audit.model_mean_test(target, outs[out_seeds != seed])[1]
+  retrain_model_p = np.array([model_p(outs[j], s) for j, s in enumerate(out_seeds)] + (
+      [model_p(x, s) for x, s in zip(extra, extra_seeds)] if extra is not None else []))
+  trained_model_p = np.array([model_p(ins[j], s) for j, s in enumerate(in_seeds)])
   trained_tpr = np.array([r["lira_tpr@0.01"] for r in trained])
   trained_fq = np.array([r["forget_quality"] for r in trained])
   tpr = np.array([r["lira_tpr@0.01"] for _, _, r in audited])
@@ -257,7 +283,11 @@ def bound_audit(ins: np.ndarray, in_seeds: np.ndarray, outs: np.ndarray, out_see
       audited=len(audited), trained_tpr_at_1pct=[round(float(t), 4) for t in trained_tpr],
       trained_forget_quality=[float(f"{p:.3g}") for p in trained_fq],
       trained_not_flagged=int(((trained_tpr < TRAINED_TPR) | (trained_fq >= TRAINED_P)).sum()),
-      trained_audited=len(trained), **redraw)
+      trained_audited=len(trained),
+      model_level_p=[float(f"{p:.3g}") for p in retrain_model_p],
+      model_level_under=int((retrain_model_p < MODEL_P).sum()),
+      trained_model_level_p=[float(f"{p:.3g}") for p in trained_model_p],
+      trained_model_level_not_under=int((trained_model_p >= MODEL_P).sum()), **redraw)
 
 
 def main():
@@ -301,11 +331,11 @@ def main():
     a = common.block(config, "audit", population_lib.DEFAULTS)
     request = requests.from_config(setup, config.unlearning, seed=config.seeds.unlearning)
     nonmembers = common.mia_nonmembers(setup, config, request.forget_images)
-    score = (centred_scorer(setup, config, request.forget_texts, nonmembers) if args.centre
-             else population_lib.forget_scorer(setup, config, request.forget_texts, nonmembers))
-    in_pop, out_pop = population_lib.train_pair(setup, config, request, args.population_root)
-    ins, in_seeds = in_pop.scores(score)
-    outs, out_seeds = out_pop.scores(score)
+    score = (centred_scorer if args.centre else population_lib.forget_scorer)(
+        setup, config, request.forget_texts, nonmembers)
+    pops = population_lib.scored_pair(setup, config, request, args.population_root, score=score)
+    ins, outs = pops["in_scores"], pops["out_scores"]
+    in_seeds, out_seeds = np.asarray(pops["seeds"]), np.asarray(pops["out_seeds"])
     extra = extra_seeds = extra_ins = extra_in_seeds = None
     if args.extra_root and config.unlearning.plant:
       extra_config = base.config_with(config, {"audit.population": args.extra_population,

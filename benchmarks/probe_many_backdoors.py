@@ -179,9 +179,9 @@ def audited(setup, config, request, workdir: pathlib.Path, extra: int, extra_in:
   nonmembers = common.mia_nonmembers(setup, config, request.forget_images)
   score = (probe_heldout_audit.centred_scorer if centre else population_lib.forget_scorer)(
       setup, config, request.forget_texts, nonmembers)
-  in_pop, out_pop = population_lib.train_pair(setup, config, request, workdir)
-  ins, in_seeds = in_pop.scores(score)
-  outs, out_seeds = out_pop.scores(score)
+  pops = population_lib.scored_pair(setup, config, request, workdir, score=score)
+  ins, outs = pops["in_scores"], pops["out_scores"]
+  in_seeds, out_seeds = np.asarray(pops["seeds"]), np.asarray(pops["out_seeds"])
   retrains, more = outs, {}
   if extra:
     extra_config = base.config_with(config, {"audit.population": extra,
@@ -200,8 +200,8 @@ def audited(setup, config, request, workdir: pathlib.Path, extra: int, extra_in:
   group = owner[request.forget_images]
   within = [audit.model_effect_share(retrains[:, group == n]) for n in small_plants(setup)]
   return dict(
-      centre=centre, in_time_s=round(in_pop.wall_time_s, 1),
-      out_time_s=round(out_pop.wall_time_s, 1),
+      centre=centre, in_time_s=round(pops["in_time_s"], 1),
+      out_time_s=round(pops["out_time_s"], 1),
       model_effect_share_within=round(float(np.mean(within)), 4),
       model_effect_share_within_5_50_95=[round(float(q), 3)
                                          for q in np.quantile(within, (0.05, 0.5, 0.95))],
@@ -256,8 +256,8 @@ def main():
   args = parser.parse_args()
   if args.population and not args.workdir:
     raise SystemExit("--population needs --workdir (the populations' cache).")
-  if (args.extra or args.utility) and not args.population:
-    raise SystemExit("--extra and --utility need --population.")
+  if (args.extra or args.utility or args.centre) and not args.population:
+    raise SystemExit("--extra, --utility and --centre need --population.")
   if args.extra_in and not (args.extra and args.redraws):
     raise SystemExit("--extra_in serves the twin redraws only: it needs --extra and --redraws.")
   config = probe_plants.with_overrides(configs.from_file(CONFIG),

@@ -27,6 +27,9 @@ not used in the fits (held-out retrain seeds, the negatives).
   share (the intraclass correlation of a model × example layout). Where it is high, a model's
   examples cross the pooled threshold together, so one model's TPR at a low FPR scatters far
   more than n independent examples would make it (`benchmarks/probe_lira_bound.py`).
+* `model_mean_test`: the model-level alternative, the audited model's mean score over D_f
+  against the retrains' means (a t prediction interval): one draw per model, so that shift is
+  read once, as what it is.
 * `ks_2samp`: the two-sample Kolmogorov–Smirnov statistic with its exact two-sided p-value;
   forget quality (TOFU) = that p-value between the model's and a held-out retrain's scores.
 * `calibrated_ks`: the same statistic judged against the retrain population. The exact p-value
@@ -200,6 +203,31 @@ def model_effect_share_interval(scores: np.ndarray, confidence: float = 0.95
   low = f / stats.f.ppf(1.0 - tail, df_models, df_residual)
   high = f * stats.f.ppf(1.0 - tail, df_residual, df_models)
   return _share_at(low, n), _share_at(high, n)
+
+
+def model_mean_test(target: np.ndarray, out_scores: np.ndarray) -> tuple[float, float]:
+  """A model-level test: the audited model's mean score over D_f against the means of `m`
+  retrains as one new draw from their normal distribution, t = (x − x̄) / (s √(1 + 1/m)) with
+  m − 1 degrees of freedom (the prediction interval; Student's pooled two-sample t-test of one
+  observation against m). Returns (t, its one-sided p-value: small = more member-like than a
+  retrain). It reads the shift a model carries on all of D_f, which the per-example test spreads
+  over the examples (`model_effect_share`), as one draw.
+
+  target: `[n]`, one model's scores; out_scores: `[m, n]` the retrains', m >= 2."""
+  from scipy import stats  # pylint: disable=g-import-not-at-top  (jax's own dependency)
+  out_scores = _check_scores("out_scores", out_scores, 2)
+  target = _finite("target", target)
+  if target.shape != out_scores.shape[1:]:
+    raise ValueError(f"target must hold one score per forget example, shape "
+                     f"{out_scores.shape[1:]}, got {target.shape}.")
+  means = out_scores.mean(axis=1)
+  m = len(means)
+  spread = means.std(ddof=1) * math.sqrt(1.0 + 1.0 / m)
+  if spread == 0.0:
+    raise ValueError("The retrains' mean scores are all equal: the model-level test has no "
+                     "spread to judge by.")
+  t = float((target.mean() - means.mean()) / spread)
+  return t, float(stats.t.sf(t, m - 1))
 
 
 def roc_auc(positives: np.ndarray, negatives: np.ndarray) -> float:

@@ -509,3 +509,28 @@ def test_model_effect_share_interval_covers_the_true_share_at_its_level():
   assert 0.91 <= covered / draws <= 0.98  # binomial sd of the rate at 400 draws: 0.011
   with pytest.raises(ValueError, match="confidence"):
     audit.model_effect_share_interval(np.zeros((3, 4)), confidence=1.0)
+
+
+def test_model_mean_test_equals_scipys_t_test_of_one_observation():
+  """`audit.model_mean_test` against scipy's pooled two-sample t-test of the model's mean
+  against the retrains' means; on synthetic populations with a shared shift per model, a fresh
+  retrain's p-values are uniform (KS against U(0, 1)) and a shifted model's are small."""
+  rng = np.random.default_rng(3)
+  outs = rng.normal(0, 1, 40) + rng.normal(0, 0.6, (10, 1)) + rng.normal(0, 0.8, (10, 40))
+  target = rng.normal(0, 1, 40) + 0.3
+  t, p = audit.model_mean_test(target, outs)
+  ref = scipy.stats.ttest_ind([target.mean()], outs.mean(axis=1), alternative="greater")
+  np.testing.assert_allclose([t, p], [ref.statistic, ref.pvalue], rtol=1e-10)
+  mu = rng.normal(0, 1, 40)
+  draw = lambda k, shift=0.0: (mu + shift + rng.normal(0, 0.6, (k, 1))
+                               + rng.normal(0, 0.8, (k, 40)))
+  fresh = [audit.model_mean_test(draw(1)[0], draw(10))[1] for _ in range(400)]
+  assert scipy.stats.kstest(fresh, "uniform").pvalue > 0.01
+  assert np.mean([audit.model_mean_test(draw(1, 3.0)[0], draw(10))[1] < 0.01
+                  for _ in range(50)]) > 0.9
+  with pytest.raises(ValueError, match=">= 2 models"):
+    audit.model_mean_test(target, outs[:1])
+  with pytest.raises(ValueError, match="one score per forget example"):
+    audit.model_mean_test(target[:5], outs)
+  with pytest.raises(ValueError, match="all equal"):
+    audit.model_mean_test(target, np.ones((4, 40)))

@@ -124,13 +124,13 @@ def test_paired_redraws_take_twin_populations(monkeypatch):
         "shared")
 
 
-def test_centred_scores_subtract_each_strata_held_out_mean(tmp_path, monkeypatch):
+def test_centred_scores_subtract_each_stratums_held_out_mean(tmp_path, monkeypatch):
   """`probe_heldout_audit.centred_scorer` on the small planted federation's client request
   (clean pairs, client-backdoor copies and concept copies): the strata partition D_f; a
   backdoor's references are its probes with its target caption, the concept's its probes with
   their concept captions, the clean pairs' the non-member pairs; each score equals a brute-force
   logit-scaled matched cosine (`federated.embed`, numpy) minus its stratum's mean. Another
-  audit score is refused."""
+  audit score, the calibration, and a stratum without references are refused."""
   monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # the import sets it
   sys.path.insert(0, str(ROOT / "benchmarks"))
   try:
@@ -138,14 +138,15 @@ def test_centred_scores_subtract_each_strata_held_out_mean(tmp_path, monkeypatch
   finally:
     sys.path.remove(str(ROOT / "benchmarks"))
   from ease_jax import audit, federated  # pylint: disable=g-import-not-at-top
-  from ease_jax.unlearning import common, requests  # pylint: disable=g-import-not-at-top
+  from ease_jax.unlearning import base, common, requests  # pylint: disable=g-import-not-at-top
   config = _small_emoji_run(tmp_path, "unlearn_emoji.py", 0.85)
   setup = builders.build_setup(config)
   request = requests.client_request(setup, [0])
   nonmembers = common.mia_nonmembers(setup, config, request.forget_images)
   texts = np.asarray(request.forget_texts)
   strata = probe_heldout_audit.plant_strata(setup, texts, nonmembers)
-  assert {name for name, *_ in strata} == {"clean", "client_backdoor", "concept"}
+  clean = probe_heldout_audit.CLEAN
+  assert {name for name, *_ in strata} == {clean, "client_backdoor", "concept"}
   masks = np.stack([mask for _, mask, _, _ in strata])
   np.testing.assert_array_equal(masks.sum(0), 1)  # every pair in exactly one stratum
   by_name = {name: (mask, images, refs) for name, mask, images, refs in strata}
@@ -155,9 +156,14 @@ def test_centred_scores_subtract_each_strata_held_out_mean(tmp_path, monkeypatch
                                 np.sort(backdoor.poison_images))
   np.testing.assert_array_equal(by_name["client_backdoor"][1], backdoor.probe_images)
   assert set(by_name["client_backdoor"][2].tolist()) == {backdoor.target_text}
+  own = np.intersect1d(concept.poison_images, images_of[texts])
+  assert len(own)  # client 0 holds concept copies
+  np.testing.assert_array_equal(np.sort(images_of[texts[by_name["concept"][0]]]), own)
   np.testing.assert_array_equal(by_name["concept"][1], concept.probe_images)
   np.testing.assert_array_equal(by_name["concept"][2], concept.probe_texts)
-  np.testing.assert_array_equal(by_name["clean"][2], nonmembers)
+  assert not plants.is_planted(setup.dataset, images_of[texts[by_name[clean][0]]]).any()
+  np.testing.assert_array_equal(by_name[clean][1], images_of[nonmembers])
+  np.testing.assert_array_equal(by_name[clean][2], nonmembers)
   trainable = builders.init_trainable(setup, config)
   # A non-zero adapter, so the scores are the adapted model's, not the backbone's.
   trainable = jax.tree.map(lambda x: x + 0.01 * np.sin(np.arange(x.size).reshape(x.shape)),
@@ -174,9 +180,41 @@ def test_centred_scores_subtract_each_strata_held_out_mean(tmp_path, monkeypatch
     expected[mask] -= logits(images, refs).mean()
   score = probe_heldout_audit.centred_scorer(setup, config, texts, nonmembers)
   np.testing.assert_allclose(score(trainable), expected, atol=1e-4)
-  config.audit.score = "loss"
-  with pytest.raises(ValueError, match="--centre takes audit.score=cosine"):
-    probe_heldout_audit.centred_scorer(setup, config, texts, nonmembers)
+  for key, value in (("score", "loss"), ("calibrate", True)):
+    bad = base.config_with(config, {f"audit.{key}": value})
+    with pytest.raises(ValueError, match="--centre takes audit.score=cosine"):
+      probe_heldout_audit.centred_scorer(setup, bad, texts, nonmembers)
+  with pytest.raises(ValueError, match="no held-out reference pairs"):
+    probe_heldout_audit.plant_strata(setup, texts, nonmembers[:0])
+
+
+def test_bound_audit_reads_each_model_level_p_without_its_seed(monkeypatch):
+  """`probe_heldout_audit.bound_audit`'s model-level p of a left-out retrain is against the
+  other retrains, of an extra retrain against all of them, of a trained member against the
+  retrains without its twin (`audit.model_mean_test`); a shifted trained population is under
+  the level and the counts say so."""
+  monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # the import sets it
+  sys.path.insert(0, str(ROOT / "benchmarks"))
+  try:
+    import probe_heldout_audit
+  finally:
+    sys.path.remove(str(ROOT / "benchmarks"))
+  from ease_jax import audit  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(5)
+  mu = rng.normal(size=30)
+  draw = lambda k, shift: mu + shift + rng.normal(0, 0.5, (k, 1)) + rng.normal(0, 0.7, (k, 30))
+  seeds, extra_seeds = np.arange(100, 108), np.arange(110, 113)
+  ins, outs, extra = draw(8, 4.0), draw(8, 0.0), draw(3, 0.0)
+  row = probe_heldout_audit.bound_audit(ins, seeds, outs, seeds, "shared", 0.95, extra,
+                                        extra_seeds)
+  keep = lambda seed: outs[seeds != seed]
+  expected = ([audit.model_mean_test(outs[j], keep(s))[1] for j, s in enumerate(seeds)]
+              + [audit.model_mean_test(x, outs)[1] for x in extra])
+  np.testing.assert_allclose(row["model_level_p"], expected, rtol=5e-3)  # 3 figures
+  np.testing.assert_allclose(row["trained_model_level_p"], [
+      audit.model_mean_test(ins[j], keep(s))[1] for j, s in enumerate(seeds)], rtol=5e-3)
+  assert row["model_level_under"] == sum(p < 0.01 for p in expected)
+  assert row["trained_model_level_not_under"] == 0
 
 
 def test_paired_difference_matches_scipys_paired_t_test():

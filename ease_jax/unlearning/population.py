@@ -263,27 +263,31 @@ def forget_scorer(setup: builders.FederatedSetup, config: ml_collections.ConfigD
 
 def scored_pair(setup: builders.FederatedSetup, config: ml_collections.ConfigDict,
                 request: requests.UnlearningRequest, root: str | pathlib.Path,
-                nonmember_texts: np.ndarray | None = None) -> dict[str, Any]:
-  """`train_pair` and every member's per-example scores on D_f (`forget_scorer`): `in_scores`
-  and `out_scores` `[members, n]`, the members' `seeds` and `out_seeds`, and the two training
-  times."""
+                nonmember_texts: np.ndarray | None = None,
+                score: Callable[..., np.ndarray] | None = None) -> dict[str, Any]:
+  """`train_pair` and every member's per-example scores on D_f (`score`, by default
+  `forget_scorer`'s): `in_scores` and `out_scores` `[members, n]`, the members' `seeds` and
+  `out_seeds`, and the two training times."""
   in_pop, out_pop = train_pair(setup, config, request, root)
-  score = forget_scorer(setup, config, request.forget_texts, nonmember_texts)
+  score = score or forget_scorer(setup, config, request.forget_texts, nonmember_texts)
   return dict(seeds=in_pop.seeds, out_seeds=out_pop.seeds, in_time_s=in_pop.wall_time_s,
               out_time_s=out_pop.wall_time_s, in_scores=in_pop.scores(score)[0],
               out_scores=out_pop.scores(score)[0])
 
 
 def raw_scores(setup: builders.FederatedSetup, trainable: PyTree, texts: np.ndarray,
-               score: str = "cosine", embedder: federated.Embedder | None = None
-               ) -> np.ndarray:
+               score: str = "cosine", embedder: federated.Embedder | None = None,
+               images: np.ndarray | None = None) -> np.ndarray:
   """`[n]` per-example scores of the pairs of `texts` (higher = more member-like): the
   logit-scaled matched cosine, or minus the per-pair InfoNCE loss among `texts`; `embedder`,
-  when given, is a shared `Embedder` of (setup's backbone, trainable)."""
+  when given, is a shared `Embedder` of (setup's backbone, trainable). `images [n]`, when
+  given, pairs text i with image i instead of its own (the cosine only)."""
   embedder = federated.embedder_for(setup.model, setup.backbone, trainable, setup.data, embedder)
   if score == "cosine":
     return audit.matched_logit(federated.matched_cosines(setup.model, setup.backbone, trainable,
-                                                         setup.data, texts, embedder))
+                                                         setup.data, texts, embedder, images))
+  if images is not None:
+    raise ValueError("Only the cosine score takes pairs of other images than the texts' own.")
   return mia.gallery_scores(setup.model, setup.backbone, trainable, setup.data, texts, "loss",
                             embedder)
 
