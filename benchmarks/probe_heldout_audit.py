@@ -261,12 +261,10 @@ def bound_audit(ins: np.ndarray, in_seeds: np.ndarray, outs: np.ndarray, out_see
           np.random.default_rng(redraw_seed), variance)
       redraw.update(rate_summary("paired_redraw_miss_rate", rates))
   trained = [held_out(ins[j], seed) for j, seed in enumerate(in_seeds)]
-  # The model-level reading (`audit.model_mean_test`) beside the per-example one, each model
-  # against the retrains without its seed, as above.
-  model_p = lambda target, seed: audit.model_mean_test(target, outs[out_seeds != seed])[1]
-  retrain_model_p = np.array([model_p(outs[j], s) for j, s in enumerate(out_seeds)] + (
-      [model_p(x, s) for x, s in zip(extra, extra_seeds)] if extra is not None else []))
-  trained_model_p = np.array([model_p(ins[j], s) for j, s in enumerate(in_seeds)])
+  # The model-level reading (`audit.model_mean_test`, in every `audit_row`) beside the
+  # per-example one.
+  retrain_model_p = np.array([r["model_level_p"] for _, _, r in audited])
+  trained_model_p = np.array([r["model_level_p"] for r in trained])
   trained_tpr = np.array([r["lira_tpr@0.01"] for r in trained])
   trained_fq = np.array([r["forget_quality"] for r in trained])
   tpr = np.array([r["lira_tpr@0.01"] for _, _, r in audited])

@@ -384,8 +384,9 @@ def test_audit_row_reads_forget_quality_at_the_configured_confidence():
   assert {k: row[k] for k in columns} == {k: fq[v] for k, v in columns.items()}
   lira = audit.lira_audit(target, ins, outs, "shared", in_seeds=seeds, out_seeds=seeds)
   assert row["lira_model_effect_share"] == audit.model_effect_share(outs)
-  assert {k: row[k] for k in lira} == lira and set(row) == (set(columns) | set(lira)
-                                                            | {"lira_model_effect_share"})
+  assert (row["model_level_t"], row["model_level_p"]) == audit.model_mean_test(target, outs)
+  assert {k: row[k] for k in lira} == lira and set(row) == (
+      set(columns) | set(lira) | {"lira_model_effect_share", "model_level_t", "model_level_p"})
   assert audit.lira_audit(target, ins, outs, "shared") != lira
   assert audit.lira_audit(target, outs, ins, "shared", in_seeds=seeds, out_seeds=seeds) != lira
 

@@ -56,7 +56,8 @@ METRICS = (
 # The audit's p-values, summarised over seeds by their median and range (`<key>_over_seeds`),
 # never a mean: the audit decides per seed (flagged at p < 0.01 on every seed iff the largest
 # is; cleared at p >= 0.05 iff the smallest is), and a mean of p-values is neither.
-P_VALUES = ("forget_quality", "forget_quality_point", "forget_quality_iid", "forget_quality_min")
+P_VALUES = ("forget_quality", "forget_quality_point", "forget_quality_iid", "forget_quality_min",
+            "model_level_p")
 
 
 def scenario_config(config: ml_collections.ConfigDict, scenario: str, seed: int
@@ -347,21 +348,34 @@ def _pm(v: tuple[float, float] | None, digits: int = 1, row: Mapping[str, Any] |
   return text
 
 
+def _p_range(row: Mapping[str, Any], key: str) -> str | None:
+  """A p-value over seeds by its range (its largest decides "flagged on every seed", its
+  smallest "cleared on every seed"; one value where both read the same); None without it."""
+  over = row.get(f"{key}_over_seeds")
+  if over is None:
+    return None
+  low, high = f"{over[1]:.2g}", f"{over[2]:.2g}"
+  return low if low == high else f"{low}–{high}"
+
+
+def _seeds_note(row: Mapping[str, Any], key: str) -> str:
+  """` (k/n seeds)` when only k of the row's n seeds have `key`."""
+  have = row.get("counts", {}).get(key)
+  return f" ({have}/{len(row['seeds'])} seeds)" if have is not None else ""
+
+
 def _p_cell(row: Mapping[str, Any]) -> str:
-  """Forget quality over seeds: the range of the calibrated p-value (its largest decides
-  "flagged on every seed", its smallest "cleared on every seed"; one value where both read the
-  same), then the medians of the point estimate and the exact p-value, and `(k/n seeds)` when
-  only k of the row's n seeds have the p-value."""
-  fq, point, iid = (row.get(f"forget_quality{k}_over_seeds") for k in ("", "_point", "_iid"))
-  if fq is None:
+  """Forget quality over seeds: the range of the calibrated p-value (`_p_range`), then the
+  medians of the point estimate and the exact p-value, and `(k/n seeds)` when only k of the
+  row's n seeds have the p-value."""
+  text = _p_range(row, "forget_quality")
+  if text is None:
     return "—"
-  low, high = f"{fq[1]:.2g}", f"{fq[2]:.2g}"
-  text = low if low == high else f"{low}–{high}"
+  point, iid = (row.get(f"forget_quality{k}_over_seeds") for k in ("_point", "_iid"))
   # Rows written before the calibration bound have no point estimate beside the p-value.
   extra = [f"{v[0]:.2g}" for v in (point, iid) if v is not None]
   text += f" ({'; '.join(extra)})" if extra else ""
-  seeds, have = len(row["seeds"]), row.get("counts", {}).get("forget_quality")
-  return text + (f" ({have}/{seeds} seeds)" if have is not None else "")
+  return text + _seeds_note(row, "forget_quality")
 
 
 def format_markdown(table: Sequence[dict[str, Any]], scenarios: Sequence[str]) -> str:
@@ -378,7 +392,7 @@ def format_markdown(table: Sequence[dict[str, Any]], scenarios: Sequence[str]) -
     head = ("| method | " + "".join(f"{short(k)} | " for k in knowledge)
             + "Δ knowledge | forget R@1 (Δ) | Δretain | Δtest | forget quality: range over "
             "seeds (medians: point; iid) | "
-            "LiRA AUC | TPR@1%FPR | MIA AUC (Δ) | time (s) | speed-up |")
+            "LiRA AUC | TPR@1%FPR | model-level p: range | MIA AUC (Δ) | time (s) | speed-up |")
     share = next((r["lira_model_effect_share"][0] for r in rows
                   if r.get("lira_model_effect_share")), None)
     share_note = ("" if share is None else
@@ -397,10 +411,12 @@ def format_markdown(table: Sequence[dict[str, Any]], scenarios: Sequence[str]) -
                                      if r.get("mia_auc_gap") else "")
       speed = "—" if r["speedup_vs_retrain"] is None else f"{r['speedup_vs_retrain'][0]:.1f}×"
       fq_cell = _p_cell(r)
+      model_cell = _p_range(r, "model_level_p")
+      model_cell = "—" if model_cell is None else model_cell + _seeds_note(r, "model_level_p")
       parts.append(
           f"| {r['method']} | " + "".join(f"{pm(k)} | " for k in knowledge)
           + f"{gaps} | {forget} | {pm('retain/mean_r1_gap')} | {pm('test/mean_r1_gap')} | "
-          f"{fq_cell} | {pm('lira_auc', 3)} | {pm('lira_tpr@0.01', 3)} | "
+          f"{fq_cell} | {pm('lira_auc', 3)} | {pm('lira_tpr@0.01', 3)} | {model_cell} | "
           f"{mia_cell} | {pm('wall_time_s', 2)} | {speed} |")
     parts.append("")
   return "\n".join(parts)

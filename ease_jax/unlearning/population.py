@@ -329,6 +329,9 @@ def audit_row(target: np.ndarray, in_scores: np.ndarray, out_scores: np.ndarray,
   the smallest calibrated p (BENCHMARKS.md, "Forget quality against the population" and "Forget
   quality: a calibration that does not move with the draw").
 
+  `model_level_p` (and its `model_level_t`) is `audit.model_mean_test`: the model's mean score
+  over D_f against the retrain population's, one draw per model.
+
   `lira_model_effect_share` is the retrain population's `audit.model_effect_share`: where one
   model's scores move together, a single model's TPR at a low FPR scatters far beyond the FPR
   (at the embedded default's sample request's share, 0.36, the synthetic probe
@@ -344,4 +347,7 @@ def audit_row(target: np.ndarray, in_scores: np.ndarray, out_scores: np.ndarray,
   # A property of the retrain population, not of the model: how far one retrain's TPR can
   # stray from the FPR (BENCHMARKS.md, "Why a retrain crosses the bound").
   row["lira_model_effect_share"] = audit.model_effect_share(out_scores)
+  # The model-level reading beside the per-example one: the model's mean score against the
+  # retrains' means (BENCHMARKS.md, "What flags a trained model is mostly the plant's rule").
+  row["model_level_t"], row["model_level_p"] = audit.model_mean_test(target, out_scores)
   return row
