@@ -598,8 +598,10 @@ def test_unlearn_pipeline_on_emoji_with_a_checkpoint_folder(tmp_path):
                 forget_quality_iid=fq["p_iid"], forget_quality_min=fq["p_min"])
     want.update(audit.lira_audit(target, pops["in_scores"], pops["out_scores"], a.variance,
                                  in_seeds=pops["seeds"], out_seeds=pops["out_seeds"]))
+    want["model_level_t"], want["model_level_p"] = audit.model_mean_test(target,
+                                                                         pops["out_scores"])
     shown = [k for k in pipeline.AUDIT_KEYS if k in want]  # the audit columns of the table
-    assert len(shown) == 7
+    assert len(shown) == 9
     for key in shown:  # at the table's precision (3 significant digits)
       value = want[key]
       assert rows[name].get(key) == (None if value is None else float(f"{value:.3g}")), (

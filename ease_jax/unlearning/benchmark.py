@@ -54,8 +54,9 @@ METRICS = (
     + ["mia_auc", "mia_auc_gap", "wall_time_s", "speedup_vs_retrain"]
     + ["lira_auc", "lira_tpr@0.01", "lira_tpr@0.001", "lira_model_effect_share"])
 # The audit's p-values, summarised over seeds by their median and range (`<key>_over_seeds`),
-# never a mean: the audit decides per seed (flagged at p < 0.01 on every seed iff the largest
-# is; cleared at p >= 0.05 iff the smallest is), and a mean of p-values is neither.
+# never a mean: the audit decides per seed (forget quality: flagged at p < 0.01 on every seed
+# iff the largest is; cleared at p >= 0.05 iff the smallest is), and a mean of p-values is
+# neither. `model_level_p` (`audit.model_mean_test`) is reported beside the criteria, not one.
 P_VALUES = ("forget_quality", "forget_quality_point", "forget_quality_iid", "forget_quality_min",
             "model_level_p")
 
@@ -338,14 +339,11 @@ def _pm(v: tuple[float, float] | None, digits: int = 1, row: Mapping[str, Any] |
   the row's n seeds have it."""
   if v is None:
     return "—"
-  seeds = len(row["seeds"]) if row else None
-  have = row.get("counts", {}).get(key, seeds) if row else None
+  have = row.get("counts", {}).get(key, len(row["seeds"])) if row else None
   text = f"{v[0]:.{digits}f}"
   if have != 1:
     text += f" ± {v[1]:.{digits}f}"
-  if have != seeds:
-    text += f" ({have}/{seeds} seeds)"
-  return text
+  return text + (_seeds_note(row, key) if row else "")
 
 
 def _p_range(row: Mapping[str, Any], key: str) -> str | None:
@@ -389,10 +387,13 @@ def format_markdown(table: Sequence[dict[str, Any]], scenarios: Sequence[str]) -
       continue
     knowledge = rows[0].get("knowledge") or []
     short = lambda k: k.split("/", 1)[1].replace("/", " ")
+    # Runs from before the model-level test have no such column.
+    model_level = any(r.get("model_level_p_over_seeds") for r in rows)
     head = ("| method | " + "".join(f"{short(k)} | " for k in knowledge)
             + "Δ knowledge | forget R@1 (Δ) | Δretain | Δtest | forget quality: range over "
-            "seeds (medians: point; iid) | "
-            "LiRA AUC | TPR@1%FPR | model-level p: range | MIA AUC (Δ) | time (s) | speed-up |")
+            "seeds (medians: point; iid) | LiRA AUC | TPR@1%FPR | "
+            + ("model-level p: range | " if model_level else "")
+            + "MIA AUC (Δ) | time (s) | speed-up |")
     share = next((r["lira_model_effect_share"][0] for r in rows
                   if r.get("lira_model_effect_share")), None)
     share_note = ("" if share is None else
@@ -413,10 +414,11 @@ def format_markdown(table: Sequence[dict[str, Any]], scenarios: Sequence[str]) -
       fq_cell = _p_cell(r)
       model_cell = _p_range(r, "model_level_p")
       model_cell = "—" if model_cell is None else model_cell + _seeds_note(r, "model_level_p")
+      model_cell = f"{model_cell} | " if model_level else ""
       parts.append(
           f"| {r['method']} | " + "".join(f"{pm(k)} | " for k in knowledge)
           + f"{gaps} | {forget} | {pm('retain/mean_r1_gap')} | {pm('test/mean_r1_gap')} | "
-          f"{fq_cell} | {pm('lira_auc', 3)} | {pm('lira_tpr@0.01', 3)} | {model_cell} | "
+          f"{fq_cell} | {pm('lira_auc', 3)} | {pm('lira_tpr@0.01', 3)} | {model_cell}"
           f"{mia_cell} | {pm('wall_time_s', 2)} | {speed} |")
     parts.append("")
   return "\n".join(parts)

@@ -330,7 +330,8 @@ def audit_row(target: np.ndarray, in_scores: np.ndarray, out_scores: np.ndarray,
   quality: a calibration that does not move with the draw").
 
   `model_level_p` (and its `model_level_t`) is `audit.model_mean_test`: the model's mean score
-  over D_f against the retrain population's, one draw per model.
+  over D_f against the retrain population's, one draw per model (it raises if every retrain's
+  mean is the same: no spread to judge by).
 
   `lira_model_effect_share` is the retrain population's `audit.model_effect_share`: where one
   model's scores move together, a single model's TPR at a low FPR scatters far beyond the FPR
