@@ -70,13 +70,22 @@ def test_overriding_one_seed_sets_that_seed_only(flags, expected, monkeypatch):
   assert c.seeds.split == 0
 
 
-def test_probe_seed_override_drives_the_seeds():
-  """`probe_plants.py seed=3` moves every seed that follows `seed`, like `--config.seed=3`."""
+def _benchmarks_module(name: str, monkeypatch=None):
+  """A script module of `benchmarks/` (they import their neighbours by name). The probes set
+  XLA_FLAGS on import (`runtime`): `monkeypatch` restores it after the test."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  if monkeypatch is not None:
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
   sys.path.insert(0, str(ROOT / "benchmarks"))
   try:
-    import probe_plants
+    return importlib.import_module(name)
   finally:
     sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def test_probe_seed_override_drives_the_seeds():
+  """`probe_plants.py seed=3` moves every seed that follows `seed`, like `--config.seed=3`."""
+  probe_plants = _benchmarks_module("probe_plants")
   c = probe_plants.with_overrides(configs.from_file(probe_plants.CONFIG),
                                   ["seed=3", "seeds.init=4"])
   assert (c.seed, c.seeds.partition, c.seeds.init, c.seeds.data) == (3, 3, 4, 3)
@@ -87,12 +96,7 @@ def test_paired_redraws_take_twin_populations(monkeypatch):
   hold the same seeds, with each member's own scores; each audited retrain is one whose seed
   was not drawn; the draws vary; the rate is the share of audited retrains over the bound. Too
   few seeds with both members, or a repeated seed, is an error."""
-  monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # the import sets it
-  sys.path.insert(0, str(ROOT / "benchmarks"))
-  try:
-    import probe_heldout_audit
-  finally:
-    sys.path.remove(str(ROOT / "benchmarks"))
+  probe_heldout_audit = _benchmarks_module("probe_heldout_audit", monkeypatch)
   rng = np.random.default_rng(0)
   in_seeds, out_seeds = np.arange(100, 108), np.arange(100, 110)  # 108, 109: retrains only
   # Column 0 carries the member's seed (in members with a +0.5 mark), so a row can be traced.
@@ -131,12 +135,7 @@ def test_centred_scores_subtract_each_stratums_held_out_mean(tmp_path, monkeypat
   their concept captions, the clean pairs' the non-member pairs; each score equals a brute-force
   logit-scaled matched cosine (`federated.embed`, numpy) minus its stratum's mean. Another
   audit score, the calibration, and a stratum without references are refused."""
-  monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # the import sets it
-  sys.path.insert(0, str(ROOT / "benchmarks"))
-  try:
-    import probe_heldout_audit
-  finally:
-    sys.path.remove(str(ROOT / "benchmarks"))
+  probe_heldout_audit = _benchmarks_module("probe_heldout_audit", monkeypatch)
   from ease_jax import audit, federated  # pylint: disable=g-import-not-at-top
   from ease_jax.unlearning import base, common, requests  # pylint: disable=g-import-not-at-top
   config = _small_emoji_run(tmp_path, "unlearn_emoji.py", 0.85)
@@ -193,12 +192,7 @@ def test_bound_audit_reads_each_model_level_p_without_its_seed(monkeypatch):
   other retrains, of an extra retrain against all of them, of a trained member against the
   retrains without its twin (`audit.model_mean_test`); a shifted trained population is under
   the level and the counts say so."""
-  monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # the import sets it
-  sys.path.insert(0, str(ROOT / "benchmarks"))
-  try:
-    import probe_heldout_audit
-  finally:
-    sys.path.remove(str(ROOT / "benchmarks"))
+  probe_heldout_audit = _benchmarks_module("probe_heldout_audit", monkeypatch)
   from ease_jax import audit  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(5)
   mu = rng.normal(size=30)
@@ -220,11 +214,7 @@ def test_bound_audit_reads_each_model_level_p_without_its_seed(monkeypatch):
 def test_paired_difference_matches_scipys_paired_t_test():
   """The utility populations' summary: mean, std, standard error and the t-interval of the
   paired difference, against scipy's paired t-test; unpaired or too short input is an error."""
-  sys.path.insert(0, str(ROOT / "benchmarks"))
-  try:
-    import common
-  finally:
-    sys.path.remove(str(ROOT / "benchmarks"))
+  common = _benchmarks_module("common")
   import scipy.stats  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   a = rng.normal(12.0, 3.0, 24)
