@@ -92,9 +92,8 @@ def plant_strata(setup: builders.FederatedSetup, forget_texts: np.ndarray,
   clean pairs (`CLEAN`) take the `nonmember_texts` pairs. Every pair of D_f is in exactly one
   stratum."""
   dataset = setup.dataset
-  forget_texts = np.asarray(forget_texts)
-  plant_of = np.asarray(dataset.image_meta.get(plants_lib.PLANT_FIELD, np.full(
-      dataset.num_images, "")))[np.asarray(dataset.text_image)[forget_texts]]
+  plant_of = plants_lib.plant_names(dataset,
+                                    np.asarray(dataset.text_image)[np.asarray(forget_texts)])
   strata = []
   for name in np.unique(plant_of).tolist():
     if name == "":

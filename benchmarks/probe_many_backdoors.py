@@ -194,10 +194,7 @@ def audited(setup, config, request, workdir: pathlib.Path, extra: int, extra_in:
           setup, extra_config, workdir / "extra").scores(score)
   # Which small backdoor each forget pair belongs to (the request's texts follow its sorted
   # images).
-  owner = np.full(setup.dataset.num_images, "", object)
-  for n in small_plants(setup):
-    owner[setup.plants[n].poison_images] = n
-  group = owner[request.forget_images]
+  group = plants_lib.plant_names(setup.dataset, request.forget_images)
   within = [audit.model_effect_share(retrains[:, group == n]) for n in small_plants(setup)]
   return dict(
       centre=centre, in_time_s=round(pops["in_time_s"], 1),

@@ -145,6 +145,10 @@ def test_plant_knowledge_appends_copies_and_keeps_the_originals(emoji):
   assert planted.captions[:ds.num_texts] == ds.captions
   a, b = info["a"], info["b"]
   assert len(a.poison_images) == 30 and len(b.poison_images) == 10
+  # Without plants every image is clean; with them each copy names its plant.
+  assert list(plants.plant_names(ds, [0, 1])) == ["", ""]
+  assert set(plants.plant_names(planted, b.poison_images)) == {"b"}
+  assert list(plants.plant_names(planted, [0])) == [""]
   assert set(new_clients[0]) == set(clients[0]) | set(a.poison_images.tolist())
   shares = [len(set(new_clients[k]) - set(clients[k])) for k in (1, 2, 3)]
   assert shares == [4, 3, 3]
@@ -526,6 +530,12 @@ def test_planted_requests_select_exactly_the_plant(tmp_path):
                                                           for c in (1, 2)]))
   req = requests.plant_request(setup, "sample_backdoor")
   np.testing.assert_array_equal(req.forget_images, np.sort(sample.poison_images))
+  # Each image's plant by name ('' for clean images), the field `is_planted` reads too.
+  names = plants.plant_names(setup.dataset, np.r_[sample.poison_images, sample.probe_images,
+                                                  setup.test_images])
+  assert set(names[:len(sample.poison_images) + len(sample.probe_images)]) == {"sample_backdoor"}
+  assert set(names[-len(setup.test_images):]) == {""}
+  np.testing.assert_array_equal(plants.is_planted(setup.dataset, setup.test_images), False)
   assert req.kind == "sample" and set(req.holders) <= {1, 2} and not req.forget_clients
   assert len(req.eval_subsets(setup)["forget"]) == 0  # Only copies: measured by the ASR.
   config.unlearning.kind, config.unlearning.plant = "sample", "sample_backdoor"

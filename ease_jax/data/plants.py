@@ -527,16 +527,20 @@ def clean_images(ds: dataset_lib.CaptionDataset, images: np.ndarray) -> np.ndarr
   return images[~is_planted(ds, images)]
 
 
+def plant_names(ds: dataset_lib.CaptionDataset, images: np.ndarray) -> np.ndarray:
+  """`[n]` str: the plant each of `images` is a copy of (poison or probe), '' for a clean
+  image (every image of a dataset without plants)."""
+  images = np.asarray(images, np.int64)
+  field = ds.image_meta.get(PLANT_FIELD)
+  return np.full(len(images), "") if field is None else np.asarray(field)[images]
+
+
 def is_planted(ds: dataset_lib.CaptionDataset, images: np.ndarray,
                plants: Mapping[str, PlantedData] | None = None, kind: str | None = None
                ) -> np.ndarray:
   """`[n]` bool: which of `images` are planted copies (poison or probe); with `plants` and
   `kind`, only the copies of plants of that kind."""
-  field = ds.image_meta.get(PLANT_FIELD)
-  images = np.asarray(images, np.int64)
-  if field is None:
-    return np.zeros(len(images), bool)
-  names = np.asarray(field)[images]
+  names = plant_names(ds, images)
   if kind is None:
     return names != ""
   return np.isin(names, [n for n, p in (plants or {}).items() if p.kind == kind])
