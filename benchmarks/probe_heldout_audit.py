@@ -80,7 +80,6 @@ TRAINED_TPR, TRAINED_P = 0.20, 0.01  # ... and "the trained model is flagged".
 MODEL_P = 0.01  # The model-level test's level (`audit.model_mean_test`), for comparison only.
 
 
-CLEAN = "(clean)"  # The stratum of D_f's pairs that no plant made.
 
 
 def plant_strata(setup: builders.FederatedSetup, forget_texts: np.ndarray,
@@ -89,14 +88,13 @@ def plant_strata(setup: builders.FederatedSetup, forget_texts: np.ndarray,
   """D_f's strata, each with held-out reference pairs that no model trained on:
   `(name, mask [n] over forget_texts, images [m], texts [m])`. A plant's poison copies take the
   plant's probes with its target caption (backdoor) or their own concept captions (concept);
-  clean pairs (`CLEAN`) take the `nonmember_texts` pairs. Every pair of D_f is in exactly one
+  clean pairs (`plants.CLEAN`) take the `nonmember_texts` pairs. Every pair of D_f is in exactly one
   stratum."""
   dataset = setup.dataset
-  plant_of = plants_lib.plant_names(dataset,
-                                    np.asarray(dataset.text_image)[np.asarray(forget_texts)])
+  plant_of = plants_lib.pair_strata(dataset, forget_texts)
   strata = []
   for name in np.unique(plant_of).tolist():
-    if name == "":
+    if name == plants_lib.CLEAN:
       texts = np.asarray(nonmember_texts)
       images = np.asarray(dataset.text_image)[texts]
     elif name not in setup.plants:
@@ -108,9 +106,9 @@ def plant_strata(setup: builders.FederatedSetup, forget_texts: np.ndarray,
       texts = (np.asarray(plant.probe_texts) if plant.kind == "concept"
                else np.full(len(images), plant.target_text))
     if not len(images):
-      raise ValueError(f"D_f's {name or CLEAN} pairs have no held-out reference pairs to centre "
+      raise ValueError(f"D_f's {name} pairs have no held-out reference pairs to centre "
                        "them by.")
-    strata.append((name or CLEAN, plant_of == name, images, texts))
+    strata.append((name, plant_of == name, images, texts))
   return strata
 
 
@@ -150,14 +148,15 @@ def centred_scorer(setup: builders.FederatedSetup, config, forget_texts: np.ndar
 
 def audit_without_seed(target: np.ndarray, seed: int, in_scores: np.ndarray,
                        in_seeds: np.ndarray, out_scores: np.ndarray, out_seeds: np.ndarray,
-                       variance: str, forget_confidence: float) -> dict:
+                       variance: str, forget_confidence: float,
+                       strata: np.ndarray | None = None) -> dict:
   """`population.audit_row` of a model with `seed` against the populations without their
   members of that seed: its twin in `in` and, for a retrain member, itself in `out` (a retrain
   from outside the populations, like a benchmark seed's, loses nothing)."""
   keep_in, keep_out = in_seeds != seed, out_seeds != seed
   return population_lib.audit_row(target, in_scores[keep_in], out_scores[keep_out], variance,
                                   in_seeds=in_seeds[keep_in], out_seeds=out_seeds[keep_out],
-                                  forget_confidence=forget_confidence)
+                                  forget_confidence=forget_confidence, strata=strata)
 
 
 def share_over_bound(targets: np.ndarray, target_seeds: np.ndarray, in_scores: np.ndarray,
@@ -228,15 +227,16 @@ def bound_audit(ins: np.ndarray, in_seeds: np.ndarray, outs: np.ndarray, out_see
                 variance: str, forget_confidence: float, extra: np.ndarray | None = None,
                 extra_seeds: np.ndarray | None = None, extra_ins: np.ndarray | None = None,
                 extra_in_seeds: np.ndarray | None = None, redraws: int = 0,
-                redraw_seed: int = 0) -> dict:
+                redraw_seed: int = 0, strata: np.ndarray | None = None) -> dict:
   """Issue 14's sanity bound on scored populations (`ins`, `outs`: `[members, n]`): every
   retrain member audited as the held-out retrain against the others, every `extra [k, n]`
   retrain against the full populations (as a benchmark seed's retrain), every trained member
   as the audited model; with extra retrains and `redraws`, the miss rate over random
   populations (`redrawn_miss_rates`), and with `extra_ins` (trained members of extra seeds)
-  over twin populations (`paired_redraw_miss_rates`). The JSON line's fields."""
+  over twin populations (`paired_redraw_miss_rates`); `strata [n]` (`plants.pair_strata`) for
+  the model-level test by stratum. The JSON line's fields."""
   held_out = lambda target, seed: audit_without_seed(
-      target, seed, ins, in_seeds, outs, out_seeds, variance, forget_confidence)
+      target, seed, ins, in_seeds, outs, out_seeds, variance, forget_confidence, strata)
   audited = [(int(s), "left out", held_out(outs[j], s)) for j, s in enumerate(out_seeds)]
   retrains, retrain_seeds = outs, out_seeds
   if extra is not None and len(extra):
@@ -264,6 +264,8 @@ def bound_audit(ins: np.ndarray, in_seeds: np.ndarray, outs: np.ndarray, out_see
   # per-example one.
   retrain_model_p = np.array([r["model_level_p"] for _, _, r in audited])
   trained_model_p = np.array([r["model_level_p"] for r in trained])
+  retrain_strata_p = np.array([r["model_level_strata_p"] for _, _, r in audited])
+  trained_strata_p = np.array([r["model_level_strata_p"] for r in trained])
   trained_tpr = np.array([r["lira_tpr@0.01"] for r in trained])
   trained_fq = np.array([r["forget_quality"] for r in trained])
   tpr = np.array([r["lira_tpr@0.01"] for _, _, r in audited])
@@ -284,7 +286,12 @@ def bound_audit(ins: np.ndarray, in_seeds: np.ndarray, outs: np.ndarray, out_see
       model_level_p=[float(f"{p:.3g}") for p in retrain_model_p],
       model_level_under=int((retrain_model_p < MODEL_P).sum()),
       trained_model_level_p=[float(f"{p:.3g}") for p in trained_model_p],
-      trained_model_level_not_under=int((trained_model_p >= MODEL_P).sum()), **redraw)
+      trained_model_level_not_under=int((trained_model_p >= MODEL_P).sum()),
+      strata=sorted(set(np.asarray(strata).tolist())) if strata is not None else None,
+      model_level_strata_p=[float(f"{p:.3g}") for p in retrain_strata_p],
+      model_level_strata_under=int((retrain_strata_p < MODEL_P).sum()),
+      trained_model_level_strata_p=[float(f"{p:.3g}") for p in trained_strata_p],
+      trained_model_level_strata_not_under=int((trained_strata_p >= MODEL_P).sum()), **redraw)
 
 
 def main():
@@ -351,7 +358,8 @@ def main():
     print(json.dumps(dict(
         request=name, score=a.score, calibrate=bool(a.calibrate), centre=args.centre,
         **bound_audit(ins, in_seeds, outs, out_seeds, a.variance, a.forget_confidence, extra,
-                      extra_seeds, extra_ins, extra_in_seeds, args.redraws, args.seed))),
+                      extra_seeds, extra_ins, extra_in_seeds, args.redraws, args.seed,
+                      plants_lib.pair_strata(setup.dataset, request.forget_texts)))),
           flush=True)
 
 

@@ -192,9 +192,8 @@ def audited(setup, config, request, workdir: pathlib.Path, extra: int, extra_in:
     if extra_in:
       more["extra_ins"], more["extra_in_seeds"] = population_lib.in_population(
           setup, extra_config, workdir / "extra").scores(score)
-  # Which small backdoor each forget pair belongs to (the request's texts follow its sorted
-  # images).
-  group = plants_lib.plant_names(setup.dataset, request.forget_images)
+  # Which small backdoor each forget pair belongs to.
+  group = plants_lib.pair_strata(setup.dataset, request.forget_texts)
   within = [audit.model_effect_share(retrains[:, group == n]) for n in small_plants(setup)]
   return dict(
       centre=centre, in_time_s=round(pops["in_time_s"], 1),
@@ -204,7 +203,7 @@ def audited(setup, config, request, workdir: pathlib.Path, extra: int, extra_in:
                                          for q in np.quantile(within, (0.05, 0.5, 0.95))],
       **probe_heldout_audit.bound_audit(ins, in_seeds, outs, out_seeds, a.variance,
                                         a.forget_confidence, redraws=redraws,
-                                        redraw_seed=redraw_seed, **more))
+                                        redraw_seed=redraw_seed, strata=group, **more))
 
 
 def utility(setup, config, request, workdir: pathlib.Path) -> dict:

@@ -230,6 +230,42 @@ def model_mean_test(target: np.ndarray, out_scores: np.ndarray) -> tuple[float, 
   return t, float(stats.t.sf(t, m - 1))
 
 
+def stratified_mean_test(target: np.ndarray, out_scores: np.ndarray, strata: Sequence[str]
+                         ) -> dict[str, Any]:
+  """`model_mean_test` within each stratum of D_f (e.g. each plant's copies and the clean
+  pairs), the smallest p Bonferroni-adjusted over the k strata: p = min(1, k · min_s p_s).
+
+  The pooled mean is blind to a model that keeps one stratum member-like while it pushes
+  another below every retrain (a backdoor kept, the owner's clean pairs over-forgotten): the
+  two shifts cancel in one mean, and neither does within its stratum. Bonferroni keeps a
+  retrain's chance of p < α at most α whatever the strata's dependence.
+
+  target: `[n]`, one model's scores; out_scores: `[m, n]` the retrains'; strata: `[n]` each
+  example's stratum name. Returns `p` (adjusted), `stratum` (the one with the smallest p) and
+  `per_stratum` {name: (t, p)} (unadjusted)."""
+  strata = np.asarray(strata)
+  out_scores = _check_scores("out_scores", out_scores, 2)
+  if strata.shape != out_scores.shape[1:]:
+    raise ValueError(f"strata must name one stratum per forget example, shape "
+                     f"{out_scores.shape[1:]}, got {strata.shape}.")
+  target = np.asarray(target)
+  if target.shape != out_scores.shape[1:]:  # before indexing it by stratum
+    raise ValueError(f"target must hold one score per forget example, shape "
+                     f"{out_scores.shape[1:]}, got {target.shape}.")
+  per_stratum = {}
+  for name in np.unique(strata).tolist():
+    mask = strata == name
+    # One stratum is D_f whole: the pooled test's very numbers (a copy can sum in another order).
+    parts = (target, out_scores) if mask.all() else (target[mask], out_scores[:, mask])
+    try:
+      per_stratum[str(name)] = model_mean_test(*parts)
+    except ValueError as e:
+      raise ValueError(f"Stratum {name!r} ({int(mask.sum())} examples): {e}") from e
+  worst = min(per_stratum, key=lambda k: per_stratum[k][1])
+  return dict(p=min(1.0, len(per_stratum) * per_stratum[worst][1]), stratum=worst,
+              per_stratum=per_stratum)
+
+
 def roc_auc(positives: np.ndarray, negatives: np.ndarray) -> float:
   """P(positive > negative) + ½ P(tie)."""
   return mia.auc(positives, negatives)

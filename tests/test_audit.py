@@ -385,8 +385,17 @@ def test_audit_row_reads_forget_quality_at_the_configured_confidence():
   lira = audit.lira_audit(target, ins, outs, "shared", in_seeds=seeds, out_seeds=seeds)
   assert row["lira_model_effect_share"] == audit.model_effect_share(outs)
   assert (row["model_level_t"], row["model_level_p"]) == audit.model_mean_test(target, outs)
+  assert row["model_level_strata_p"] == row["model_level_p"]  # no strata: D_f is one
   assert {k: row[k] for k in lira} == lira and set(row) == (
-      set(columns) | set(lira) | {"lira_model_effect_share", "model_level_t", "model_level_p"})
+      set(columns) | set(lira) | {"lira_model_effect_share", "model_level_t", "model_level_p",
+                                  "model_level_strata_p"})
+  # With strata: the Bonferroni-adjusted p and each stratum's own.
+  strata = np.array(["x"] * 50 + ["y"] * 150)
+  by_stratum = population_lib.audit_row(target, ins, outs, "shared", strata=strata)
+  want = audit.stratified_mean_test(target, outs, strata)
+  assert by_stratum["model_level_strata_p"] == want["p"]
+  assert {k: by_stratum[k] for k in by_stratum if k.startswith("model_level_p/")} == {
+      f"model_level_p/{k}": p for k, (_, p) in want["per_stratum"].items()}
   assert audit.lira_audit(target, ins, outs, "shared") != lira
   assert audit.lira_audit(target, outs, ins, "shared", in_seeds=seeds, out_seeds=seeds) != lira
 
@@ -535,3 +544,50 @@ def test_model_mean_test_equals_scipys_t_test_of_one_observation():
     audit.model_mean_test(target[:5], outs)
   with pytest.raises(ValueError, match="all equal"):
     audit.model_mean_test(target, np.ones((4, 40)))
+
+
+def test_stratified_mean_test_sees_strata_that_cancel_in_one_mean():
+  """`audit.stratified_mean_test`: each stratum's (t, p) is scipy's pooled t-test of the model's
+  stratum mean against the retrains'; p is the smallest Bonferroni-adjusted. A model that keeps
+  one stratum member-like and pushes the other below the retrains reads as a retrain by the
+  pooled mean and is flagged by stratum; one stratum is the pooled test; fresh retrains stay
+  under the level (Bonferroni is conservative); bad input names the problem."""
+  rng = np.random.default_rng(8)
+  strata = np.array(["backdoor"] * 20 + ["clean"] * 60)
+  mu = rng.normal(0, 1, 80)
+  draw = lambda k, shift=0.0: (mu + shift + rng.normal(0, 0.5, (k, 1))
+                               + rng.normal(0, 0.7, (k, 80)))
+  outs = draw(10)
+  target = draw(1)[0]
+  target[:20] += 3.0   # the backdoor kept
+  target[20:] -= 1.0   # the clean pairs over-forgotten: the pooled mean barely moves
+  result = audit.stratified_mean_test(target, outs, strata)
+  for name in ("backdoor", "clean"):
+    mask = strata == name
+    ref = scipy.stats.ttest_ind([target[mask].mean()], outs[:, mask].mean(axis=1),
+                                alternative="greater")
+    np.testing.assert_allclose(result["per_stratum"][name], [ref.statistic, ref.pvalue],
+                               rtol=1e-10)
+  assert result["stratum"] == "backdoor"
+  assert result["p"] == min(1.0, 2 * result["per_stratum"]["backdoor"][1]) < 0.01
+  assert audit.model_mean_test(target, outs)[1] > 0.05  # the pooled mean is blind to it
+  one = audit.stratified_mean_test(target, outs, np.full(80, "D_f"))
+  assert one["p"] == audit.model_mean_test(target, outs)[1] and one["stratum"] == "D_f"
+  # Retrains drawn afresh, with their own shift in each stratum: p < 0.05 at most 5% of draws.
+  three = np.repeat(["a", "b", "c"], [10, 30, 40])
+
+  def fresh_p():
+    layout = lambda k: draw(k) + np.repeat(rng.normal(0, 0.4, (k, 3)), [10, 30, 40], axis=1)
+    return audit.stratified_mean_test(layout(1)[0], layout(10), three)["p"]
+
+  fresh = np.array([fresh_p() for _ in range(400)])
+  assert np.mean(fresh < 0.05) <= 0.075  # binomial sd at 400 draws and 5%: 0.011
+  assert np.mean(fresh < 0.2) > 0.05  # yet not a test that never rejects
+  with pytest.raises(ValueError, match="one stratum per forget example"):
+    audit.stratified_mean_test(target, outs, strata[:10])
+  with pytest.raises(ValueError, match="one score per forget example"):
+    audit.stratified_mean_test(target[:10], outs, strata)
+  flat = outs.copy()
+  flat[:, :20] = 1.0
+  with pytest.raises(ValueError, match="Stratum 'backdoor' .20 examples.: .*all equal"):
+    audit.stratified_mean_test(target, flat, strata)

@@ -144,7 +144,7 @@ def test_centred_scores_subtract_each_stratums_held_out_mean(tmp_path, monkeypat
   nonmembers = common.mia_nonmembers(setup, config, request.forget_images)
   texts = np.asarray(request.forget_texts)
   strata = probe_heldout_audit.plant_strata(setup, texts, nonmembers)
-  clean = probe_heldout_audit.CLEAN
+  clean = plants.CLEAN
   assert {name for name, *_ in strata} == {clean, "client_backdoor", "concept"}
   masks = np.stack([mask for _, mask, _, _ in strata])
   np.testing.assert_array_equal(masks.sum(0), 1)  # every pair in exactly one stratum
@@ -209,6 +209,21 @@ def test_bound_audit_reads_each_model_level_p_without_its_seed(monkeypatch):
       audit.model_mean_test(ins[j], keep(s))[1] for j, s in enumerate(seeds)], rtol=5e-3)
   assert row["model_level_under"] == sum(p < 0.01 for p in expected)
   assert row["trained_model_level_not_under"] == 0
+  assert row["model_level_strata_p"] == row["model_level_p"] and row["strata"] is None
+  # By stratum: each model against the same retrains, within each stratum.
+  strata = np.array(["a"] * 10 + ["b"] * 20)
+  row = probe_heldout_audit.bound_audit(ins, seeds, outs, seeds, "shared", 0.95, extra,
+                                        extra_seeds, strata=strata)
+  expected = ([audit.stratified_mean_test(outs[j], keep(s), strata)["p"]
+               for j, s in enumerate(seeds)]
+              + [audit.stratified_mean_test(x, outs, strata)["p"] for x in extra])
+  assert row["strata"] == ["a", "b"]
+  np.testing.assert_allclose(row["model_level_strata_p"], expected, rtol=5e-3)
+  np.testing.assert_allclose(row["trained_model_level_strata_p"], [
+      audit.stratified_mean_test(ins[j], keep(s), strata)["p"] for j, s in enumerate(seeds)],
+                             rtol=5e-3)
+  assert row["model_level_strata_under"] == sum(p < 0.01 for p in expected)
+  assert row["trained_model_level_strata_not_under"] == 0
 
 
 def test_paired_difference_matches_scipys_paired_t_test():
@@ -590,8 +605,13 @@ def test_unlearn_pipeline_on_emoji_with_a_checkpoint_folder(tmp_path):
                                  in_seeds=pops["seeds"], out_seeds=pops["out_seeds"]))
     want["model_level_t"], want["model_level_p"] = audit.model_mean_test(target,
                                                                          pops["out_scores"])
+    # The client request's D_f by stratum: its clean pairs and the plants' copies it holds.
+    strata = plants.pair_strata(setup.dataset, request.forget_texts)
+    assert len(set(strata.tolist())) > 1
+    want["model_level_strata_p"] = audit.stratified_mean_test(target, pops["out_scores"],
+                                                              strata)["p"]
     shown = [k for k in pipeline.AUDIT_KEYS if k in want]  # the audit columns of the table
-    assert len(shown) == 9
+    assert len(shown) == 10
     for key in shown:  # at the table's precision (3 significant digits)
       value = want[key]
       assert rows[name].get(key) == (None if value is None else float(f"{value:.3g}")), (

@@ -212,6 +212,14 @@ def test_benchmark_aggregation_and_resume_rows(tmp_path):
   assert m_model["model_level_p_over_seeds"] == pytest.approx((0.04, 0.0031, 0.2))
   md = benchmark.format_markdown([m_model], ["client"])
   assert "| TPR@1%FPR | model-level p: range |" in md and "| 0.0031–0.2 |" in md
+  # By stratum: its own column after the pooled one, only when a row has it.
+  assert "by stratum" not in md
+  for r, p in zip([r for r in p_rows if r["method"] == "m"], (0.6, 0.0062, 0.08)):
+    r["model_level_strata_p"] = p
+  m_model = [r for r in benchmark.aggregate(p_rows, ["client"]) if r["method"] == "m"][0]
+  md = benchmark.format_markdown([m_model], ["client"])
+  assert ("| model-level p: range | model-level p by stratum (Bonferroni): range |" in md
+          and "| 0.0031–0.2 | 0.0062–0.6 |" in md)
   # Rows from before the model-level test: no such column.
   assert "model-level p" not in benchmark.format_markdown(p_table, ["client"])
   # A p-value only some seeds have says so.

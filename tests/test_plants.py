@@ -536,6 +536,13 @@ def test_planted_requests_select_exactly_the_plant(tmp_path):
   assert set(names[:len(sample.poison_images) + len(sample.probe_images)]) == {"sample_backdoor"}
   assert set(names[-len(setup.test_images):]) == {""}
   np.testing.assert_array_equal(plants.is_planted(setup.dataset, setup.test_images), False)
+  # Each caption's pair by stratum: its image's plant, `CLEAN` for a clean image.
+  texts = setup.texts_of(np.r_[sample.poison_images[:3], setup.test_images[:2]])
+  images_of = np.asarray(setup.dataset.text_image)
+  np.testing.assert_array_equal(
+      plants.pair_strata(setup.dataset, texts),
+      np.where(plants.is_planted(setup.dataset, images_of[texts]), "sample_backdoor",
+               plants.CLEAN))
   assert req.kind == "sample" and set(req.holders) <= {1, 2} and not req.forget_clients
   assert len(req.eval_subsets(setup)["forget"]) == 0  # Only copies: measured by the ASR.
   config.unlearning.kind, config.unlearning.plant = "sample", "sample_backdoor"

@@ -535,6 +535,16 @@ def plant_names(ds: dataset_lib.CaptionDataset, images: np.ndarray) -> np.ndarra
   return np.full(len(images), "") if field is None else np.asarray(field)[images]
 
 
+CLEAN = "(clean)"  # the stratum of pairs that no plant made (no plant's config key has brackets)
+
+
+def pair_strata(ds: dataset_lib.CaptionDataset, texts: np.ndarray) -> np.ndarray:
+  """`[n]` str: the stratum of each of `texts`' pairs: the plant its image is a copy of, `CLEAN`
+  for a clean image (the audit's strata of D_f, `audit.stratified_mean_test`)."""
+  names = plant_names(ds, np.asarray(ds.text_image)[np.asarray(texts, np.int64)])
+  return np.where(names == "", CLEAN, names)
+
+
 def is_planted(ds: dataset_lib.CaptionDataset, images: np.ndarray,
                plants: Mapping[str, PlantedData] | None = None, kind: str | None = None
                ) -> np.ndarray:

@@ -56,9 +56,10 @@ METRICS = (
 # The audit's p-values, summarised over seeds by their median and range (`<key>_over_seeds`),
 # never a mean: the audit decides per seed (forget quality: flagged at p < 0.01 on every seed
 # iff the largest is; cleared at p >= 0.05 iff the smallest is), and a mean of p-values is
-# neither. `model_level_p` (`audit.model_mean_test`) is reported beside the criteria, not one.
+# neither. `model_level_p` (`audit.model_mean_test`) and `model_level_strata_p`
+# (`audit.stratified_mean_test`) are reported beside the criteria, not among them.
 P_VALUES = ("forget_quality", "forget_quality_point", "forget_quality_iid", "forget_quality_min",
-            "model_level_p")
+            "model_level_p", "model_level_strata_p")
 
 
 def scenario_config(config: ml_collections.ConfigDict, scenario: str, seed: int
@@ -376,6 +377,11 @@ def _p_cell(row: Mapping[str, Any]) -> str:
   return text + _seeds_note(row, "forget_quality")
 
 
+# The model-level tests' column heads (`P_VALUES`).
+MODEL_LEVEL_HEADS = dict(model_level_p="model-level p",
+                         model_level_strata_p="model-level p by stratum (Bonferroni)")
+
+
 def format_markdown(table: Sequence[dict[str, Any]], scenarios: Sequence[str]) -> str:
   """One markdown table per scenario (mean ± std over seeds; forget quality's p-values by their
   range and medians): the forgotten knowledge (attack success rates or tone accuracy, and their
@@ -387,12 +393,13 @@ def format_markdown(table: Sequence[dict[str, Any]], scenarios: Sequence[str]) -
       continue
     knowledge = rows[0].get("knowledge") or []
     short = lambda k: k.split("/", 1)[1].replace("/", " ")
-    # Runs from before the model-level test have no such column.
-    model_level = any(r.get("model_level_p_over_seeds") for r in rows)
+    # Runs from before the model-level tests have no such columns.
+    model_level = [k for k in ("model_level_p", "model_level_strata_p")
+                   if any(r.get(f"{k}_over_seeds") for r in rows)]
     head = ("| method | " + "".join(f"{short(k)} | " for k in knowledge)
             + "Δ knowledge | forget R@1 (Δ) | Δretain | Δtest | forget quality: range over "
             "seeds (medians: point; iid) | LiRA AUC | TPR@1%FPR | "
-            + ("model-level p: range | " if model_level else "")
+            + "".join(f"{MODEL_LEVEL_HEADS[k]}: range | " for k in model_level)
             + "MIA AUC (Δ) | time (s) | speed-up |")
     share = next((r["lira_model_effect_share"][0] for r in rows
                   if r.get("lira_model_effect_share")), None)
@@ -412,9 +419,10 @@ def format_markdown(table: Sequence[dict[str, Any]], scenarios: Sequence[str]) -
                                      if r.get("mia_auc_gap") else "")
       speed = "—" if r["speedup_vs_retrain"] is None else f"{r['speedup_vs_retrain'][0]:.1f}×"
       fq_cell = _p_cell(r)
-      model_cell = _p_range(r, "model_level_p")
-      model_cell = "—" if model_cell is None else model_cell + _seeds_note(r, "model_level_p")
-      model_cell = f"{model_cell} | " if model_level else ""
+      model_cell = ""
+      for k in model_level:
+        cell = _p_range(r, k)
+        model_cell += ("—" if cell is None else cell + _seeds_note(r, k)) + " | "
       parts.append(
           f"| {r['method']} | " + "".join(f"{pm(k)} | " for k in knowledge)
           + f"{gaps} | {forget} | {pm('retain/mean_r1_gap')} | {pm('test/mean_r1_gap')} | "

@@ -191,7 +191,9 @@ class Cell:
     return population_lib.audit_row(self.forget_scores(trainable, embedder), pops["in_scores"],
                                     pops["out_scores"], self.audit_config.variance,
                                     in_seeds=pops["seeds"], out_seeds=pops["out_seeds"],
-                                    forget_confidence=self.audit_config.forget_confidence)
+                                    forget_confidence=self.audit_config.forget_confidence,
+                                    strata=plants_lib.pair_strata(self.setup.dataset,
+                                                                  self.request.forget_texts))
 
   def row(self, outcome: Outcome) -> dict[str, Any]:
     """The evaluated row of an outcome (metrics, times, request, JSON-able diagnostics)."""

@@ -27,7 +27,7 @@ KEYS = ("i2t_r1", "t2i_r1", "mean_r1")
 
 AUDIT_KEYS = ("forget_quality", "forget_quality_point", "forget_quality_iid", "forget_quality_min",
               "lira_auc", "lira_tpr@0.01", "lira_tpr@0.001", "model_level_t", "model_level_p",
-              "mia_auc")
+              "model_level_strata_p", "mia_auc")
 
 
 def table_row(row: Mapping[str, Any], reference: Mapping[str, Any] | None) -> dict[str, Any]:

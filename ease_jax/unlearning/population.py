@@ -314,7 +314,8 @@ def standardize(scores_: np.ndarray, reference: np.ndarray) -> np.ndarray:
 def audit_row(target: np.ndarray, in_scores: np.ndarray, out_scores: np.ndarray,
               variance: str, in_seeds: Sequence[int] | None = None,
               out_seeds: Sequence[int] | None = None,
-              forget_confidence: float = audit.FORGET_CONFIDENCE) -> dict[str, Any]:
+              forget_confidence: float = audit.FORGET_CONFIDENCE,
+              strata: Sequence[str] | None = None) -> dict[str, Any]:
   """A model's audit on D_f: forget quality and the per-example LiRA against the populations
   (`target [n]`, `in_scores`, `out_scores` `[models, n]`; the model is in neither). The members'
   seeds, when given, keep each retrained member's twin (the `in` member with its seed) out of
@@ -331,7 +332,11 @@ def audit_row(target: np.ndarray, in_scores: np.ndarray, out_scores: np.ndarray,
 
   `model_level_p` (and its `model_level_t`) is `audit.model_mean_test`: the model's mean score
   over D_f against the retrain population's, one draw per model (it raises if every retrain's
-  mean is the same: no spread to judge by).
+  mean is the same: no spread to judge by). `model_level_strata_p` is the same test within each
+  of `strata` (`[n]` stratum names: each plant's copies and the clean pairs,
+  `plants.pair_strata`), the smallest p Bonferroni-adjusted (`audit.stratified_mean_test`), and
+  `model_level_p/<stratum>` each stratum's own p; without `strata`, D_f is one stratum and
+  `model_level_strata_p` equals `model_level_p`.
 
   `lira_model_effect_share` is the retrain population's `audit.model_effect_share`: where one
   model's scores move together, a single model's TPR at a low FPR scatters far beyond the FPR
@@ -351,4 +356,10 @@ def audit_row(target: np.ndarray, in_scores: np.ndarray, out_scores: np.ndarray,
   # The model-level reading beside the per-example one: the model's mean score against the
   # retrains' means (BENCHMARKS.md, "What flags a trained model is mostly the plant's rule").
   row["model_level_t"], row["model_level_p"] = audit.model_mean_test(target, out_scores)
+  # Within each stratum too: a kept backdoor and over-forgotten clean pairs cancel in one mean.
+  stratified = audit.stratified_mean_test(
+      target, out_scores, np.full(np.shape(target), "D_f") if strata is None else strata)
+  row["model_level_strata_p"] = stratified["p"]
+  if strata is not None:
+    row.update({f"model_level_p/{name}": p for name, (_, p) in stratified["per_stratum"].items()})
   return row
