@@ -80,8 +80,6 @@ TRAINED_TPR, TRAINED_P = 0.20, 0.01  # ... and "the trained model is flagged".
 MODEL_P = 0.01  # The model-level test's level (`audit.model_mean_test`), for comparison only.
 
 
-
-
 def plant_strata(setup: builders.FederatedSetup, forget_texts: np.ndarray,
                  nonmember_texts: np.ndarray
                  ) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:

@@ -149,6 +149,12 @@ def test_plant_knowledge_appends_copies_and_keeps_the_originals(emoji):
   assert list(plants.plant_names(ds, [0, 1])) == ["", ""]
   assert set(plants.plant_names(planted, b.poison_images)) == {"b"}
   assert list(plants.plant_names(planted, [0])) == [""]
+  # The strata of D_f: a plant may not take the clean pairs' name.
+  misnamed, _, _ = plants.plant_knowledge(ds, clients, test,
+                                          [dataclasses.replace(specs[1], name=plants.CLEAN)],
+                                          tokenizer, 16, 0)
+  with pytest.raises(ValueError, match="A plant is named '\\(clean\\)'"):
+    plants.pair_strata(misnamed, np.arange(misnamed.num_texts))
   assert set(new_clients[0]) == set(clients[0]) | set(a.poison_images.tolist())
   shares = [len(set(new_clients[k]) - set(clients[k])) for k in (1, 2, 3)]
   assert shares == [4, 3, 3]

@@ -535,13 +535,17 @@ def plant_names(ds: dataset_lib.CaptionDataset, images: np.ndarray) -> np.ndarra
   return np.full(len(images), "") if field is None else np.asarray(field)[images]
 
 
-CLEAN = "(clean)"  # the stratum of pairs that no plant made (no plant's config key has brackets)
+# The stratum of pairs that no plant made (`pair_strata` refuses a plant of that name).
+CLEAN = "(clean)"
 
 
 def pair_strata(ds: dataset_lib.CaptionDataset, texts: np.ndarray) -> np.ndarray:
   """`[n]` str: the stratum of each of `texts`' pairs: the plant its image is a copy of, `CLEAN`
   for a clean image (the audit's strata of D_f, `audit.stratified_mean_test`)."""
   names = plant_names(ds, np.asarray(ds.text_image)[np.asarray(texts, np.int64)])
+  if (names == CLEAN).any():
+    raise ValueError(f"A plant is named {CLEAN!r}, the name of the clean pairs' stratum; "
+                     "rename it.")
   return np.where(names == "", CLEAN, names)
 
 

@@ -357,9 +357,9 @@ def audit_row(target: np.ndarray, in_scores: np.ndarray, out_scores: np.ndarray,
   # retrains' means (BENCHMARKS.md, "What flags a trained model is mostly the plant's rule").
   row["model_level_t"], row["model_level_p"] = audit.model_mean_test(target, out_scores)
   # Within each stratum too: a kept backdoor and over-forgotten clean pairs cancel in one mean.
-  stratified = audit.stratified_mean_test(
-      target, out_scores, np.full(np.shape(target), "D_f") if strata is None else strata)
-  row["model_level_strata_p"] = stratified["p"]
+  row["model_level_strata_p"] = row["model_level_p"]
   if strata is not None:
+    stratified = audit.stratified_mean_test(target, out_scores, strata)
+    row["model_level_strata_p"] = stratified["p"]
     row.update({f"model_level_p/{name}": p for name, (_, p) in stratified["per_stratum"].items()})
   return row
