@@ -258,12 +258,16 @@ def bound_audit(ins: np.ndarray, in_seeds: np.ndarray, outs: np.ndarray, out_see
           np.random.default_rng(redraw_seed), variance)
       redraw.update(rate_summary("paired_redraw_miss_rate", rates))
   trained = [held_out(ins[j], seed) for j, seed in enumerate(in_seeds)]
-  # The model-level reading (`audit.model_mean_test`, in every `audit_row`) beside the
-  # per-example one.
-  retrain_model_p = np.array([r["model_level_p"] for _, _, r in audited])
-  trained_model_p = np.array([r["model_level_p"] for r in trained])
-  retrain_strata_p = np.array([r["model_level_strata_p"] for _, _, r in audited])
-  trained_strata_p = np.array([r["model_level_strata_p"] for r in trained])
+  # The model-level readings (pooled and by stratum, in every `audit_row`) beside the
+  # per-example one: each model's p and the counts at MODEL_P.
+  model_level = {}
+  for test in ("model_level", "model_level_strata"):
+    retrain_p = np.array([r[f"{test}_p"] for _, _, r in audited])
+    trained_p = np.array([r[f"{test}_p"] for r in trained])
+    model_level.update({f"{test}_p": [float(f"{p:.3g}") for p in retrain_p],
+                        f"{test}_under": int((retrain_p < MODEL_P).sum()),
+                        f"trained_{test}_p": [float(f"{p:.3g}") for p in trained_p],
+                        f"trained_{test}_not_under": int((trained_p >= MODEL_P).sum())})
   trained_tpr = np.array([r["lira_tpr@0.01"] for r in trained])
   trained_fq = np.array([r["forget_quality"] for r in trained])
   tpr = np.array([r["lira_tpr@0.01"] for _, _, r in audited])
@@ -281,15 +285,8 @@ def bound_audit(ins: np.ndarray, in_seeds: np.ndarray, outs: np.ndarray, out_see
       trained_forget_quality=[float(f"{p:.3g}") for p in trained_fq],
       trained_not_flagged=int(((trained_tpr < TRAINED_TPR) | (trained_fq >= TRAINED_P)).sum()),
       trained_audited=len(trained),
-      model_level_p=[float(f"{p:.3g}") for p in retrain_model_p],
-      model_level_under=int((retrain_model_p < MODEL_P).sum()),
-      trained_model_level_p=[float(f"{p:.3g}") for p in trained_model_p],
-      trained_model_level_not_under=int((trained_model_p >= MODEL_P).sum()),
       strata=sorted(set(np.asarray(strata).tolist())) if strata is not None else None,
-      model_level_strata_p=[float(f"{p:.3g}") for p in retrain_strata_p],
-      model_level_strata_under=int((retrain_strata_p < MODEL_P).sum()),
-      trained_model_level_strata_p=[float(f"{p:.3g}") for p in trained_strata_p],
-      trained_model_level_strata_not_under=int((trained_strata_p >= MODEL_P).sum()), **redraw)
+      **model_level, **redraw)
 
 
 def main():

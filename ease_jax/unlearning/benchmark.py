@@ -53,13 +53,16 @@ METRICS = (
     + [f"{s}/mean_r1_gap" for s in SPLITS]
     + ["mia_auc", "mia_auc_gap", "wall_time_s", "speedup_vs_retrain"]
     + ["lira_auc", "lira_tpr@0.01", "lira_tpr@0.001", "lira_model_effect_share"])
+# The model-level tests' p-values (`audit.model_mean_test`, `audit.stratified_mean_test`), by
+# their column heads: reported beside the criteria, not among them.
+MODEL_LEVEL_HEADS = dict(model_level_p="model-level p",
+                         model_level_strata_p="model-level p by stratum (Bonferroni)")
 # The audit's p-values, summarised over seeds by their median and range (`<key>_over_seeds`),
 # never a mean: the audit decides per seed (forget quality: flagged at p < 0.01 on every seed
 # iff the largest is; cleared at p >= 0.05 iff the smallest is), and a mean of p-values is
-# neither. `model_level_p` (`audit.model_mean_test`) and `model_level_strata_p`
-# (`audit.stratified_mean_test`) are reported beside the criteria, not among them.
-P_VALUES = ("forget_quality", "forget_quality_point", "forget_quality_iid", "forget_quality_min",
-            "model_level_p", "model_level_strata_p")
+# neither.
+P_VALUES = ("forget_quality", "forget_quality_point", "forget_quality_iid",
+            "forget_quality_min") + tuple(MODEL_LEVEL_HEADS)
 
 
 def scenario_config(config: ml_collections.ConfigDict, scenario: str, seed: int
@@ -377,11 +380,6 @@ def _p_cell(row: Mapping[str, Any]) -> str:
   return text + _seeds_note(row, "forget_quality")
 
 
-# The model-level tests' column heads (`P_VALUES`).
-MODEL_LEVEL_HEADS = dict(model_level_p="model-level p",
-                         model_level_strata_p="model-level p by stratum (Bonferroni)")
-
-
 def format_markdown(table: Sequence[dict[str, Any]], scenarios: Sequence[str]) -> str:
   """One markdown table per scenario (mean ± std over seeds; forget quality's p-values by their
   range and medians): the forgotten knowledge (attack success rates or tone accuracy, and their
@@ -394,8 +392,7 @@ def format_markdown(table: Sequence[dict[str, Any]], scenarios: Sequence[str]) -
     knowledge = rows[0].get("knowledge") or []
     short = lambda k: k.split("/", 1)[1].replace("/", " ")
     # Runs from before the model-level tests have no such columns.
-    model_level = [k for k in ("model_level_p", "model_level_strata_p")
-                   if any(r.get(f"{k}_over_seeds") for r in rows)]
+    model_level = [k for k in MODEL_LEVEL_HEADS if any(r.get(f"{k}_over_seeds") for r in rows)]
     head = ("| method | " + "".join(f"{short(k)} | " for k in knowledge)
             + "Δ knowledge | forget R@1 (Δ) | Δretain | Δtest | forget quality: range over "
             "seeds (medians: point; iid) | LiRA AUC | TPR@1%FPR | "
