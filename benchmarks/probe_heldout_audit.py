@@ -354,7 +354,7 @@ def main():
         request=name, score=a.score, calibrate=bool(a.calibrate), centre=args.centre,
         **bound_audit(ins, in_seeds, outs, out_seeds, a.variance, a.forget_confidence, extra,
                       extra_seeds, extra_ins, extra_in_seeds, args.redraws, args.seed,
-                      plants_lib.pair_strata(setup.dataset, request.forget_texts)))),
+                      request.audit_strata(setup)))),
           flush=True)
 
 

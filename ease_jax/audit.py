@@ -481,7 +481,8 @@ def forget_quality(target: Sequence[float], retrain_scores: np.ndarray,
     the pairs of the other members, and the median of each key on its own: `p` (forget
     quality, at the bound), `p_point` (at the point estimate: `calibrated_ks` with those pairs),
     `p_iid` (the exact p-value), `ks` (D), `n_eff` (at the bound) and `n_eff_point`; `p_min`,
-    the smallest `p` (against the member the target is furthest from); `members` (M) and
+    the smallest `p` over the members (largest D·√(n_eff_j / 2), each member's D at its own
+    effective size); `members` (M) and
     `confidence`.
 
   One held-out retrain is one draw of the null, and a population has outliers: on the concept

@@ -194,10 +194,15 @@ def _cross_checks(config: Any) -> list[str]:
     out.append(f"config.fed.client_weight_decay ({fed.client_weight_decay}) needs "
                f"fed.client_optimizer='adamw', got {fed.get('client_optimizer')!r}")
   audit, seeds = config.get("audit"), config.get("seeds")
-  if audit is not None and seeds is not None and audit.get("population", 0) > 0:
+  if audit is not None:
+    # A block that leaves a key out runs with its default (`common.block`), so read it so here
+    # too. Imported here: the population module imports this one.
+    from ease_jax.unlearning import population  # pylint: disable=g-import-not-at-top
+    audit = {**population.DEFAULTS, **audit}
+  if audit is not None and seeds is not None and audit["population"] > 0:
     # A member runs with seeds.init = .sampling = .data = its seed: an audited run sharing one
     # of them would be judged by a population that (nearly) holds it.
-    first, n = audit.get("first_seed", 0), audit.population
+    first, n = audit["first_seed"], audit["population"]
     shared = [f"seeds.{k}={seeds.get(k)}" for k in ("init", "sampling", "data")
               if first <= seeds.get(k, -1) < first + n]
     if shared:

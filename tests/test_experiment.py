@@ -606,12 +606,16 @@ def test_unlearn_pipeline_on_emoji_with_a_checkpoint_folder(tmp_path):
     want["model_level_t"], want["model_level_p"] = audit.model_mean_test(target,
                                                                          pops["out_scores"])
     # The client request's D_f by stratum: its clean pairs and the plants' copies it holds.
-    strata = plants.pair_strata(setup.dataset, request.forget_texts)
+    strata = request.audit_strata(setup)
     assert len(set(strata.tolist())) > 1
-    want["model_level_strata_p"] = audit.stratified_mean_test(target, pops["out_scores"],
-                                                              strata)["p"]
+    by_stratum = audit.stratified_mean_test(target, pops["out_scores"], strata)
+    want["model_level_strata_p"] = by_stratum["p"]
     shown = [k for k in pipeline.AUDIT_KEYS if k in want]  # the audit columns of the table
     assert len(shown) == 10
+    # And each stratum's own p, after them.
+    want.update({f"model_level_p/{k}": p for k, (_, p) in by_stratum["per_stratum"].items()})
+    shown += [f"model_level_p/{k}" for k in by_stratum["per_stratum"]]
+    assert [k for k in rows[name] if k.startswith("model_level_p/")] == shown[10:]
     for key in shown:  # at the table's precision (3 significant digits)
       value = want[key]
       assert rows[name].get(key) == (None if value is None else float(f"{value:.3g}")), (

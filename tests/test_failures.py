@@ -10,6 +10,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -87,6 +88,12 @@ def _seed_in_population(c):
   c.seed = c.audit.first_seed + 1
 
 
+def _seed_in_population_of_a_block_without_first_seed(c):
+  # The members run from the default first seed (100), which the check must read too.
+  c.audit = ml_collections.ConfigDict({k: v for k, v in c.audit.items() if k != "first_seed"})
+  c.seed = 101
+
+
 def _partial_participation(c):
   c.fed.clients_per_round = 4
 
@@ -95,10 +102,13 @@ def _partial_participation(c):
     # The audited models must not be members of the populations that judge them.
     (_seed_in_population, "config.seeds.init=101, seeds.sampling=101, seeds.data=101 falls in "
      "the audit populations' seeds 100..103", {"audit.first_seed": 200}),
+    (_seed_in_population_of_a_block_without_first_seed, "config.seeds.init=101, "
+     "seeds.sampling=101, seeds.data=101 falls in the audit populations' seeds 100..103",
+     {"audit.first_seed": 200}),
     # Members sampling with their own seeds cannot be stepped together.
     (_partial_participation, "config.audit.population=4 needs fed.clients_per_round=0 (every "
      "client every round), got 4 of 8", {"audit.population": 0}),
-], ids=["run_seed_in_population", "partial_participation"])
+], ids=["run_seed_in_population", "default_first_seed", "partial_participation"])
 def test_population_cross_checks_name_the_keys_and_clear_once_fixed(break_it, needle, fix):
   config = configs.from_file(CONFIGS / "unlearn_emoji.py")
   break_it(config)

@@ -565,6 +565,45 @@ def test_planted_requests_select_exactly_the_plant(tmp_path):
   np.testing.assert_array_equal(np.intersect1d(concept.forget_images, inverted),
                                 inverted[tones[inverted] == tone])
   client = requests.client_request(setup, [0])
+  # The audit's strata of D_f: by plant for one leaving client and for a plant spread over
+  # holders that stay; by client and plant when several clients leave (each pair's client
+  # found here by searching every client's texts).
+  np.testing.assert_array_equal(client.audit_strata(setup),
+                                plants.pair_strata(setup.dataset, client.forget_texts))
+  np.testing.assert_array_equal(req.audit_strata(setup),
+                                ["sample_backdoor"] * len(req.forget_texts))
+  leaving = requests.client_request(setup, [1, 0])
+  own = setup.client_texts()
+  holder = [next(c for c in range(setup.num_clients) if t in own[c])
+            for t in leaving.forget_texts]
+  by_plant = plants.pair_strata(setup.dataset, leaving.forget_texts)
+  strata = leaving.audit_strata(setup)
+  assert strata.tolist() == [f"client {c}/{p}" for c, p in zip(holder, by_plant)]
+  assert {"client 0/(clean)", "client 1/(clean)", "client 0/client_backdoor",
+          "client 1/sample_backdoor"} <= set(strata.tolist())
+  # A cell audits its request by those strata: a model that keeps client 1's pairs (10 retrain
+  # stds over the retrains' mean) and over-forgets client 0's by as much in sum reads one mean
+  # at the retrains' and is flagged by stratum.
+  import types  # pylint: disable=g-import-not-at-top
+  from ease_jax import audit  # pylint: disable=g-import-not-at-top
+  from ease_jax.unlearning import cell as cell_lib  # pylint: disable=g-import-not-at-top
+  score_rng = np.random.default_rng(0)
+  members = 10
+  ins, outs = (score_rng.normal(0.0, 1.0, (2, members, len(strata)))
+               + score_rng.normal(0.0, 1.0, (2, members, 1)))  # one shift per model
+  of_client_1 = np.asarray(holder) == 1
+  shift = np.where(of_client_1, 10.0, -10.0 * of_client_1.sum() / (~of_client_1).sum())
+  target = outs.mean(0) + shift
+  fake_cell = types.SimpleNamespace(
+      request=leaving, setup=setup, forget_scores=lambda trainable, embedder: target,
+      populations=dict(in_scores=ins + 2.0, out_scores=outs, seeds=np.arange(members),
+                       out_seeds=np.arange(members)),
+      audit_config=types.SimpleNamespace(variance="shared", forget_confidence=0.95))
+  row = cell_lib.Cell.audit(fake_cell, None)
+  by_stratum = audit.stratified_mean_test(target, outs, strata)
+  assert row["model_level_strata_p"] == by_stratum["p"] < 0.01 < row["model_level_p"]
+  assert {k for k in row if k.startswith("model_level_p/")} == {
+      f"model_level_p/{name}" for name in set(strata.tolist())}
   subsets = client.eval_subsets(setup)
   for images in subsets.values():
     assert not plants.is_planted(setup.dataset, images).any()

@@ -192,8 +192,7 @@ class Cell:
                                     pops["out_scores"], self.audit_config.variance,
                                     in_seeds=pops["seeds"], out_seeds=pops["out_seeds"],
                                     forget_confidence=self.audit_config.forget_confidence,
-                                    strata=plants_lib.pair_strata(self.setup.dataset,
-                                                                  self.request.forget_texts))
+                                    strata=self.request.audit_strata(self.setup))
 
   def row(self, outcome: Outcome) -> dict[str, Any]:
     """The evaluated row of an outcome (metrics, times, request, JSON-able diagnostics)."""

@@ -20,6 +20,7 @@ from ease_jax import jsonio
 from ease_jax import validation
 from ease_jax.unlearning import cell as cell_lib
 from ease_jax.unlearning import methods as methods_lib
+from ease_jax.unlearning import population as population_lib
 
 SPLITS = cell_lib.SPLITS
 KEYS = ("i2t_r1", "t2i_r1", "mean_r1")
@@ -48,7 +49,10 @@ def table_row(row: Mapping[str, Any], reference: Mapping[str, Any] | None) -> di
     if key.startswith(cell_lib.KNOWLEDGE_PREFIXES) and key.endswith(
         cell_lib.DIRECTIONS + tuple(f"{d}_gap" for d in cell_lib.DIRECTIONS)):
       out[key] = round(value, 1)
-  for key in AUDIT_KEYS:
+  # Each stratum's own model-level p after the audit's columns: which plant, or which leaving
+  # client, a flagged model kept (`UnlearningRequest.audit_strata`).
+  strata = [k for k in full if k.startswith(population_lib.STRATUM_PREFIX)]
+  for key in (*AUDIT_KEYS, *strata):
     if full.get(key) is not None:
       out[key] = float(f"{full[key]:.3g}")
   wall = full.get("wall_time_s")

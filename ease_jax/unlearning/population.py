@@ -67,6 +67,8 @@ DEFAULTS: dict[str, Any] = dict(
     # estimate, which moves with the population's draw (`audit.forget_quality`).
     forget_confidence=audit.FORGET_CONFIDENCE,
 )
+# A row's key of one stratum's own model-level p: this + the stratum's name (`audit_row`).
+STRATUM_PREFIX = "model_level_p/"
 RULES = {
     "audit.population": lambda v: (None if isinstance(v, int) and (v == 0 or v >= 4)
                                    else f"must be 0 (no audit) or >= 4, got {v!r}"),
@@ -333,8 +335,8 @@ def audit_row(target: np.ndarray, in_scores: np.ndarray, out_scores: np.ndarray,
   `model_level_p` (and its `model_level_t`) is `audit.model_mean_test`: the model's mean score
   over D_f against the retrain population's, one draw per model (it raises if every retrain's
   mean is the same: no spread to judge by). `model_level_strata_p` is the same test within each
-  of `strata` (`[n]` stratum names: each plant's copies and the clean pairs,
-  `plants.pair_strata`), the smallest p Bonferroni-adjusted (`audit.stratified_mean_test`), and
+  of `strata` (`[n]` stratum names: each plant's copies and the clean pairs, per leaving
+  client when several leave, `UnlearningRequest.audit_strata`), the smallest p Bonferroni-adjusted (`audit.stratified_mean_test`), and
   `model_level_p/<stratum>` each stratum's own p; without `strata`, D_f is one stratum and
   `model_level_strata_p` equals `model_level_p`.
 
@@ -361,5 +363,6 @@ def audit_row(target: np.ndarray, in_scores: np.ndarray, out_scores: np.ndarray,
   if strata is not None:
     stratified = audit.stratified_mean_test(target, out_scores, strata)
     row["model_level_strata_p"] = stratified["p"]
-    row.update({f"model_level_p/{name}": p for name, (_, p) in stratified["per_stratum"].items()})
+    row.update({f"{STRATUM_PREFIX}{name}": p
+                for name, (_, p) in stratified["per_stratum"].items()})
   return row

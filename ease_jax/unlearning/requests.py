@@ -72,6 +72,22 @@ class UnlearningRequest:
     """Per client, the part of D_f it holds."""
     return [t[np.isin(t, self.forget_texts)] for t in setup.client_texts()]
 
+  def audit_strata(self, setup: Any) -> np.ndarray:
+    """`[n]` str over `forget_texts`: the strata of D_f for the model-level test by stratum
+    (`audit.stratified_mean_test`). Each pair's plant, or `plants.CLEAN` for a clean pair
+    (`plants.pair_strata`); when several clients leave, prefixed by the pair's client
+    (`"client 4/(clean)"`): each leaving client's data is knowledge of its own, and a method
+    that forgets one client while keeping another would read as forgotten in one mean over
+    both. A plant spread over holders that stay (the sample backdoor) stays one stratum: its
+    copies teach one rule, and splitting it would only thin each stratum."""
+    strata = plants_lib.pair_strata(setup.dataset, self.forget_texts)
+    if self.kind != "client" or len(self.forget_clients) < 2:
+      return strata
+    client_of = np.full(len(self.forget_texts), -1, np.int64)
+    for c, texts in enumerate(self.forget_client_texts(setup)):
+      client_of[np.searchsorted(self.forget_texts, texts)] = c
+    return np.asarray([f"client {c}/{s}" for c, s in zip(client_of, strata)])
+
   def retain_images(self, setup: Any) -> np.ndarray:
     """Images of the retained clients that are not forgotten (sorted)."""
     keep = [setup.client_images[c] for c in self.retain_clients(setup)]
