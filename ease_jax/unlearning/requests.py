@@ -85,7 +85,7 @@ class UnlearningRequest:
       return strata
     client_of = np.full(len(self.forget_texts), -1, np.int64)
     for c, texts in enumerate(self.forget_client_texts(setup)):
-      client_of[np.searchsorted(self.forget_texts, texts)] = c
+      client_of[np.isin(self.forget_texts, texts)] = c
     return np.asarray([f"client {c}/{s}" for c, s in zip(client_of, strata)])
 
   def retain_images(self, setup: Any) -> np.ndarray:
