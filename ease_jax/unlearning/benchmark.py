@@ -41,6 +41,7 @@ from ease_jax import mia
 from ease_jax import validation
 from ease_jax.unlearning import base
 from ease_jax.unlearning import cell as cell_lib
+from ease_jax.unlearning import common
 from ease_jax.unlearning import methods as methods_lib
 from ease_jax.unlearning import population as population_lib
 
@@ -535,7 +536,7 @@ def section_text(table: Sequence[dict[str, Any]], config: ml_collections.ConfigD
                  workdir: pathlib.Path, machine: str, command: str) -> str:
   """The BENCHMARKS.md section: command, machine, sizes, status and the tables."""
   b = config.benchmark
-  audit = {**population_lib.DEFAULTS, **(config.get("audit") or {})}  # as the cells read it
+  audit = common.block(config, "audit", population_lib.DEFAULTS)  # as the cells read it
   rows = current_rows(read_rows(workdir / "results.jsonl"), row_keys(config))
   expected = len(b.seeds) * len(b.scenarios) * (2 + len(b.methods))
   done = len({(r["scenario"], r["seed"], r["method"]) for r in rows if not r.get("parent")})
@@ -550,8 +551,8 @@ def section_text(table: Sequence[dict[str, Any]], config: ml_collections.ConfigD
       f"Machine: {machine}. Seeds {list(b.seeds)}, {config.fed.num_clients} clients, "
       f"{config.fed.rounds} FedAvg rounds (train and each retrain), methods "
       f"{list(b.methods)}; MIA score `{b.mia_score}`; plants {sorted(config.get('plants') or {})}; "
-      f"audit populations of {audit['population']} models per request (seeds from "
-      f"{audit['first_seed']}). Status: {status}.",
+      f"audit populations of {audit.population} models per request (seeds from "
+      f"{audit.first_seed}). Status: {status}.",
       "Times are seconds of unlearning work without compilation (federated rounds: the first "
       "round replaced by the median round, as for retrain); `+pfl` rows include EASE's 3 PFL "
       "rounds. Speed-up = retrain's steady time / the method's.",
